@@ -1,0 +1,1 @@
+"""Execution engines ("the silicon"): Linux KVM and a software CPU."""

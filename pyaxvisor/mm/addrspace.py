@@ -1,0 +1,212 @@
+"""A guest's physical address space (axaddrspace ``AddrSpace``).
+
+An :class:`AddrSpace` owns one nested page table (its root is what
+``set_ept_root`` receives) and the regions that back guest RAM. Guest physical
+addresses that no region covers stay unmapped in the nested table, so a guest
+access there faults to the hypervisor — that is how emulated MMIO works.
+
+* ``map_ram(gpa, size, flags)`` allocates zeroed, contiguous host frames (2 MiB
+  aligned when the size allows, so the table can use blocks) and maps them;
+  the space frees them again when the region is removed or the space destroyed.
+* ``map_linear(gpa, hpa, size, flags)`` maps host memory the caller owns.
+* ``read``/``write`` access guest memory by guest physical address through the
+  nested table (the table is the truth: a page that was unmapped is not
+  reachable), chunk by chunk, with the hypervisor's rights (guest permissions
+  do not apply). An unmapped address raises :class:`GuestMemoryFault`.
+* ``destroy()`` frees the table frames and every owned region; using the space
+  afterwards raises :class:`~pyaxvisor.errors.BadState`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NotFound
+from pyaxvisor.hal.vcpu_hal import VCpuHal
+from pyaxvisor.mm.addr import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestPhysAddr, HostPhysAddr
+from pyaxvisor.mm.flags import MappingFlags
+from pyaxvisor.mm.page_table.table import NestedPageTable, NotMapped
+
+
+class GuestMemoryFault(NotFound):
+    """The hypervisor touched a guest physical address that has no backing."""
+
+    def __init__(self, gpa: int, length: int) -> None:
+        super().__init__(f"guest physical address {gpa:#x} (access of {length} bytes) "
+                         "is not backed by guest RAM")
+        self.gpa = gpa
+        self.length = length
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    gpa: GuestPhysAddr
+    size: int
+    hpa: HostPhysAddr
+    flags: MappingFlags
+    owned: bool
+
+    @property
+    def end(self) -> GuestPhysAddr:
+        return self.gpa + self.size
+
+    def contains(self, gpa: GuestPhysAddr, length: int = 1) -> bool:
+        return int(self.gpa) <= int(gpa) and int(gpa) + length <= int(self.gpa) + self.size
+
+
+class AddrSpace:
+    def __init__(self, hal: VCpuHal, page_table: NestedPageTable) -> None:
+        self.hal = hal
+        self.page_table: NestedPageTable | None = page_table
+        self._regions: list[MemoryRegion] = []  # sorted by gpa
+        self._lock = threading.RLock()
+
+    # -- geometry --------------------------------------------------------------------
+    @property
+    def _pt(self) -> NestedPageTable:
+        if self.page_table is None:
+            raise BadState("the address space was destroyed")
+        return self.page_table
+
+    @property
+    def root_paddr(self) -> HostPhysAddr:
+        """What the vCPU's ``set_ept_root`` receives."""
+        return self._pt.root_paddr
+
+    @property
+    def regions(self) -> tuple[MemoryRegion, ...]:
+        with self._lock:
+            return tuple(self._regions)
+
+    def find_region(self, gpa: GuestPhysAddr) -> MemoryRegion | None:
+        with self._lock:
+            i = bisect.bisect_right([int(r.gpa) for r in self._regions], int(gpa)) - 1
+            if i >= 0 and self._regions[i].contains(gpa):
+                return self._regions[i]
+            return None
+
+    # -- mapping -----------------------------------------------------------------------
+    def _check_range(self, gpa: GuestPhysAddr, size: int) -> None:
+        if not isinstance(gpa, GuestPhysAddr):
+            raise InvalidInput(f"guest address must be a GuestPhysAddr, got {gpa!r}")
+        if size <= 0:
+            raise InvalidInput(f"region size must be positive, got {size:#x}")
+        gpa.check_aligned(PAGE_SIZE_4K, "guest physical address")
+        if size % PAGE_SIZE_4K:
+            raise InvalidInput(f"region size {size:#x} is not a multiple of 4 KiB")
+        for r in self._regions:
+            if int(gpa) < int(r.end) and int(r.gpa) < int(gpa) + size:
+                raise AlreadyExists(
+                    f"region [{int(gpa):#x}, {int(gpa) + size:#x}) overlaps guest RAM at "
+                    f"[{int(r.gpa):#x}, {int(r.end):#x})")
+
+    def _add(self, region: MemoryRegion) -> MemoryRegion:
+        keys = [int(r.gpa) for r in self._regions]
+        self._regions.insert(bisect.bisect(keys, int(region.gpa)), region)
+        return region
+
+    def map_ram(self, gpa: GuestPhysAddr, size: int,
+                flags: MappingFlags = MappingFlags.READ | MappingFlags.WRITE
+                | MappingFlags.EXECUTE) -> MemoryRegion:
+        with self._lock:
+            self._check_range(gpa, size)
+            align = PAGE_SIZE_2M if size >= PAGE_SIZE_2M and gpa.is_aligned(PAGE_SIZE_2M) \
+                else PAGE_SIZE_4K
+            hpa = self.hal.alloc_frames_or_raise(size // PAGE_SIZE_4K, align,
+                                                 what=f"guest RAM at {int(gpa):#x}")
+            try:
+                self._pt.map(gpa, hpa, size, flags)
+            except BaseException:
+                self.hal.dealloc_frames(hpa)
+                raise
+            return self._add(MemoryRegion(gpa, size, hpa, flags, owned=True))
+
+    def map_linear(self, gpa: GuestPhysAddr, hpa: HostPhysAddr, size: int,
+                   flags: MappingFlags) -> MemoryRegion:
+        with self._lock:
+            self._check_range(gpa, size)
+            self._pt.map(gpa, hpa, size, flags)
+            return self._add(MemoryRegion(gpa, size, hpa, flags, owned=False))
+
+    def remove_region(self, gpa: GuestPhysAddr) -> None:
+        """Unmap the region that starts at ``gpa`` and free its memory if owned."""
+        with self._lock:
+            r = next((r for r in self._regions if r.gpa == gpa), None)
+            if r is None:
+                raise NotFound(f"no guest RAM region starts at {int(gpa):#x}")
+            self._pt.unmap(r.gpa, r.size)
+            self._regions.remove(r)
+            if r.owned:
+                self.hal.dealloc_frames(r.hpa)
+
+    def protect(self, gpa: GuestPhysAddr, size: int, flags: MappingFlags) -> None:
+        with self._lock:
+            self._pt.protect(gpa, size, flags)
+
+    def translate(self, gpa: GuestPhysAddr) -> HostPhysAddr:
+        hpa, _flags, _size = self._pt.translate(gpa)
+        return hpa
+
+    # -- guest memory access -------------------------------------------------------------
+    def _chunks(self, gpa: GuestPhysAddr, length: int) -> Iterator[tuple[HostPhysAddr, int]]:
+        if not isinstance(gpa, GuestPhysAddr):
+            raise InvalidInput(f"guest address must be a GuestPhysAddr, got {gpa!r}")
+        if length < 0:
+            raise InvalidInput(f"negative length {length}")
+        pos = int(gpa)
+        end = pos + length
+        pt = self._pt
+        while pos < end:
+            try:
+                hpa, _flags, page_size = pt.translate(GuestPhysAddr(pos))
+            except (NotMapped, InvalidInput):
+                raise GuestMemoryFault(pos, end - pos) from None
+            n = min(end - pos, page_size - (pos & (page_size - 1)))
+            yield hpa, n
+            pos += n
+
+    def read(self, gpa: GuestPhysAddr, length: int) -> bytes:
+        out = bytearray()
+        for hpa, n in self._chunks(gpa, length):
+            out += self.hal.view(hpa, n)
+        return bytes(out)
+
+    def write(self, gpa: GuestPhysAddr, data: bytes | bytearray | memoryview) -> None:
+        data = memoryview(data).cast("B")
+        # Translate everything first so a fault half way leaves memory unchanged.
+        chunks = list(self._chunks(gpa, len(data)))
+        off = 0
+        for hpa, n in chunks:
+            self.hal.view(hpa, n)[:] = data[off:off + n]
+            off += n
+
+    def read_u64(self, gpa: GuestPhysAddr) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+    def write_u64(self, gpa: GuestPhysAddr, value: int) -> None:
+        self.write(gpa, value.to_bytes(8, "little"))
+
+    def region_view(self, region: MemoryRegion) -> memoryview:
+        """Zero-copy view of a whole region's backing (for KVM slots, software CPUs)."""
+        return self.hal.view(region.hpa, region.size)
+
+    # -- teardown --------------------------------------------------------------------------
+    def destroy(self) -> None:
+        with self._lock:
+            if self.page_table is None:
+                return
+            for r in self._regions:
+                if r.owned:
+                    self.hal.dealloc_frames(r.hpa)
+            self._regions.clear()
+            self.page_table.destroy()
+            self.page_table = None
+
+    def __enter__(self) -> AddrSpace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

@@ -1,0 +1,97 @@
+"""The ``ArchVCpu`` interface (axvcpu ``AxArchVCpu``) every architecture implements.
+
+Call order, enforced by the :class:`~pyaxvisor.vcpu.vcpu.VCpu` wrapper and
+assumed by implementations:
+
+1. ``new(vm_id, vcpu_id, create_config)`` — first and once.
+2. ``set_entry(gpa)`` — exactly once, before ``setup``.
+3. ``set_ept_root(hpa)`` — exactly once, before ``setup``.
+4. ``setup(setup_config)`` — once, after 2 and 3.
+5. ``bind()`` — load the vCPU onto the calling host thread (the "physical CPU").
+6. ``run()`` any number of times — runs the guest until an exit it cannot handle
+   itself and returns that :class:`~pyaxvisor.vcpu.exit.ExitReason`. A read exit
+   must be completed with :meth:`complete_read` before the next ``run``.
+7. ``unbind()`` — the vCPU may then be bound again, on this or another thread.
+
+``set_gpr``/``set_return_value`` work between runs. ``inject_interrupt`` may be
+called from any thread at any time after ``setup``: implementations queue the
+vector and deliver it at the next guest entry (they must be thread-safe there).
+
+Each subclass names its configuration types in ``CreateConfig`` and
+``SetupConfig``; the wrapper checks the configs passed against them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Self
+
+from pyaxvisor.errors import Unsupported
+from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.vcpu.exit import (
+    ExitReason,
+    IoRead,
+    MmioRead,
+    ReadExit,
+    SysRegRead,
+    read_register_value,
+)
+
+
+class ArchVCpu(abc.ABC):
+    CreateConfig: ClassVar[type]
+    SetupConfig: ClassVar[type]
+
+    @classmethod
+    @abc.abstractmethod
+    def new(cls, vm_id: int, vcpu_id: int, config: Any) -> Self:
+        """Create the architecture state (may allocate HAL frames)."""
+
+    @abc.abstractmethod
+    def set_entry(self, entry: GuestPhysAddr) -> None:
+        """Guest entry point, i.e. the first PC / RIP."""
+
+    @abc.abstractmethod
+    def set_ept_root(self, ept_root: HostPhysAddr) -> None:
+        """Root of the nested page table (EPT / VTTBR_EL2 / hgatp)."""
+
+    @abc.abstractmethod
+    def setup(self, config: Any) -> None:
+        """Finish initialisation once entry and nested page table are known."""
+
+    @abc.abstractmethod
+    def run(self) -> ExitReason:
+        """Run the guest until an exit the hypervisor must handle."""
+
+    @abc.abstractmethod
+    def bind(self) -> None:
+        """Make this vCPU current on the calling host thread."""
+
+    @abc.abstractmethod
+    def unbind(self) -> None:
+        """Release the calling host thread."""
+
+    @abc.abstractmethod
+    def set_gpr(self, index: int, value: int) -> None:
+        """Set general-purpose register ``index`` (architecture numbering)."""
+
+    @abc.abstractmethod
+    def inject_interrupt(self, vector: int) -> None:
+        """Queue an interrupt for the guest. Thread-safe."""
+
+    @abc.abstractmethod
+    def set_return_value(self, value: int) -> None:
+        """Set the register a hypercall returns in (x0 / a0 / rax)."""
+
+    def complete_read(self, exit_reason: ReadExit, value: int) -> None:
+        """Finish an emulated read: put the device's ``value`` where the guest expects it.
+
+        The default writes the extended value into the destination GPR, which is
+        right for MMIO and system-register reads on architectures whose decoders
+        name a register. Engines whose exits carry a data buffer (KVM) override it.
+        """
+        match exit_reason:
+            case MmioRead(reg=reg) | SysRegRead(reg=reg):
+                self.set_gpr(reg, read_register_value(exit_reason, value))
+            case IoRead():
+                raise Unsupported(f"{type(self).__name__} has no port I/O")

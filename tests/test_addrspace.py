@@ -1,0 +1,136 @@
+"""AddrSpace: guest RAM regions over a nested page table, guest memory access by GPA."""
+
+import pytest
+
+from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NoMemory, NotFound
+from pyaxvisor.hal import HostHal
+from pyaxvisor.mm import GuestPhysAddr, HostPhysAddr, MappingFlags
+from pyaxvisor.mm.addrspace import AddrSpace, GuestMemoryFault
+from pyaxvisor.mm.nested import ARCHES, nested_page_table
+
+G = GuestPhysAddr
+RW = MappingFlags.READ | MappingFlags.WRITE
+
+
+@pytest.fixture
+def hal():
+    h = HostHal(64 << 20)
+    yield h
+    h.close()
+
+
+@pytest.fixture(params=ARCHES)
+def space(request, hal):
+    s = AddrSpace(hal, nested_page_table(hal, request.param))
+    yield s
+    s.destroy()
+
+
+def test_ram_is_backed_by_contiguous_aligned_frames_and_mapped_with_blocks(space, hal):
+    region = space.map_ram(G(0x4000_0000), 4 << 20)
+    assert int(region.hpa) % (2 << 20) == 0
+    assert hal.frames.allocation_size(region.hpa) == 4 << 20
+    # The nested table, not the region list, answers translations: 2 MiB blocks.
+    hpa, flags, size = space.page_table.translate(G(0x4020_1234))
+    assert size == 2 << 20
+    assert hpa == region.hpa + 0x20_1234
+    assert MappingFlags.WRITE in flags and MappingFlags.EXECUTE in flags
+
+
+def test_read_write_across_pages_and_regions(space, hal):
+    space.map_ram(G(0x4000_0000), 0x2000)
+    b = space.map_ram(G(0x4000_2000), 0x1000)
+    data = bytes(range(256)) * 28  # 7 KiB from 0x800: crosses into the second region
+    space.write(G(0x4000_0800), data)
+    assert space.read(G(0x4000_0800), len(data)) == data
+    # the bytes really live in the regions' host frames
+    assert hal.memory.read(b.hpa, 0x400) == data[0x1800:]
+    space.write_u64(G(0x4000_2FF8), 0x1122_3344_5566_7788)
+    assert space.read(G(0x4000_2FF8), 8) == bytes.fromhex("8877665544332211")
+    assert space.read_u64(G(0x4000_2FF8)) == 0x1122_3344_5566_7788
+
+
+def test_unbacked_access_faults_and_a_faulting_write_changes_nothing(space):
+    space.map_ram(G(0x4000_0000), 0x1000)
+    with pytest.raises(GuestMemoryFault, match="0x9000000"):
+        space.read(G(0x0900_0000), 4)
+    with pytest.raises(GuestMemoryFault, match="0x40001000"):
+        space.write(G(0x4000_0FFC), b"\xAA" * 8)
+    assert space.read(G(0x4000_0FFC), 4) == bytes(4)
+
+
+def test_overlap_and_bad_ranges(space):
+    space.map_ram(G(0x4000_0000), 0x10_0000)
+    with pytest.raises(AlreadyExists, match="overlaps"):
+        space.map_ram(G(0x400F_F000), 0x2000)
+    with pytest.raises(InvalidInput):
+        space.map_ram(G(0x5000_0800), 0x1000)
+    with pytest.raises(InvalidInput):
+        space.map_ram(G(0x5000_0000), 0x1800)
+    with pytest.raises(InvalidInput):
+        space.map_ram(0x5000_0000, 0x1000)  # type: ignore[arg-type]
+
+
+def test_remove_region_unmaps_and_frees(space, hal):
+    free0 = hal.frames.free_frames
+    r = space.map_ram(G(0x8000_0000), 0x40_0000)
+    space.remove_region(G(0x8000_0000))
+    with pytest.raises(GuestMemoryFault):
+        space.read(G(0x8000_0000), 1)
+    assert r not in space.regions
+    with pytest.raises(NotFound):
+        space.remove_region(G(0x8000_0000))
+    # only the page-table frames created for the mapping may remain
+    assert hal.frames.free_frames >= free0 - len(space.page_table.table_frames())
+
+
+def test_linear_mapping_of_caller_memory_is_not_freed(space, hal):
+    hpa = hal.alloc_frames(4)
+    space.map_linear(G(0x1000_0000), hpa, 0x4000, RW)
+    hal.memory.write(hpa + 0x10, b"shared")
+    assert space.read(G(0x1000_0010), 6) == b"shared"
+    assert space.translate(G(0x1000_3000)) == hpa + 0x3000
+    space.remove_region(G(0x1000_0000))
+    hal.dealloc_frames(hpa)  # still ours: a second free would raise
+
+
+def test_protect_goes_to_the_table(space):
+    space.map_ram(G(0x4000_0000), 0x4000)
+    space.protect(G(0x4000_1000), 0x1000, MappingFlags.READ)
+    _, flags, _ = space.page_table.translate(G(0x4000_1000))
+    assert MappingFlags.WRITE not in flags
+    _, flags, _ = space.page_table.translate(G(0x4000_2000))
+    assert MappingFlags.WRITE in flags
+    # the hypervisor's own writes ignore guest permissions
+    space.write(G(0x4000_1000), b"rom")
+    assert space.read(G(0x4000_1000), 3) == b"rom"
+
+
+def test_out_of_host_memory_is_typed_and_leaves_space_usable(hal):
+    space = AddrSpace(hal, nested_page_table(hal, "aarch64"))
+    with pytest.raises(NoMemory, match="guest RAM at 0x40000000"):
+        space.map_ram(G(0x4000_0000), 128 << 20)
+    assert space.regions == ()
+    space.map_ram(G(0x4000_0000), 1 << 20)
+    space.destroy()
+
+
+def test_destroy_frees_everything_and_blocks_use(hal):
+    free0 = hal.frames.free_frames
+    space = AddrSpace(hal, nested_page_table(hal, "x86_64"))
+    space.map_ram(G(0), 8 << 20)
+    space.map_ram(G(0xFEE0_0000), 0x1000)
+    space.destroy()
+    assert hal.frames.free_frames == free0
+    with pytest.raises(BadState, match="destroyed"):
+        space.root_paddr  # noqa: B018
+    space.destroy()  # idempotent
+
+
+def test_unknown_architecture(hal):
+    with pytest.raises(InvalidInput, match="x86_64, aarch64, riscv64"):
+        nested_page_table(hal, "mips")
+
+
+def test_root_is_a_host_physical_address(space):
+    assert isinstance(space.root_paddr, HostPhysAddr)

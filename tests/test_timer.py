@@ -1,0 +1,84 @@
+"""Deadline-ordered, cancellable timer events."""
+
+import threading
+
+import pytest
+
+from pyaxvisor.errors import InvalidInput
+from pyaxvisor.hal import TimerList
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_events_fire_in_deadline_order_ties_in_schedule_order():
+    clock = FakeClock()
+    timers = TimerList(clock)
+    fired = []
+    timers.schedule(3000, lambda now: fired.append(("c", now)))
+    timers.schedule(2000, lambda now: fired.append(("a", now)))
+    timers.schedule(2000, lambda now: fired.append(("b", now)))
+    assert timers.next_deadline() == 2000
+    assert timers.expire() == 0
+    clock.now = 2500
+    assert timers.expire() == 2
+    assert fired == [("a", 2500), ("b", 2500)]
+    assert len(timers) == 1
+    assert timers.expire(now_ns=3000) == 1
+    assert fired[-1] == ("c", 3000)
+    assert timers.next_deadline() is None
+
+
+def test_cancel():
+    clock = FakeClock()
+    timers = TimerList(clock)
+    fired = []
+    a = timers.schedule_in(100, lambda now: fired.append("a"))
+    b = timers.schedule_in(200, lambda now: fired.append("b"))
+    assert timers.cancel(a) is True
+    assert timers.cancel(a) is False
+    assert timers.next_deadline() == 1200
+    clock.now = 5000
+    assert timers.expire() == 1
+    assert fired == ["b"]
+    assert timers.cancel(b) is False  # already fired
+    assert not a.pending and not b.pending and b.fired and a.cancelled
+
+
+def test_callbacks_may_reschedule():
+    clock = FakeClock()
+    timers = TimerList(clock)
+    ticks = []
+
+    def periodic(now):
+        ticks.append(now)
+        if len(ticks) < 3:
+            timers.schedule(now + 10, periodic)
+
+    timers.schedule(1000, periodic)
+    for t in (1000, 1010, 1020, 1030):
+        clock.now = t
+        timers.expire()
+    assert ticks == [1000, 1010, 1020]
+
+
+def test_real_clock_and_threads():
+    timers = TimerList()
+    done = threading.Event()
+    timers.schedule_in(1_000_000, lambda now: done.set())
+    while not done.is_set():
+        timers.expire()
+    assert timers.now() > 0
+
+
+def test_bad_deadlines():
+    timers = TimerList(FakeClock())
+    with pytest.raises(InvalidInput):
+        timers.schedule(-1, lambda now: None)
+    with pytest.raises(InvalidInput):
+        timers.schedule_in(-5, lambda now: None)
