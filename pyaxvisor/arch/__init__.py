@@ -1,0 +1,1 @@
+"""Architecture-specific vCPU support (one sub-package per architecture)."""

@@ -1,0 +1,321 @@
+"""The AArch64 vCPU (arm_vcpu ``Aarch64VCpu``) on the software EL2.
+
+State the vCPU owns (and carries between host CPUs):
+
+* the trap frame (x0-x30, SP_EL0, ELR = guest PC, SPSR = guest PSTATE);
+* the guest's EL1 system registers (:data:`EL1_SYSREGS`, SP_EL1, ELR_EL1,
+  SPSR_EL1), the generic timer's CTL/CVAL pair for the virtual and physical
+  timers and CNTVOFF;
+* its EL2 configuration: HCR_EL2, VTCR_EL2, VTTBR_EL2, VMPIDR_EL2.
+
+``bind()`` loads all of it into the calling host thread's CPU (the
+:class:`~pyaxvisor.arch.aarch64.pcpu.Aarch64PerCpu` enabled there);
+``unbind()`` saves it back. Around each ``run()`` the trap frame is written to
+the CPU (only registers that changed) and read back at the trap.
+
+``setup`` sets SPSR = EL1h with D, A, I, F masked; HCR_EL2 = VM | RW | TSC | TWI
+(TWI so WFI reaches the hypervisor as Halt; + IMO | FMO unless interrupts are
+passed through, so the virtual IRQ line HCR_EL2.VI works); VTCR_EL2 from the
+stage-2 geometry (the IPA size) with a 40-bit output size, which covers the
+host arena's physical addresses; VMPIDR_EL2 = the configured MPIDR; x0 = the
+device-tree address (the arm64 Linux boot protocol).
+
+``run()`` enters the guest and decodes traps with
+:func:`~pyaxvisor.arch.aarch64.exception.handle_sync_exception`; exceptions the
+guest takes itself (SVC, its own page faults, undefined instructions) are
+delivered to its EL1 vectors without leaving ``run()``, as are traps that
+decode to ``Nothing``. A stop request (``kick``) ends ``run()`` with ``Nothing``,
+or ``ExternalInterrupt`` when the HAL has a host IRQ pending.
+
+Interrupts: ``set_irq_line(level)`` drives the virtual IRQ input (from the
+vGIC, any thread); ``inject_interrupt(vector)`` hands the vector to the
+attached interrupt controller (``attach_interrupt_controller``) or, without one,
+asserts the line so the guest takes an IRQ at VBAR_EL1 + 0x280.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, Self
+
+from unicorn import arm64_const as a64
+
+from pyaxvisor.arch.aarch64.context_frame import Aarch64ContextFrame
+from pyaxvisor.arch.aarch64.esr import SYSREGS, Esr, sysreg_fields
+from pyaxvisor.arch.aarch64.exception import UnhandledTrap, handle_sync_exception
+from pyaxvisor.arch.aarch64.pcpu import (
+    HCR_FMO,
+    HCR_IMO,
+    HCR_RW,
+    HCR_TSC,
+    HCR_TWI,
+    HCR_VM,
+    current_percpu,
+)
+from pyaxvisor.arch.aarch64.psci import AffinityState, PsciPlatform
+from pyaxvisor.engine.tcg.aarch64 import Aarch64Tcg, TrapKind
+from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
+from pyaxvisor.errors import BadState, InvalidInput
+from pyaxvisor.hal.memory import HostMemory
+from pyaxvisor.hal.vcpu_hal import VCpuHal
+from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.mm.page_table.stage2 import Stage2Format
+from pyaxvisor.vcpu.arch_vcpu import ArchVCpu
+from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Nothing
+
+SPSR_EL1H_DAIF = 0x3C5  # M = EL1h (0b0101), D A I F masked (bits 9:6)
+STAGE2_PA_BITS = 40
+
+#: EL1/EL0 system registers saved on unbind and restored on bind.
+EL1_SYSREGS = ("SCTLR_EL1", "CPACR_EL1", "TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "AFSR0_EL1",
+               "AFSR1_EL1", "ESR_EL1", "FAR_EL1", "PAR_EL1", "MAIR_EL1", "AMAIR_EL1",
+               "VBAR_EL1", "CONTEXTIDR_EL1", "TPIDR_EL1", "CNTKCTL_EL1", "MDSCR_EL1")
+_EXTRA_SYSREGS = {"TPIDR_EL0": (3, 3, 13, 0, 2), "TPIDRRO_EL0": (3, 3, 13, 0, 3),
+                  "SPSR_EL1": (3, 0, 4, 0, 0), "ELR_EL1": (3, 0, 4, 0, 1)}
+_SAVED = {name: sysreg_fields(SYSREGS[name]) for name in EL1_SYSREGS} | _EXTRA_SYSREGS
+_EL2_REGS = ("HCR_EL2", "VTCR_EL2", "VTTBR_EL2", "VMPIDR_EL2")
+
+
+class InterruptController(Protocol):
+    def inject(self, cpu_id: int, intid: int) -> None: ...
+
+
+class _OnlyMe:
+    """Default PSCI platform for a lone vCPU: itself ON, every other CPU OFF."""
+
+    def __init__(self, mpidr: int) -> None:
+        self.mpidr = mpidr & 0xFF_00FF_FFFF
+
+    def affinity_info(self, target_mpidr: int, lowest_level: int) -> int:
+        if target_mpidr & 0xFF_00FF_FFFF == self.mpidr:
+            return AffinityState.ON
+        return AffinityState.OFF
+
+
+@dataclass
+class Aarch64VCpuCreateConfig:
+    """``mpidr_el1``: the MPIDR the guest reads; ``dtb_addr``: guest-physical address
+    of the device tree (x0 at entry); ``memory``: the host arena guest RAM lives in;
+    ``hal`` for host IRQs; ``psci`` answers AFFINITY_INFO; ``cntvoff``: the virtual
+    counter offset (share one per VM so all its vCPUs agree on time)."""
+
+    mpidr_el1: int
+    dtb_addr: int
+    memory: HostMemory
+    hal: VCpuHal | None = None
+    psci: PsciPlatform | None = None
+    cntvoff: int = 0
+
+
+@dataclass
+class Aarch64VCpuSetupConfig:
+    """``extra_hcr``: further HCR_EL2 trap bits a VMM wants (e.g. TID3 = bit 18 to
+    trap ID register reads, TVM = bit 26 to trap writes of the MMU registers)."""
+
+    passthrough_interrupt: bool = False
+    passthrough_timer: bool = False
+    ipa_bits: int = 40
+    extra_hcr: int = 0
+
+
+@dataclass
+class _SavedState:
+    sysregs: dict[str, int] = field(default_factory=dict)
+    sp_el1: int = 0
+    timers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+
+
+class Aarch64VCpu(ArchVCpu):
+    CreateConfig = Aarch64VCpuCreateConfig
+    SetupConfig = Aarch64VCpuSetupConfig
+
+    def __init__(self, vm_id: int, vcpu_id: int, config: Aarch64VCpuCreateConfig) -> None:
+        self.vm_id = vm_id
+        self.vcpu_id = vcpu_id
+        self.config = config
+        self.ctx = Aarch64ContextFrame(spsr=SPSR_EL1H_DAIF)
+        self._synced = list(self.ctx.x)
+        self._el2: dict[str, int] = {"VMPIDR_EL2": config.mpidr_el1}
+        self._saved = _SavedState()
+        self._engine: Aarch64Tcg | None = None
+        self._psci = config.psci or _OnlyMe(config.mpidr_el1)
+        self._irq_level = False
+        self._lock = threading.Lock()
+        self.pending_vectors: list[int] = []
+        self.controller: InterruptController | None = None
+        self.on_timer_write: Callable[[int, int], None] | None = None
+        self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
+
+    # -- ArchVCpu: lifecycle -----------------------------------------------------------
+    @classmethod
+    def new(cls, vm_id: int, vcpu_id: int, config: Aarch64VCpuCreateConfig) -> Self:
+        if not isinstance(config.memory, HostMemory):
+            raise InvalidInput("Aarch64VCpuCreateConfig.memory must be the HostMemory arena")
+        return cls(vm_id, vcpu_id, config)
+
+    def set_entry(self, entry: GuestPhysAddr) -> None:
+        self.ctx.elr = int(entry)
+
+    def set_ept_root(self, ept_root: HostPhysAddr) -> None:
+        # VTTBR_EL2: VMID in bits 63:48, BADDR = the stage-2 root.
+        self._el2["VTTBR_EL2"] = ((self.vm_id & 0xFF) << 48) | int(ept_root)
+
+    def setup(self, config: Aarch64VCpuSetupConfig) -> None:
+        hcr = HCR_VM | HCR_RW | HCR_TSC | HCR_TWI | config.extra_hcr
+        if not config.passthrough_interrupt:
+            hcr |= HCR_IMO | HCR_FMO
+        self._el2["HCR_EL2"] = hcr
+        self._el2["VTCR_EL2"] = Stage2Format(config.ipa_bits).vtcr_el2(pa_bits=STAGE2_PA_BITS)
+        self.ctx.spsr = SPSR_EL1H_DAIF
+        self.ctx.set_gpr(0, self.config.dtb_addr)
+        self.passthrough_timer = config.passthrough_timer
+
+    def bind(self) -> None:
+        engine = current_percpu().engine
+        engine.attach_memory(self.config.memory)
+        for name in _EL2_REGS:
+            engine.write_sysreg(name, self._el2.get(name, 0))
+        for name, enc in _SAVED.items():
+            if name in self._saved.sysregs:
+                engine.write_cp(*enc, self._saved.sysregs[name])
+        engine.reg_write(a64.UC_ARM64_REG_SP_EL0, self.ctx.sp_el0)
+        engine.reg_write(a64.UC_ARM64_REG_SP_EL1, self._saved.sp_el1)
+        engine.reg_write(a64.UC_ARM64_REG_PSTATE, self.ctx.spsr)
+        # the live SP is the banked one of the mode being entered
+        sp = self._saved.sp_el1 if self.ctx.spsr & 1 else self.ctx.sp_el0
+        engine.reg_write(a64.UC_ARM64_REG_SP, sp)
+        for i, v in enumerate(self.ctx.x):
+            engine.set_gpr(i, v)
+        self._synced = list(self.ctx.x)
+        engine.timer.cntvoff = self.config.cntvoff
+        for timer, (ctl, cval) in zip((TIMER_VIRT, TIMER_PHYS), self._saved.timers, strict=True):
+            engine.timer.set_regs(timer, ctl, cval)
+        engine.on_timer_write = self._timer_written
+        engine.set_virtual_irq(self._irq_level)
+        engine.flush_tlb()
+        with self._lock:
+            self._engine = engine
+
+    def unbind(self) -> None:
+        engine = self._require_engine()
+        self._sync_from_engine(engine)
+        self._saved.sysregs = {name: engine.read_cp(*enc) for name, enc in _SAVED.items()}
+        self._saved.sp_el1 = (engine.reg_read(a64.UC_ARM64_REG_SP) if self.ctx.spsr & 1
+                              else engine.reg_read(a64.UC_ARM64_REG_SP_EL1))
+        self._saved.timers = tuple((engine.timer.ctl(t), engine.timer.cval(t))
+                                   for t in (TIMER_VIRT, TIMER_PHYS))  # type: ignore[assignment]
+        engine.on_timer_write = None
+        with self._lock:
+            self._engine = None
+
+    # -- ArchVCpu: running ---------------------------------------------------------------
+    def run(self) -> ExitReason:
+        engine = self._require_engine()
+        ctx = self.ctx
+        while True:
+            self._write_back(engine)
+            engine.set_virtual_irq(self._irq_level)
+            trap = engine.run(ctx.elr)
+            if trap.kind is TrapKind.PREEMPTED:
+                self._sync_from_engine(engine)
+                irq = self.config.hal.irq_fetch() if self.config.hal is not None else None
+                return Nothing() if irq is None else ExternalInterrupt(irq)
+            if trap.target_el == 1:
+                ctx.elr = engine.deliver_to_el1(trap)
+                self.guest_exceptions += 1
+                continue
+            ctx.x = engine.gprs_at_trap()
+            self._synced = list(ctx.x)
+            ctx.elr = trap.pc
+            if trap.kind not in (TrapKind.HVC, TrapKind.HYP_TRAP, TrapKind.DATA_ABORT,
+                                 TrapKind.PREFETCH_ABORT, TrapKind.UDEF, TrapKind.SMC):
+                raise UnhandledTrap(f"unexpected exception {trap.kind.name} to EL2",
+                                    esr=Esr(trap.syndrome), far=trap.far, hpfar=trap.hpfar,
+                                    frame=ctx)
+            exit_reason = handle_sync_exception(ctx, trap.syndrome, trap.far, trap.hpfar,
+                                                self._psci)
+            if not isinstance(exit_reason, Nothing):
+                return exit_reason
+
+    def kick(self) -> None:
+        """Make a running ``run()`` return soon (any thread)."""
+        engine = self._engine
+        if engine is not None:
+            engine.request_stop()
+
+    # -- registers ---------------------------------------------------------------------------
+    def set_gpr(self, index: int, value: int) -> None:
+        if not 0 <= index <= 31:
+            raise InvalidInput(f"AArch64 has general-purpose registers 0..30 (31 = XZR), "
+                               f"not {index}")
+        self.ctx.set_gpr(index, value)
+
+    def set_return_value(self, value: int) -> None:
+        self.ctx.set_gpr(0, value & ((1 << 64) - 1))
+
+    def get_gpr(self, index: int) -> int:
+        return self.ctx.gpr(index)
+
+    # -- interrupts -----------------------------------------------------------------------------
+    def attach_interrupt_controller(self, controller: InterruptController) -> None:
+        self.controller = controller
+
+    def set_irq_line(self, level: bool) -> None:
+        """Drive the virtual IRQ input (HCR_EL2.VI) from any thread."""
+        if level != self._irq_level:
+            self._irq_level = level
+            self.kick()
+
+    @property
+    def irq_line(self) -> bool:
+        return self._irq_level
+
+    def inject_interrupt(self, vector: int) -> None:
+        if not 0 <= vector < 1020:
+            raise InvalidInput(f"GIC interrupt IDs are 0..1019, not {vector}")
+        if self.controller is not None:
+            self.controller.inject(self.vcpu_id, vector)
+            return
+        with self._lock:
+            self.pending_vectors.append(vector)
+        self.set_irq_line(True)
+
+    # -- machinery -------------------------------------------------------------------------------
+    def _require_engine(self) -> Aarch64Tcg:
+        engine = self._engine
+        if engine is None:
+            raise BadState(f"vCPU {self.vcpu_id} is not bound to a host CPU")
+        return engine
+
+    def _write_back(self, engine: Aarch64Tcg) -> None:
+        x, synced = self.ctx.x, self._synced
+        if x != synced:
+            for i in range(31):
+                if x[i] != synced[i]:
+                    engine.set_gpr(i, x[i])
+            self._synced = list(x)
+
+    def _sync_from_engine(self, engine: Aarch64Tcg) -> None:
+        self._write_back(engine)
+        self.ctx.x = engine.gprs()
+        self._synced = list(self.ctx.x)
+        self.ctx.elr = engine.pc
+        self.ctx.spsr = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
+        self.ctx.sp_el0 = (engine.reg_read(a64.UC_ARM64_REG_SP_EL0) if self.ctx.spsr & 1
+                           else engine.reg_read(a64.UC_ARM64_REG_SP))
+
+    def _timer_written(self, timer: int) -> None:
+        handler = self.on_timer_write
+        if handler is not None:
+            handler(self.vcpu_id, timer)
+
+    def timer_state(self) -> tuple[int, int, int, int]:
+        """(CNTV_CTL, CNTV_CVAL, CNTP_CTL, CNTP_CVAL) as the guest last set them."""
+        engine = self._engine
+        if engine is not None:
+            t = engine.timer
+            return (t.ctl(TIMER_VIRT), t.cval(TIMER_VIRT), t.ctl(TIMER_PHYS), t.cval(TIMER_PHYS))
+        (vc, vv), (pc, pv) = self._saved.timers
+        return (vc, vv, pc, pv)

@@ -1,0 +1,1 @@
+"""Emulated devices: UARTs, interrupt controllers, timers, ROM."""

@@ -1,0 +1,400 @@
+"""The AArch64 software silicon: Unicorn (QEMU's TCG core) with pyaxvisor as EL2.
+
+The guest runs at EL1 with SCR_EL3 = NS|HCE|RW, so HCR_EL2 traps work: an HVC,
+a trapped SMC/WFI/MSR, or a stage-2 fault ends :meth:`Aarch64Tcg.run` with a
+:class:`Trap` carrying what the hardware would have put in ESR_EL2, FAR_EL2 and
+HPFAR_EL2. Unicorn's interrupt hook runs *instead of* QEMU's architectural
+exception entry, so ESR/FAR are not written to the EL2 registers; they are read
+from QEMU's exception record inside the CPU state. Where that record (and the
+register file) lies depends on the Unicorn build, so :func:`self_test` finds the
+offsets once per process with programs whose syndromes are known (``hvc
+#0xabcd`` must give ESR 0x5A00ABCD, an alignment fault at a known address must
+give that FAR) and the engine refuses to start when they do not check out.
+
+Guest-physical addresses of the engine are host-physical addresses of the HAL
+arena: :meth:`Aarch64Tcg.attach_memory` maps an arena zero-copy at its
+``phys_base``, the stage-2
+table (VTTBR_EL2) translates IPAs into it, and IPAs it does not map fault to
+EL2 — that is how MMIO reaches the hypervisor.
+
+Preemption: :meth:`request_stop` (any thread) makes the CPU stop at its next
+basic block via the native hook; ``run`` then returns a ``Trap`` of kind
+``PREEMPTED``.
+
+Generic timer: the EL0 timer registers are emulated by native MRS/MSR hooks
+(:class:`~pyaxvisor.engine.tcg.native.NativeTimer`) at ``timer_freq`` Hz; the
+physical counter of every engine in the process counts from :data:`BOOT_NS`.
+
+Thread contract: one engine is driven by one host thread; only
+:meth:`request_stop` may be called from others.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import unicorn
+from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc, UcError
+from unicorn import arm64_const as a64
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+from pyaxvisor.engine.tcg.native import ContextView, NativeTimer, Preemptor
+from pyaxvisor.errors import AxError, Unsupported
+from pyaxvisor.hal.memory import HostMemory
+
+UNICORN_VERSION = unicorn.__version__
+#: The host time at which every engine's physical counter (CNTPCT_EL0) read 0.
+BOOT_NS = time.monotonic_ns()
+
+# SCR_EL3 bits: NS (0) non-secure, HCE (8) HVC enabled, RW (10) lower ELs AArch64.
+SCR_EL3_VALUE = (1 << 0) | (1 << 8) | (1 << 10)
+
+# System register coordinates (crn, crm, op0, op1, op2) in Unicorn's CP_REG order.
+SYSREG = {
+    "SCR_EL3": (1, 1, 3, 6, 0),
+    "HCR_EL2": (1, 1, 3, 4, 0),
+    "VTCR_EL2": (2, 1, 3, 4, 2),
+    "VTTBR_EL2": (2, 1, 3, 4, 0),
+    "VBAR_EL2": (12, 0, 3, 4, 0),
+    "HPFAR_EL2": (6, 0, 3, 4, 4),
+    "VMPIDR_EL2": (0, 0, 3, 4, 5),
+    "CNTHCTL_EL2": (14, 1, 3, 4, 0),
+    "CNTVOFF_EL2": (14, 0, 3, 4, 3),
+    "SCTLR_EL1": (1, 0, 3, 0, 0),
+    "SPSR_EL1": (4, 0, 3, 0, 0),
+    "VBAR_EL1": (12, 0, 3, 0, 0),
+    "TPIDR_EL1": (13, 0, 3, 0, 4),
+    "ESR_EL1": (5, 2, 3, 0, 0),
+    "FAR_EL1": (6, 0, 3, 0, 0),
+    "ID_AA64PFR0_EL1": (0, 4, 3, 0, 0),
+    "ID_AA64MMFR1_EL1": (0, 7, 3, 0, 1),
+    "MPIDR_EL1": (0, 0, 3, 0, 5),
+}
+
+_GPRS = (*(a64.UC_ARM64_REG_X0 + i for i in range(29)), a64.UC_ARM64_REG_X29,
+         a64.UC_ARM64_REG_X30)
+
+
+class TrapKind(enum.IntEnum):
+    """QEMU's exception numbers as the interrupt hook reports them, plus PREEMPTED."""
+
+    PREEMPTED = -1
+    UDEF = 1
+    SWI = 2
+    PREFETCH_ABORT = 3
+    DATA_ABORT = 4
+    IRQ = 5
+    FIQ = 6
+    BKPT = 7
+    HVC = 11
+    HYP_TRAP = 12
+    SMC = 13
+    VIRQ = 14
+    VFIQ = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Trap:
+    """What the CPU reported. ``target_el`` 2 means a trap to the hypervisor,
+    1 an exception the guest handles itself. ``pc`` is the PC at the hook: past
+    the instruction for HVC/SVC, at it for aborts, SMC and undefined."""
+
+    kind: TrapKind
+    syndrome: int
+    far: int
+    target_el: int
+    hpfar: int
+    pc: int
+
+
+class EngineError(AxError):
+    """The software CPU failed (Unicorn error, self-test failure)."""
+
+
+class SelfTestFailed(EngineError, Unsupported):
+    """This Unicorn build does not behave as the engine was validated against."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    xregs: int      # offset of x0..x30 in the context buffer
+    pc: int         # offset of the PC
+    record: int     # offset of (syndrome u32, fsr u32, vaddress u64, target_el u32)
+
+
+_layout: _Layout | None = None
+_layout_lock = threading.Lock()
+
+
+def _hvc(imm: int) -> int:
+    """A64 encoding of HVC #imm: 0xD4000002 | imm16 << 5."""
+    return 0xD4000002 | (imm << 5)
+
+
+_LDR_X1_X0 = 0xF9400001  # LDR X1, [X0]
+_B_SELF = 0x14000000      # B .
+
+
+def _new_uc() -> Uc:
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_A72)
+    uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["SCR_EL3"], SCR_EL3_VALUE))
+    return uc
+
+
+def self_test() -> _Layout:
+    """Locate and verify the CPU-state offsets for this Unicorn build (cached)."""
+    global _layout
+    with _layout_lock:
+        if _layout is None:
+            _layout = _run_self_test()
+        return _layout
+
+
+def _run_self_test() -> _Layout:
+    base = 0x1000_0000
+    uc = _new_uc()
+    uc.mem_map(base, 0x10000)
+    ctx = ContextView(uc)
+
+    def fail(what: str) -> SelfTestFailed:
+        return SelfTestFailed(
+            f"software CPU self-test failed with unicorn {UNICORN_VERSION}: {what}. pyaxvisor "
+            "was validated with unicorn 2.1.4; refusing to guess CPU-state offsets")
+
+    # 1. The register file: distinct magic values in x0..x30 and PC.
+    magic = [0xA5A5_0000_0000_005A | (i << 8) for i in range(31)]
+    for reg, val in zip(_GPRS, magic, strict=True):
+        uc.reg_write(reg, val)
+    uc.reg_write(a64.UC_ARM64_REG_PC, base + 0x5F0)
+    buf = ctx.snapshot_bytes()
+    xregs = buf.find(struct.pack("<31Q", *magic))
+    pc_off = buf.find(struct.pack("<Q", base + 0x5F0))
+    if xregs < 0 or pc_off < 0:
+        raise fail("x0..x30 or PC not found in the CPU state")
+    uc.reg_write(a64.UC_ARM64_REG_X7, 0x7777)
+    if struct.unpack_from("<Q", ctx.refresh(), xregs + 7 * 8)[0] != 0x7777:
+        raise fail("register file offset does not follow register writes")
+
+    # 2. The exception record, from two HVCs with known syndromes and an alignment fault.
+    hits: list[bytes] = []
+
+    def on_intr(uc_: Uc, intno: int, _user: object) -> None:
+        hits.append(ctx.snapshot_bytes())
+        uc_.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    prog = struct.pack("<4I", _hvc(0xABCD), _hvc(0x1234), _LDR_X1_X0, _B_SELF)
+    uc.mem_write(base, prog)
+    try:
+        uc.emu_start(base, -1, count=1)
+        first = hits[-1]
+        record = first.find(struct.pack("<I", 0x5A00ABCD))  # EC=0x16 HVC64, IL=1, imm 0xabcd
+        if record < 0:
+            raise fail("hvc #0xabcd did not leave syndrome 0x5A00ABCD in the CPU state")
+        if struct.unpack_from("<I", first, record + 16)[0] != 2:
+            raise fail("hvc did not target EL2")
+        uc.emu_start(base + 4, -1, count=1)
+        if struct.unpack_from("<I", hits[-1], record)[0] != 0x5A001234:
+            raise fail("hvc #0x1234 did not give syndrome 0x5A001234 at the same offset")
+        # A stage-2 translation fault at a known IPA: VTTBR_EL2 points at a level-1 table
+        # whose entry 0 is a 1 GiB identity block (0x7FD: AF | SH inner | S2AP RW |
+        # MemAttr normal WB | valid block) and entry 1 is invalid, so the load from
+        # IPA 0x4000_0101 faults to EL2 with FAR 0x4000_0101, HPFAR 0x40_0000.
+        table = base + 0x8000
+        uc.mem_write(table, struct.pack("<2Q", 0x7FD, 0))
+        uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["VTTBR_EL2"], table))
+        # T0SZ 32 | SL0 1 (start at level 1) | IRGN0/ORGN0 WBWA | SH0 inner | PS 32 bits | RES1
+        uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["VTCR_EL2"], 0x8000_3560))
+        uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["HCR_EL2"], (1 << 31) | 1))  # RW|VM
+        uc.reg_write(a64.UC_ARM64_REG_X0, 0x4000_0101)
+        uc.emu_start(base + 8, -1, count=1)
+        syn, _fsr, vaddr, target_el = struct.unpack_from("<IIQI", hits[-1], record)
+        hpfar = uc.reg_read(a64.UC_ARM64_REG_CP_REG, (*SYSREG["HPFAR_EL2"], 0))
+        if (syn >> 26, vaddr, target_el, hpfar) != (0x24, 0x4000_0101, 2, 0x40_0000):
+            raise fail(f"stage-2 fault gave ESR {syn:#x}, FAR {vaddr:#x}, EL {target_el}, "
+                       f"HPFAR {hpfar:#x}; expected EC 0x24, FAR 0x40000101, EL 2, "
+                       "HPFAR 0x400000")
+    except UcError as exc:
+        raise fail(f"unicorn error {exc}") from exc
+    return _Layout(xregs=xregs, pc=pc_off, record=record)
+
+
+class Aarch64Tcg:
+    """One AArch64 CPU. See the module docstring for the contract."""
+
+    def __init__(self, timer_freq: int = 62_500_000, timer_base_ns: int = BOOT_NS) -> None:
+        self._layout = self_test()
+        self._uc = uc = _new_uc()
+        self._mapped: dict[int, HostMemory] = {}
+        self._ctx = ContextView(uc)
+        self._preempt = Preemptor(uc)
+        self.on_timer_write: Callable[[int], None] | None = None
+        self.timer = NativeTimer(uc, timer_freq, timer_base_ns, self._timer_written)
+        self._trap: Trap | None = None
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._hcr = 0
+        self._rec = struct.Struct("<IIQI")
+        self._xregs = struct.Struct("<31Q")
+
+    def attach_memory(self, memory: HostMemory) -> None:
+        """Map a host memory arena at its physical base, zero-copy (once per arena)."""
+        if id(memory) in self._mapped:
+            return
+        base, size = int(memory.phys_base), memory.size
+        for other in self._mapped.values():
+            if base < int(other.phys_base) + other.size and int(other.phys_base) < base + size:
+                raise EngineError(f"host memory at {base:#x} overlaps an arena already mapped")
+        self._uc.mem_map_ptr(base, size, UC_PROT_ALL, int(memory.virt_base))
+        self._mapped[id(memory)] = memory
+
+    def _timer_written(self, timer: int) -> None:
+        # Called from C inside the CPU loop: an exception here would be printed and
+        # lost by ctypes, so the callback must not raise; the vCPU's handler is simple.
+        handler = self.on_timer_write
+        if handler is not None:
+            handler(timer)
+
+    # -- running --------------------------------------------------------------------
+    def _on_intr(self, uc: Uc, intno: int, _user: object) -> None:
+        view = self._ctx.refresh()
+        syn, _fsr, vaddr, target_el = self._rec.unpack_from(view, self._layout.record)
+        pc = struct.unpack_from("<Q", view, self._layout.pc)[0]
+        try:
+            kind = TrapKind(intno)
+        except ValueError:
+            kind = TrapKind.UDEF
+            syn = 0  # EC 0: unknown reason
+        hpfar = 0
+        if kind in (TrapKind.DATA_ABORT, TrapKind.PREFETCH_ABORT) and target_el == 2:
+            hpfar = self.read_sysreg("HPFAR_EL2")
+        self._trap = Trap(kind, syn, vaddr, target_el, hpfar, pc)
+        uc.emu_stop()
+
+    def run(self, pc: int) -> Trap:
+        """Run from ``pc`` until a trap or a stop request."""
+        self._trap = None
+        if self._preempt.take():
+            return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, pc)
+        try:
+            self._uc.emu_start(pc, -1)
+        except UcError as exc:
+            raise EngineError(f"software CPU stopped with {exc} at PC {self.pc:#x}") from exc
+        trap = self._trap
+        if trap is None:
+            self._preempt.take()
+            return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, self.pc)
+        return trap
+
+    def deliver_to_el1(self, trap: Trap) -> int:
+        """Take ``trap`` (an exception whose target is EL1) architecturally: what the
+        CPU would have done had no hook intercepted it. Returns the new PC.
+
+        Per the Arm ARM's exception entry: SPSR_EL1 = PSTATE; ELR_EL1 = the preferred
+        return address (the hook's PC: next instruction for SVC, the instruction for
+        aborts and undefined); ESR_EL1 = syndrome; FAR_EL1 = fault address for aborts;
+        PSTATE = EL1h with D, A, I, F masked; SP switches to SP_EL1; PC = VBAR_EL1 +
+        0x000 (from EL1t), 0x200 (from EL1h) or 0x400 (from EL0) + 0x80 for IRQ,
+        0x100 for FIQ.
+        """
+        uc = self._uc
+        pstate = uc.reg_read(a64.UC_ARM64_REG_PSTATE)
+        mode = pstate & 0xF
+        from_el = mode >> 2
+        if from_el == 0:
+            vector = 0x400
+        elif mode & 1:
+            vector = 0x200
+        else:
+            vector = 0x000
+        if trap.kind in (TrapKind.IRQ, TrapKind.VIRQ):
+            vector += 0x80
+        elif trap.kind in (TrapKind.FIQ, TrapKind.VFIQ):
+            vector += 0x100
+        else:
+            uc.reg_write(a64.UC_ARM64_REG_ESR_EL1, trap.syndrome)
+            if trap.kind in (TrapKind.DATA_ABORT, TrapKind.PREFETCH_ABORT):
+                uc.reg_write(a64.UC_ARM64_REG_FAR_EL1, trap.far)
+        self.write_sysreg("SPSR_EL1", pstate)
+        uc.reg_write(a64.UC_ARM64_REG_ELR_EL1, trap.pc)
+        if mode != 0b0101:  # leaving SP_EL0: bank it and switch to SP_EL1
+            uc.reg_write(a64.UC_ARM64_REG_SP_EL0, uc.reg_read(a64.UC_ARM64_REG_SP))
+            sp_el1 = uc.reg_read(a64.UC_ARM64_REG_SP_EL1)
+        uc.reg_write(a64.UC_ARM64_REG_PSTATE, 0x3C5)  # EL1h, DAIF masked
+        if mode != 0b0101:
+            uc.reg_write(a64.UC_ARM64_REG_SP, sp_el1)
+        # QEMU caches translation flags derived from the EL; a system-register write
+        # makes it recompute them before the next block is translated.
+        self.write_sysreg("SCTLR_EL1", self.read_sysreg("SCTLR_EL1"))
+        return self.read_sysreg("VBAR_EL1") + vector
+
+    def request_stop(self) -> None:
+        """Make the running CPU stop at its next basic block (any thread)."""
+        self._preempt.request()
+
+    # -- registers --------------------------------------------------------------------
+    def gprs(self) -> list[int]:
+        """x0..x30, read from one snapshot of the CPU state."""
+        return list(self._xregs.unpack_from(self._ctx.refresh(), self._layout.xregs))
+
+    def gprs_at_trap(self) -> list[int]:
+        """x0..x30 as the last trap's snapshot holds them (valid until the CPU runs or a
+        register is written)."""
+        return list(self._xregs.unpack_from(self._ctx.view, self._layout.xregs))
+
+    def set_gpr(self, index: int, value: int) -> None:
+        self._uc.reg_write(_GPRS[index], value)
+
+    @property
+    def pc(self) -> int:
+        return self._uc.reg_read(a64.UC_ARM64_REG_PC)
+
+    def reg_read(self, reg: int) -> int:
+        """A Unicorn register by its ``UC_ARM64_REG_*`` id (SP_EL0, PSTATE, ELR_EL1…)."""
+        return self._uc.reg_read(reg)
+
+    def reg_write(self, reg: int, value: int) -> None:
+        self._uc.reg_write(reg, value)
+
+    def read_sysreg(self, name: str) -> int:
+        return self._uc.reg_read(a64.UC_ARM64_REG_CP_REG, (*SYSREG[name], 0))
+
+    def write_sysreg(self, name: str, value: int) -> None:
+        self._uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG[name], value))
+        if name == "HCR_EL2":
+            self._hcr = value
+
+    def read_cp(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+        """A system register by its encoding (the MRS operands)."""
+        return self._uc.reg_read(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2, 0))
+
+    def write_cp(self, op0: int, op1: int, crn: int, crm: int, op2: int, value: int) -> None:
+        self._uc.reg_write(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2, value))
+
+    def set_virtual_irq(self, asserted: bool) -> None:
+        """Drive the virtual IRQ line: HCR_EL2.VI (bit 7)."""
+        vi = 1 << 7
+        new = (self._hcr | vi) if asserted else (self._hcr & ~vi)
+        if new != self._hcr:
+            self.write_sysreg("HCR_EL2", new)
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (needed after a stage-2 entry changes)."""
+        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def mem_read(self, paddr: int, size: int) -> bytes:
+        return bytes(self._uc.mem_read(paddr, size))
+
+    @property
+    def preempt_stops(self) -> int:
+        return self._preempt.stops
+
+    def close(self) -> None:
+        self._ctx = None  # type: ignore[assignment]
+        self._uc = None  # type: ignore[assignment]
+

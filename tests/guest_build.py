@@ -1,0 +1,68 @@
+"""Build the small test guests from their assembly sources with Debian's cross binutils.
+
+Images are cached under ``$XDG_CACHE_HOME/pyaxvisor/test-guests`` keyed by a hash of
+the source and the link address, so a run rebuilds only what changed. A missing
+toolchain is a test failure that names the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+GUEST_DIR = Path(__file__).parent / "guests"
+TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu")}
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = base / "pyaxvisor" / "test-guests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def symbols(arch: str, name: str, link_addr: int) -> dict[str, int]:
+    """The guest's symbol table (label -> address), from ``nm`` of the linked ELF."""
+    build(arch, name, link_addr)
+    table = {}
+    for line in _sym_path(arch, name, link_addr).read_text().splitlines():
+        addr, _kind, label = line.split()
+        table[label] = int(addr, 16)
+    return table
+
+
+def _key(arch: str, name: str, link_addr: int) -> str:
+    text = (GUEST_DIR / arch / f"{name}.S").read_bytes()
+    return hashlib.sha256(text + f"{arch}:{link_addr:#x}".encode()).hexdigest()[:16]
+
+
+def _sym_path(arch: str, name: str, link_addr: int) -> Path:
+    return cache_dir() / f"{arch}-{name}-{_key(arch, name, link_addr)}.sym"
+
+
+def build(arch: str, name: str, link_addr: int) -> bytes:
+    """Assemble ``guests/<arch>/<name>.S``, link it at ``link_addr`` and return the flat
+    binary."""
+    prefix, package = TOOLCHAINS[arch]
+    if shutil.which(prefix + "as") is None:
+        raise RuntimeError(f"{prefix}as not found: install the Debian package {package}")
+    src = GUEST_DIR / arch / f"{name}.S"
+    key = _key(arch, name, link_addr)
+    out = cache_dir() / f"{arch}-{name}-{key}.bin"
+    if not out.exists():
+        work = cache_dir() / f"{arch}-{name}-{key}.tmp"
+        work.mkdir(exist_ok=True)
+        obj, elf, tmp_bin = work / "g.o", work / "g.elf", work / "g.bin"
+        subprocess.run([prefix + "as", "-o", obj, src], check=True, capture_output=True)
+        subprocess.run([prefix + "ld", "-e", hex(link_addr), f"-Ttext={link_addr:#x}",
+                        "-o", elf, obj], check=True, capture_output=True)
+        subprocess.run([prefix + "objcopy", "-O", "binary", elf, tmp_bin], check=True,
+                       capture_output=True)
+        nm = subprocess.run([prefix + "nm", elf], check=True, capture_output=True, text=True)
+        _sym_path(arch, name, link_addr).write_text(nm.stdout)
+        tmp_bin.replace(out)
+        shutil.rmtree(work, ignore_errors=True)
+    return out.read_bytes()
