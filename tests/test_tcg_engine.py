@@ -18,7 +18,7 @@ def test_self_test_refuses_when_a_known_syndrome_is_not_found(monkeypatch):
     # Pretend the CPU reports a different syndrome: the expected 0x5A00ABCD is then
     # nowhere in the state and the engine must refuse rather than guess.
     monkeypatch.setattr(eng, "_hvc", lambda imm: 0xD4000002 | (0x1111 << 5))
-    with pytest.raises(SelfTestFailed, match="0x5A00ABCD.*refusing to guess"):
+    with pytest.raises(SelfTestFailed, match=r"0x5A00ABCD.*refusing to guess"):
         eng._run_self_test()
 
 
