@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import platform
 import sys
+from pathlib import Path
 
 import click
 
 from pyaxvisor import __version__
 from pyaxvisor.engine.kvm.probe import kvm_usable
-from pyaxvisor.errors import AxError
+from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.hal.vcpu_hal import HostHal
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.mm.nested import ARCHES, nested_page_table
 from pyaxvisor.mm.page_table import EptPageTable, GStagePageTable, Stage2PageTable
+from pyaxvisor.vm.aarch64_vm import Aarch64Vm, VmResult
+from pyaxvisor.vm.boot import BootSpec, boot
+from pyaxvisor.vm.console import Console
+from pyaxvisor.vm.size import parse_memory_size, parse_smp
 
 # Where each architecture's usual board puts RAM (QEMU pc / virt layouts).
 RAM_BASE = {"x86_64": 0x0010_0000, "aarch64": 0x4000_0000, "riscv64": 0x8000_0000}
@@ -78,6 +83,81 @@ def info() -> None:
     except AxError as exc:
         click.echo(f"self-check failed: {exc}", err=True)
         sys.exit(1)
+
+
+def _print_stats(result: VmResult) -> None:
+    total = sum(result.exits.values())
+    click.echo(f"{'exit reason':<20}{'count':>10}{'handling time':>16}", err=True)
+    for name, count in result.exits.most_common():
+        click.echo(f"{name:<20}{count:>10}{result.exit_time[name] * 1e3:>13.1f} ms", err=True)
+    click.echo(f"{'total':<20}{total:>10}", err=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True,
+              help="Guest architecture.")
+@click.option("--kernel", "-kernel", type=click.Path(path_type=Path), help="Kernel image.")
+@click.option("--initrd", "-initrd", type=click.Path(path_type=Path), help="Initial ramdisk.")
+@click.option("--append", "-append", default="", help="Kernel command line.")
+@click.option("--bios", "-bios", type=click.Path(path_type=Path),
+              help="Firmware loaded into flash at address 0 (e.g. U-Boot).")
+@click.option("-m", "--memory", "memory", default="512M", show_default=True,
+              help="Guest RAM (512M, 1G; a bare number is MiB).")
+@click.option("--smp", "-smp", default=None, help="Number of vCPUs (N or cpus=N).")
+@click.option("--machine", "-M", "-machine", default="virt", help="Board (only virt).")
+@click.option("--cpu", "-cpu", default="cortex-a72", help="CPU model (only cortex-a72).")
+@click.option("--nographic", "-nographic", is_flag=True, help="Accepted for QEMU scripts.")
+@click.option("--serial", "-serial", default="stdio", help="Only stdio.")
+@click.option("--timeout", type=float, default=None, help="Stop the guest after SECONDS.")
+@click.option("--stats", is_flag=True, help="Print exits by reason at the end.")
+def run(arch: str, kernel: Path | None, initrd: Path | None, append: str, bios: Path | None,
+        memory: str, smp: str | None, machine: str, cpu: str, nographic: bool, serial: str,
+        timeout: float | None, stats: bool) -> None:
+    """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
+
+    With no kernel or firmware, boots the bundled guest on 2 vCPUs.
+    """
+    try:
+        if machine.split(",")[0] != "virt":
+            raise InvalidInput(f"machine {machine!r} is not supported: only 'virt'")
+        if cpu not in ("cortex-a72", "max", "host"):
+            raise InvalidInput(f"CPU model {cpu!r} is not supported: only cortex-a72")
+        if serial != "stdio":
+            raise InvalidInput(f"-serial {serial!r} is not supported: only stdio")
+        if initrd is not None and kernel is None:
+            raise InvalidInput("-initrd needs -kernel")
+        default_smp = 2 if kernel is None and bios is None else 1
+        spec = BootSpec(kernel=kernel, initrd=initrd, append=append, bios=bios,
+                        memory=parse_memory_size(memory),
+                        smp=parse_smp(smp) if smp is not None else default_smp,
+                        timeout=timeout)
+    except AxError as exc:
+        raise click.UsageError(str(exc)) from None
+    console = Console()
+    holder: dict[str, Aarch64Vm] = {}
+
+    def attach(vm: Aarch64Vm) -> None:
+        holder["vm"] = vm
+        console.start_input(vm.uart.receive, vm.quit)
+
+    try:
+        result = boot(spec, console.write, on_vm=attach)
+    except AxError as exc:
+        console.restore()
+        click.echo(f"pyaxvisor: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        console.restore()
+    if result.reason == "timeout":
+        click.echo(f"\npyaxvisor: timeout: the guest was still running after {timeout:g} s "
+                   "and was stopped", err=True)
+    elif result.reason == "error":
+        click.echo(f"\npyaxvisor: the guest was stopped: {result.error}", err=True)
+    elif result.reason == "reset":
+        click.echo("\npyaxvisor: the guest asked for a reset; exiting", err=True)
+    if stats:
+        _print_stats(result)
+    sys.exit(result.status)
 
 
 if __name__ == "__main__":

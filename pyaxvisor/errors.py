@@ -37,6 +37,10 @@ class NotFound(AxError, LookupError):
     """The address, device or object asked for does not exist."""
 
 
+class ImageFetchError(AxError):
+    """A guest image could not be fetched from its Debian package or built from it."""
+
+
 class AlignmentError(InvalidInput):
     """An address or size is not aligned as the operation requires."""
 

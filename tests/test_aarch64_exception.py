@@ -230,11 +230,20 @@ def test_cache_maintenance_on_unmapped_ipa_is_skipped():
     assert frame.elr == PC + 4
 
 
-def test_permission_fault_is_a_nested_page_fault():
+def test_store_to_read_only_memory_is_an_mmio_write():
     # STR W2 to read-only memory: 0x9300_0000 | SAS=2 0x80_0000 | SRT=2 0x2_0000 | WnR 0x40
     #                             | DFSC=0x0F (permission fault, level 3)
     frame = frame_with()
+    frame.set_gpr(2, 0xFFFF_FFFF_1234_5678)
     exit_reason = run(frame, 0x9382_004F)
+    assert exit_reason == MmioWrite(addr=GPA, width=AccessWidth.Dword, data=0x1234_5678)
+    assert frame.elr == PC + 4
+
+
+def test_permission_fault_without_syndrome_is_a_nested_page_fault():
+    # STP to read-only memory: 0x9200_0000 (ISV=0) | WnR 0x40 | DFSC=0x0F
+    frame = frame_with()
+    exit_reason = run(frame, 0x9200_004F)
     assert exit_reason == NestedPageFault(addr=GPA, access_flags=AccessFlags.WRITE)
     assert frame.elr == PC  # re-execute after the fix
 

@@ -110,3 +110,44 @@ class TimerList:
                 self._live -= 1
             event.callback(now)
             ran += 1
+
+
+class TimerThread:
+    """Runs a :class:`TimerList` on a host thread: sleeps until the next deadline and
+    expires due events (their callbacks run on this thread). ``schedule`` wakes it
+    when a new event is earlier than what it sleeps for. ``stop`` ends the thread."""
+
+    def __init__(self, timers: TimerList | None = None, name: str = "timers") -> None:
+        self.timers = timers or TimerList()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def schedule(self, deadline_ns: int, callback: TimerCallback) -> TimerEvent:
+        event = self.timers.schedule(deadline_ns, callback)
+        with self._cond:
+            self._cond.notify()
+        return event
+
+    def cancel(self, event: TimerEvent) -> bool:
+        return self.timers.cancel(event)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                nxt = self.timers.next_deadline()
+                now = self.timers.now()
+                if nxt is None or nxt > now:
+                    timeout = None if nxt is None else (nxt - now) / 1e9
+                    self._cond.wait(timeout)
+                    continue
+            self.timers.expire()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=5)

@@ -137,10 +137,29 @@ class AddrSpace:
             r = next((r for r in self._regions if r.gpa == gpa), None)
             if r is None:
                 raise NotFound(f"no guest RAM region starts at {int(gpa):#x}")
+            self.set_region_mapped(gpa, True)
             self._pt.unmap(r.gpa, r.size)
             self._regions.remove(r)
             if r.owned:
                 self.hal.dealloc_frames(r.hpa)
+
+    def set_region_mapped(self, gpa: GuestPhysAddr, mapped: bool) -> None:
+        """Take the region starting at ``gpa`` out of the nested table (guest accesses
+        then fault to the hypervisor, e.g. a ROM device in a programming mode) or put
+        it back, keeping its backing memory either way. The caller flushes TLBs."""
+        with self._lock:
+            r = next((r for r in self._regions if r.gpa == gpa), None)
+            if r is None:
+                raise NotFound(f"no guest RAM region starts at {int(gpa):#x}")
+            present = True
+            try:
+                self._pt.translate(r.gpa)
+            except NotMapped:
+                present = False
+            if mapped and not present:
+                self._pt.map(r.gpa, r.hpa, r.size, r.flags)
+            elif not mapped and present:
+                self._pt.unmap(r.gpa, r.size)
 
     def protect(self, gpa: GuestPhysAddr, size: int, flags: MappingFlags) -> None:
         with self._lock:

@@ -59,7 +59,7 @@ class VCpu(Generic[A]):
         self.vcpu_id = vcpu_id
         self.favor_phys_cpu = favor_phys_cpu
         self.phys_cpu_set = frozenset(phys_cpu_set) if phys_cpu_set is not None else None
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._state = S.Invalid
         self._busy = False
         self._bound_thread: int | None = None
@@ -234,7 +234,9 @@ class VCpu(Generic[A]):
         ``argument_check``: the operation only validates and stores an argument, so an
         InvalidInput from it leaves the state as it was instead of invalidating.
         """
-        self._check_not_nested()
+        percpu = current._percpu
+        if percpu.current is not None:
+            self._check_not_nested()
         with self._cond:
             self._require(op, allowed)
             if self._busy:
@@ -244,9 +246,9 @@ class VCpu(Generic[A]):
             before = self._state
             if during is not None:
                 self._state = during
+        percpu.current = self  # this vCPU is current on the host CPU for the operation
         try:
-            with current.current_vcpu_set(self):
-                result = action()
+            result = action()
         except Exception as exc:
             with self._cond:
                 self._busy = False
@@ -255,6 +257,8 @@ class VCpu(Generic[A]):
                     raise
             self._fail(op, exc)
             raise AssertionError("unreachable") from exc  # _fail always raises
+        finally:
+            percpu.current = None
         with self._cond:
             self._busy = False
             if to is not None:

@@ -31,7 +31,10 @@ Data aborts from the guest (EC 0x24):
 * Translation fault with ISV=0 (LDP/STP, writeback addressing, SIMD&FP
   registers, atomics, DC ZVA ...): the hardware does not describe the access,
   there is nothing to emulate without an instruction decoder → UnhandledTrap.
-* Stage-2 **permission or access-flag fault**: the IPA is mapped, so this is
+* Stage-2 **permission fault on a store with ISV=1**: a write to memory mapped
+  read-only (a ROM device such as a flash bank in read-array mode) → ``MmioWrite``,
+  as KVM turns writes to read-only memory slots into MMIO exits.
+* Other stage-2 **permission or access-flag faults**: the IPA is mapped, so this is
   not MMIO. It is returned as ``NestedPageFault(addr, WRITE or READ)`` rather
   than an error: the address space owns stage-2 permissions and is the one
   place that knows whether it is a guest bug (write to read-only memory) or
@@ -74,6 +77,7 @@ from pyaxvisor.vcpu.exit import (
     SysRegRead,
     SysRegWrite,
 )
+from pyaxvisor.vcpu.width import AccessWidth
 
 U64 = (1 << 64) - 1
 HPFAR_FIPA_MASK = ((1 << 40) - 1) << 4
@@ -165,6 +169,8 @@ def handle_sync_exception(
     platform: PsciPlatform,
 ) -> ExitReason:
     """Handle one synchronous trap from the guest; see the module docstring."""
+    if type(esr) is int and (esr & _FAST_MMIO_MASK) == _FAST_MMIO_VALUE:
+        return _fast_mmio(frame, esr, far, hpfar)
     if not isinstance(frame, Aarch64ContextFrame):
         raise InvalidInput(f"frame must be an Aarch64ContextFrame, got {type(frame).__name__}")
     esr = esr if isinstance(esr, Esr) else Esr(esr)
@@ -201,6 +207,39 @@ def handle_sync_exception(
                        f"ISS={esr.iss:#x}")
         case _:
             raise trap(f"no handler for exception class {esr.ec_name}", f"ISS={esr.iss:#x}")
+
+
+# The common case, decoded with plain integer operations (it is every MMIO access):
+# EC 0x24 (data abort from a lower EL), IL 1, ISV 1, FnV 0, CM 0, S1PTW 0 and a
+# translation fault (DFSC 0b0001xx, any level 0-3).
+_FAST_MMIO_MASK = (0x3F << 26) | (1 << 25) | (1 << 24) | (1 << 10) | (1 << 8) | (1 << 7) | 0x3C
+_FAST_MMIO_VALUE = (0x24 << 26) | (1 << 25) | (1 << 24) | 0x04
+_WIDTHS = (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword, AccessWidth.Qword)
+
+
+def _fast_mmio(frame: Aarch64ContextFrame, esr: int, far: int, hpfar: int) -> ExitReason:
+    """The fields as in :class:`~pyaxvisor.arch.aarch64.esr.DataAbortIss`: SAS 23:22,
+    SSE 21, SRT 20:16, SF 15, WnR 6; GPA = HPFAR.FIPA << 8 | FAR[11:0]."""
+    addr = fault_ipa(far, hpfar)
+    width = _WIDTHS[(esr >> 22) & 3]
+    srt = (esr >> 16) & 0x1F
+    frame.elr = frame.elr + 4
+    if esr & (1 << 6):
+        data = 0 if srt == 31 else frame.x[srt] & width.mask
+        return MmioWrite(addr, width, data)
+    reg_width = AccessWidth.Qword if esr & (1 << 15) else AccessWidth.Dword
+    if reg_width < width:
+        frame.elr = frame.elr - 4
+        return handle_sync_exception(frame, Esr(esr), far, hpfar, _NO_PLATFORM)
+    return MmioRead(addr, width, srt, reg_width, bool(esr & (1 << 21)))
+
+
+class _NoPlatform:
+    def affinity_info(self, target_mpidr: int, lowest_level: int) -> int:
+        raise AssertionError("not a PSCI call")
+
+
+_NO_PLATFORM = _NoPlatform()
 
 
 def _dispatch_call(frame: Aarch64ContextFrame, platform: PsciPlatform) -> ExitReason:
@@ -263,6 +302,15 @@ def _handle_data_abort(
         frame.advance_pc(esr.instruction_length)
         return MmioRead(addr=addr, width=width, reg=da.srt, reg_width=da.reg_width,
                         signed_ext=da.sse)
+
+    if kind is FaultKind.PERMISSION and da.is_write and da.isv and not da.fnv:
+        # A store to memory mapped read-only (a ROM device in read-array mode, as a
+        # flash bank): emulated like MMIO, as KVM reports writes to read-only memory
+        # slots. The VM decides whether a device takes it.
+        width = da.access_width
+        data = frame.gpr(da.srt) & width.mask
+        frame.advance_pc(esr.instruction_length)
+        return MmioWrite(addr=addr, width=width, data=data)
 
     if kind in (FaultKind.PERMISSION, FaultKind.ACCESS_FLAG):
         return NestedPageFault(addr=addr,

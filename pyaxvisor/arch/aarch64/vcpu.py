@@ -24,8 +24,9 @@ device-tree address (the arm64 Linux boot protocol).
 :func:`~pyaxvisor.arch.aarch64.exception.handle_sync_exception`; exceptions the
 guest takes itself (SVC, its own page faults, undefined instructions) are
 delivered to its EL1 vectors without leaving ``run()``, as are traps that
-decode to ``Nothing``. A stop request (``kick``) ends ``run()`` with ``Nothing``,
-or ``ExternalInterrupt`` when the HAL has a host IRQ pending.
+decode to ``Nothing``. ``kick()`` (any thread) ends ``run()`` with ``Nothing``,
+or ``ExternalInterrupt`` when the HAL has a host IRQ pending; a change of the IRQ
+line stops the CPU only to re-enter it with the new level.
 
 Interrupts: ``set_irq_line(level)`` drives the virtual IRQ input (from the
 vGIC, any thread); ``inject_interrupt(vector)`` hands the vector to the
@@ -142,6 +143,8 @@ class Aarch64VCpu(ArchVCpu):
         self._engine: Aarch64Tcg | None = None
         self._psci = config.psci or _OnlyMe(config.mpidr_el1)
         self._irq_level = False
+        self._exit_requested = False
+        self._flush_tlb = False
         self._lock = threading.Lock()
         self.pending_vectors: list[int] = []
         self.controller: InterruptController | None = None
@@ -217,11 +220,19 @@ class Aarch64VCpu(ArchVCpu):
         while True:
             self._write_back(engine)
             engine.set_virtual_irq(self._irq_level)
+            if self._flush_tlb:
+                self._flush_tlb = False
+                engine.flush_tlb()
             trap = engine.run(ctx.elr)
             if trap.kind is TrapKind.PREEMPTED:
-                self._sync_from_engine(engine)
+                self._sync_from_engine(engine, trap.pc)
                 irq = self.config.hal.irq_fetch() if self.config.hal is not None else None
-                return Nothing() if irq is None else ExternalInterrupt(irq)
+                if irq is not None:
+                    return ExternalInterrupt(irq)
+                if self._exit_requested:
+                    self._exit_requested = False
+                    return Nothing()
+                continue  # stopped to apply a new IRQ line level: re-enter
             if trap.target_el == 1:
                 ctx.elr = engine.deliver_to_el1(trap)
                 self.guest_exceptions += 1
@@ -240,7 +251,18 @@ class Aarch64VCpu(ArchVCpu):
                 return exit_reason
 
     def kick(self) -> None:
-        """Make a running ``run()`` return soon (any thread)."""
+        """Make ``run()`` return (with ``Nothing``) soon, or at once if it is not in the
+        guest yet (any thread)."""
+        self._exit_requested = True
+        self._stop_cpu()
+
+    def request_tlb_flush(self) -> None:
+        """The nested page table changed: drop cached translations before the guest
+        runs again (any thread; a running CPU is stopped and re-entered)."""
+        self._flush_tlb = True
+        self._stop_cpu()
+
+    def _stop_cpu(self) -> None:
         engine = self._engine
         if engine is not None:
             engine.request_stop()
@@ -266,7 +288,7 @@ class Aarch64VCpu(ArchVCpu):
         """Drive the virtual IRQ input (HCR_EL2.VI) from any thread."""
         if level != self._irq_level:
             self._irq_level = level
-            self.kick()
+            self._stop_cpu()  # run() re-enters with the new level applied
 
     @property
     def irq_line(self) -> bool:
@@ -297,11 +319,13 @@ class Aarch64VCpu(ArchVCpu):
                     engine.set_gpr(i, x[i])
             self._synced = list(x)
 
-    def _sync_from_engine(self, engine: Aarch64Tcg) -> None:
+    def _sync_from_engine(self, engine: Aarch64Tcg, pc: int | None = None) -> None:
+        """Read the frame back from the CPU; ``pc`` when the CPU stopped before it ran
+        (its PC register then still holds the previous trap's)."""
         self._write_back(engine)
         self.ctx.x = engine.gprs()
         self._synced = list(self.ctx.x)
-        self.ctx.elr = engine.pc
+        self.ctx.elr = engine.pc if pc is None else pc
         self.ctx.spsr = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
         self.ctx.sp_el0 = (engine.reg_read(a64.UC_ARM64_REG_SP_EL0) if self.ctx.spsr & 1
                            else engine.reg_read(a64.UC_ARM64_REG_SP))
@@ -310,6 +334,29 @@ class Aarch64VCpu(ArchVCpu):
         handler = self.on_timer_write
         if handler is not None:
             handler(self.vcpu_id, timer)
+
+    def timer_irq_level(self, timer: int, now_ns: int) -> bool:
+        """The output of the virtual (0) or physical (1) timer at host time ``now_ns``."""
+        engine = self._engine
+        if engine is None:
+            return False
+        return engine.timer.irq_level(timer, now_ns)
+
+    def timer_deadline(self, timer: int) -> int | None:
+        """Host monotonic ns at which the timer fires, if it is armed."""
+        engine = self._engine
+        return None if engine is None else engine.timer.deadline_ns(timer)
+
+    def restart(self, entry: int, arg: int) -> None:
+        """PSCI CPU_ON of a CPU that was turned off: it starts at ``entry`` with x0 =
+        ``arg``, at EL1h with interrupts masked and the MMU and caches off."""
+        engine = self._require_engine()
+        self.ctx.elr = entry
+        self.ctx.spsr = SPSR_EL1H_DAIF
+        self.ctx.set_gpr(0, arg)
+        engine.reg_write(a64.UC_ARM64_REG_PSTATE, SPSR_EL1H_DAIF)
+        sctlr = engine.read_sysreg("SCTLR_EL1")
+        engine.write_sysreg("SCTLR_EL1", sctlr & ~((1 << 0) | (1 << 2) | (1 << 12)))  # M C I
 
     def timer_state(self) -> tuple[int, int, int, int]:
         """(CNTV_CTL, CNTV_CVAL, CNTP_CTL, CNTP_CVAL) as the guest last set them."""

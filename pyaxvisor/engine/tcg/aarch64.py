@@ -125,6 +125,7 @@ class _Layout:
     xregs: int      # offset of x0..x30 in the context buffer
     pc: int         # offset of the PC
     record: int     # offset of (syndrome u32, fsr u32, vaddress u64, target_el u32)
+    hpfar: int      # offset of HPFAR_EL2
 
 
 _layout: _Layout | None = None
@@ -202,27 +203,36 @@ def _run_self_test() -> _Layout:
         uc.emu_start(base + 4, -1, count=1)
         if struct.unpack_from("<I", hits[-1], record)[0] != 0x5A001234:
             raise fail("hvc #0x1234 did not give syndrome 0x5A001234 at the same offset")
-        # A stage-2 translation fault at a known IPA: VTTBR_EL2 points at a level-1 table
+        # Stage-2 translation faults at known IPAs: VTTBR_EL2 points at a level-1 table
         # whose entry 0 is a 1 GiB identity block (0x7FD: AF | SH inner | S2AP RW |
-        # MemAttr normal WB | valid block) and entry 1 is invalid, so the load from
-        # IPA 0x4000_0101 faults to EL2 with FAR 0x4000_0101, HPFAR 0x40_0000.
+        # MemAttr normal WB | valid block) and entry 1 is invalid, so loads from
+        # 0x4000_0000..0x7FFF_FFFF fault to EL2 with that FAR and HPFAR = IPA >> 12 << 4.
         table = base + 0x8000
         uc.mem_write(table, struct.pack("<2Q", 0x7FD, 0))
         uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["VTTBR_EL2"], table))
         # T0SZ 32 | SL0 1 (start at level 1) | IRGN0/ORGN0 WBWA | SH0 inner | PS 32 bits | RES1
         uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["VTCR_EL2"], 0x8000_3560))
         uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG["HCR_EL2"], (1 << 31) | 1))  # RW|VM
-        uc.reg_write(a64.UC_ARM64_REG_X0, 0x4000_0101)
-        uc.emu_start(base + 8, -1, count=1)
-        syn, _fsr, vaddr, target_el = struct.unpack_from("<IIQI", hits[-1], record)
-        hpfar = uc.reg_read(a64.UC_ARM64_REG_CP_REG, (*SYSREG["HPFAR_EL2"], 0))
-        if (syn >> 26, vaddr, target_el, hpfar) != (0x24, 0x4000_0101, 2, 0x40_0000):
-            raise fail(f"stage-2 fault gave ESR {syn:#x}, FAR {vaddr:#x}, EL {target_el}, "
-                       f"HPFAR {hpfar:#x}; expected EC 0x24, FAR 0x40000101, EL 2, "
-                       "HPFAR 0x400000")
+        hpfar_offsets: set[int] | None = None
+        for ipa in (0x4567_8101, 0x5ABC_D101):
+            uc.reg_write(a64.UC_ARM64_REG_X0, ipa)
+            uc.emu_start(base + 8, -1, count=1)
+            syn, _fsr, vaddr, target_el = struct.unpack_from("<IIQI", hits[-1], record)
+            hpfar = uc.reg_read(a64.UC_ARM64_REG_CP_REG, (*SYSREG["HPFAR_EL2"], 0))
+            want = (ipa >> 12) << 4  # HPFAR_EL2.FIPA (bits 39:4) = IPA[51:12]
+            if (syn >> 26, vaddr, target_el, hpfar) != (0x24, ipa, 2, want):
+                raise fail(f"stage-2 fault gave ESR {syn:#x}, FAR {vaddr:#x}, EL {target_el}, "
+                           f"HPFAR {hpfar:#x}; expected EC 0x24, FAR {ipa:#x}, EL 2, "
+                           f"HPFAR {want:#x}")
+            found = {i for i in range(0, len(hits[-1]) - 7, 8)
+                     if struct.unpack_from("<Q", hits[-1], i)[0] == want}
+            hpfar_offsets = found if hpfar_offsets is None else hpfar_offsets & found
+        if not hpfar_offsets or len(hpfar_offsets) != 1:
+            raise fail("HPFAR_EL2 could not be located in the CPU state")
+        hpfar_off = hpfar_offsets.pop()
     except UcError as exc:
         raise fail(f"unicorn error {exc}") from exc
-    return _Layout(xregs=xregs, pc=pc_off, record=record)
+    return _Layout(xregs=xregs, pc=pc_off, record=record, hpfar=hpfar_off)
 
 
 class Aarch64Tcg:
@@ -272,7 +282,7 @@ class Aarch64Tcg:
             syn = 0  # EC 0: unknown reason
         hpfar = 0
         if kind in (TrapKind.DATA_ABORT, TrapKind.PREFETCH_ABORT) and target_el == 2:
-            hpfar = self.read_sysreg("HPFAR_EL2")
+            hpfar = struct.unpack_from("<Q", view, self._layout.hpfar)[0]
         self._trap = Trap(kind, syn, vaddr, target_el, hpfar, pc)
         uc.emu_stop()
 

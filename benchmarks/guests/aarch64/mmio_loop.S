@@ -1,0 +1,11 @@
+// MMIO exit benchmark: read PL011 UARTFR (x1) times, then power off.
+	.text
+	.global _start
+_start:
+	ldr	x1, =200000
+	ldr	x2, =0x09000018
+1:	ldr	w3, [x2]
+	subs	x1, x1, #1
+	b.ne	1b
+	ldr	x0, =0x84000008
+	hvc	#0

@@ -1,0 +1,1 @@
+"""Guest images bundled with pyaxvisor (sources and build.sh beside them)."""

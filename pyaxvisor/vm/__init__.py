@@ -1,0 +1,1 @@
+"""The VM layer: configuration, loaders, device tree, the run loop."""

@@ -1,0 +1,352 @@
+"""An AArch64 VM on the QEMU ``virt`` board layout (axvm for arm_vcpu).
+
+Memory map: flash bank 0 at 0x0 (64 MiB, holds ``-bios`` firmware), a CFI
+flash bank 1 at 0x0400_0000, GICv2
+distributor 0x0800_0000 and CPU interface 0x0801_0000, PL011 at 0x0900_0000
+(SPI 1 = INTID 33), RAM from 0x4000_0000. Timer PPIs: virtual 27, physical 30.
+
+Threads: one host thread per vCPU (each with its own per-CPU virtualization
+state), a timer thread for the generic timers' deadlines, and the console input
+thread. vCPU 0 starts at boot; the others are created when the guest turns them
+on with PSCI CPU_ON (entry point and context ID become their PC and x0).
+
+The exit dispatch (``_handle``): MMIO → the device at that address; Halt →
+Blocked until the vCPU's IRQ line rises; CpuUp → start the target vCPU;
+CpuDown → the vCPU's thread waits for another CPU_ON; SystemDown → stop every
+vCPU; an unknown SMCCC fast call → NOT_SUPPORTED to the guest; anything else
+the VM cannot honour (an unknown hypercall, MMIO where no device is, an
+undecodable trap) stops the VM with that error, which :meth:`run` returns —
+the host process itself is never brought down by a guest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu
+from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return, is_smccc_fast_call
+from pyaxvisor.arch.aarch64.vcpu import Aarch64VCpu, Aarch64VCpuCreateConfig, Aarch64VCpuSetupConfig
+from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
+from pyaxvisor.devices.irq import IrqLine
+from pyaxvisor.devices.mmio import MmioBus
+from pyaxvisor.devices.pflash import CfiFlash
+from pyaxvisor.devices.pl011 import Pl011
+from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
+from pyaxvisor.errors import AxError, InvalidInput, Unsupported
+from pyaxvisor.hal.timer import TimerEvent, TimerThread, monotonic_ns
+from pyaxvisor.hal.vcpu_hal import HostHal
+from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.mm.addrspace import AddrSpace
+from pyaxvisor.mm.flags import MappingFlags
+from pyaxvisor.mm.nested import nested_page_table
+from pyaxvisor.vcpu import (
+    CpuDown,
+    CpuUp,
+    ExitReason,
+    ExternalInterrupt,
+    Halt,
+    Hypercall,
+    MmioRead,
+    MmioWrite,
+    Nothing,
+    PerCpu,
+    SystemDown,
+    VCpu,
+    VCpuState,
+)
+
+FLASH_BASE = 0x0000_0000
+FLASH_SIZE = 0x0400_0000
+GIC_DIST = 0x0800_0000
+GIC_CPU = 0x0801_0000
+UART_BASE = 0x0900_0000
+UART_INTID = 33
+RAM_BASE = 0x4000_0000
+PPI_VTIMER = 27
+PPI_PTIMER = 30
+TIMER_FREQ = 62_500_000
+MAX_CPUS = 8
+
+
+class UnknownHypercall(Unsupported):
+    """The guest made a hypercall this VM does not implement."""
+
+
+@dataclass
+class VmResult:
+    """How a VM ended: ``reason`` is "poweroff", "reset", "timeout", "quit" or "error"."""
+
+    reason: str
+    error: AxError | None = None
+    exits: Counter[str] = field(default_factory=Counter)
+    exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def status(self) -> int:
+        return {"poweroff": 0, "reset": 0, "quit": 0, "timeout": 124}.get(self.reason, 1)
+
+
+class Aarch64Vm:
+    def __init__(self, *, ram_size: int = 512 << 20, smp: int = 1, vm_id: int = 1,
+                 console_write: Callable[[bytes], None] | None = None) -> None:
+        if not 1 <= smp <= MAX_CPUS:
+            raise InvalidInput(f"a GICv2 VM has 1..{MAX_CPUS} CPUs, not {smp}")
+        if ram_size < (16 << 20) or ram_size % (2 << 20):
+            raise InvalidInput(f"RAM size {ram_size:#x} must be a multiple of 2 MiB, >= 16 MiB")
+        if ram_size > (64 << 30):
+            raise InvalidInput(f"RAM size {ram_size >> 20} MiB is more than this VM supports "
+                               "(64 GiB)")
+        self.vm_id = vm_id
+        self.smp = smp
+        self.ram_size = ram_size
+        self.hal = HostHal(ram_size + 2 * FLASH_SIZE + (64 << 20))
+        self.space = AddrSpace(self.hal, nested_page_table(self.hal, "aarch64", ipa_bits=40))
+        self.space.map_ram(GuestPhysAddr(RAM_BASE), ram_size)
+        # Flash bank 0 holds firmware and is executed in place: guest RAM, read-write
+        # (QEMU runs it as a ROM device; a CFI probe of bank 0 reads back RAM and finds
+        # no flash there). Bank 1 is a CFI flash (the firmware's environment) run as a
+        # ROM device: mapped read-only while in read-array mode, trapping otherwise.
+        self.space.map_ram(GuestPhysAddr(FLASH_BASE), FLASH_SIZE,
+                           MappingFlags.READ | MappingFlags.WRITE | MappingFlags.EXECUTE)
+        bank1 = self.space.map_ram(GuestPhysAddr(FLASH_BASE + FLASH_SIZE), FLASH_SIZE,
+                                   MappingFlags.READ)
+        self.bus = MmioBus()
+        self.gic = GicV2(num_cpus=smp, on_cpu_irq=self._cpu_irq)
+        self.bus.attach(GIC_DIST, DIST_SIZE, self.gic.distributor)
+        self.bus.attach(GIC_CPU, CPU_IF_SIZE, self.gic.cpu_interface)
+        self.uart = Pl011(tx=console_write or (lambda b: None), irq=IrqLine(self.gic, UART_INTID))
+        self.bus.attach(UART_BASE, 0x1000, self.uart)
+        self.flash1 = CfiFlash(FLASH_SIZE, name="pflash1",
+                               storage=self.space.region_view(bank1),
+                               on_array_mode=self._flash_array_mode)
+        self.bus.attach(FLASH_BASE + FLASH_SIZE, FLASH_SIZE, self.flash1)
+        self.timers = TimerThread(name=f"vm{vm_id}-timers")
+        self._timer_events: dict[tuple[int, int], TimerEvent] = {}
+        self._vcpus: dict[int, VCpu[Aarch64VCpu]] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._restart: dict[int, tuple[int, int]] = {}
+        self._off: set[int] = set()
+        self._lock = threading.RLock()
+        self._done = threading.Event()
+        self._result: VmResult | None = None
+        self.exits: Counter[str] = Counter()
+        self.exit_time: dict[str, float] = defaultdict(float)
+        self.cntvoff = 0
+        self.dtb_addr = 0
+
+    # -- guest memory ---------------------------------------------------------------------
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        self.space.write(GuestPhysAddr(gpa), data)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, entry: int, *, dtb_addr: int, timeout: float | None = None) -> VmResult:
+        """Start vCPU 0 at ``entry`` with x0 = ``dtb_addr`` and wait for the VM to end."""
+        self.dtb_addr = dtb_addr
+        # The virtual counter starts at 0 when the VM starts (CNTVOFF = CNTPCT now).
+        from pyaxvisor.engine.tcg.aarch64 import BOOT_NS
+
+        self.cntvoff = (monotonic_ns() - BOOT_NS) * TIMER_FREQ // 1_000_000_000
+        self._start_cpu(0, entry, dtb_addr)
+        if not self._done.wait(timeout):
+            self._finish(VmResult("timeout"))
+        self._stop_all()
+        assert self._result is not None
+        self._result.exits = self.exits
+        self._result.exit_time = self.exit_time
+        return self._result
+
+    def quit(self) -> None:
+        """Stop the VM from the host (the console's Ctrl-A X)."""
+        self._finish(VmResult("quit"))
+
+    def close(self) -> None:
+        self._stop_all()
+        self.timers.stop()
+        self.space.destroy()
+        self.hal.close()
+
+    def _finish(self, result: VmResult) -> None:
+        with self._lock:
+            if self._result is None:
+                self._result = result
+        self._done.set()
+        for v in list(self._vcpus.values()):
+            v.arch.kick()
+            v.wake()
+
+    def _stop_all(self) -> None:
+        self._done.set()
+        for v in list(self._vcpus.values()):
+            v.arch.kick()
+            v.wake()
+        for t in list(self._threads.values()):
+            if t is not threading.current_thread():
+                t.join(timeout=10)
+
+    # -- vCPUs --------------------------------------------------------------------------------
+    def _start_cpu(self, cpu: int, entry: int, arg: int) -> int:
+        """Power on ``cpu``; returns a PSCI status."""
+        with self._lock:
+            if not 0 <= cpu < self.smp:
+                return PsciRet.INVALID_PARAMETERS
+            if cpu in self._off:
+                self._off.discard(cpu)
+                self._restart[cpu] = (entry, arg)
+                self._vcpus[cpu].wake()
+                return PsciRet.SUCCESS
+            if cpu in self._threads:
+                return PsciRet.ALREADY_ON
+            t = threading.Thread(target=self._vcpu_thread, args=(cpu, entry, arg),
+                                 name=f"vm{self.vm_id}-vcpu{cpu}", daemon=True)
+            self._threads[cpu] = t
+        t.start()
+        return PsciRet.SUCCESS
+
+    def affinity_info(self, target_mpidr: int, lowest_level: int) -> int:
+        cpu = target_mpidr & 0xFF
+        if lowest_level != 0 or not 0 <= cpu < self.smp or target_mpidr & ~0xFF:
+            return PsciRet.INVALID_PARAMETERS
+        with self._lock:
+            if cpu in self._off or cpu not in self._threads:
+                return AffinityState.OFF
+            return AffinityState.ON if cpu in self._vcpus else AffinityState.ON_PENDING
+
+    def _vcpu_thread(self, cpu: int, entry: int, arg: int) -> None:
+        percpu = PerCpu(Aarch64PerCpu)
+        vcpu: VCpu[Aarch64VCpu] | None = None
+        try:
+            percpu.init(cpu)
+            percpu.hardware_enable()
+            vcpu = VCpu(self.vm_id, cpu, Aarch64VCpu, Aarch64VCpuCreateConfig(
+                mpidr_el1=0x8000_0000 | cpu, dtb_addr=arg, memory=self.hal.memory,
+                hal=self.hal, psci=self, cntvoff=self.cntvoff))
+            vcpu.arch.attach_interrupt_controller(self)
+            vcpu.arch.on_timer_write = self._timer_written
+            vcpu.setup(GuestPhysAddr(entry), self.space.root_paddr, Aarch64VCpuSetupConfig())
+            with self._lock:
+                self._vcpus[cpu] = vcpu
+            vcpu.bind()
+            self._loop(cpu, vcpu)
+        except AxError as exc:
+            self._finish(VmResult("error", exc))
+        except Exception as exc:  # a bug in pyaxvisor: report it as the VM's end
+            self._finish(VmResult("error", AxError(f"vCPU {cpu}: internal error: {exc!r}")))
+        finally:
+            if vcpu is not None and vcpu.state is VCpuState.Ready:
+                vcpu.unbind()
+            percpu.close()
+
+    def _loop(self, cpu: int, vcpu: VCpu[Aarch64VCpu]) -> None:
+        done = self._done
+        exits = self.exits
+        exit_time = self.exit_time
+        perf = time.perf_counter
+        while not done.is_set():
+            exit_reason = vcpu.run()
+            t0 = perf()
+            name = type(exit_reason).__name__
+            self._handle(cpu, vcpu, exit_reason)
+            exits[name] += 1
+            exit_time[name] += perf() - t0
+
+    def _handle(self, cpu: int, vcpu: VCpu[Aarch64VCpu], e: ExitReason) -> None:
+        match e:
+            case MmioRead(addr=addr, width=width):
+                vcpu.complete_read(self.bus.read(int(addr), width, cpu))
+            case MmioWrite(addr=addr, width=width, data=data):
+                self.bus.write(int(addr), width, data, cpu)
+            case Nothing():
+                pass
+            case Halt():
+                if not vcpu.arch.irq_line:
+                    vcpu.block()
+                    if vcpu.arch.irq_line:  # raised between the check and block()
+                        vcpu.wake()
+                    while not (vcpu.wait_while_blocked(0.5) or self._done.is_set()):
+                        pass
+                    if vcpu.state is VCpuState.Blocked:
+                        vcpu.wake()
+            case CpuUp(target_cpu=target, entry_point=entry, arg=arg):
+                status = self._start_cpu(target & 0xFF if target < 0x100 else -1,
+                                         int(entry), arg)
+                vcpu.set_return_value(encode_return(status))
+            case CpuDown():
+                self._power_off(cpu, vcpu)
+            case SystemDown(reset=reset):
+                self._finish(VmResult("reset" if reset else "poweroff"))
+            case ExternalInterrupt():
+                self.hal.irq_handler()
+            case Hypercall(nr=nr) if is_smccc_fast_call(nr):
+                vcpu.set_return_value(encode_return(PsciRet.NOT_SUPPORTED))
+            case Hypercall(nr=nr, args=args):
+                raise UnknownHypercall(f"vCPU {cpu}: unknown hypercall {nr:#x} with arguments "
+                                       f"{', '.join(hex(a) for a in args)}")
+            case _:
+                raise Unsupported(f"vCPU {cpu}: the VM cannot handle the exit {e!r}")
+
+    def _power_off(self, cpu: int, vcpu: VCpu[Aarch64VCpu]) -> None:
+        """PSCI CPU_OFF: wait until a CPU_ON names this CPU again."""
+        with self._lock:
+            self._off.add(cpu)
+        vcpu.block()
+        while not self._done.is_set():
+            if vcpu.wait_while_blocked(0.5) and cpu in self._restart:
+                break
+        if vcpu.state is VCpuState.Blocked:
+            vcpu.wake()
+        with self._lock:
+            restart = self._restart.pop(cpu, None)
+        if restart is not None:
+            vcpu.arch.restart(*restart)
+
+    def _flash_array_mode(self, array: bool) -> None:
+        self.space.set_region_mapped(GuestPhysAddr(FLASH_BASE + FLASH_SIZE), array)
+        for v in list(self._vcpus.values()):
+            v.arch.request_tlb_flush()
+
+    # -- interrupts ------------------------------------------------------------------------------
+    def _cpu_irq(self, cpu: int, asserted: bool) -> None:
+        v = self._vcpus.get(cpu)
+        if v is not None:
+            v.arch.set_irq_line(asserted)
+            if asserted:
+                v.wake()
+
+    def inject(self, cpu_id: int, intid: int) -> None:
+        """The vCPU's ``inject_interrupt``: raise ``intid`` for ``cpu_id`` at the GIC."""
+        if 16 <= intid < 32:
+            self.gic.set_ppi_level(cpu_id, intid, True)
+        elif intid >= 32:
+            self.gic.set_irq_level(intid, True)
+        else:
+            raise InvalidInput(f"SGIs are sent by the guest, not injected (INTID {intid})")
+
+    def _timer_written(self, cpu: int, timer: int) -> None:
+        # Runs inside the CPU loop (from the native timer hook): never raise.
+        try:
+            self._update_timer(cpu, timer)
+        except Exception as exc:
+            self._finish(VmResult("error", AxError(f"timer of vCPU {cpu}: {exc!r}")))
+
+    def _update_timer(self, cpu: int, timer: int) -> None:
+        v = self._vcpus.get(cpu)
+        if v is None:
+            return
+        ppi = PPI_VTIMER if timer == TIMER_VIRT else PPI_PTIMER
+        level = v.arch.timer_irq_level(timer, monotonic_ns())
+        self.gic.set_ppi_level(cpu, ppi, level)
+        key = (cpu, timer)
+        old = self._timer_events.pop(key, None)
+        if old is not None:
+            self.timers.cancel(old)
+        deadline = v.arch.timer_deadline(timer)
+        if deadline is not None and not level:
+            self._timer_events[key] = self.timers.schedule(
+                deadline, lambda now, c=cpu, t=timer: self._update_timer(c, t))
+
+
+__all__ = ["FLASH_BASE", "RAM_BASE", "TIMER_PHYS", "Aarch64Vm", "UnknownHypercall", "VmResult"]

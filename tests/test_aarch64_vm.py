@@ -1,0 +1,109 @@
+"""The AArch64 VM end to end: the command line, the bundled guest, SMP, the GIC and
+timer, and guests that misbehave (the host process and other VMs carry on)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from aarch64_machine import RAM
+from guest_build import build
+
+from pyaxvisor.vm.aarch64_vm import Aarch64Vm
+from pyaxvisor.vm.boot import bundled_guest
+
+LOAD = RAM + 0x8_0000
+
+
+def pyaxvisor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyaxvisor.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def guest_file(tmp_path, name: str) -> str:
+    path = tmp_path / f"{name}.bin"
+    path.write_bytes(build("aarch64", name, LOAD))
+    return str(path)
+
+
+def test_bundled_guest_runs_on_two_cpus_and_powers_off():
+    r = pyaxvisor("run", "--stats")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.replace("\r\n", "\n")
+    assert out == ("Hello from the pyaxvisor AArch64 guest on CPU 0\n"
+                   "CPU 1 is up (PSCI CPU_ON)\n"
+                   "virtual timer interrupt 27 taken through the GICv2\n"
+                   "powering off (PSCI SYSTEM_OFF)\n")
+    # the stats table names the exits the guest caused
+    for reason in ("MmioWrite", "MmioRead", "CpuUp", "CpuDown", "SystemDown"):
+        assert reason in r.stderr
+
+
+def test_qemu_spellings_are_accepted():
+    r = pyaxvisor("run", "-M", "virt", "-cpu", "cortex-a72", "-m", "256M", "-smp", "1",
+                  "-nographic", "-serial", "stdio")
+    assert r.returncode == 0, r.stderr
+    assert "CPU 1 did not start" in r.stdout
+
+
+def test_bad_arguments_are_usage_errors():
+    r = pyaxvisor("run", "-m", "lots")
+    assert r.returncode == 2 and "cannot parse memory size 'lots'" in r.stderr
+    r = pyaxvisor("run", "-smp", "9")
+    assert r.returncode == 1 and "1..8 CPUs, not 9" in r.stderr
+    r = pyaxvisor("run", "-kernel", "/nonexistent/Image")
+    assert r.returncode == 1 and "/nonexistent/Image: no such file" in r.stderr
+    r = pyaxvisor("run", "--arch", "mips")
+    assert r.returncode == 2 and "mips" in r.stderr
+
+
+def test_timeout_stops_a_guest_that_never_ends(tmp_path):
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "spin"), "--timeout", "0.5")
+    assert r.returncode == 124
+    assert "timeout: the guest was still running after 0.5 s" in r.stderr
+
+
+def test_unknown_hypercall_stops_the_vm_with_a_clear_error(tmp_path):
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "hypercall"))
+    assert r.returncode == 1
+    assert "unknown hypercall 0x12345" in r.stderr
+
+
+def test_wild_mmio_stops_the_vm(tmp_path):
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "wild"))
+    assert r.returncode == 1
+    assert "guest MMIO read (4 bytes) at 0x7000000010: no device there" in r.stderr
+
+
+def test_a_device_refusing_an_access_stops_the_vm(tmp_path):
+    # the mmio guest's second access is an 8-byte store to the 32-bit PL011
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "mmio"))
+    assert r.returncode == 1
+    assert r.stdout == "A"  # the first, 1-byte, store reached the UART
+    assert "pl011: 8-byte write at 0x8: registers are 32-bit" in r.stderr
+
+
+def test_a_failing_vm_does_not_disturb_another():
+    outputs: dict[str, bytearray] = {"good": bytearray(), "bad": bytearray()}
+    results = {}
+
+    def run(name: str, image: bytes) -> None:
+        vm = Aarch64Vm(ram_size=64 << 20, smp=2, console_write=outputs[name].extend)
+        try:
+            vm.write_guest(LOAD, image)
+            results[name] = vm.run(LOAD, dtb_addr=0, timeout=30)
+        finally:
+            vm.close()
+
+    threads = [threading.Thread(target=run, args=("good", bundled_guest())),
+               threading.Thread(target=run, args=("bad", build("aarch64", "hypercall", LOAD)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["good"].reason == "poweroff"
+    assert b"powering off" in outputs["good"]
+    assert results["bad"].reason == "error"
+    assert "unknown hypercall" in str(results["bad"].error)
+
