@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pyaxvisor import __version__
+from pyaxvisor import __version__, images
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.hal.vcpu_hal import HostHal
@@ -82,6 +82,34 @@ def info() -> None:
                     click.echo(line)
     except AxError as exc:
         click.echo(f"self-check failed: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group(name="images")
+def images_group() -> None:
+    """Real guest images from Debian packages, cached under ~/.cache/pyaxvisor/images."""
+
+
+@images_group.command(name="list")
+def images_list() -> None:
+    """List the images that can be fetched and whether they are cached."""
+    for name, image in images.IMAGES.items():
+        path = images.image_path(name)
+        state = f"cached at {path}" if path.exists() else "not fetched"
+        click.echo(f"{name:18} {image.description}; {state}")
+
+
+@images_group.command(name="fetch")
+@click.argument("names", nargs=-1)
+@click.option("--refresh", is_flag=True, help="Download again even if cached.")
+def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
+    """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64)."""
+    wanted = names or ("u-boot-arm64", "linux-arm64", "initramfs-arm64")
+    try:
+        for name in wanted:
+            click.echo(f"{name}: {images.fetch(name, refresh=refresh, log=click.echo)}")
+    except AxError as exc:
+        click.echo(f"pyaxvisor: {exc}", err=True)
         sys.exit(1)
 
 

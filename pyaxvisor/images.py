@@ -1,0 +1,712 @@
+"""Real guest images, fetched from Debian packages and cached outside the repository.
+
+Each image comes from one Debian package that is downloaded with ``apt-get download``
+(never installed) and opened with ``dpkg-deb``; only the one file the image needs is
+taken out of the package's data archive. Results live in the user's cache directory,
+``$XDG_CACHE_HOME/pyaxvisor/images`` (default ``~/.cache/pyaxvisor/images``):
+
+    u-boot-arm64.bin           U-Boot for QEMU's arm64 ``virt`` board (``u-boot-qemu``)
+    linux-arm64.vmlinuz        Debian's arm64 kernel, kept as shipped (an arm64 ``Image``)
+    initramfs-arm64.cpio.gz    busybox initramfs built here from ``busybox-static:arm64``
+    linux-amd64.vmlinuz        Debian's amd64 kernel (a ``bzImage``)
+    initramfs-amd64.cpio.gz    busybox initramfs from ``busybox-static:amd64``
+
+and next to each a ``<name>.json`` that names the Debian package and version it came
+from (for a kernel also the kernel release, e.g. ``6.1.0-56-arm64``, and whether the
+file is compressed: bookworm's signed arm64 ``vmlinuz`` is a raw ``Image`` with an EFI
+stub, not gzip; the metadata says ``"compression": "none"`` or ``"gzip"``).
+
+Work happens in a temporary directory inside the cache; the image and then its
+``.json`` are moved into place with :func:`os.replace`, and an image counts as present
+only when both exist and agree on its size, so an interrupted fetch never leaves a
+file that looks complete. A per-image lock file serialises concurrent fetches.
+
+Packages of a foreign architecture (``arm64`` on an amd64 host) need that architecture
+known to dpkg and apt: :func:`fetch` runs ``dpkg --add-architecture arm64`` and
+``apt-get update`` when, and only when, that is missing, and says so through ``log``.
+When apt does not know a package at all it runs ``apt-get update`` once and retries.
+
+The initramfs ``/init`` mounts proc, sysfs and devtmpfs, prints
+:data:`USERSPACE_MARKER`, ``uname -a`` and the CPU count, runs the optional command
+given on the kernel command line as ``pyaxvisor.cmd=...`` (see :func:`init_script`),
+then powers the machine off with ``poweroff -f``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import fnmatch
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pyaxvisor.errors import ImageFetchError
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Where one image comes from and what it becomes in the cache."""
+
+    name: str
+    #: ``file`` (one file taken as is), ``kernel`` (``package`` is a metapackage whose
+    #: ``linux-image-<version>-<flavour>`` dependency holds the kernel) or ``initramfs``
+    #: (a busybox initramfs built around the file).
+    kind: str
+    #: The Debian package to download (for a kernel: the metapackage to resolve).
+    package: str
+    #: Debian architecture of the package: ``all``, ``arm64``, ``amd64``...
+    arch: str
+    #: Path of the wanted file inside the package, without a leading ``/``; may be a glob.
+    member: str
+    #: Name of the image file in :func:`cache_root`.
+    filename: str
+    description: str
+
+    @property
+    def apt_name(self) -> str:
+        """The package as ``apt-get`` spells it (``pkg:arch`` unless ``all``)."""
+        return _apt_name(self.package, self.arch)
+
+
+IMAGES: dict[str, ImageSpec] = {
+    spec.name: spec
+    for spec in (
+        ImageSpec("u-boot-arm64", "file", "u-boot-qemu", "all",
+                  "usr/lib/u-boot/qemu_arm64/u-boot.bin", "u-boot-arm64.bin",
+                  "U-Boot for QEMU's arm64 virt board (flat binary, run from flash with -bios)"),
+        ImageSpec("linux-arm64", "kernel", "linux-image-arm64", "arm64",
+                  "boot/vmlinuz-*", "linux-arm64.vmlinuz",
+                  "Debian's arm64 Linux kernel: an arm64 Image (EFI stub; gzip'd accepted)"),
+        ImageSpec("initramfs-arm64", "initramfs", "busybox-static", "arm64",
+                  "bin/busybox", "initramfs-arm64.cpio.gz",
+                  "busybox initramfs (gzip'd newc cpio) whose /init reports and powers off"),
+        ImageSpec("linux-amd64", "kernel", "linux-image-amd64", "amd64",
+                  "boot/vmlinuz-*", "linux-amd64.vmlinuz",
+                  "Debian's amd64 Linux kernel, a bzImage"),
+        ImageSpec("initramfs-amd64", "initramfs", "busybox-static", "amd64",
+                  "bin/busybox", "initramfs-amd64.cpio.gz",
+                  "busybox initramfs (gzip'd newc cpio) whose /init reports and powers off"),
+    )
+}
+
+
+# ---------------------------------------------------------------------------
+# Cache layout
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/pyaxvisor/images``, or ``~/.cache/pyaxvisor/images``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG spec asks. The directory is not
+    created here; :func:`fetch` creates it.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "pyaxvisor" / "images"
+
+
+def spec(name: str) -> ImageSpec:
+    """The :class:`ImageSpec` called ``name``; an unknown name lists the known ones."""
+    try:
+        return IMAGES[name]
+    except KeyError:
+        raise ImageFetchError(
+            f"unknown image {name!r}; known images: {', '.join(sorted(IMAGES))}") from None
+
+
+def image_path(name: str) -> Path:
+    """Where image ``name`` lives once fetched (it may not exist yet)."""
+    return cache_root() / spec(name).filename
+
+
+def metadata_path(name: str) -> Path:
+    """The ``<name>.json`` written next to the image."""
+    spec(name)
+    return cache_root() / f"{name}.json"
+
+
+def metadata(name: str) -> dict[str, Any] | None:
+    """The metadata of a complete cached image, or ``None`` when it is not (fully) there."""
+    image, meta = image_path(name), metadata_path(name)
+    try:
+        info = json.loads(meta.read_text())
+        size = image.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("size") != size:
+        return None
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Fetching
+
+
+def fetch(name: str, *, refresh: bool = False, log: Log = print) -> Path:
+    """Make image ``name`` ready in the cache and return its path.
+
+    A second call finds it in the cache and runs no command at all; ``refresh=True``
+    fetches it again (the new file replaces the old one atomically).
+    """
+    image = spec(name)
+    root = cache_root()
+    with _locked(root, name):
+        final = root / image.filename
+        if not refresh:
+            info = metadata(name)
+            if info is not None:
+                log(f"images: {name}: cached ({info['package']} {info['version']}) at {final}")
+                return final
+        _remove_leftovers(root, name)
+        started = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        try:
+            data, info = _BUILDERS[image.kind](image, work, log)
+            info = {
+                "name": name,
+                "file": image.filename,
+                "description": image.description,
+                **info,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            # Drop the old metadata first: from here until the new one is in place the
+            # image does not count as present.
+            metadata_path(name).unlink(missing_ok=True)
+            _put(work, final, data)
+            _put(work, metadata_path(name), (json.dumps(info, indent=2) + "\n").encode())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        log(f"images: {name}: ready at {final} ({info['package']} {info['version']}, "
+            f"{len(data)} bytes, {time.monotonic() - started:.1f} s)")
+        return final
+
+
+def fetch_all(names: Iterable[str] | None = None, *, refresh: bool = False,
+              log: Log = print) -> dict[str, Path]:
+    """:func:`fetch` each of ``names`` (all of :data:`IMAGES` when ``None``), in order."""
+    wanted = list(IMAGES) if names is None else list(names)
+    for name in wanted:  # reject a bad name before downloading anything
+        spec(name)
+    return {name: fetch(name, refresh=refresh, log=log) for name in wanted}
+
+
+@contextlib.contextmanager
+def _locked(root: Path, name: str) -> Iterator[None]:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ImageFetchError(f"cannot use the image cache {root}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(root: Path, name: str) -> None:
+    """Remove work directories of interrupted fetches (we hold this image's lock)."""
+    for path in root.glob(f".tmp-{name}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _put(work: Path, final: Path, data: bytes) -> None:
+    """Write ``data`` in ``work`` and move it to ``final`` in one atomic rename."""
+    tmp = work / (final.name + ".part")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, final)
+
+
+def _fetch_file(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dict[str, Any]]:
+    _ensure_arch(image.arch, log)
+    deb = _download(image.apt_name, work, log)
+    fields = _deb_fields(deb)
+    member, data = _extract(deb, image.member, fields)
+    return data, {**_origin(fields), "member": member}
+
+
+def _fetch_kernel(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dict[str, Any]]:
+    _ensure_arch(image.arch, log)
+    meta = _package_fields(image.apt_name, log)
+    package = kernel_package(meta.get("Depends", ""), image.package)
+    log(f"images: {image.name}: {image.package} {meta.get('Version', '?')} -> {package}")
+    deb = _download(_apt_name(package, image.arch), work, log)
+    fields = _deb_fields(deb)
+    member, data = _extract(deb, image.member, fields)
+    release = member.rsplit("/", 1)[-1].removeprefix("vmlinuz-")
+    return data, {
+        **_origin(fields),
+        "member": member,
+        "metapackage": image.package,
+        "metapackage_version": meta.get("Version", ""),
+        "kernel_release": release,
+        **check_kernel(data, image.arch),
+    }
+
+
+def _fetch_initramfs(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dict[str, Any]]:
+    _ensure_arch(image.arch, log)
+    deb = _download(image.apt_name, work, log)
+    fields = _deb_fields(deb)
+    _member, busybox = _extract(deb, image.member, fields)
+    _check_elf(busybox, image.arch, f"{fields.get('Package')} {image.member}")
+    available = busybox_applets(busybox)
+    applets = BUSYBOX_APPLETS
+    if available is not None:
+        missing = [a for a in BUSYBOX_APPLETS if a not in available]
+        needed = [a for a in missing if a in REQUIRED_APPLETS]
+        if needed:
+            raise ImageFetchError(
+                f"{fields.get('Package')} {fields.get('Version')}: busybox lacks the applets "
+                f"{', '.join(needed)} that the initramfs /init needs")
+        if missing:
+            log(f"images: {image.name}: busybox has no {', '.join(missing)}; no links for them")
+        applets = tuple(a for a in BUSYBOX_APPLETS if a in available)
+    return build_initramfs(busybox, applets), {
+        **_origin(fields),
+        "member": image.member,
+        "format": "newc cpio, gzip",
+        "marker": USERSPACE_MARKER,
+        "cmdline_param": CMD_PARAM,
+        "applets": list(applets),
+    }
+
+
+_BUILDERS: dict[str, Callable[[ImageSpec, Path, Log], tuple[bytes, dict[str, Any]]]] = {
+    "file": _fetch_file,
+    "kernel": _fetch_kernel,
+    "initramfs": _fetch_initramfs,
+}
+
+
+def _origin(fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "package": fields.get("Package", ""),
+        "version": fields.get("Version", ""),
+        "architecture": fields.get("Architecture", ""),
+        "source": fields.get("Source", fields.get("Package", "")),
+    }
+
+
+# ---------------------------------------------------------------------------
+# apt and dpkg
+
+
+def _apt_name(package: str, arch: str) -> str:
+    return package if arch == "all" else f"{package}:{arch}"
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)
+
+
+def _run(argv: list[str], what: str, *, cwd: Path | None = None) -> str:
+    """Run a dpkg/apt command; return its stdout or raise with the tail of its stderr."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise ImageFetchError(
+            f"{what}: {argv[0]} not found; images come from Debian packages and need "
+            "apt and dpkg (a Debian or Ubuntu host)") from None
+    if proc.returncode != 0:
+        detail = _tail(proc.stderr) or _tail(proc.stdout) or "    (no output)"
+        raise ImageFetchError(
+            f"{what}: `{' '.join(map(str, argv))}` failed with exit status "
+            f"{proc.returncode}:\n{detail}")
+    return proc.stdout
+
+
+_updated = False
+
+
+def _apt_update(log: Log, why: str) -> None:
+    global _updated
+    log(f"images: {why}; running apt-get update")
+    if os.geteuid() != 0:
+        raise ImageFetchError(f"{why}; run `apt-get update` as root, then fetch again")
+    _run(["apt-get", "update"], "apt-get update")
+    _updated = True
+
+
+def _ensure_arch(arch: str, log: Log) -> None:
+    """Make packages of ``arch`` available to apt, adding the architecture if needed."""
+    if arch == "all":
+        return
+    native = _run(["dpkg", "--print-architecture"], "dpkg").strip()
+    if arch == native:
+        return
+    foreign = _run(["dpkg", "--print-foreign-architectures"], "dpkg").split()
+    if arch in foreign:
+        return  # already added; _package_fields updates the lists if apt lacks them
+    command = f"dpkg --add-architecture {arch} && apt-get update"
+    if os.geteuid() != 0:
+        raise ImageFetchError(
+            f"{arch} packages need the {arch} architecture in dpkg and apt; as root run: "
+            f"{command}")
+    log(f"images: adding the {arch} architecture to dpkg and apt ({command})")
+    _run(["dpkg", "--add-architecture", arch], "dpkg --add-architecture")
+    _apt_update(log, f"apt needs the {arch} package lists")
+
+
+def _package_fields(apt_name: str, log: Log) -> dict[str, str]:
+    """The candidate version's control fields of ``apt_name``, as apt knows them."""
+    argv = ["apt-cache", "show", "--no-all-versions", apt_name]
+    try:
+        out = _run(argv, f"looking up {apt_name}")
+    except ImageFetchError:
+        if _updated:
+            raise
+        _apt_update(log, f"apt does not know {apt_name}")
+        out = _run(argv, f"looking up {apt_name}")
+    fields = parse_control(out)
+    if not fields:
+        raise ImageFetchError(f"apt has no installable version of {apt_name}")
+    return fields
+
+
+def _download(apt_name: str, dest: Path, log: Log) -> Path:
+    """``apt-get download`` one package into ``dest`` and return the ``.deb``."""
+    log(f"images: downloading {apt_name}")
+    before = set(dest.glob("*.deb"))
+    argv = ["apt-get", "download", apt_name]
+    try:
+        _run(argv, f"downloading {apt_name}", cwd=dest)
+    except ImageFetchError:
+        if _updated:
+            raise
+        # Stale lists point at files the archive no longer has; refresh them once.
+        _apt_update(log, f"downloading {apt_name} failed")
+        _run(argv, f"downloading {apt_name}", cwd=dest)
+    debs = sorted(set(dest.glob("*.deb")) - before)
+    if len(debs) != 1:
+        raise ImageFetchError(f"apt-get download {apt_name} left {len(debs)} .deb files")
+    return debs[0]
+
+
+def _deb_fields(deb: Path) -> dict[str, str]:
+    return parse_control(_run(["dpkg-deb", "--field", str(deb)], f"reading {deb.name}"))
+
+
+def _extract(deb: Path, pattern: str, fields: dict[str, str]) -> tuple[str, bytes]:
+    """The first regular file of ``deb``'s data whose path matches ``pattern``.
+
+    The data archive is streamed out of ``dpkg-deb --fsys-tarfile`` and read as it
+    comes, so nothing else of the package (a kernel's modules) is written to disk.
+    """
+    what = f"{fields.get('Package', deb.name)} {fields.get('Version', '')}".strip()
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                    stdout=subprocess.PIPE, stderr=err)
+        except FileNotFoundError:
+            raise ImageFetchError("dpkg-deb not found; images need dpkg") from None
+        found: tuple[str, bytes] | None = None
+        try:
+            assert proc.stdout is not None
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for entry in tar:
+                    path = entry.name.removeprefix("./").lstrip("/")
+                    if not fnmatch.fnmatchcase(path, pattern):
+                        continue
+                    if not entry.isfile():
+                        raise ImageFetchError(
+                            f"{what}: {path} is not a regular file in the package")
+                    handle = tar.extractfile(entry)
+                    assert handle is not None
+                    found = (path, handle.read())
+                    break
+        except tarfile.TarError as exc:
+            proc.kill()
+            proc.wait()
+            err.seek(0)
+            raise ImageFetchError(f"{what}: cannot read the package data ({exc}):\n"
+                                  f"{_tail(err.read().decode(errors='replace'))}") from exc
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            if proc.poll() is None and found is not None:
+                proc.kill()  # the rest of the archive is not needed
+            code = proc.wait()
+        if found is not None:
+            return found
+        if code != 0:
+            err.seek(0)
+            raise ImageFetchError(f"dpkg-deb --fsys-tarfile {deb.name} failed ({code}):\n"
+                                  f"{_tail(err.read().decode(errors='replace'))}")
+    raise ImageFetchError(f"package {what} has no file /{pattern}")
+
+
+def parse_control(text: str) -> dict[str, str]:
+    """The first stanza of deb822 control text (``apt-cache show``, ``dpkg-deb -f``)."""
+    fields: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        if line[0] in " \t" and key is not None:
+            fields[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            key = key.strip()
+            fields[key] = value.strip()
+    return fields
+
+
+def kernel_package(depends: str, metapackage: str = "linux-image") -> str:
+    """The ``linux-image-<version>-<flavour>`` package in a metapackage's ``Depends``."""
+    for clause in depends.split(","):
+        for alternative in clause.split("|"):
+            name = alternative.strip().split(" ", 1)[0].split("(", 1)[0].split(":", 1)[0]
+            if re.fullmatch(r"linux-image-\d[\w.+~-]*", name) and not name.endswith("-dbg"):
+                return name
+    raise ImageFetchError(
+        f"{metapackage}: no linux-image-<version> package among its dependencies "
+        f"({depends or 'none'})")
+
+
+# ---------------------------------------------------------------------------
+# Checks on what came out of a package
+
+_ELF_MACHINES = {"arm64": 183, "amd64": 62, "riscv64": 243}
+
+
+def _check_elf(data: bytes, arch: str, what: str) -> None:
+    if data[:4] != b"\x7fELF":
+        raise ImageFetchError(f"{what} is not an ELF file")
+    machine = int.from_bytes(data[18:20], "little")
+    if arch in _ELF_MACHINES and machine != _ELF_MACHINES[arch]:
+        raise ImageFetchError(f"{what} is an ELF for machine {machine}, not {arch}")
+
+
+def check_kernel(data: bytes, arch: str) -> dict[str, Any]:
+    """Check a Debian ``vmlinuz`` is a kernel for ``arch``; describe its format."""
+    if arch == "arm64":
+        # Debian's signed arm64 kernels are a raw Image with an EFI stub (PE "MZ" header);
+        # a gzip'd Image (what unsigned builds used to ship) is accepted too.
+        compression = "gzip" if data[:2] == b"\x1f\x8b" else "none"
+        head = data[:64]
+        if compression == "gzip":
+            try:
+                head = zlib.decompressobj(31).decompress(data, 64)
+            except zlib.error as exc:
+                raise ImageFetchError(f"the arm64 vmlinuz does not decompress: {exc}") from exc
+        if len(head) < 64 or head[0x38:0x3C] != b"ARM\x64":
+            raise ImageFetchError("the arm64 vmlinuz holds no arm64 Image (no ARM\\x64 magic)")
+        return {"compression": compression, "format": "arm64 Image",
+                "efi_stub": head[:2] == b"MZ",
+                "image_size": int.from_bytes(head[16:24], "little"),
+                "text_offset": int.from_bytes(head[8:16], "little")}
+    if arch == "amd64":
+        if data[0x202:0x206] != b"HdrS":
+            raise ImageFetchError("the amd64 vmlinuz is not a bzImage (no HdrS header)")
+        version = int.from_bytes(data[0x206:0x208], "little")
+        return {"compression": "bzImage", "format": "bzImage",
+                "boot_protocol": f"{version >> 8}.{version & 0xFF:02d}"}
+    return {"compression": "gzip" if data[:2] == b"\x1f\x8b" else "none", "format": "unknown"}
+
+
+def busybox_applets(binary: bytes) -> frozenset[str] | None:
+    """The applet names compiled into a busybox binary, read from its name table.
+
+    Busybox keeps its applet names sorted in one NUL-separated string that starts with
+    ``[`` and ``[[``; ``None`` when the table cannot be found.
+    """
+    start = binary.find(b"[\x00[[\x00")
+    if start < 0:
+        return None
+    end = binary.find(b"\x00\x00", start)
+    names = binary[start:end].split(b"\x00")
+    return frozenset(n.decode("ascii", "replace") for n in names if n)
+
+
+# ---------------------------------------------------------------------------
+# The newc cpio format
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    """One member of a newc cpio archive.
+
+    ``mode`` carries the file type bits (``stat.S_IFREG`` ...). ``data`` is a regular
+    file's contents or a symlink's target; ``rdev`` is a device node's (major, minor).
+    """
+
+    name: str
+    mode: int
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+
+    @classmethod
+    def directory(cls, name: str, perm: int = 0o755) -> CpioEntry:
+        return cls(name, stat.S_IFDIR | perm)
+
+    @classmethod
+    def file(cls, name: str, data: bytes, perm: int = 0o644) -> CpioEntry:
+        return cls(name, stat.S_IFREG | perm, data)
+
+    @classmethod
+    def symlink(cls, name: str, target: str) -> CpioEntry:
+        return cls(name, stat.S_IFLNK | 0o777, target.encode())
+
+    @classmethod
+    def char_device(cls, name: str, major: int, minor: int, perm: int = 0o600) -> CpioEntry:
+        return cls(name, stat.S_IFCHR | perm, rdev=(major, minor))
+
+
+NEWC_MAGIC = b"070701"
+NEWC_TRAILER = "TRAILER!!!"
+
+
+def _pad4(n: int) -> int:
+    return -n % 4
+
+
+def _newc_member(name: str, fields: list[int], data: bytes) -> bytes:
+    encoded = name.encode() + b"\x00"
+    # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor
+    # namesize check, each as 8 hex digits.
+    header = NEWC_MAGIC + b"".join(b"%08X" % v for v in [*fields[:6], len(data), 0, 0,
+                                                          *fields[6:], len(encoded), 0])
+    head = header + encoded
+    return head + b"\x00" * _pad4(len(head)) + data + b"\x00" * _pad4(len(data))
+
+
+def newc_archive(entries: Iterable[CpioEntry]) -> bytes:
+    """A newc (``070701``, "SVR4 no CRC") cpio archive of ``entries``, with its trailer.
+
+    Names are stored as given (relative, no leading ``/``), in order, so parents must
+    come before their children. Each entry gets its own inode number and one link.
+    """
+    out = bytearray()
+    for ino, entry in enumerate(entries, start=1):
+        name = entry.name.lstrip("/")
+        if not name or name == NEWC_TRAILER:
+            raise ValueError(f"bad cpio member name {entry.name!r}")
+        for v in (entry.mode, entry.uid, entry.gid, entry.mtime, *entry.rdev):
+            if not 0 <= v <= 0xFFFF_FFFF:
+                raise ValueError(f"{name}: field {v} does not fit a newc header")
+        data = entry.data if stat.S_ISREG(entry.mode) or stat.S_ISLNK(entry.mode) else b""
+        nlink = 2 if stat.S_ISDIR(entry.mode) else 1
+        out += _newc_member(name, [ino, entry.mode, entry.uid, entry.gid, nlink, entry.mtime,
+                                   *entry.rdev], data)
+    out += _newc_member(NEWC_TRAILER, [0, 0, 0, 0, 1, 0, 0, 0], b"")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------
+# The busybox initramfs
+
+#: The line ``/init`` prints once userspace runs.
+USERSPACE_MARKER = "PYAXVISOR-USERSPACE-OK"
+#: Kernel command-line parameter holding an optional command for ``/init`` to run.
+CMD_PARAM = "pyaxvisor.cmd"
+
+#: Applets linked into ``/bin`` (``busybox --list`` cannot run on the host for a
+#: foreign architecture, so the list is fixed; ones the binary lacks are left out).
+BUSYBOX_APPLETS: tuple[str, ...] = (
+    "sh", "ash", "mount", "umount", "echo", "cat", "poweroff", "reboot", "halt", "ls",
+    "uname", "dmesg", "grep", "sleep", "mkdir", "rmdir", "rm", "cp", "mv", "ln", "chmod",
+    "mknod", "sync", "true", "false", "test", "[", "printf", "wc", "head", "tail", "sed",
+    "cut", "tr", "ps", "free", "df", "dd", "hexdump", "od", "date", "env", "hostname",
+    "id", "kill", "stty", "setsid", "cttyhack", "mdev", "which", "find", "xargs", "nproc",
+    "seq", "md5sum", "sha256sum", "touch", "stat", "readlink", "basename", "dirname",
+    "expr", "awk", "vi", "more", "clear", "uptime", "top", "devmem",
+)
+#: Applets ``/init`` itself cannot do without.
+REQUIRED_APPLETS = frozenset({"sh", "mount", "echo", "cat", "grep", "uname", "poweroff"})
+
+# Prints the value of pyaxvisor.cmd in the kernel command line given as $1: the text
+# after "pyaxvisor.cmd=" up to the next space, or, when the value starts with a double
+# quote (the kernel's own quoting), up to the closing quote.
+_CMD_FUNCTION = r"""pyaxvisor_cmd() {
+	v=" $1"
+	case "$v" in
+	*' pyaxvisor.cmd="'*) v=${v#* pyaxvisor.cmd=\"}; v=${v%%\"*} ;;
+	*' pyaxvisor.cmd='*) v=${v#* pyaxvisor.cmd=}; v=${v%% *} ;;
+	*) v= ;;
+	esac
+	printf '%s\n' "$v"
+}"""
+
+
+def init_script() -> str:
+    """The initramfs ``/init``: mount, report, run ``pyaxvisor.cmd``, power off.
+
+    Output, one item per line: :data:`USERSPACE_MARKER`; ``PYAXVISOR-UNAME: <uname -a>``;
+    ``PYAXVISOR-CPUS: <n>`` (``grep -c ^processor /proc/cpuinfo``); then, when the kernel
+    command line has ``pyaxvisor.cmd=<command>``, ``PYAXVISOR-CMD-BEGIN: <command>``,
+    the command's own output (run by ``sh -c``) and ``PYAXVISOR-CMD-END: status=<n>``;
+    finally ``PYAXVISOR-POWEROFF`` and ``poweroff -f``. A command with spaces is
+    quoted the kernel's way: ``pyaxvisor.cmd="cat /proc/meminfo"`` (it cannot itself
+    contain a double quote). The kernel does not hand a dotted parameter to init, so the
+    command is read back from ``/proc/cmdline``.
+    """
+    return f"""#!/bin/sh
+# pyaxvisor test initramfs: report that userspace runs, run one command, power off.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+{_CMD_FUNCTION}
+echo {USERSPACE_MARKER}
+echo "PYAXVISOR-UNAME: $(uname -a)"
+echo "PYAXVISOR-CPUS: $(grep -c ^processor /proc/cpuinfo)"
+cmd=$(pyaxvisor_cmd "$(cat /proc/cmdline)")
+if [ -n "$cmd" ]; then
+	echo "PYAXVISOR-CMD-BEGIN: $cmd"
+	sh -c "$cmd"
+	echo "PYAXVISOR-CMD-END: status=$?"
+fi
+echo PYAXVISOR-POWEROFF
+sync
+poweroff -f
+reboot -f
+while :; do sleep 3600; done
+"""
+
+
+def initramfs_entries(busybox: bytes,
+                      applets: Iterable[str] = BUSYBOX_APPLETS) -> list[CpioEntry]:
+    """The members of the initramfs: directories, device nodes, busybox, links, /init."""
+    entries = [CpioEntry.directory(d) for d in ("bin", "dev", "proc", "sys", "tmp", "root")]
+    entries += [
+        CpioEntry.symlink("sbin", "bin"),
+        CpioEntry.char_device("dev/console", 5, 1),
+        CpioEntry.char_device("dev/null", 1, 3, 0o666),
+        CpioEntry.file("bin/busybox", busybox, 0o755),
+    ]
+    entries += [CpioEntry.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
+    entries.append(CpioEntry.file("init", init_script().encode(), 0o755))
+    return entries
+
+
+def build_initramfs(busybox: bytes, applets: Iterable[str] = BUSYBOX_APPLETS) -> bytes:
+    """The gzip-compressed newc initramfs around ``busybox`` (reproducible: mtime 0)."""
+    return gzip.compress(newc_archive(initramfs_entries(busybox, applets)), 9, mtime=0)
