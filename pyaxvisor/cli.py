@@ -138,9 +138,12 @@ def _print_stats(result: VmResult) -> None:
 @click.option("--serial", "-serial", default="stdio", help="Only stdio.")
 @click.option("--timeout", type=float, default=None, help="Stop the guest after SECONDS.")
 @click.option("--stats", is_flag=True, help="Print exits by reason at the end.")
+@click.option("--trap-mmio", is_flag=True,
+              help="Route every device access through MMIO exits instead of serving the "
+                   "UART and GIC inside the CPU (slower; for debugging and comparison).")
 def run(arch: str, kernel: Path | None, initrd: Path | None, append: str, bios: Path | None,
         memory: str, smp: str | None, machine: str, cpu: str, nographic: bool, serial: str,
-        timeout: float | None, stats: bool) -> None:
+        timeout: float | None, stats: bool, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
     With no kernel or firmware, boots the bundled guest on 2 vCPUs.
@@ -158,7 +161,7 @@ def run(arch: str, kernel: Path | None, initrd: Path | None, append: str, bios: 
         spec = BootSpec(kernel=kernel, initrd=initrd, append=append, bios=bios,
                         memory=parse_memory_size(memory),
                         smp=parse_smp(smp) if smp is not None else default_smp,
-                        timeout=timeout)
+                        timeout=timeout, in_cpu_mmio=not trap_mmio)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console()

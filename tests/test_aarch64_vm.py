@@ -27,17 +27,34 @@ def guest_file(tmp_path, name: str) -> str:
     return str(path)
 
 
+BUNDLED_OUTPUT = ("Hello from the pyaxvisor AArch64 guest on CPU 0\n"
+                  "CPU 1 is up (PSCI CPU_ON)\n"
+                  "virtual timer interrupt 27 taken through the GICv2\n"
+                  "powering off (PSCI SYSTEM_OFF)\n")
+
+
+def stats(stderr: str) -> dict[str, int]:
+    rows = [line.split() for line in stderr.splitlines()]
+    return {r[0]: int(r[1]) for r in rows if len(r) >= 2 and r[1].isdigit()}
+
+
 def test_bundled_guest_runs_on_two_cpus_and_powers_off():
     r = pyaxvisor("run", "--stats")
     assert r.returncode == 0, r.stderr
-    out = r.stdout.replace("\r\n", "\n")
-    assert out == ("Hello from the pyaxvisor AArch64 guest on CPU 0\n"
-                   "CPU 1 is up (PSCI CPU_ON)\n"
-                   "virtual timer interrupt 27 taken through the GICv2\n"
-                   "powering off (PSCI SYSTEM_OFF)\n")
-    # the stats table names the exits the guest caused
-    for reason in ("MmioWrite", "MmioRead", "CpuUp", "CpuDown", "SystemDown"):
-        assert reason in r.stderr
+    assert r.stdout.replace("\r\n", "\n") == BUNDLED_OUTPUT
+    exits = stats(r.stderr)
+    assert exits["CpuUp"] == 1 and exits["CpuDown"] == 1 and exits["SystemDown"] == 1
+    assert "MmioWrite" not in exits  # UART and GIC are served inside the CPU
+
+
+def test_bundled_guest_with_every_device_access_as_an_exit():
+    r = pyaxvisor("run", "--stats", "--trap-mmio")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r\n", "\n") == BUNDLED_OUTPUT
+    exits = stats(r.stderr)
+    # every character is a UARTDR write (plus GIC programming and acknowledges)
+    assert exits["MmioWrite"] >= len(BUNDLED_OUTPUT.replace("\n", "\r\n"))
+    assert exits["MmioRead"] >= len(BUNDLED_OUTPUT)
 
 
 def test_qemu_spellings_are_accepted():
@@ -78,7 +95,7 @@ def test_wild_mmio_stops_the_vm(tmp_path):
 
 def test_a_device_refusing_an_access_stops_the_vm(tmp_path):
     # the mmio guest's second access is an 8-byte store to the 32-bit PL011
-    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "mmio"))
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "mmio"), "--trap-mmio")
     assert r.returncode == 1
     assert r.stdout == "A"  # the first, 1-byte, store reached the UART
     assert "pl011: 8-byte write at 0x8: registers are 32-bit" in r.stderr
@@ -107,3 +124,9 @@ def test_a_failing_vm_does_not_disturb_another():
     assert results["bad"].reason == "error"
     assert "unknown hypercall" in str(results["bad"].error)
 
+
+
+def test_a_device_error_inside_the_cpu_stops_the_vm(tmp_path):
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "gic_byte"), "--timeout", "30")
+    assert r.returncode == 1, r.stderr
+    assert "1-byte" in r.stderr and "0x4" in r.stderr, r.stderr

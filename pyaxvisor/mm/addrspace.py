@@ -62,6 +62,7 @@ class AddrSpace:
         self.hal = hal
         self.page_table: NestedPageTable | None = page_table
         self._regions: list[MemoryRegion] = []  # sorted by gpa
+        self.mmio_windows: list[tuple[GuestPhysAddr, HostPhysAddr, int]] = []
         self._lock = threading.RLock()
 
     # -- geometry --------------------------------------------------------------------
@@ -97,6 +98,10 @@ class AddrSpace:
         gpa.check_aligned(PAGE_SIZE_4K, "guest physical address")
         if size % PAGE_SIZE_4K:
             raise InvalidInput(f"region size {size:#x} is not a multiple of 4 KiB")
+        for w_gpa, _pa, w_size in self.mmio_windows:
+            if int(gpa) < int(w_gpa) + w_size and int(w_gpa) < int(gpa) + size:
+                raise AlreadyExists(f"region [{int(gpa):#x}, {int(gpa) + size:#x}) overlaps "
+                                    f"an MMIO window at {int(w_gpa):#x}")
         for r in self._regions:
             if int(gpa) < int(r.end) and int(r.gpa) < int(gpa) + size:
                 raise AlreadyExists(
@@ -130,6 +135,16 @@ class AddrSpace:
             self._check_range(gpa, size)
             self._pt.map(gpa, hpa, size, flags)
             return self._add(MemoryRegion(gpa, size, hpa, flags, owned=False))
+
+    def map_mmio_window(self, gpa: GuestPhysAddr, paddr: HostPhysAddr, size: int) -> None:
+        """Map guest ``[gpa, gpa + size)`` as device memory onto physical addresses that
+        are not RAM (an engine serves them in-CPU). Not a RAM region: ``read``/``write``
+        of the space do not reach it."""
+        with self._lock:
+            self._check_range(gpa, size)
+            self._pt.map(gpa, paddr, size,
+                         MappingFlags.READ | MappingFlags.WRITE | MappingFlags.DEVICE)
+            self.mmio_windows.append((gpa, paddr, size))
 
     def remove_region(self, gpa: GuestPhysAddr) -> None:
         """Unmap the region that starts at ``gpa`` and free its memory if owned."""

@@ -32,14 +32,14 @@ from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return, i
 from pyaxvisor.arch.aarch64.vcpu import Aarch64VCpu, Aarch64VCpuCreateConfig, Aarch64VCpuSetupConfig
 from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
 from pyaxvisor.devices.irq import IrqLine
-from pyaxvisor.devices.mmio import MmioBus
+from pyaxvisor.devices.mmio import MmioBus, MmioDevice
 from pyaxvisor.devices.pflash import CfiFlash
 from pyaxvisor.devices.pl011 import Pl011
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.errors import AxError, InvalidInput, Unsupported
 from pyaxvisor.hal.timer import TimerEvent, TimerThread, monotonic_ns
 from pyaxvisor.hal.vcpu_hal import HostHal
-from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.mm.flags import MappingFlags
 from pyaxvisor.mm.nested import nested_page_table
@@ -58,6 +58,7 @@ from pyaxvisor.vcpu import (
     VCpu,
     VCpuState,
 )
+from pyaxvisor.vcpu.width import AccessWidth
 
 FLASH_BASE = 0x0000_0000
 FLASH_SIZE = 0x0400_0000
@@ -66,6 +67,8 @@ GIC_CPU = 0x0801_0000
 UART_BASE = 0x0900_0000
 UART_INTID = 33
 RAM_BASE = 0x4000_0000
+#: Physical window (outside the host memory arena) for devices served in-CPU.
+IN_CPU_MMIO_BASE = 0x80_0000_0000
 PPI_VTIMER = 27
 PPI_PTIMER = 30
 TIMER_FREQ = 62_500_000
@@ -92,7 +95,8 @@ class VmResult:
 
 class Aarch64Vm:
     def __init__(self, *, ram_size: int = 512 << 20, smp: int = 1, vm_id: int = 1,
-                 console_write: Callable[[bytes], None] | None = None) -> None:
+                 console_write: Callable[[bytes], None] | None = None,
+                 in_cpu_mmio: bool = True) -> None:
         if not 1 <= smp <= MAX_CPUS:
             raise InvalidInput(f"a GICv2 VM has 1..{MAX_CPUS} CPUs, not {smp}")
         if ram_size < (16 << 20) or ram_size % (2 << 20):
@@ -120,6 +124,13 @@ class Aarch64Vm:
         self.bus.attach(GIC_CPU, CPU_IF_SIZE, self.gic.cpu_interface)
         self.uart = Pl011(tx=console_write or (lambda b: None), irq=IrqLine(self.gic, UART_INTID))
         self.bus.attach(UART_BASE, 0x1000, self.uart)
+        self.in_cpu_mmio: list[tuple[int, int, Callable[[int, int, int], int],
+                                     Callable[[int, int, int, int], None]]] = []
+        if in_cpu_mmio:
+            for base, size, device in ((GIC_DIST, DIST_SIZE, self.gic.distributor),
+                                       (GIC_CPU, CPU_IF_SIZE, self.gic.cpu_interface),
+                                       (UART_BASE, 0x1000, self.uart)):
+                self._serve_in_cpu(base, size, device)
         self.flash1 = CfiFlash(FLASH_SIZE, name="pflash1",
                                storage=self.space.region_view(bank1),
                                on_array_mode=self._flash_array_mode)
@@ -225,6 +236,7 @@ class Aarch64Vm:
                 mpidr_el1=0x8000_0000 | cpu, dtb_addr=arg, memory=self.hal.memory,
                 hal=self.hal, psci=self, cntvoff=self.cntvoff))
             vcpu.arch.attach_interrupt_controller(self)
+            vcpu.arch.in_cpu_mmio = self.in_cpu_mmio
             vcpu.arch.on_timer_write = self._timer_written
             vcpu.setup(GuestPhysAddr(entry), self.space.root_paddr, Aarch64VCpuSetupConfig())
             with self._lock:
@@ -302,6 +314,22 @@ class Aarch64Vm:
             restart = self._restart.pop(cpu, None)
         if restart is not None:
             vcpu.arch.restart(*restart)
+
+    def _serve_in_cpu(self, base: int, size: int, device: MmioDevice) -> None:
+        """Let the vCPUs call ``device`` from inside the CPU (as KVM's in-kernel devices
+        are served without a return to user space): its guest window is mapped in the
+        stage-2 table onto physical addresses the engine routes to the device."""
+        paddr = IN_CPU_MMIO_BASE + base
+        self.space.map_mmio_window(GuestPhysAddr(base), HostPhysAddr(paddr), size)
+        widths = {w.size: w for w in AccessWidth}
+
+        def read(offset: int, size: int, cpu: int) -> int:
+            return device.mmio_read(offset, widths[size], cpu) & widths[size].mask
+
+        def write(offset: int, size: int, value: int, cpu: int) -> None:
+            device.mmio_write(offset, widths[size], value & widths[size].mask, cpu)
+
+        self.in_cpu_mmio.append((paddr, size, read, write))
 
     def _flash_array_mode(self, array: bool) -> None:
         self.space.set_region_mapped(GuestPhysAddr(FLASH_BASE + FLASH_SIZE), array)

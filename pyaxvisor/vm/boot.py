@@ -41,6 +41,7 @@ class BootSpec:
     memory: int = 512 << 20
     smp: int = 1
     timeout: float | None = None
+    in_cpu_mmio: bool = True
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -100,7 +101,8 @@ def prepare(vm: Aarch64Vm, spec: BootSpec) -> tuple[int, int]:
 
 def boot(spec: BootSpec, console_write, on_vm=None) -> VmResult:
     """Create the VM, load the guest, run it to the end, tear it down."""
-    vm = Aarch64Vm(ram_size=spec.memory, smp=spec.smp, console_write=console_write)
+    vm = Aarch64Vm(ram_size=spec.memory, smp=spec.smp, console_write=console_write,
+                   in_cpu_mmio=spec.in_cpu_mmio)
     try:
         entry, x0 = prepare(vm, spec)
         if on_vm is not None:

@@ -145,10 +145,15 @@ class Aarch64VCpu(ArchVCpu):
         self._irq_level = False
         self._exit_requested = False
         self._flush_tlb = False
+        self._in_cpu_error: Exception | None = None
         self._lock = threading.Lock()
         self.pending_vectors: list[int] = []
         self.controller: InterruptController | None = None
         self.on_timer_write: Callable[[int, int], None] | None = None
+        #: (physical base, size, read(offset, size, vcpu_id), write(offset, size, value,
+        #: vcpu_id)): device windows served inside the CPU, attached at bind.
+        self.in_cpu_mmio: list[tuple[int, int, Callable[[int, int, int], int],
+                                     Callable[[int, int, int, int], None]]] = []
         self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
@@ -196,6 +201,9 @@ class Aarch64VCpu(ArchVCpu):
         for timer, (ctl, cval) in zip((TIMER_VIRT, TIMER_PHYS), self._saved.timers, strict=True):
             engine.timer.set_regs(timer, ctl, cval)
         engine.on_timer_write = self._timer_written
+        engine.current_vcpu_id = self.vcpu_id
+        for paddr, size, read, write in self.in_cpu_mmio:
+            engine.attach_mmio(paddr, size, *self._in_cpu_callbacks(engine, read, write))
         engine.set_virtual_irq(self._irq_level)
         engine.flush_tlb()
         with self._lock:
@@ -224,6 +232,9 @@ class Aarch64VCpu(ArchVCpu):
                 self._flush_tlb = False
                 engine.flush_tlb()
             trap = engine.run(ctx.elr)
+            if self._in_cpu_error is not None:
+                error, self._in_cpu_error = self._in_cpu_error, None
+                raise error
             if trap.kind is TrapKind.PREEMPTED:
                 self._sync_from_engine(engine, trap.pc)
                 irq = self.config.hal.irq_fetch() if self.config.hal is not None else None
@@ -254,6 +265,34 @@ class Aarch64VCpu(ArchVCpu):
         """Make ``run()`` return (with ``Nothing``) soon, or at once if it is not in the
         guest yet (any thread)."""
         self._exit_requested = True
+        self._stop_cpu()
+
+    def _in_cpu_callbacks(
+        self, engine: Aarch64Tcg, read: Callable[[int, int, int], int],
+        write: Callable[[int, int, int, int], None],
+    ) -> tuple[Callable[[int, int], int], Callable[[int, int, int], None]]:
+        """Adapt a device window for the engine. A device error cannot propagate out of
+        the CPU (Unicorn would drop it), so it is kept, the CPU is stopped at the next
+        block, and ``run()`` raises it."""
+
+        def on_read(offset: int, size: int) -> int:
+            try:
+                return read(offset, size, engine.current_vcpu_id)
+            except Exception as exc:  # re-raised by run()
+                self._fail_in_cpu(exc)
+                return 0
+
+        def on_write(offset: int, size: int, value: int) -> None:
+            try:
+                write(offset, size, value, engine.current_vcpu_id)
+            except Exception as exc:  # re-raised by run()
+                self._fail_in_cpu(exc)
+
+        return on_read, on_write
+
+    def _fail_in_cpu(self, exc: Exception) -> None:
+        if self._in_cpu_error is None:
+            self._in_cpu_error = exc
         self._stop_cpu()
 
     def request_tlb_flush(self) -> None:

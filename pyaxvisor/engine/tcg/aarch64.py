@@ -242,6 +242,8 @@ class Aarch64Tcg:
         self._layout = self_test()
         self._uc = uc = _new_uc()
         self._mapped: dict[int, HostMemory] = {}
+        self._mmio: set[int] = set()
+        self.current_vcpu_id = 0  # the vCPU bound here, for in-CPU MMIO callbacks
         self._ctx = ContextView(uc)
         self._preempt = Preemptor(uc)
         self.on_timer_write: Callable[[int], None] | None = None
@@ -262,6 +264,18 @@ class Aarch64Tcg:
                 raise EngineError(f"host memory at {base:#x} overlaps an arena already mapped")
         self._uc.mem_map_ptr(base, size, UC_PROT_ALL, int(memory.virt_base))
         self._mapped[id(memory)] = memory
+
+    def attach_mmio(self, paddr: int, size: int, read: Callable[[int, int], int],
+                    write: Callable[[int, int, int], None]) -> None:
+        """Serve physical ``[paddr, paddr + size)`` from Python callbacks inside the CPU
+        (``read(offset, size)``, ``write(offset, size, value)``): no exit, no restart.
+        The callbacks must not stop the CPU or write its PC (Unicorn would replay the
+        access); they may request a stop, which takes effect at the next block."""
+        if paddr in self._mmio:
+            return
+        self._uc.mmio_map(paddr, size, lambda uc, off, sz, ud: read(off, sz), None,
+                          lambda uc, off, sz, val, ud: write(off, sz, val), None)
+        self._mmio.add(paddr)
 
     def _timer_written(self, timer: int) -> None:
         # Called from C inside the CPU loop: an exception here would be printed and
