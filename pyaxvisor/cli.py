@@ -182,6 +182,7 @@ def run(arch: str, kernel: Path | None, initrd: Path | None, append: str, bios: 
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after {timeout:g} s "
                    "and was stopped", err=True)
+        click.echo(result.state, err=True)
     elif result.reason == "error":
         click.echo(f"\npyaxvisor: the guest was stopped: {result.error}", err=True)
     elif result.reason == "reset":

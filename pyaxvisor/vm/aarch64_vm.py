@@ -6,9 +6,11 @@ distributor 0x0800_0000 and CPU interface 0x0801_0000, PL011 at 0x0900_0000
 (SPI 1 = INTID 33), RAM from 0x4000_0000. Timer PPIs: virtual 27, physical 30.
 
 Threads: one host thread per vCPU (each with its own per-CPU virtualization
-state), a timer thread for the generic timers' deadlines, and the console input
-thread. vCPU 0 starts at boot; the others are created when the guest turns them
-on with PSCI CPU_ON (entry point and context ID become their PC and x0).
+state; guest code of one VM executes on one of them at a time, see
+:mod:`pyaxvisor.engine.tcg.exec_lock`), a timer thread for the generic timers'
+deadlines, and the console input thread. vCPU 0 starts at boot; the others are
+created when the guest turns them on with PSCI CPU_ON (entry point and context ID
+become their PC and x0).
 
 The exit dispatch (``_handle``): MMIO → the device at that address; Halt →
 Blocked until the vCPU's IRQ line rises; CpuUp → start the target vCPU;
@@ -35,6 +37,7 @@ from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.mmio import MmioBus, MmioDevice
 from pyaxvisor.devices.pflash import CfiFlash
 from pyaxvisor.devices.pl011 import Pl011
+from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.errors import AxError, InvalidInput, Unsupported
 from pyaxvisor.hal.timer import TimerEvent, TimerThread, monotonic_ns
@@ -85,6 +88,7 @@ class VmResult:
 
     reason: str
     error: AxError | None = None
+    state: str = ""
     exits: Counter[str] = field(default_factory=Counter)
     exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -137,6 +141,8 @@ class Aarch64Vm:
         self.bus.attach(FLASH_BASE + FLASH_SIZE, FLASH_SIZE, self.flash1)
         self.timers = TimerThread(name=f"vm{vm_id}-timers")
         self._timer_events: dict[tuple[int, int], TimerEvent] = {}
+        self._timer_lock = threading.Lock()
+        self.exec_lock = ExecLock()
         self._vcpus: dict[int, VCpu[Aarch64VCpu]] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._restart: dict[int, tuple[int, int]] = {}
@@ -163,12 +169,28 @@ class Aarch64Vm:
         self.cntvoff = (monotonic_ns() - BOOT_NS) * TIMER_FREQ // 1_000_000_000
         self._start_cpu(0, entry, dtb_addr)
         if not self._done.wait(timeout):
-            self._finish(VmResult("timeout"))
+            self._finish(VmResult("timeout", state=self.describe()))
         self._stop_all()
         assert self._result is not None
         self._result.exits = self.exits
         self._result.exit_time = self.exit_time
         return self._result
+
+    def describe(self) -> str:
+        """Each vCPU's state, PC, IRQ line and timers (for a guest that hangs)."""
+        lines = []
+        now = monotonic_ns()
+        for cpu, v in sorted(self._vcpus.items()):
+            a = v.arch
+            vctl, vcval, pctl, _pcval = a.timer_state()
+            deadline = a.timer_deadline(TIMER_VIRT)
+            due = "" if deadline is None else f" (due in {(deadline - now) / 1e6:.1f} ms)"
+            lines.append(
+                f"vCPU {cpu}: {v.state.name}, PC {a.ctx.elr:#x}, IRQ line "
+                f"{'high' if a.irq_line else 'low'} (GIC output "
+                f"{'high' if self.gic.irq_asserted(cpu) else 'low'}), virtual timer "
+                f"CTL {vctl:#x} CVAL {vcval:#x}{due}, physical timer CTL {pctl:#x}")
+        return "\n".join(lines)
 
     def quit(self) -> None:
         """Stop the VM from the host (the console's Ctrl-A X)."""
@@ -234,7 +256,7 @@ class Aarch64Vm:
             percpu.hardware_enable()
             vcpu = VCpu(self.vm_id, cpu, Aarch64VCpu, Aarch64VCpuCreateConfig(
                 mpidr_el1=0x8000_0000 | cpu, dtb_addr=arg, memory=self.hal.memory,
-                hal=self.hal, psci=self, cntvoff=self.cntvoff))
+                hal=self.hal, psci=self, cntvoff=self.cntvoff, exec_lock=self.exec_lock))
             vcpu.arch.attach_interrupt_controller(self)
             vcpu.arch.in_cpu_mmio = self.in_cpu_mmio
             vcpu.arch.on_timer_write = self._timer_written
@@ -361,6 +383,13 @@ class Aarch64Vm:
             self._finish(VmResult("error", AxError(f"timer of vCPU {cpu}: {exc!r}")))
 
     def _update_timer(self, cpu: int, timer: int) -> None:
+        """Drive the timer's PPI from its state and (re)arm the host event for its
+        deadline. Called from the vCPU thread (guest wrote CTL/CVAL/TVAL) and from the
+        timer thread (a deadline passed): serialised, or a rearm could be lost."""
+        with self._timer_lock:
+            self._update_timer_locked(cpu, timer)
+
+    def _update_timer_locked(self, cpu: int, timer: int) -> None:
         v = self._vcpus.get(cpu)
         if v is None:
             return

@@ -57,6 +57,7 @@ from pyaxvisor.arch.aarch64.pcpu import (
 )
 from pyaxvisor.arch.aarch64.psci import AffinityState, PsciPlatform
 from pyaxvisor.engine.tcg.aarch64 import Aarch64Tcg, TrapKind
+from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.errors import BadState, InvalidInput
 from pyaxvisor.hal.memory import HostMemory
@@ -100,7 +101,9 @@ class Aarch64VCpuCreateConfig:
     """``mpidr_el1``: the MPIDR the guest reads; ``dtb_addr``: guest-physical address
     of the device tree (x0 at entry); ``memory``: the host arena guest RAM lives in;
     ``hal`` for host IRQs; ``psci`` answers AFFINITY_INFO; ``cntvoff``: the virtual
-    counter offset (share one per VM so all its vCPUs agree on time)."""
+    counter offset (share one per VM so all its vCPUs agree on time); ``exec_lock``:
+    shared by the vCPUs of one VM so only one executes guest code at a time (see
+    :mod:`pyaxvisor.engine.tcg.exec_lock`)."""
 
     mpidr_el1: int
     dtb_addr: int
@@ -108,6 +111,7 @@ class Aarch64VCpuCreateConfig:
     hal: VCpuHal | None = None
     psci: PsciPlatform | None = None
     cntvoff: int = 0
+    exec_lock: ExecLock | None = None
 
 
 @dataclass
@@ -231,7 +235,15 @@ class Aarch64VCpu(ArchVCpu):
             if self._flush_tlb:
                 self._flush_tlb = False
                 engine.flush_tlb()
-            trap = engine.run(ctx.elr)
+            lock = self.config.exec_lock
+            if lock is None:
+                trap = engine.run(ctx.elr)
+            else:
+                lock.acquire(self, self._stop_cpu)
+                try:
+                    trap = engine.run(ctx.elr)
+                finally:
+                    lock.release(self)
             if self._in_cpu_error is not None:
                 error, self._in_cpu_error = self._in_cpu_error, None
                 raise error
