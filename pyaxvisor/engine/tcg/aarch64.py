@@ -42,12 +42,15 @@ import unicorn
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc, UcError
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_py3 import unicorn as _ucm
 
 from pyaxvisor.engine.tcg.native import ContextView, NativeTimer, Preemptor
 from pyaxvisor.errors import AxError, Unsupported
 from pyaxvisor.hal.memory import HostMemory
 
 UNICORN_VERSION = unicorn.__version__
+_MMIO_READ = _ucm.MMIO_READ_CFUNC
+_MMIO_WRITE = _ucm.MMIO_WRITE_CFUNC
 #: The host time at which every engine's physical counter (CNTPCT_EL0) read 0.
 BOOT_NS = time.monotonic_ns()
 
@@ -242,7 +245,7 @@ class Aarch64Tcg:
         self._layout = self_test()
         self._uc = uc = _new_uc()
         self._mapped: dict[int, HostMemory] = {}
-        self._mmio: set[int] = set()
+        self._mmio: dict[int, tuple[object, object]] = {}
         self.current_vcpu_id = 0  # the vCPU bound here, for in-CPU MMIO callbacks
         self._ctx = ContextView(uc)
         self._preempt = Preemptor(uc)
@@ -273,9 +276,14 @@ class Aarch64Tcg:
         access); they may request a stop, which takes effect at the next block."""
         if paddr in self._mmio:
             return
-        self._uc.mmio_map(paddr, size, lambda uc, off, sz, ud: read(off, sz), None,
-                          lambda uc, off, sz, val, ud: write(off, sz, val), None)
-        self._mmio.add(paddr)
+        # Registered with libunicorn directly: the binding's wrapper would turn an
+        # exception into emu_stop() inside the access, which replays it.
+        rd = _MMIO_READ(lambda _h, off, sz, _ud: read(off, sz))
+        wr = _MMIO_WRITE(lambda _h, off, sz, val, _ud: write(off, sz, val))
+        err = _ucm.uclib.uc_mmio_map(self._uc._uch, paddr, size, rd, None, wr, None)
+        if err != 0:
+            raise EngineError(f"cannot map in-CPU MMIO at {paddr:#x}: unicorn error {err}")
+        self._mmio[paddr] = (rd, wr)  # keep the C callbacks alive
 
     def _timer_written(self, timer: int) -> None:
         # Called from C inside the CPU loop: an exception here would be printed and
