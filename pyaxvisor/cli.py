@@ -119,6 +119,10 @@ def _print_stats(result: VmResult) -> None:
     for name, count in result.exits.most_common():
         click.echo(f"{name:<20}{count:>10}{result.exit_time[name] * 1e3:>13.1f} ms", err=True)
     click.echo(f"{'total':<20}{total:>10}", err=True)
+    reads, writes = result.in_cpu_accesses
+    if reads or writes:
+        click.echo(f"device accesses served in-CPU (no exit): {reads} reads, {writes} writes",
+                   err=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})

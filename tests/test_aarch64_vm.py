@@ -3,6 +3,7 @@ timer, and guests that misbehave (the host process and other VMs carry on)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -45,6 +46,9 @@ def test_bundled_guest_runs_on_two_cpus_and_powers_off():
     exits = stats(r.stderr)
     assert exits["CpuUp"] == 1 and exits["CpuDown"] == 1 and exits["SystemDown"] == 1
     assert "MmioWrite" not in exits  # UART and GIC are served inside the CPU
+    served = re.search(r"served in-CPU \(no exit\): (\d+) reads, (\d+) writes", r.stderr)
+    assert served is not None
+    assert int(served.group(2)) >= len(BUNDLED_OUTPUT.replace("\n", "\r\n"))
 
 
 def test_bundled_guest_with_every_device_access_as_an_exit():

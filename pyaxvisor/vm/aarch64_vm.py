@@ -89,6 +89,7 @@ class VmResult:
     reason: str
     error: AxError | None = None
     state: str = ""
+    in_cpu_accesses: tuple[int, int] = (0, 0)  # device reads, writes served in-CPU
     exits: Counter[str] = field(default_factory=Counter)
     exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -130,6 +131,7 @@ class Aarch64Vm:
         self.bus.attach(UART_BASE, 0x1000, self.uart)
         self.in_cpu_mmio: list[tuple[int, int, Callable[[int, int, int], int],
                                      Callable[[int, int, int, int], None]]] = []
+        self.in_cpu_accesses = [0, 0]  # reads, writes served inside the CPU
         if in_cpu_mmio:
             for base, size, device in ((GIC_DIST, DIST_SIZE, self.gic.distributor),
                                        (GIC_CPU, CPU_IF_SIZE, self.gic.cpu_interface),
@@ -174,6 +176,7 @@ class Aarch64Vm:
         assert self._result is not None
         self._result.exits = self.exits
         self._result.exit_time = self.exit_time
+        self._result.in_cpu_accesses = tuple(self.in_cpu_accesses)  # type: ignore[assignment]
         return self._result
 
     def describe(self) -> str:
@@ -344,11 +347,14 @@ class Aarch64Vm:
         paddr = IN_CPU_MMIO_BASE + base
         self.space.map_mmio_window(GuestPhysAddr(base), HostPhysAddr(paddr), size)
         widths = {w.size: w for w in AccessWidth}
+        counts = self.in_cpu_accesses
 
         def read(offset: int, size: int, cpu: int) -> int:
+            counts[0] += 1
             return device.mmio_read(offset, widths[size], cpu) & widths[size].mask
 
         def write(offset: int, size: int, value: int, cpu: int) -> None:
+            counts[1] += 1
             device.mmio_write(offset, widths[size], value & widths[size].mask, cpu)
 
         self.in_cpu_mmio.append((paddr, size, read, write))
