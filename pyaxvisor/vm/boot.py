@@ -12,6 +12,7 @@ Without either, the bundled guest (:mod:`pyaxvisor.guests`) runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -99,7 +100,8 @@ def prepare(vm: Aarch64Vm, spec: BootSpec) -> tuple[int, int]:
     return loaded.entry, dtb_addr
 
 
-def boot(spec: BootSpec, console_write, on_vm=None) -> VmResult:
+def boot(spec: BootSpec, console_write: Callable[[bytes], None],
+         on_vm: Callable[[Aarch64Vm], None] | None = None) -> VmResult:
     """Create the VM, load the guest, run it to the end, tear it down."""
     vm = Aarch64Vm(ram_size=spec.memory, smp=spec.smp, console_write=console_write,
                    in_cpu_mmio=spec.in_cpu_mmio)
