@@ -74,6 +74,7 @@ KVM_GET_REGS = _IOR(KVMIO, 0x81, s.KvmRegs)
 KVM_SET_REGS = _IOW(KVMIO, 0x82, s.KvmRegs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, s.KvmSregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, s.KvmSregs)
+KVM_INTERRUPT = _IOW(KVMIO, 0x86, ctypes.c_uint32)  # struct kvm_interrupt { __u32 irq; }
 KVM_GET_MSRS = _IOWR(KVMIO, 0x88, s.KvmMsrs)
 KVM_SET_MSRS = _IOW(KVMIO, 0x89, s.KvmMsrs)
 KVM_GET_FPU = _IOR(KVMIO, 0x8C, s.KvmFpu)

@@ -1,0 +1,491 @@
+"""The x86_64 vCPU (x86_vcpu ``VmxVcpu``) on Linux KVM.
+
+The hardware part of an x86 vCPU — the VMCS (VMX) or VMCB (SVM), VM entry and
+exit, the real EPT/NPT — belongs to the kernel. :class:`X86VCpu` owns one KVM
+vCPU (``KVM_CREATE_VCPU`` on the VM's shared :class:`KvmVm`) and maps the
+``ArchVCpu`` interface onto it:
+
+* ``new`` creates the KVM vCPU with ``vcpu_id`` and gives it the CPUID KVM
+  supports on this host (``KVM_GET_SUPPORTED_CPUID`` → ``KVM_SET_CPUID2``).
+* ``set_entry(gpa)`` records the first instruction. In real mode it is reached
+  as ``CS:IP`` with ``CS.selector = (gpa >> 4) & 0xF000``, ``CS.base =
+  selector << 4`` and ``IP = gpa & 0xFFFF``: for ``gpa < 64 KiB`` that is CS = 0,
+  IP = gpa; any ``gpa < 1 MiB`` works. In protected and long mode the segments are
+  flat and RIP = gpa.
+* ``set_ept_root(hpa)``: KVM builds and owns the real EPT/NPT from its memory
+  slots, so the nested table of the :class:`AddrSpace` is not walked by the
+  hardware. The vCPU checks that ``hpa`` is that space's ``root_paddr`` (the
+  contract of the interface: the root names the address space) and makes every
+  RAM region of the space a KVM memory slot whose ``userspace_addr`` is the host
+  pointer of the region's backing (``hal.phys_to_virt(region.hpa)``). Slots are
+  registered once per :class:`KvmVm` (the VM's vCPUs share them); the registry
+  is a module-level ``WeakKeyDictionary``. Guest physical addresses outside the
+  RAM regions have no slot, so accesses there exit as ``KVM_EXIT_MMIO``. On an
+  Intel host the VM also gets its real-mode TSS (``KVM_SET_TSS_ADDR`` at
+  :data:`TSS_ADDR`, as QEMU does).
+* ``setup(config)`` loads the registers for ``config.mode`` (see
+  :class:`X86VCpuSetupConfig`).
+* ``run()`` is ``KVM_RUN``; the exit becomes an exit reason (:meth:`X86VCpu.run`).
+* ``complete_read`` writes the device's value into the ``kvm_run`` data area of
+  the IN / MMIO-read exit; KVM moves it into the destination register (and
+  finishes the instruction) at the next ``KVM_RUN``.
+
+Register numbering of ``set_gpr`` is the x86 hardware encoding (the ModRM/REX
+register number): 0 RAX, 1 RCX, 2 RDX, 3 RBX, 4 RSP, 5 RBP, 6 RSI, 7 RDI,
+8..15 R8..R15. ``set_return_value`` sets RAX.
+
+Interrupts (``inject_interrupt(vector)``): without an in-kernel irqchip the
+vector is queued and handed to KVM with ``KVM_INTERRUPT`` at the next entry
+where ``kvm_run.ready_for_interrupt_injection`` says the guest can take it;
+until then the vCPU asks for an interrupt-window exit
+(``request_interrupt_window``), which ``run`` reports as ``Nothing``. With the
+in-kernel irqchip (``X86VCpuCreateConfig.irqchip``, i.e. the VM called
+``KVM_CREATE_IRQCHIP``) ``KVM_INTERRUPT`` is refused, so ``vector`` is taken as
+the irqchip input (GSI) and pulsed with ``KVM_IRQ_LINE`` (high, then low); the
+in-kernel PIC/IOAPIC pick the vector. To make a running vCPU notice a queued
+vector, a VM layer calls :meth:`X86VCpu.kick` (and signals the thread).
+
+Threads: KVM wants a vCPU's ioctls from one thread; ``bind`` records the
+calling thread and ``run`` refuses any other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Self
+
+from pyaxvisor.arch.x86_64.pcpu import virtualization_extension
+from pyaxvisor.engine.kvm import structs as st
+from pyaxvisor.engine.kvm.exits import (
+    KVM_EXIT_FAIL_ENTRY,
+    KVM_EXIT_HLT,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_INTR,
+    KVM_EXIT_IO,
+    KVM_EXIT_IRQ_WINDOW_OPEN,
+    KVM_EXIT_MMIO,
+    KVM_EXIT_SHUTDOWN,
+    KVM_EXIT_SYSTEM_EVENT,
+    KVM_SYSTEM_EVENT_RESET,
+    exit_reason_name,
+)
+from pyaxvisor.engine.kvm.ioctls import KVM_INTERRUPT
+from pyaxvisor.engine.kvm.system import KvmVCpu, KvmVm, kvm_ioctl
+from pyaxvisor.errors import AlreadyExists, AxError, BadState, InvalidInput, Unsupported
+from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.mm.addrspace import AddrSpace
+from pyaxvisor.vcpu.arch_vcpu import ArchVCpu
+from pyaxvisor.vcpu.exit import (
+    U64,
+    ExitReason,
+    FailEntry,
+    Halt,
+    IoRead,
+    IoWrite,
+    MmioRead,
+    MmioWrite,
+    Nothing,
+    ReadExit,
+    SystemDown,
+    read_register_value,
+)
+from pyaxvisor.vcpu.width import AccessWidth
+
+#: ``set_gpr`` index → ``kvm_regs`` field (x86 hardware register encoding).
+GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+#: Three pages for Intel's real-mode emulation (``KVM_SET_TSS_ADDR``), below 4 GiB.
+TSS_ADDR = 0xFFFB_D000
+
+CR0_PE = 1 << 0
+CR0_ET = 1 << 4
+CR0_PG = 1 << 31
+CR4_PAE = 1 << 5
+EFER_LME = 1 << 8
+EFER_LMA = 1 << 10
+RFLAGS_RESERVED = 1 << 1
+
+PTE_P = 1 << 0
+PTE_RW = 1 << 1
+PTE_PS = 1 << 7
+
+#: Flat protected/long-mode selectors (GDT indices 1 and 2, as if the guest had one).
+CODE_SELECTOR = 0x08
+DATA_SELECTOR = 0x10
+
+
+class KvmInternalError(AxError):
+    """``KVM_EXIT_INTERNAL_ERROR``: KVM could not go on (e.g. an instruction its
+    emulator does not know). ``suberror`` is ``kvm_run.internal.suberror``."""
+
+    _SUBERRORS: ClassVar[dict[int, str]] = {
+        1: "emulation failure", 2: "simultaneous exceptions", 3: "event delivery failure",
+        4: "unexpected exit reason"}
+
+    def __init__(self, vcpu_id: int, suberror: int, data: tuple[int, ...]) -> None:
+        name = self._SUBERRORS.get(suberror, "unknown")
+        words = ", ".join(f"{d:#x}" for d in data) or "none"
+        super().__init__(f"vCPU {vcpu_id}: KVM internal error, suberror {suberror} ({name}); "
+                         f"data: {words}")
+        self.suberror = suberror
+        self.data = data
+
+
+@dataclass(frozen=True)
+class X86VCpuCreateConfig:
+    """``kvm_vm``: the VM's :class:`KvmVm` (one per VM, shared by its vCPUs);
+    ``space``: the VM's guest physical address space; ``irqchip``: the VM has the
+    in-kernel irqchip (``KVM_CREATE_IRQCHIP`` was called before the vCPUs)."""
+
+    kvm_vm: KvmVm
+    space: AddrSpace
+    irqchip: bool = False
+
+
+Mode = Literal["real", "protected", "long"]
+
+
+@dataclass(frozen=True)
+class X86VCpuSetupConfig:
+    """How the vCPU starts.
+
+    * ``"real"``: CR0.PE = 0; DS/ES/FS/GS/SS selector and base 0, limit 0xFFFF;
+      CS:IP from the entry (see the module doc).
+    * ``"protected"``: CR0.PE = 1, no paging; flat 4 GiB 32-bit code (selector
+      0x08) and data (0x10) segments loaded directly into the hidden segment state.
+    * ``"long"``: 64-bit mode with paging: at ``page_table_gpa`` the vCPU writes
+      a PML4, at +0x1000 a PDPT and at +0x2000 one page directory of 512 2 MiB
+      pages identity-mapping ``[0, 1 GiB)`` (read/write, supervisor); CR3 = the
+      PML4, CR4.PAE, EFER.LME | LMA, CR0.PG | PE; 64-bit code segment (L = 1).
+      The three pages must lie in guest RAM.
+
+    In every mode RFLAGS = 0x2 (interrupts off) and RSP = ``stack_pointer``; the
+    other GPRs keep their values (KVM's reset values, or what ``set_gpr`` put
+    there before ``setup``). Protected and long mode start with GDTR and IDTR base 0 limit
+    0: the guest must load its own GDT before reloading a segment register, and
+    any exception before it loads an IDT escalates to a triple fault.
+    """
+
+    mode: Mode = "real"
+    stack_pointer: int = 0x8000
+    page_table_gpa: int = 0x9000
+
+
+@dataclass
+class _VmState:
+    slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # gpa -> size,host,slot
+    next_slot: int = 0
+    tss_set: bool = False
+
+
+_vm_state: weakref.WeakKeyDictionary[KvmVm, _VmState] = weakref.WeakKeyDictionary()
+_vm_state_lock = threading.Lock()
+
+
+def register_memory_slots(kvm_vm: KvmVm, space: AddrSpace) -> None:
+    """Make every RAM region of ``space`` a memory slot of ``kvm_vm`` (idempotent)."""
+    with _vm_state_lock:
+        state = _vm_state.setdefault(kvm_vm, _VmState())
+        for region in space.regions:
+            gpa = int(region.gpa)
+            host = int(space.hal.phys_to_virt(region.hpa))
+            known = state.slots.get(gpa)
+            if known is not None:
+                if known[:2] != (region.size, host):
+                    raise AlreadyExists(
+                        f"guest RAM at {gpa:#x} is already a KVM memory slot of size "
+                        f"{known[0]:#x} backed by {known[1]:#x}, not {region.size:#x} "
+                        f"backed by {host:#x}")
+                continue
+            slot = state.next_slot
+            kvm_vm.set_user_memory_region(slot, gpa, region.size, host)
+            state.slots[gpa] = (region.size, host, slot)
+            state.next_slot += 1
+        if not state.tss_set and virtualization_extension() == "vmx":
+            kvm_vm.set_tss_addr(TSS_ADDR)
+            state.tss_set = True
+
+
+def _set_segment(seg: st.KvmSegment, *, selector: int, base: int, limit: int, type_: int,
+                 db: int = 0, l_: int = 0, g: int = 0) -> None:
+    seg.selector = selector
+    seg.base = base
+    seg.limit = limit
+    seg.type = type_
+    seg.present = 1
+    seg.dpl = 0
+    seg.db = db
+    seg.s = 1
+    seg.l = l_
+    seg.g = g
+    seg.avl = 0
+    seg.unusable = 0
+
+
+class X86VCpu(ArchVCpu):
+    CreateConfig = X86VCpuCreateConfig
+    SetupConfig = X86VCpuSetupConfig
+
+    def __init__(self, vm_id: int, vcpu_id: int, config: X86VCpuCreateConfig,
+                 kvm_vcpu: KvmVCpu) -> None:
+        self.vm_id = vm_id
+        self.vcpu_id = vcpu_id
+        self.kvm_vm = config.kvm_vm
+        self.space = config.space
+        self.irqchip = config.irqchip
+        self.kvm = kvm_vcpu
+        self.entry: GuestPhysAddr | None = None
+        self.mode: Mode | None = None
+        self._thread: int | None = None
+        self._pending: list[int] = []
+        self._pending_lock = threading.Lock()
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def new(cls, vm_id: int, vcpu_id: int, config: X86VCpuCreateConfig) -> Self:
+        kvm_vcpu = config.kvm_vm.create_vcpu(vcpu_id)
+        try:
+            kvm_vcpu.set_cpuid2(config.kvm_vm.system.supported_cpuid())
+        except BaseException:
+            config.kvm_vm.vcpus.remove(kvm_vcpu)
+            kvm_vcpu.close()
+            raise
+        return cls(vm_id, vcpu_id, config, kvm_vcpu)
+
+    def set_entry(self, entry: GuestPhysAddr) -> None:
+        self.entry = entry
+
+    def set_ept_root(self, ept_root: HostPhysAddr) -> None:
+        """KVM owns the real EPT; check the root names our space and register its RAM."""
+        if int(ept_root) != int(self.space.root_paddr):
+            raise InvalidInput(
+                f"vCPU {self.vcpu_id}: EPT root {int(ept_root):#x} is not the root "
+                f"{int(self.space.root_paddr):#x} of the vCPU's address space")
+        register_memory_slots(self.kvm_vm, self.space)
+
+    def setup(self, config: X86VCpuSetupConfig) -> None:
+        if self.entry is None:
+            raise BadState(f"vCPU {self.vcpu_id}: setup() before set_entry()")
+        entry = int(self.entry)
+        sregs = self.kvm.sregs
+        regs = self.kvm.regs  # keeps GPRs set with set_gpr before setup
+        regs.rflags = RFLAGS_RESERVED
+        regs.rsp = config.stack_pointer
+        if config.mode == "real":
+            if entry >= 1 << 20:
+                raise InvalidInput(f"real-mode entry {entry:#x} is not below 1 MiB")
+            cs = (entry >> 4) & 0xF000
+            _set_segment(sregs.cs, selector=cs, base=cs << 4, limit=0xFFFF, type_=0xB)
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                _set_segment(getattr(sregs, name), selector=0, base=0, limit=0xFFFF, type_=0x3)
+            sregs.cr0 = CR0_ET
+            sregs.cr4 = 0
+            sregs.efer = 0
+            sregs.idt.base, sregs.idt.limit = 0, 0x3FF
+            regs.rip = entry - (cs << 4)
+        elif config.mode in ("protected", "long"):
+            long = config.mode == "long"
+            if not long and entry >= 1 << 32:
+                raise InvalidInput(f"protected-mode entry {entry:#x} is not below 4 GiB")
+            _set_segment(sregs.cs, selector=CODE_SELECTOR, base=0, limit=0xFFFF_FFFF,
+                         type_=0xB, db=0 if long else 1, l_=1 if long else 0, g=1)
+            for name in ("ds", "es", "fs", "gs", "ss"):
+                _set_segment(getattr(sregs, name), selector=DATA_SELECTOR, base=0,
+                             limit=0xFFFF_FFFF, type_=0x3, db=1, g=1)
+            sregs.gdt.base, sregs.gdt.limit = 0, 0
+            sregs.idt.base, sregs.idt.limit = 0, 0
+            sregs.cr0 = CR0_ET | CR0_PE
+            sregs.cr4 = 0
+            sregs.efer = 0
+            if long:
+                sregs.cr3 = self._build_identity_map(config.page_table_gpa)
+                sregs.cr4 = CR4_PAE
+                sregs.efer = EFER_LME | EFER_LMA
+                sregs.cr0 |= CR0_PG
+            regs.rip = entry
+        else:
+            raise InvalidInput(f"unknown x86 start mode {config.mode!r}: choose 'real', "
+                               "'protected' or 'long'")
+        self.kvm.set_sregs(sregs)
+        self.kvm.set_regs(regs)
+        self.mode = config.mode
+
+    def _build_identity_map(self, gpa: int) -> int:
+        """PML4 at ``gpa``, PDPT at +4 KiB, PD at +8 KiB: ``[0, 1 GiB)`` in 2 MiB pages."""
+        if gpa % 0x1000:
+            raise InvalidInput(f"page-table GPA {gpa:#x} is not 4 KiB aligned")
+        pml4, pdpt, pd = gpa, gpa + 0x1000, gpa + 0x2000
+        if self.space.find_region(GuestPhysAddr(pml4)) is None or \
+                self.space.find_region(GuestPhysAddr(pd + 0xFFF)) is None:
+            raise InvalidInput(f"the long-mode page tables at [{gpa:#x}, {gpa + 0x3000:#x}) "
+                               "are not in guest RAM")
+        table = bytearray(0x3000)
+        table[0:8] = (pdpt | PTE_P | PTE_RW).to_bytes(8, "little")
+        table[0x1000:0x1008] = (pd | PTE_P | PTE_RW).to_bytes(8, "little")
+        for i in range(512):
+            table[0x2000 + 8 * i:0x2008 + 8 * i] = \
+                ((i << 21) | PTE_P | PTE_RW | PTE_PS).to_bytes(8, "little")
+        self.space.write(GuestPhysAddr(gpa), table)
+        return pml4
+
+    # -- threads -------------------------------------------------------------------------
+    def bind(self) -> None:
+        self._thread = threading.get_ident()
+
+    def unbind(self) -> None:
+        self._thread = None
+
+    def kick(self) -> None:
+        """Make the current or next ``run`` return ``Nothing`` soon (any thread). A
+        ``run`` already inside ``KVM_RUN`` also needs a signal sent to its thread."""
+        self.kvm.immediate_exit = True
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> ExitReason:
+        """``KVM_RUN`` and map the exit:
+
+        * ``KVM_EXIT_IO``: OUT → ``IoWrite(port, width, data)`` (data little-endian
+          from the ``kvm_run`` data area), IN → ``IoRead(port, width)``; string I/O
+          (INS/OUTS with a REP count > 1) raises Unsupported;
+        * ``KVM_EXIT_MMIO``: ``MmioWrite(addr, width, data)`` or ``MmioRead(addr,
+          width, reg=0, reg_width=width, signed_ext=False)`` — KVM's instruction
+          emulator knows the destination register and extension and completes it
+          itself from the data the read is completed with, so ``reg`` is nominal;
+        * ``KVM_EXIT_HLT`` → ``Halt``;
+        * ``KVM_EXIT_SHUTDOWN`` → ``SystemDown(reset=True)``: a triple fault, which
+          resets a real PC;
+        * ``KVM_EXIT_SYSTEM_EVENT`` → ``SystemDown(reset=type == RESET)``;
+        * ``KVM_EXIT_FAIL_ENTRY`` → ``FailEntry(hardware_entry_failure_reason)``;
+        * ``KVM_EXIT_INTERNAL_ERROR`` raises :class:`KvmInternalError`;
+        * ``KVM_EXIT_INTR`` (signal or :meth:`kick`) and
+          ``KVM_EXIT_IRQ_WINDOW_OPEN`` → ``Nothing``;
+        * anything else raises Unsupported naming the exit.
+        """
+        if self._thread is not None and self._thread != threading.get_ident():
+            raise BadState(f"vCPU {self.vcpu_id}: run() from a thread other than the bound one")
+        if self.mode is None:
+            raise BadState(f"vCPU {self.vcpu_id}: run() before setup()")
+        self._deliver_pending()
+        reason = self.kvm.run()
+        if reason == KVM_EXIT_INTR:
+            self.kvm.immediate_exit = False
+        return self._decode(reason)
+
+    def _decode(self, reason: int) -> ExitReason:
+        kvm = self.kvm
+        if reason == KVM_EXIT_IO:
+            io = kvm.io
+            if io.count != 1:
+                raise Unsupported(
+                    f"vCPU {self.vcpu_id}: string port I/O ({'OUTS' if io.is_out else 'INS'}"
+                    f" of {io.count} x {io.size} bytes at port {io.port:#x}) is not supported")
+            width = AccessWidth.from_size(io.size)
+            if io.is_out:
+                return IoWrite(io.port, width, int.from_bytes(io.data, "little"))
+            return IoRead(io.port, width)
+        if reason == KVM_EXIT_MMIO:
+            mmio = kvm.mmio
+            try:
+                width = AccessWidth.from_size(mmio.len)
+            except InvalidInput:
+                raise Unsupported(f"vCPU {self.vcpu_id}: MMIO access of {mmio.len} bytes at "
+                                  f"{mmio.addr:#x} is not supported") from None
+            if mmio.is_write:
+                return MmioWrite(GuestPhysAddr(mmio.addr), width,
+                                 int.from_bytes(mmio.data[:width.size], "little"))
+            return MmioRead(GuestPhysAddr(mmio.addr), width, 0, width, False)
+        if reason == KVM_EXIT_HLT:
+            return Halt()
+        if reason == KVM_EXIT_SHUTDOWN:
+            return SystemDown(reset=True)
+        if reason == KVM_EXIT_SYSTEM_EVENT:
+            return SystemDown(reset=kvm.system_event.type == KVM_SYSTEM_EVENT_RESET)
+        if reason == KVM_EXIT_FAIL_ENTRY:
+            return FailEntry(kvm.fail_entry.hardware_entry_failure_reason)
+        if reason == KVM_EXIT_INTERNAL_ERROR:
+            err = kvm.internal_error
+            raise KvmInternalError(self.vcpu_id, err.suberror, err.data)
+        if reason in (KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN):
+            return Nothing()
+        raise Unsupported(f"vCPU {self.vcpu_id}: KVM exit {exit_reason_name(reason)} "
+                          f"({reason}) is not supported")
+
+    def complete_read(self, exit_reason: ReadExit, value: int) -> None:
+        """Write the low ``width`` bytes of ``value`` into the exit's ``kvm_run`` data;
+        KVM loads them into the destination register at the next ``KVM_RUN``."""
+        match exit_reason:
+            case IoRead(width=width):
+                data = self.kvm.io.data
+            case MmioRead(width=width):
+                data = self.kvm.mmio.data
+            case _:
+                raise InvalidInput(f"vCPU {self.vcpu_id}: {exit_reason!r} is not an x86 read "
+                                   "exit")
+        raw = read_register_value(exit_reason, value) & width.mask
+        data[:width.size] = raw.to_bytes(width.size, "little")
+
+    # -- registers -------------------------------------------------------------------------
+    def set_gpr(self, index: int, value: int) -> None:
+        """Set GPR ``index`` in hardware order: RAX RCX RDX RBX RSP RBP RSI RDI R8..R15."""
+        if not isinstance(index, int) or not 0 <= index < len(GPR_NAMES):
+            raise InvalidInput(f"x86 GPR index must be 0..15, got {index!r}")
+        if not isinstance(value, int) or not 0 <= value <= U64:
+            raise InvalidInput(f"register value must be an unsigned 64-bit integer, "
+                               f"got {value!r}")
+        regs = self.kvm.regs
+        setattr(regs, GPR_NAMES[index], value)
+        self.kvm.set_regs(regs)
+
+    def get_gpr(self, index: int) -> int:
+        if not isinstance(index, int) or not 0 <= index < len(GPR_NAMES):
+            raise InvalidInput(f"x86 GPR index must be 0..15, got {index!r}")
+        return getattr(self.kvm.regs, GPR_NAMES[index])
+
+    def set_return_value(self, value: int) -> None:
+        self.set_gpr(0, value)
+
+    # -- interrupts ------------------------------------------------------------------------
+    def inject_interrupt(self, vector: int) -> None:
+        """Queue ``vector`` for the next entry, or pulse irqchip input ``vector`` when the
+        VM has the in-kernel irqchip (see the module doc). Thread-safe."""
+        if not isinstance(vector, int) or not 0 <= vector <= 255:
+            raise InvalidInput(f"x86 interrupt vector must be 0..255, got {vector!r}")
+        if self.irqchip:
+            self.kvm_vm.irq_line(vector, 1)
+            self.kvm_vm.irq_line(vector, 0)
+            return
+        with self._pending_lock:
+            self._pending.append(vector)
+
+    @property
+    def pending_interrupts(self) -> tuple[int, ...]:
+        with self._pending_lock:
+            return tuple(self._pending)
+
+    def _deliver_pending(self) -> None:
+        with self._pending_lock:
+            if self._pending and self.kvm.ready_for_interrupt_injection:
+                vector = self._pending.pop(0)
+                kvm_ioctl(self.kvm.fd, KVM_INTERRUPT, ctypes.c_uint32(vector),
+                          detail=f"vector {vector:#x}")
+            self.kvm.request_interrupt_window = bool(self._pending)
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the KVM vCPU (the :class:`KvmVm` also closes it when it is closed)."""
+        if self.kvm in self.kvm_vm.vcpus:
+            self.kvm_vm.vcpus.remove(self.kvm)
+        self.kvm.close()
+
+
+__all__ = [
+    "GPR_NAMES",
+    "KvmInternalError",
+    "X86VCpu",
+    "X86VCpuCreateConfig",
+    "X86VCpuSetupConfig",
+]
