@@ -99,8 +99,7 @@ _CPIO_LINE = re.compile(r"^(?P<mode>\S{10})\s+\d+\s+\S+\s+\S+\s+(?:(?P<maj>\d+),
 
 def test_newc_round_trip_through_debian_cpio():
     if shutil.which("cpio") is None:
-        pytest.skip("Debian's cpio tool is not installed (apt-get install cpio); "
-                    "test_newc_round_trip_through_reader checks the format without it")
+        pytest.skip(reason="Debian's cpio tool is not installed (apt-get install cpio)")
     blob = images.newc_archive(SAMPLE)
     listing = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=blob, capture_output=True,
                              check=True).stdout.decode()

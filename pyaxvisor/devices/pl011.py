@@ -51,10 +51,9 @@ tested against (Linux's ``amba-pl011`` driver in particular):
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Callable
 
+from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.mmio import BadMmioAccess, MmioDevice
 from pyaxvisor.vcpu.width import AccessWidth
@@ -120,7 +119,7 @@ _ID_BASE = 0xFE0
 _ID_BYTES = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
 
 
-class Pl011(MmioDevice):
+class Pl011(HostInput, MmioDevice):
     """One PL011 UART.
 
     ``tx`` receives every transmitted byte (as a one-byte ``bytes``); ``irq`` is
@@ -142,33 +141,10 @@ class Pl011(MmioDevice):
         self.name = name
         self._tx = tx
         self._irq = irq
-        self._lock = threading.RLock()
-        self._rx: deque[int] = deque()
-        self._backlog: deque[int] = deque()
+        self._init_host_input()
         self._reset_registers()
 
     # ------------------------------------------------------------------ host side
-
-    def receive(self, data: bytes) -> None:
-        """Queue bytes typed on the host for the guest. Thread-safe; never drops."""
-        if not data:
-            return
-        with self._lock:
-            self._backlog.extend(data)
-            self._fill()
-            self._update_irq()
-
-    @property
-    def backlog(self) -> int:
-        """Bytes received from the host that are not yet in the guest-visible FIFO."""
-        with self._lock:
-            return len(self._backlog)
-
-    @property
-    def rx_fifo_level(self) -> int:
-        """Characters in the receive FIFO (or holding register)."""
-        with self._lock:
-            return len(self._rx)
 
     @property
     def irq_level(self) -> bool:
@@ -263,17 +239,8 @@ class Pl011(MmioDevice):
         if not self._rx:
             self._ris &= ~INT_RT
 
-    def _fill(self) -> None:
-        """Move host input from the backlog into the FIFO while there is room."""
-        if self._cr & CR_LBE:
-            return  # the receiver listens to the transmitter only
-        cap = self._capacity()
-        moved = False
-        while self._backlog and len(self._rx) < cap:
-            self._rx.append(self._backlog.popleft())
-            moved = True
-        if moved:
-            self._rx_arrived()
+    def _rx_blocked(self) -> bool:
+        return bool(self._cr & CR_LBE)  # the receiver listens to the transmitter only
 
     def _update_irq(self) -> None:
         if self._irq is not None:

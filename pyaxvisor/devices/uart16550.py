@@ -72,10 +72,9 @@ Behaviour:
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Callable
 
+from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pio import BadPioAccess, PioDevice
 from pyaxvisor.vcpu.width import AccessWidth
@@ -160,7 +159,7 @@ _MSR_DELTAS = 0x0F
 _DIVISOR_RESET = 12  # 9600 baud, QEMU's reset value (the chip leaves it undefined)
 
 
-class Uart16550(PioDevice):
+class Uart16550(HostInput, PioDevice):
     """One 16550A UART.
 
     ``tx`` receives every transmitted byte (as a one-byte ``bytes``); ``irq`` is
@@ -181,23 +180,12 @@ class Uart16550(PioDevice):
         self.name = name
         self._tx = tx
         self._irq = irq
-        self._lock = threading.RLock()
-        self._rx: deque[int] = deque()
-        self._backlog: deque[int] = deque()
+        self._init_host_input()
         self._modem_inputs = MSR_CTS | MSR_DSR | MSR_DCD
         self._divisor = _DIVISOR_RESET
         self._reset_registers()
 
     # ------------------------------------------------------------------ host side
-
-    def receive(self, data: bytes) -> None:
-        """Queue bytes typed on the host for the guest. Thread-safe; never drops."""
-        if not data:
-            return
-        with self._lock:
-            self._backlog.extend(data)
-            self._fill()
-            self._update_irq()
 
     def set_modem_inputs(
         self, *, cts: bool = True, dsr: bool = True, ri: bool = False, dcd: bool = True
@@ -209,18 +197,6 @@ class Uart16550(PioDevice):
                 | (MSR_RI if ri else 0) | (MSR_DCD if dcd else 0))
             self._update_msr()
             self._update_irq()
-
-    @property
-    def backlog(self) -> int:
-        """Bytes received from the host that are not yet in the guest-visible FIFO."""
-        with self._lock:
-            return len(self._backlog)
-
-    @property
-    def rx_fifo_level(self) -> int:
-        """Characters in the receive FIFO (or RBR)."""
-        with self._lock:
-            return len(self._rx)
 
     @property
     def irq_level(self) -> bool:
@@ -299,13 +275,8 @@ class Uart16550(PioDevice):
             return 1
         return _FCR_TRIGGER[self._fcr >> 6]
 
-    def _fill(self) -> None:
-        """Move host input from the backlog into the receiver while there is room."""
-        if self._mcr & MCR_LOOP:
-            return  # the receiver listens to the transmitter only
-        cap = self._capacity()
-        while self._backlog and len(self._rx) < cap:
-            self._rx.append(self._backlog.popleft())
+    def _rx_blocked(self) -> bool:
+        return bool(self._mcr & MCR_LOOP)  # the receiver listens to the transmitter only
 
     def _loopback_receive(self, byte: int) -> None:
         if len(self._rx) < self._capacity():
