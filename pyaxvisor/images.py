@@ -122,10 +122,24 @@ def cache_root() -> Path:
     return root / "pyaxvisor" / "images"
 
 
+#: Names by the architecture as pyaxvisor spells it (``--arch``) for the Debian ones.
+ALIASES: dict[str, str] = {
+    "linux-x86_64": "linux-amd64", "initramfs-x86_64": "initramfs-amd64",
+    "linux-aarch64": "linux-arm64", "initramfs-aarch64": "initramfs-arm64",
+    "u-boot-aarch64": "u-boot-arm64",
+}
+
+
+def canonical(name: str) -> str:
+    """The image name behind an alias of :data:`ALIASES` (other names unchanged)."""
+    return ALIASES.get(name, name)
+
+
 def spec(name: str) -> ImageSpec:
-    """The :class:`ImageSpec` called ``name``; an unknown name lists the known ones."""
+    """The :class:`ImageSpec` called ``name`` (or an alias of it); an unknown name lists
+    the known ones."""
     try:
-        return IMAGES[name]
+        return IMAGES[canonical(name)]
     except KeyError:
         raise ImageFetchError(
             f"unknown image {name!r}; known images: {', '.join(sorted(IMAGES))}") from None
@@ -139,7 +153,7 @@ def image_path(name: str) -> Path:
 def metadata_path(name: str) -> Path:
     """The ``<name>.json`` written next to the image."""
     spec(name)
-    return cache_root() / f"{name}.json"
+    return cache_root() / f"{canonical(name)}.json"
 
 
 def metadata(name: str) -> dict[str, Any] | None:
@@ -165,6 +179,7 @@ def fetch(name: str, *, refresh: bool = False, log: Log = print) -> Path:
     A second call finds it in the cache and runs no command at all; ``refresh=True``
     fetches it again (the new file replaces the old one atomically).
     """
+    name = canonical(name)
     image = spec(name)
     root = cache_root()
     with _locked(root, name):

@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 GUEST_DIR = Path(__file__).parent / "guests"
-TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu")}
+TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu"),
+              "x86_64": ("", "binutils")}
 
 
 def cache_dir() -> Path:

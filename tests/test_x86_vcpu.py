@@ -24,7 +24,6 @@ from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_INTR,
-    KVM_EXIT_IO,
     KVM_EXIT_IO_OUT,
     KVM_EXIT_SYSTEM_EVENT,
     KVM_SYSTEM_EVENT_RESET,
@@ -32,7 +31,7 @@ from pyaxvisor.engine.kvm.exits import (
 )
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.engine.kvm.system import FailEntry as KvmFailEntry
-from pyaxvisor.engine.kvm.system import InternalError, IoExit, KvmSystem, SystemEvent
+from pyaxvisor.engine.kvm.system import InternalError, KvmSystem, SystemEvent
 from pyaxvisor.errors import InvalidInput, Unsupported
 from pyaxvisor.hal.vcpu_hal import HostHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
@@ -379,9 +378,9 @@ def _fake(**exit_views):
 
 
 def test_decode_string_io_count_is_unsupported():
-    io = IoExit(KVM_EXIT_IO_OUT, 1, UART, 2, memoryview(bytearray(b"AB")))
-    with pytest.raises(Unsupported, match=r"string port I/O.*2 x 1 bytes"):
-        X86VCpu._decode(_fake(io=io), KVM_EXIT_IO)
+    with pytest.raises(Unsupported, match=r"string port I/O \(OUTS of 2 x 1 bytes at port "
+                                          r"0x3f8\)"):
+        X86VCpu._decode_io(_fake(), UART, 1, KVM_EXIT_IO_OUT, 2, 0x41)
 
 
 def test_decode_other_exits():

@@ -34,6 +34,9 @@ from pyaxvisor.vcpu.width import AccessWidth, Port
 PORT_SPACE = 0x1_0000
 
 _PIO_WIDTHS = (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword)
+#: Width → value mask, for the widths port I/O has.
+_MASKS = {w: w.mask for w in _PIO_WIDTHS}
+_MISS = object()
 
 
 class BadPioAccess(InvalidInput):
@@ -67,6 +70,9 @@ class PioBus:
         self._ranges: list[_Range] = []
         self._bases: list[int] = []
         self._lock = threading.Lock()
+        # port -> (device, offset) or None (no device), filled as ports are used;
+        # emptied when a device is attached.
+        self._route: dict[int, tuple[PioDevice, int] | None] = {}
         #: Accesses (reads and writes) that hit no device, per port.
         self.unclaimed: Counter[int] = Counter()
 
@@ -86,6 +92,7 @@ class PioBus:
             i = bisect.bisect(self._bases, base)
             self._ranges.insert(i, _Range(base, count, device))
             self._bases.insert(i, base)
+            self._route = {}
 
     def find(self, port: int) -> tuple[PioDevice, int] | None:
         """The device at ``port`` and the offset into its range, or ``None``."""
@@ -97,24 +104,37 @@ class PioBus:
         return None
 
     def read(self, port: int, width: AccessWidth, vcpu_id: int = 0) -> int:
-        port = self._check(port, width, "read")
-        hit = self.find(port)
+        mask = _MASKS.get(width)
+        hit = self._route.get(port, _MISS)
+        if hit is _MISS or mask is None:
+            hit = self._resolve(port, width, "read")
+            mask = width.mask
         if hit is None:
             with self._lock:
                 self.unclaimed[port] += 1
-            return width.mask  # nothing drives the bus: all ones
+            return mask  # nothing drives the bus: all ones
         device, offset = hit
-        return device.pio_read(offset, width, vcpu_id) & width.mask
+        return device.pio_read(offset, width, vcpu_id) & mask
 
     def write(self, port: int, width: AccessWidth, value: int, vcpu_id: int = 0) -> None:
-        port = self._check(port, width, "write")
-        hit = self.find(port)
+        mask = _MASKS.get(width)
+        hit = self._route.get(port, _MISS)
+        if hit is _MISS or mask is None:
+            hit = self._resolve(port, width, "write")
+            mask = width.mask
         if hit is None:
             with self._lock:
                 self.unclaimed[port] += 1
             return  # dropped
         device, offset = hit
-        device.pio_write(offset, width, value & width.mask, vcpu_id)
+        device.pio_write(offset, width, value & mask, vcpu_id)
+
+    def _resolve(self, port: int, width: AccessWidth, what: str) -> tuple[PioDevice, int] | None:
+        """Check the access and find (and remember) where ``port`` goes."""
+        port = self._check(port, width, what)
+        hit = self.find(port)
+        self._route[port] = hit
+        return hit
 
     @staticmethod
     def _check(port: int, width: AccessWidth, what: str) -> int:

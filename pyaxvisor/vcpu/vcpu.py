@@ -50,6 +50,8 @@ A = TypeVar("A", bound=ArchVCpu)
 T = TypeVar("T")
 
 S = VCpuState
+_READY = S.Ready  # plain globals: cheaper than enum attribute lookups on the hot path
+_RUNNING = S.Running
 
 
 class VCpu(Generic[A]):
@@ -59,7 +61,8 @@ class VCpu(Generic[A]):
         self.vcpu_id = vcpu_id
         self.favor_phys_cpu = favor_phys_cpu
         self.phys_cpu_set = frozenset(phys_cpu_set) if phys_cpu_set is not None else None
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # the lock of _cond, taken directly on hot paths
+        self._cond = threading.Condition(self._mutex)
         self._state = S.Invalid
         self._busy = False
         self._bound_thread: int | None = None
@@ -126,15 +129,42 @@ class VCpu(Generic[A]):
         current._set_bound(None)
 
     def run(self) -> ExitReason:
-        self._check_bound_thread("run")
+        """Ready → Running → Ready around ``ArchVCpu.run`` (the hot path: the checks and
+        transitions of :meth:`_operate`, written out)."""
+        bound = self._bound_thread
+        if bound is not None and bound != threading.get_ident():
+            self._check_bound_thread("run")
         if self._pending_read is not None:
             raise PendingRead(
                 f"vCPU {self.vcpu_id}: the read exit {self._pending_read!r} was not completed; "
                 "call complete_read(value) before run()")
-        exit_reason = self._operate("run", (S.Ready,), S.Ready, self._arch.run,
-                                    during=S.Running)
+        percpu = current._percpu
+        if percpu.current is not None:
+            self._check_not_nested()
+        mutex = self._mutex
+        with mutex:
+            if self._state is not _READY:
+                raise VCpuStateError(self.vcpu_id, "run", self._state, (S.Ready,))
+            if self._busy:
+                raise BadState(f"vCPU {self.vcpu_id}: run() while another operation on it "
+                               "is in progress on another thread")
+            self._busy = True
+            self._state = _RUNNING
+        percpu.current = self
+        try:
+            exit_reason = self._arch.run()
+        except Exception as exc:
+            with mutex:
+                self._busy = False
+            self._fail("run", exc)
+            raise AssertionError("unreachable") from exc  # _fail always raises
+        finally:
+            percpu.current = None
+        with mutex:
+            self._busy = False
+            self._state = _READY  # nothing waits for Running → Ready: no notify
         if not isinstance(exit_reason, ExitReason):
-            with self._cond:
+            with mutex:
                 self._state = S.Invalid
             raise ArchOperationFailed(
                 f"vCPU {self.vcpu_id}: run() returned {exit_reason!r}, not an ExitReason")

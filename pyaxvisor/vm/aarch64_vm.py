@@ -27,7 +27,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu
 from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return, is_smccc_fast_call
@@ -62,6 +61,7 @@ from pyaxvisor.vcpu import (
     VCpuState,
 )
 from pyaxvisor.vcpu.width import AccessWidth
+from pyaxvisor.vm.result import VmResult
 
 FLASH_BASE = 0x0000_0000
 FLASH_SIZE = 0x0400_0000
@@ -80,22 +80,6 @@ MAX_CPUS = 8
 
 class UnknownHypercall(Unsupported):
     """The guest made a hypercall this VM does not implement."""
-
-
-@dataclass
-class VmResult:
-    """How a VM ended: ``reason`` is "poweroff", "reset", "timeout", "quit" or "error"."""
-
-    reason: str
-    error: AxError | None = None
-    state: str = ""
-    in_cpu_accesses: tuple[int, int] = (0, 0)  # device reads, writes served in-CPU
-    exits: Counter[str] = field(default_factory=Counter)
-    exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    @property
-    def status(self) -> int:
-        return {"poweroff": 0, "reset": 0, "quit": 0, "timeout": 124}.get(self.reason, 1)
 
 
 class Aarch64Vm:

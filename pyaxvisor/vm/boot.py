@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vm.aarch64_vm import FLASH_BASE, FLASH_SIZE, RAM_BASE, Aarch64Vm, VmResult
+from pyaxvisor.vm.aarch64_vm import FLASH_BASE, FLASH_SIZE, RAM_BASE, Aarch64Vm
 from pyaxvisor.vm.fdt import build_aarch64_dtb
 from pyaxvisor.vm.loader import (
     ImageError,
@@ -29,6 +29,7 @@ from pyaxvisor.vm.loader import (
     load_raw,
     place_dtb,
 )
+from pyaxvisor.vm.result import VmResult
 
 BUNDLED_LOAD = RAM_BASE + 0x8_0000
 
@@ -45,7 +46,8 @@ class BootSpec:
     in_cpu_mmio: bool = True
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_image(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; a missing, unreadable or empty file is a clear error."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -68,7 +70,7 @@ def prepare(vm: Aarch64Vm, spec: BootSpec) -> tuple[int, int]:
         if spec.kernel is not None:
             raise InvalidInput("-bios and -kernel together are not supported: the firmware "
                                "loads the kernel itself")
-        fw = _read(spec.bios, "firmware")
+        fw = read_image(spec.bios, "firmware")
         if len(fw) > FLASH_SIZE:
             raise ImageError(f"firmware {spec.bios}: {len(fw)} bytes do not fit the "
                              f"{FLASH_SIZE >> 20} MiB flash")
@@ -80,7 +82,7 @@ def prepare(vm: Aarch64Vm, spec: BootSpec) -> tuple[int, int]:
     if spec.kernel is None:
         vm.write_guest(BUNDLED_LOAD, bundled_guest())
         return BUNDLED_LOAD, 0
-    data = _read(spec.kernel, "kernel")
+    data = read_image(spec.kernel, "kernel")
     path = str(spec.kernel)
     fmt = detect_format(data)
     if fmt == "elf":
@@ -92,7 +94,7 @@ def prepare(vm: Aarch64Vm, spec: BootSpec) -> tuple[int, int]:
                                   path=path)
     initrd = None
     if spec.initrd is not None:
-        initrd = load_initrd(vm.space, _read(spec.initrd, "initrd"), ram_base=RAM_BASE,
+        initrd = load_initrd(vm.space, read_image(spec.initrd, "initrd"), ram_base=RAM_BASE,
                              ram_size=ram_size, kernel_end=loaded.end, path=str(spec.initrd))
     dtb = build_aarch64_dtb(memory=[(RAM_BASE, ram_size)], cpus=list(range(vm.smp)),
                             bootargs=spec.append, initrd=initrd)

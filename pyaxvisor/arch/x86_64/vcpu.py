@@ -6,7 +6,10 @@ vCPU (``KVM_CREATE_VCPU`` on the VM's shared :class:`KvmVm`) and maps the
 ``ArchVCpu`` interface onto it:
 
 * ``new`` creates the KVM vCPU with ``vcpu_id`` and gives it the CPUID KVM
-  supports on this host (``KVM_GET_SUPPORTED_CPUID`` → ``KVM_SET_CPUID2``).
+  supports on this host (``KVM_GET_SUPPORTED_CPUID`` → ``KVM_SET_CPUID2``), with
+  the vCPU's own APIC ID = ``vcpu_id`` in leaf 1 EBX[31:24] and in EDX of the
+  x2APIC topology leaves 0xB and 0x1F (KVM's local APIC uses ``vcpu_id`` as its
+  ID, so the two agree).
 * ``set_entry(gpa)`` records the first instruction. In real mode it is reached
   as ``CS:IP`` with ``CS.selector = (gpa >> 4) & 0xF000``, ``CS.base =
   selector << 4`` and ``IP = gpa & 0xFFFF``: for ``gpa < 64 KiB`` that is CS = 0,
@@ -45,8 +48,19 @@ the irqchip input (GSI) and pulsed with ``KVM_IRQ_LINE`` (high, then low); the
 in-kernel PIC/IOAPIC pick the vector. To make a running vCPU notice a queued
 vector, a VM layer calls :meth:`X86VCpu.kick` (and signals the thread).
 
+Hypercalls (``vmcall``/``vmmcall``): KVM answers them in the kernel (its PV
+interface; an unknown number gets ``-KVM_ENOSYS`` = -1000 in RAX) unless the VM
+was made to intercept them (:meth:`KvmVm.intercept_hypercalls
+<pyaxvisor.engine.kvm.system.KvmVm.intercept_hypercalls>`, which needs a KVM
+built with Xen support, ``KVM_CAP_XEN_HVM``). Intercepted, a hypercall exits as
+``Hypercall(nr=RAX, args=(RDI, RSI, RDX, RCX, R8, R9))``; ``set_return_value``
+then sets the value KVM puts in RAX as it steps over the instruction.
+
 Threads: KVM wants a vCPU's ioctls from one thread; ``bind`` records the
-calling thread and ``run`` refuses any other.
+calling thread and ``run`` refuses any other. :meth:`X86VCpu.kick` works from
+any thread: it sets ``immediate_exit`` and signals the bound thread
+(:mod:`pyaxvisor.engine.kvm.kick`), so a vCPU sleeping in ``KVM_RUN`` (a guest
+HLT handled by the in-kernel LAPIC, an AP waiting for its SIPI) returns too.
 """
 
 from __future__ import annotations
@@ -65,15 +79,19 @@ from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_INTR,
     KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT,
     KVM_EXIT_IRQ_WINDOW_OPEN,
     KVM_EXIT_MMIO,
     KVM_EXIT_SHUTDOWN,
     KVM_EXIT_SYSTEM_EVENT,
+    KVM_EXIT_XEN,
     KVM_SYSTEM_EVENT_RESET,
     exit_reason_name,
 )
 from pyaxvisor.engine.kvm.ioctls import KVM_INTERRUPT
-from pyaxvisor.engine.kvm.system import KvmVCpu, KvmVm, kvm_ioctl
+from pyaxvisor.engine.kvm.kick import install as install_kick
+from pyaxvisor.engine.kvm.kick import kick_thread
+from pyaxvisor.engine.kvm.system import KvmVCpu, KvmVm, io_exit_key, kvm_ioctl
 from pyaxvisor.errors import AlreadyExists, AxError, BadState, InvalidInput, Unsupported
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
@@ -83,6 +101,7 @@ from pyaxvisor.vcpu.exit import (
     ExitReason,
     FailEntry,
     Halt,
+    Hypercall,
     IoRead,
     IoWrite,
     MmioRead,
@@ -101,6 +120,9 @@ GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 #: Three pages for Intel's real-mode emulation (``KVM_SET_TSS_ADDR``), below 4 GiB.
 TSS_ADDR = 0xFFFB_D000
 
+#: How many distinct port exits a vCPU keeps ready-made (see :meth:`X86VCpu.run`).
+IO_EXIT_CACHE = 4096
+
 CR0_PE = 1 << 0
 CR0_ET = 1 << 4
 CR0_PG = 1 << 31
@@ -113,9 +135,24 @@ PTE_P = 1 << 0
 PTE_RW = 1 << 1
 PTE_PS = 1 << 7
 
-#: Flat protected/long-mode selectors (GDT indices 1 and 2, as if the guest had one).
-CODE_SELECTOR = 0x08
-DATA_SELECTOR = 0x10
+#: Flat protected/long-mode selectors: the GDT of :func:`gdt_bytes` (Linux's boot
+#: protocol names them ``__BOOT_CS`` and ``__BOOT_DS``).
+CODE32_SELECTOR = 0x08
+CODE_SELECTOR = 0x10
+DATA_SELECTOR = 0x18
+
+#: Segment descriptors (base 0, limit 4 GiB, G = 1): 32-bit code, 64-bit code, data.
+DESC_CODE32 = 0x00CF_9B00_0000_FFFF
+DESC_CODE64 = 0x00AF_9B00_0000_FFFF
+DESC_DATA = 0x00CF_9300_0000_FFFF
+
+
+def gdt_bytes(long: bool) -> bytes:
+    """A GDT: null, 0x08 flat 32-bit code, 0x10 flat code of the start mode (64-bit
+    in long mode), 0x18 flat data (all accessed bits set, so loading a selector never
+    writes the table)."""
+    entries = (0, DESC_CODE32, DESC_CODE64 if long else DESC_CODE32, DESC_DATA)
+    return b"".join(e.to_bytes(8, "little") for e in entries)
 
 
 class KvmInternalError(AxError):
@@ -165,14 +202,18 @@ class X86VCpuSetupConfig:
 
     In every mode RFLAGS = 0x2 (interrupts off) and RSP = ``stack_pointer``; the
     other GPRs keep their values (KVM's reset values, or what ``set_gpr`` put
-    there before ``setup``). Protected and long mode start with GDTR and IDTR base 0 limit
-    0: the guest must load its own GDT before reloading a segment register, and
-    any exception before it loads an IDT escalates to a triple fault.
+    there before ``setup``). Protected and long mode load CS = 0x10 and the data
+    segments with 0x18. With ``gdt_gpa`` the vCPU writes the matching GDT of
+    :func:`gdt_bytes` there (32 bytes of guest RAM) and points GDTR at it, as the
+    Linux boot protocol requires; without it GDTR is base 0 limit 0 and the guest
+    must load its own GDT before reloading a segment register. IDTR is base 0 limit
+    0: any exception before the guest loads an IDT escalates to a triple fault.
     """
 
     mode: Mode = "real"
     stack_pointer: int = 0x8000
     page_table_gpa: int = 0x9000
+    gdt_gpa: int | None = None
 
 
 @dataclass
@@ -226,6 +267,17 @@ def _set_segment(seg: st.KvmSegment, *, selector: int, base: int, limit: int, ty
     seg.unusable = 0
 
 
+def cpuid_for(cpuid: ctypes.Structure, apic_id: int) -> ctypes.Structure:
+    """``cpuid`` (a filled ``kvm_cpuid2``) with ``apic_id`` as the initial APIC ID:
+    leaf 1 EBX[31:24] and EDX of every subleaf of leaves 0xB and 0x1F."""
+    for entry in cpuid.entries[:cpuid.nent]:
+        if entry.function == 1:
+            entry.ebx = (entry.ebx & 0x00FF_FFFF) | ((apic_id & 0xFF) << 24)
+        elif entry.function in (0xB, 0x1F):
+            entry.edx = apic_id
+    return cpuid
+
+
 class X86VCpu(ArchVCpu):
     CreateConfig = X86VCpuCreateConfig
     SetupConfig = X86VCpuSetupConfig
@@ -243,13 +295,15 @@ class X86VCpu(ArchVCpu):
         self._thread: int | None = None
         self._pending: list[int] = []
         self._pending_lock = threading.Lock()
+        self._in_hypercall = False
+        self._io_exits: dict[int, ExitReason] = {}
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
     def new(cls, vm_id: int, vcpu_id: int, config: X86VCpuCreateConfig) -> Self:
         kvm_vcpu = config.kvm_vm.create_vcpu(vcpu_id)
         try:
-            kvm_vcpu.set_cpuid2(config.kvm_vm.system.supported_cpuid())
+            kvm_vcpu.set_cpuid2(cpuid_for(config.kvm_vm.system.supported_cpuid(), vcpu_id))
         except BaseException:
             config.kvm_vm.vcpus.remove(kvm_vcpu)
             kvm_vcpu.close()
@@ -297,6 +351,12 @@ class X86VCpu(ArchVCpu):
                 _set_segment(getattr(sregs, name), selector=DATA_SELECTOR, base=0,
                              limit=0xFFFF_FFFF, type_=0x3, db=1, g=1)
             sregs.gdt.base, sregs.gdt.limit = 0, 0
+            if config.gdt_gpa is not None:
+                table = gdt_bytes(long)
+                if self.space.find_region(GuestPhysAddr(config.gdt_gpa)) is None:
+                    raise InvalidInput(f"the GDT at {config.gdt_gpa:#x} is not in guest RAM")
+                self.space.write(GuestPhysAddr(config.gdt_gpa), table)
+                sregs.gdt.base, sregs.gdt.limit = config.gdt_gpa, len(table) - 1
             sregs.idt.base, sregs.idt.limit = 0, 0
             sregs.cr0 = CR0_ET | CR0_PE
             sregs.cr4 = 0
@@ -334,15 +394,19 @@ class X86VCpu(ArchVCpu):
 
     # -- threads -------------------------------------------------------------------------
     def bind(self) -> None:
+        install_kick()
         self._thread = threading.get_ident()
 
     def unbind(self) -> None:
         self._thread = None
 
     def kick(self) -> None:
-        """Make the current or next ``run`` return ``Nothing`` soon (any thread). A
-        ``run`` already inside ``KVM_RUN`` also needs a signal sent to its thread."""
+        """Make the current or next ``run`` return ``Nothing`` soon (any thread): set
+        ``immediate_exit``, then signal the bound thread out of ``KVM_RUN``."""
         self.kvm.immediate_exit = True
+        thread = self._thread
+        if thread is not None and thread != threading.get_ident():
+            kick_thread(thread)
 
     # -- running ---------------------------------------------------------------------------
     def run(self) -> ExitReason:
@@ -369,37 +433,63 @@ class X86VCpu(ArchVCpu):
             raise BadState(f"vCPU {self.vcpu_id}: run() from a thread other than the bound one")
         if self.mode is None:
             raise BadState(f"vCPU {self.vcpu_id}: run() before setup()")
-        self._deliver_pending()
-        reason = self.kvm.run()
+        self._in_hypercall = False
+        if self._pending:
+            self._deliver_pending()
+        # Exits are immutable values and the port exits a guest makes repeat (a UART's
+        # registers, a POST port): each distinct one is built and checked once, and
+        # then comes back ready-made from the native run.
+        fields = self.kvm.run_fields(self._io_exits)
+        if type(fields) is not tuple:
+            return fields  # type: ignore[return-value]
+        reason, a, b, c = fields
+        if reason == KVM_EXIT_IO:
+            size, direction, count = b & 0xFF, b >> 8 & 0xFF, b >> 16
+            exit_reason = self._decode_io(a, size, direction, count, c)
+            if len(self._io_exits) < IO_EXIT_CACHE:
+                self._io_exits[io_exit_key(a, size, direction, c)] = exit_reason
+            return exit_reason
         if reason == KVM_EXIT_INTR:
             self.kvm.immediate_exit = False
+            return Nothing()
+        if reason == KVM_EXIT_MMIO:
+            return self._decode_mmio(a, b & 0xFF, bool(b >> 8), c)
         return self._decode(reason)
+
+    def _decode_io(self, port: int, size: int, direction: int, count: int,
+                   value: int) -> ExitReason:
+        if count != 1:
+            raise Unsupported(
+                f"vCPU {self.vcpu_id}: string port I/O ({'OUTS' if direction else 'INS'}"
+                f" of {count} x {size} bytes at port {port:#x}) is not supported")
+        width = AccessWidth.from_size(size)
+        if direction == KVM_EXIT_IO_OUT:
+            return IoWrite(port, width, value)
+        return IoRead(port, width)
+
+    def _decode_mmio(self, addr: int, size: int, is_write: bool, value: int) -> ExitReason:
+        try:
+            width = AccessWidth.from_size(size)
+        except InvalidInput:
+            raise Unsupported(f"vCPU {self.vcpu_id}: MMIO access of {size} bytes at "
+                              f"{addr:#x} is not supported") from None
+        if is_write:
+            return MmioWrite(GuestPhysAddr(addr), width, value & width.mask)
+        return MmioRead(GuestPhysAddr(addr), width, 0, width, False)
 
     def _decode(self, reason: int) -> ExitReason:
         kvm = self.kvm
-        if reason == KVM_EXIT_IO:
-            io = kvm.io
-            if io.count != 1:
-                raise Unsupported(
-                    f"vCPU {self.vcpu_id}: string port I/O ({'OUTS' if io.is_out else 'INS'}"
-                    f" of {io.count} x {io.size} bytes at port {io.port:#x}) is not supported")
-            width = AccessWidth.from_size(io.size)
-            if io.is_out:
-                return IoWrite(io.port, width, int.from_bytes(io.data, "little"))
-            return IoRead(io.port, width)
-        if reason == KVM_EXIT_MMIO:
-            mmio = kvm.mmio
-            try:
-                width = AccessWidth.from_size(mmio.len)
-            except InvalidInput:
-                raise Unsupported(f"vCPU {self.vcpu_id}: MMIO access of {mmio.len} bytes at "
-                                  f"{mmio.addr:#x} is not supported") from None
-            if mmio.is_write:
-                return MmioWrite(GuestPhysAddr(mmio.addr), width,
-                                 int.from_bytes(mmio.data[:width.size], "little"))
-            return MmioRead(GuestPhysAddr(mmio.addr), width, 0, width, False)
         if reason == KVM_EXIT_HLT:
             return Halt()
+        if reason == KVM_EXIT_XEN:
+            xen = kvm.xen
+            if xen.type != st.KVM_EXIT_XEN_HCALL:
+                raise Unsupported(f"vCPU {self.vcpu_id}: Xen exit type {xen.type} is not "
+                                  "supported")
+            regs = kvm.regs
+            self._in_hypercall = True
+            return Hypercall(xen.hcall.input,
+                             (regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9))
         if reason == KVM_EXIT_SHUTDOWN:
             return SystemDown(reset=True)
         if reason == KVM_EXIT_SYSTEM_EVENT:
@@ -446,6 +536,14 @@ class X86VCpu(ArchVCpu):
         return getattr(self.kvm.regs, GPR_NAMES[index])
 
     def set_return_value(self, value: int) -> None:
+        """RAX; after a ``Hypercall`` exit, the result KVM writes to RAX as it completes
+        the hypercall instruction at the next ``run``."""
+        if self._in_hypercall:
+            if not isinstance(value, int) or not 0 <= value <= U64:
+                raise InvalidInput(f"register value must be an unsigned 64-bit integer, "
+                                   f"got {value!r}")
+            self.kvm.xen.hcall.result = value
+            return
         self.set_gpr(0, value)
 
     # -- interrupts ------------------------------------------------------------------------

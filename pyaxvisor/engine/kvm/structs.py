@@ -252,6 +252,44 @@ class KvmRunSystemEvent(ctypes.Structure):
     ]
 
 
+#: ``kvm_xen_hvm_config.flags``: send hypercalls to user space.
+KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
+#: ``kvm_xen_exit.type`` of an intercepted hypercall.
+KVM_EXIT_XEN_HCALL = 1
+
+
+class KvmXenHcall(ctypes.Structure):
+    """``kvm_xen_exit.u.hcall``: a ``vmcall``/``vmmcall`` intercepted in Xen mode."""
+
+    _fields_ = [
+        ("longmode", u32),
+        ("cpl", u32),
+        ("input", u64),
+        ("result", u64),
+        ("params", u64 * 6),
+    ]
+
+
+class KvmRunXen(ctypes.Structure):
+    """``struct kvm_xen_exit`` (``KVM_EXIT_XEN``); ``type`` 1 is ``KVM_EXIT_XEN_HCALL``."""
+
+    _fields_ = [("type", u32), ("_pad", u32), ("hcall", KvmXenHcall)]
+
+
+class KvmXenHvmConfig(ctypes.Structure):
+    """``struct kvm_xen_hvm_config`` (``KVM_XEN_HVM_CONFIG``)."""
+
+    _fields_ = [
+        ("flags", u32),
+        ("msr", u32),
+        ("blob_addr_32", u64),
+        ("blob_addr_64", u64),
+        ("blob_size_32", u8),
+        ("blob_size_64", u8),
+        ("pad2", u8 * 30),
+    ]
+
+
 class KvmRunExit(ctypes.Union):
     _fields_ = [
         ("hw", KvmRunHw),
@@ -263,6 +301,7 @@ class KvmRunExit(ctypes.Union):
         ("hypercall", KvmRunHypercall),
         ("internal", KvmRunInternal),
         ("system_event", KvmRunSystemEvent),
+        ("xen", KvmRunXen),
         ("padding", ctypes.c_char * 256),
     ]
 

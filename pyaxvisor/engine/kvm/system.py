@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Self
 
+from pyaxvisor.engine.kvm import _native  # type: ignore[attr-defined]
 from pyaxvisor.engine.kvm import ioctls as io
 from pyaxvisor.engine.kvm import structs as st
 from pyaxvisor.engine.kvm.exits import (
@@ -38,6 +39,7 @@ from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_IO_OUT,
     KVM_EXIT_MMIO,
     KVM_EXIT_SYSTEM_EVENT,
+    KVM_EXIT_XEN,
     exit_reason_name,
 )
 from pyaxvisor.engine.kvm.probe import KVM_API_VERSION, KVM_DEVICE, KvmUnavailable
@@ -209,6 +211,25 @@ class KvmVm(_Fd):
         """``KVM_CREATE_PIT2``: the in-kernel i8254 (after :meth:`create_irqchip`)."""
         self._ioctl(io.KVM_CREATE_PIT2, st.KvmPitConfig(flags=flags))
 
+    def intercept_hypercalls(self) -> None:
+        """Send every ``vmcall``/``vmmcall`` to user space as ``KVM_EXIT_XEN``
+        (``KVM_XEN_HVM_CONFIG`` with ``KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL``).
+
+        Without it KVM answers hypercalls itself (its PV interface; unknown numbers
+        get ``-KVM_ENOSYS`` in RAX), and ``KVM_CAP_EXIT_HYPERCALL`` forwards only
+        ``KVM_HC_MAP_GPA_RANGE``. Xen interception is the one KVM mechanism that
+        hands user space every hypercall with the caller's registers; no Xen
+        hypercall page (MSR 0) and no event channels are configured, so nothing
+        Xen-specific is visible to the guest. Raises :class:`KvmError` when the
+        host's KVM lacks it (``KVM_CAP_XEN_HVM``)."""
+        caps = self.system.check_extension(io.KVM_CAP_XEN_HVM)
+        if not caps & st.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL:
+            raise KvmError("KVM_XEN_HVM_CONFIG", errno.ENOTSUP,
+                           "this KVM cannot intercept hypercalls (KVM_CAP_XEN_HVM "
+                           f"= {caps:#x})")
+        config = st.KvmXenHvmConfig(flags=st.KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
+        self._ioctl(io.KVM_XEN_HVM_CONFIG, config)
+
     def set_tss_addr(self, addr: int) -> None:
         """``KVM_SET_TSS_ADDR``: three pages of guest physical space for Intel's
         real-mode emulation (needed on VMX without unrestricted guest)."""
@@ -283,6 +304,15 @@ class FailEntry:
 
 
 _EXIT_OFFSET = st.KvmRun.exit.offset
+_NO_IO_EXITS: dict[int, object] = {}
+
+
+def io_exit_key(port: int, size: int, direction: int, value: int) -> int:
+    """The key :meth:`KvmVCpu.run_fields` looks a single port access up by (``value``
+    is ignored for an IN)."""
+    if direction != KVM_EXIT_IO_OUT:
+        value = 0
+    return value << 32 | (size | direction << 8) << 16 | port
 
 
 class KvmVCpu(_Fd):
@@ -306,6 +336,7 @@ class KvmVCpu(_Fd):
             self._close_fd()
             raise
         self._run: st.KvmRun | None = st.KvmRun.from_buffer(self._mmap)
+        self._run_address = ctypes.addressof(self._run)
 
     # -- kvm_run ------------------------------------------------------------------------
     @property
@@ -326,6 +357,24 @@ class KvmVCpu(_Fd):
                 return KVM_EXIT_INTR
             raise
         return run.exit_reason
+
+    def run_fields(self, io_exits: dict[int, object] | None = None) -> object:
+        """:meth:`run` and the exit's fields in one native call (the hot path):
+        ``(exit_reason, a, b, c)`` with, for ``KVM_EXIT_IO``, ``a`` = port, ``b`` =
+        size | direction << 8 | count << 16 and ``c`` = the first ``size`` data bytes
+        little-endian; for ``KVM_EXIT_MMIO``, ``a`` = address, ``b`` = len |
+        is_write << 8, ``c`` = the data (first 8 bytes); otherwise zeros. An
+        interrupted run gives ``KVM_EXIT_INTR``; other failures raise
+        :class:`KvmError`.
+
+        ``io_exits`` maps :func:`io_exit_key` of a single port access to a
+        ready-made object; when the exit's key is there, that object is returned
+        instead of the tuple."""
+        try:
+            return _native.run(self._fd, self._run_address,
+                               _NO_IO_EXITS if io_exits is None else io_exits)
+        except OSError as exc:
+            raise KvmError("KVM_RUN", exc.errno or 0) from None
 
     @property
     def exit_reason(self) -> int:
@@ -400,6 +449,12 @@ class KvmVCpu(_Fd):
     def system_event(self) -> SystemEvent:
         e = self._expect(KVM_EXIT_SYSTEM_EVENT).exit.system_event
         return SystemEvent(e.type, tuple(e.data[:min(e.ndata, 16)]))
+
+    @property
+    def xen(self) -> st.KvmRunXen:
+        """The live ``kvm_run.xen`` (set ``hcall.result`` before the next run: KVM puts
+        it in RAX and steps over the hypercall instruction)."""
+        return self._expect(KVM_EXIT_XEN).exit.xen
 
     @property
     def hypercall(self) -> st.KvmRunHypercall:
@@ -487,5 +542,6 @@ __all__ = [
     "KvmVm",
     "MmioExit",
     "SystemEvent",
+    "io_exit_key",
     "kvm_ioctl",
 ]
