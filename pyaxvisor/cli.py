@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from pyaxvisor import __version__, images
+from pyaxvisor.devices.debug_exit import DEFAULT_IOBASE as DEBUG_EXIT_IOBASE
+from pyaxvisor.devices.debug_exit import DEFAULT_IOSIZE as DEBUG_EXIT_IOSIZE
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.hal.vcpu_hal import HostHal
@@ -16,10 +18,15 @@ from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.mm.nested import ARCHES, nested_page_table
 from pyaxvisor.mm.page_table import EptPageTable, GStagePageTable, Stage2PageTable
-from pyaxvisor.vm.aarch64_vm import Aarch64Vm, VmResult
+from pyaxvisor.vm.aarch64_vm import Aarch64Vm
 from pyaxvisor.vm.boot import BootSpec, boot
 from pyaxvisor.vm.console import Console
+from pyaxvisor.vm.result import VmResult
 from pyaxvisor.vm.size import parse_memory_size, parse_smp
+from pyaxvisor.vm.x86_boot import X86BootSpec
+from pyaxvisor.vm.x86_boot import boot as x86_boot
+from pyaxvisor.vm.x86_loader import EM_386, EM_X86_64, MB_SEARCH, detect_x86_format
+from pyaxvisor.vm.x86_vm import X86Vm
 
 # Where each architecture's usual board puts RAM (QEMU pc / virt layouts).
 RAM_BASE = {"x86_64": 0x0010_0000, "aarch64": 0x4000_0000, "riscv64": 0x8000_0000}
@@ -103,7 +110,10 @@ def images_list() -> None:
 @click.argument("names", nargs=-1)
 @click.option("--refresh", is_flag=True, help="Download again even if cached.")
 def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
-    """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64)."""
+    """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64).
+
+    x86_64: linux-x86_64 (Debian's linux-image-amd64 bzImage) and initramfs-x86_64.
+    """
     wanted = names or ("u-boot-arm64", "linux-arm64", "initramfs-arm64")
     try:
         for name in wanted:
@@ -125,58 +135,150 @@ def _print_stats(result: VmResult) -> None:
                    err=True)
 
 
+X86_MACHINES = ("pc", "q35", "microvm", "isapc")
+X86_CPUS = ("host", "max", "qemu64", "kvm64")
+DEFAULT_MEMORY = {"aarch64": "512M", "x86_64": "256M"}
+
+
+def parse_device(spec: str) -> tuple[int, int]:
+    """``isa-debug-exit[,iobase=N][,iosize=N]`` (QEMU's -device spelling) →
+    ``(iobase, iosize)``; any other device is refused."""
+    name, *props = spec.split(",")
+    if name != "isa-debug-exit":
+        raise InvalidInput(f"-device {name!r} is not supported: only isa-debug-exit")
+    values = {"iobase": DEBUG_EXIT_IOBASE, "iosize": DEBUG_EXIT_IOSIZE}
+    for prop in props:
+        key, sep, value = prop.partition("=")
+        if not sep or key not in values:
+            raise InvalidInput(f"-device isa-debug-exit: unknown property {prop!r} "
+                               "(iobase=, iosize=)")
+        try:
+            values[key] = int(value, 0)
+        except ValueError:
+            raise InvalidInput(f"-device isa-debug-exit: {key}={value!r} is not a "
+                               "number") from None
+    return values["iobase"], values["iosize"]
+
+
+def _check_board(arch: str, machine: str | None, cpu: str | None) -> None:
+    board = (machine or "").split(",")[0]
+    if arch == "aarch64":
+        if board not in ("", "virt"):
+            raise InvalidInput(f"machine {machine!r} is not supported: only 'virt'")
+        if cpu not in (None, "cortex-a72", "max", "host"):
+            raise InvalidInput(f"CPU model {cpu!r} is not supported: only cortex-a72")
+    else:
+        if board not in ("", *X86_MACHINES):
+            raise InvalidInput(f"machine {machine!r} is not supported for x86_64: "
+                               f"{', '.join(X86_MACHINES)} (all run pyaxvisor's PC board)")
+        if cpu not in (None, *X86_CPUS):
+            raise InvalidInput(f"CPU model {cpu!r} is not supported for x86_64: the vCPUs "
+                               "get the host CPU's features KVM supports (-cpu host)")
+
+
+def infer_arch(machine: str | None, kernel: Path | None) -> str:
+    """The guest architecture a QEMU-style command line means without ``--arch``."""
+    board = (machine or "").split(",")[0]
+    if board in X86_MACHINES:
+        return "x86_64"
+    if board:
+        return "aarch64"
+    if kernel is not None:
+        try:
+            with open(kernel, "rb") as f:
+                head = f.read(MB_SEARCH)
+        except OSError:
+            return "aarch64"  # the loader reports the unreadable file
+        if len(head) > 0x206 and head[0x202:0x206] == b"HdrS":
+            return "x86_64"
+        if head[:4] == b"\x7fELF" and len(head) > 20 and \
+                int.from_bytes(head[18:20], "little") in (EM_386, EM_X86_64):
+            return "x86_64"
+        try:
+            if detect_x86_format(head, path=str(kernel)) == "multiboot":
+                return "x86_64"
+        except AxError:
+            pass
+    return "aarch64"
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.option("--arch", type=click.Choice(["aarch64"]), default="aarch64", show_default=True,
-              help="Guest architecture.")
+@click.option("--arch", type=click.Choice(["aarch64", "x86_64"]), default=None,
+              help="Guest architecture. Default: from -M (pc, q35, microvm: x86_64), else "
+                   "from the kernel image (bzImage, Multiboot, x86 ELF: x86_64), else aarch64.")
 @click.option("--kernel", "-kernel", type=click.Path(path_type=Path), help="Kernel image.")
 @click.option("--initrd", "-initrd", type=click.Path(path_type=Path), help="Initial ramdisk.")
 @click.option("--append", "-append", default="", help="Kernel command line.")
 @click.option("--bios", "-bios", type=click.Path(path_type=Path),
-              help="Firmware loaded into flash at address 0 (e.g. U-Boot).")
-@click.option("-m", "--memory", "memory", default="512M", show_default=True,
-              help="Guest RAM (512M, 1G; a bare number is MiB).")
+              help="AArch64: firmware loaded into flash at address 0 (e.g. U-Boot).")
+@click.option("-m", "--memory", "memory", default=None,
+              help="Guest RAM (512M, 1G; a bare number is MiB). Default 512M on aarch64, "
+                   "256M on x86_64.")
 @click.option("--smp", "-smp", default=None, help="Number of vCPUs (N or cpus=N).")
-@click.option("--machine", "-M", "-machine", default="virt", help="Board (only virt).")
-@click.option("--cpu", "-cpu", default="cortex-a72", help="CPU model (only cortex-a72).")
+@click.option("--machine", "-M", "-machine", default=None,
+              help="Board: virt (aarch64); pc, q35, microvm (x86_64, all the same board).")
+@click.option("--cpu", "-cpu", default=None, help="CPU model (cortex-a72; host on x86_64).")
+@click.option("--device", "-device", "devices", multiple=True,
+              help="x86_64: isa-debug-exit[,iobase=0xf4][,iosize=0x4] (repeatable).")
 @click.option("--nographic", "-nographic", is_flag=True, help="Accepted for QEMU scripts.")
+@click.option("--enable-kvm", "-enable-kvm", "enable_kvm", is_flag=True,
+              help="Accepted for QEMU scripts (x86_64 always runs on KVM).")
+@click.option("--no-reboot", "-no-reboot", "no_reboot", is_flag=True,
+              help="Accepted for QEMU scripts (a guest reset always ends the run).")
 @click.option("--serial", "-serial", default="stdio", help="Only stdio.")
 @click.option("--timeout", type=float, default=None, help="Stop the guest after SECONDS.")
 @click.option("--stats", is_flag=True, help="Print exits by reason at the end.")
 @click.option("--trap-mmio", is_flag=True,
-              help="Route every device access through MMIO exits instead of serving the "
-                   "UART and GIC inside the CPU (slower; for debugging and comparison).")
-def run(arch: str, kernel: Path | None, initrd: Path | None, append: str, bios: Path | None,
-        memory: str, smp: str | None, machine: str, cpu: str, nographic: bool, serial: str,
-        timeout: float | None, stats: bool, trap_mmio: bool) -> None:
+              help="AArch64: route every device access through MMIO exits instead of "
+                   "serving the UART and GIC inside the CPU (slower; for debugging).")
+def run(arch: str | None, kernel: Path | None, initrd: Path | None, append: str, bios: Path | None,
+        memory: str | None, smp: str | None, machine: str | None, cpu: str | None,
+        devices: tuple[str, ...], nographic: bool, enable_kvm: bool, no_reboot: bool,
+        serial: str, timeout: float | None, stats: bool, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
-    With no kernel or firmware, boots the bundled guest on 2 vCPUs.
+    With no kernel or firmware, boots the bundled guest on 2 vCPUs. The exit status
+    is the guest's: 0 after a power-off or reset, (v << 1) | 1 after it wrote v to an
+    isa-debug-exit port, 124 on --timeout, 1 when the VM was stopped by an error.
     """
     try:
-        if machine.split(",")[0] != "virt":
-            raise InvalidInput(f"machine {machine!r} is not supported: only 'virt'")
-        if cpu not in ("cortex-a72", "max", "host"):
-            raise InvalidInput(f"CPU model {cpu!r} is not supported: only cortex-a72")
+        arch = arch or infer_arch(machine, kernel)
+        _check_board(arch, machine, cpu)
         if serial != "stdio":
             raise InvalidInput(f"-serial {serial!r} is not supported: only stdio")
         if initrd is not None and kernel is None:
             raise InvalidInput("-initrd needs -kernel")
+        ram = parse_memory_size(memory or DEFAULT_MEMORY[arch])
         default_smp = 2 if kernel is None and bios is None else 1
-        spec = BootSpec(kernel=kernel, initrd=initrd, append=append, bios=bios,
-                        memory=parse_memory_size(memory),
-                        smp=parse_smp(smp) if smp is not None else default_smp,
-                        timeout=timeout, in_cpu_mmio=not trap_mmio)
+        ncpus = parse_smp(smp) if smp is not None else default_smp
+        if arch == "x86_64":
+            if bios is not None:
+                raise InvalidInput("-bios is not supported on x86_64: give the kernel with "
+                                   "-kernel (bzImage, Multiboot, ELF or raw)")
+            if trap_mmio:
+                raise InvalidInput("--trap-mmio is for aarch64: on x86_64 KVM's in-kernel "
+                                   "irqchip serves the APICs")
+            spec: BootSpec | X86BootSpec = X86BootSpec(
+                kernel=kernel, initrd=initrd, append=append, memory=ram, smp=ncpus,
+                timeout=timeout, debug_exits=tuple(parse_device(d) for d in devices))
+        else:
+            if devices:
+                raise InvalidInput("-device is not supported on aarch64")
+            spec = BootSpec(kernel=kernel, initrd=initrd, append=append, bios=bios,
+                            memory=ram, smp=ncpus, timeout=timeout,
+                            in_cpu_mmio=not trap_mmio)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console()
-    holder: dict[str, Aarch64Vm] = {}
 
-    def attach(vm: Aarch64Vm) -> None:
-        holder["vm"] = vm
+    def attach(vm: Aarch64Vm | X86Vm) -> None:
         console.start_input(vm.uart.receive, vm.quit)
 
     try:
-        result = boot(spec, console.write, on_vm=attach)
+        if isinstance(spec, X86BootSpec):
+            result = x86_boot(spec, console.write, on_vm=attach)
+        else:
+            result = boot(spec, console.write, on_vm=attach)
     except AxError as exc:
         console.restore()
         click.echo(f"pyaxvisor: {exc}", err=True)

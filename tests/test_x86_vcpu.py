@@ -26,6 +26,7 @@ from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_INTR,
     KVM_EXIT_IO_OUT,
     KVM_EXIT_SYSTEM_EVENT,
+    KVM_EXIT_XEN,
     KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
 )
@@ -40,6 +41,7 @@ from pyaxvisor.mm.nested import nested_page_table
 from pyaxvisor.vcpu.exit import (
     FailEntry,
     Halt,
+    Hypercall,
     IoRead,
     IoWrite,
     MmioRead,
@@ -398,3 +400,51 @@ def test_decode_other_exits():
     assert X86VCpu._decode(_fake(), KVM_EXIT_INTR) == Nothing()
     with pytest.raises(Unsupported, match="KVM_EXIT_DEBUG"):
         X86VCpu._decode(_fake(), KVM_EXIT_DEBUG)
+
+
+def test_cpuid_carries_each_vcpus_apic_id_and_can_hide_pv_hypercalls():
+    from pyaxvisor.arch.x86_64.vcpu import KVM_PV_HYPERCALL_FEATURES, cpuid_for
+    from pyaxvisor.engine.kvm import structs as st
+
+    buf = st.cpuid2_type(4)()
+    buf.nent = 4
+    for entry, (fn, idx) in zip(buf.entries, [(1, 0), (0xB, 0), (0xB, 1), (0x4000_0001, 0)],
+                                strict=True):
+        entry.function, entry.index = fn, idx
+        entry.ebx, entry.edx, entry.eax = 0xAB00_0800, 0, 0xFFFF_FFFF
+    cpuid_for(buf, 3, hide_pv_hypercalls=True)
+    assert buf.entries[0].ebx == 0x0300_0800
+    assert (buf.entries[1].edx, buf.entries[2].edx) == (3, 3)
+    assert buf.entries[3].eax == 0xFFFF_FFFF & ~KVM_PV_HYPERCALL_FEATURES
+    assert KVM_PV_HYPERCALL_FEATURES == 0x2880
+
+
+def test_xen_hypercall_exit_decodes_to_hypercall_and_return_value_goes_to_result():
+    from pyaxvisor.engine.kvm import structs as st
+
+    xen = st.KvmRunXen(type=st.KVM_EXIT_XEN_HCALL)
+    xen.hcall.input = 0x1234
+    regs = st.KvmRegs(rdi=1, rsi=2, rdx=3, rcx=4, r8=5, r9=6, rax=0x1234)
+    fake = SimpleNamespace(vcpu_id=5, kvm=SimpleNamespace(xen=xen, regs=regs),
+                           _in_hypercall=False)
+    e = X86VCpu._decode(fake, KVM_EXIT_XEN)
+    assert e == Hypercall(0x1234, (1, 2, 3, 4, 5, 6))
+    X86VCpu.set_return_value(fake, 0xFFFF_FFFF_FFFF_FC18)
+    assert xen.hcall.result == 0xFFFF_FFFF_FFFF_FC18
+    xen.type = 2
+    with pytest.raises(Unsupported, match="Xen exit type 2"):
+        X86VCpu._decode(fake, KVM_EXIT_XEN)
+
+
+def test_hypercall_interception_needs_kvm_xen_support():
+    from pyaxvisor.engine.kvm.ioctls import KVM_CAP_XEN_HVM
+    from pyaxvisor.engine.kvm.structs import KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
+    from pyaxvisor.engine.kvm.system import KvmError
+
+    with KvmSystem() as kvm, kvm.create_vm() as vm:
+        if kvm.check_extension(KVM_CAP_XEN_HVM) & KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL:
+            vm.intercept_hypercalls()  # accepted where KVM has Xen support
+        else:
+            with pytest.raises(KvmError, match=r"KVM_XEN_HVM_CONFIG failed: .*cannot "
+                                               r"intercept hypercalls \(KVM_CAP_XEN_HVM"):
+                vm.intercept_hypercalls()

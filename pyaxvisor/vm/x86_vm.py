@@ -44,7 +44,8 @@ from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pio import PioBus
 from pyaxvisor.devices.power import PowerPort
 from pyaxvisor.devices.uart16550 import Uart16550
-from pyaxvisor.engine.kvm.ioctls import KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS
+from pyaxvisor.engine.kvm.ioctls import KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_XEN_HVM
+from pyaxvisor.engine.kvm.structs import KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
 from pyaxvisor.engine.kvm.system import KvmSystem
 from pyaxvisor.errors import AxError, InvalidInput, Unsupported
 from pyaxvisor.hal.vcpu_hal import HostHal
@@ -134,6 +135,12 @@ class X86Vm:
         self.kvm_vm = self.kvm.create_vm()
         self.kvm_vm.create_irqchip()
         self.kvm_vm.create_pit2()
+        # Hypercalls reach the VM where KVM can hand them over (Xen interception);
+        # elsewhere KVM answers them itself (see pyaxvisor.arch.x86_64.vcpu).
+        caps = self.kvm.check_extension(KVM_CAP_XEN_HVM)
+        self.hypercalls_intercepted = bool(caps & KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
+        if self.hypercalls_intercepted:
+            self.kvm_vm.intercept_hypercalls()
         self.pio = PioBus()
         self.uart = Uart16550(tx=console_write or (lambda b: None),
                               irq=IrqLine(KvmIrqSink(self.kvm_vm), L.COM1_IRQ))
@@ -253,7 +260,8 @@ class X86Vm:
             percpu.init(cpu)
             percpu.hardware_enable()
             vcpu = VCpu(self.vm_id, cpu, X86VCpu, X86VCpuCreateConfig(
-                kvm_vm=self.kvm_vm, space=self.space, irqchip=True))
+                kvm_vm=self.kvm_vm, space=self.space, irqchip=True,
+                hypercalls_intercepted=self.hypercalls_intercepted))
             entry, mode, gprs = boot
             if cpu == 0:
                 for index, value in gprs.items():

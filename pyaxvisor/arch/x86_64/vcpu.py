@@ -181,6 +181,8 @@ class X86VCpuCreateConfig:
     kvm_vm: KvmVm
     space: AddrSpace
     irqchip: bool = False
+    #: The VM intercepts hypercalls: hide the KVM PV features guests use them for.
+    hypercalls_intercepted: bool = False
 
 
 Mode = Literal["real", "protected", "long"]
@@ -267,14 +269,25 @@ def _set_segment(seg: st.KvmSegment, *, selector: int, base: int, limit: int, ty
     seg.unusable = 0
 
 
-def cpuid_for(cpuid: ctypes.Structure, apic_id: int) -> ctypes.Structure:
+#: KVM_CPUID_FEATURES (leaf 0x4000_0001) EAX bits whose PV operations are hypercalls:
+#: PV_UNHALT (7, KVM_HC_KICK_CPU), PV_SEND_IPI (11), PV_SCHED_YIELD (13).
+KVM_PV_HYPERCALL_FEATURES = (1 << 7) | (1 << 11) | (1 << 13)
+KVM_CPUID_FEATURES = 0x4000_0001
+
+
+def cpuid_for(cpuid: ctypes.Structure, apic_id: int, *,
+              hide_pv_hypercalls: bool = False) -> ctypes.Structure:
     """``cpuid`` (a filled ``kvm_cpuid2``) with ``apic_id`` as the initial APIC ID:
-    leaf 1 EBX[31:24] and EDX of every subleaf of leaves 0xB and 0x1F."""
+    leaf 1 EBX[31:24] and EDX of every subleaf of leaves 0xB and 0x1F. With
+    ``hide_pv_hypercalls`` the KVM PV features that a guest would drive with
+    hypercalls are cleared (when hypercalls come to the VM, KVM does not answer them)."""
     for entry in cpuid.entries[:cpuid.nent]:
         if entry.function == 1:
             entry.ebx = (entry.ebx & 0x00FF_FFFF) | ((apic_id & 0xFF) << 24)
         elif entry.function in (0xB, 0x1F):
             entry.edx = apic_id
+        elif entry.function == KVM_CPUID_FEATURES and hide_pv_hypercalls:
+            entry.eax &= ~KVM_PV_HYPERCALL_FEATURES
     return cpuid
 
 
@@ -303,7 +316,8 @@ class X86VCpu(ArchVCpu):
     def new(cls, vm_id: int, vcpu_id: int, config: X86VCpuCreateConfig) -> Self:
         kvm_vcpu = config.kvm_vm.create_vcpu(vcpu_id)
         try:
-            kvm_vcpu.set_cpuid2(cpuid_for(config.kvm_vm.system.supported_cpuid(), vcpu_id))
+            kvm_vcpu.set_cpuid2(cpuid_for(config.kvm_vm.system.supported_cpuid(), vcpu_id,
+                                          hide_pv_hypercalls=config.hypercalls_intercepted))
         except BaseException:
             config.kvm_vm.vcpus.remove(kvm_vcpu)
             kvm_vcpu.close()

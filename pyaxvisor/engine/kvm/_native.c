@@ -18,6 +18,8 @@
  *       KVM_EXIT_MMIO: (6, phys_addr, len | is_write << 8, value)
  *                      value = the first min(len, 8) bytes of data
  *       EINTR:         (KVM_EXIT_INTR, 0, 0, 0) (signal or immediate_exit)
+ *       EAGAIN:        the same: an AP waiting for its SIPI was woken (the
+ *                      event changed its state); running it again goes on
  *       otherwise:     (exit_reason, 0, 0, 0)
  *     Any other ioctl failure raises OSError with the errno. */
 #define PY_SSIZE_T_CLEAN
@@ -69,7 +71,7 @@ static PyObject *run(PyObject *self, PyObject *args) {
         err = errno;
     Py_END_ALLOW_THREADS
     if (ret < 0) {
-        if (err == EINTR)
+        if (err == EINTR || err == EAGAIN)
             return Py_BuildValue("(iiii)", KVM_EXIT_INTR, 0, 0, 0);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);

@@ -353,7 +353,7 @@ class KvmVCpu(_Fd):
         try:
             self._ioctl(io.KVM_RUN)
         except KvmError as exc:
-            if exc.errno == errno.EINTR:
+            if exc.errno in (errno.EINTR, errno.EAGAIN):  # EAGAIN: a woken AP, see run_fields
                 return KVM_EXIT_INTR
             raise
         return run.exit_reason
