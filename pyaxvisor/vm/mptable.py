@@ -1,22 +1,39 @@
 """The Intel MultiProcessor Specification 1.4 tables that tell a kernel without ACPI
 which CPUs, buses and interrupt routes the board has.
 
-Layout written at :data:`~pyaxvisor.vm.x86_layout.MPTABLE_ADDR` (the EBDA, which
-Linux scans for the ``_MP_`` signature):
+Written at :data:`~pyaxvisor.vm.x86_layout.MPTABLE_ADDR` (0x9FC00, the start of the
+EBDA, the first place Linux scans for the ``_MP_`` signature):
 
-* the 16-byte floating pointer structure (in the EBDA's first KiB, where Linux
-  looks) (``_MP_``, spec revision 4, physical
-  pointer to the configuration table right after it, no default configuration);
-* the configuration table (``PCMP``, OEM ``PYAXVISR``, product ``PC``, local APIC
-  at 0xFEE00000) with, in this order: one processor entry per vCPU (APIC ID =
-  vCPU index, local APIC version 0x14, enabled, CPU 0 the bootstrap processor),
-  one ISA bus (ID 0), one IOAPIC (ID = number of CPUs, version 0x11, at
-  0xFEC00000), I/O interrupt entries routing ISA IRQ *i* to IOAPIC pin *i* for
-  i = 0..15 except 2 (KVM's default GSI routing puts the PIT on pin 0, as QEMU's
-  and Firecracker's tables do), and the local interrupt entries ExtINT → LINT0
-  and NMI → LINT1 of every local APIC.
+* the 16-byte **floating pointer structure**: ``_MP_``, the physical address of the
+  configuration table (right after it), length 1 (paragraphs), spec revision 4,
+  checksum, feature bytes 0 (a configuration table is present; no IMCR, virtual
+  wire mode);
+* the **configuration table**: the 44-byte ``PCMP`` header (spec revision 4, OEM
+  ``PYAXVISR``, product ``PYAXVISOR PC``, local APIC at 0xFEE00000, no extended
+  entries), then its entries in the order the spec asks:
 
-Both structures carry checksums that make their bytes sum to 0 mod 256.
+  - one processor entry per vCPU: local APIC ID = vCPU index, local APIC version
+    0x14, enabled, CPU 0 the bootstrap processor; CPU signature family 6 model 1
+    stepping 3 and feature flags FPU | APIC (what Firecracker reports: the kernel
+    reads the real values with CPUID);
+  - one bus entry: bus 0, ``"ISA   "``;
+  - one I/O APIC entry: ID = number of CPUs (the first ID no CPU uses), version
+    0x11, enabled, at 0xFEC00000;
+  - I/O interrupt entries for ISA IRQs 0..15 except 2 (the cascade): type INT,
+    polarity and trigger "conforming to the bus" (edge, active high for ISA),
+    source bus 0 IRQ *i* → I/O APIC pin *i*. IRQ 0 goes to pin 0, not to pin 2 as
+    on a PC's chipset: KVM's in-kernel IOAPIC with its default GSI routing
+    delivers the PIT on GSI 0 = pin 0, and QEMU's microvm and Firecracker's tables
+    map IRQ *i* to pin *i* the same way;
+  - local interrupt entries: ExtINT on LINT0 and NMI on LINT1 of every local APIC
+    (destination ID 0xFF), the virtual-wire set-up.
+
+Both structures carry checksums making their bytes sum to 0 mod 256. The floating
+pointer lies in the EBDA's first KiB, where Linux looks for it; the configuration
+table follows it and, beyond 40 CPUs, runs past the 1 KiB EBDA into the BIOS area
+below 1 MiB. The whole window ``[0x9FC00, 1 MiB)`` is reserved in the e820 map (and
+is RAM on this board), so the kernel never allocates over it; up to 254 CPUs the
+table takes at most 5292 bytes of it.
 """
 
 from __future__ import annotations
@@ -26,63 +43,115 @@ import struct
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.vm.x86_layout import HIGH_MEMORY, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR
+from pyaxvisor.vm.loader import _covered
+from pyaxvisor.vm.x86_layout import (
+    BIOS_START,
+    EBDA_START,
+    HIGH_MEMORY,
+    IOAPIC_ADDR,
+    LAPIC_ADDR,
+    MPTABLE_ADDR,
+)
 
+__all__ = [
+    "APIC_VERSION", "CPU_FEATURES", "CPU_SIGNATURE", "IOAPIC_VERSION", "MAX_CPUS",
+    "build_mptable", "mptable_size", "write_mptable",
+]
+
+#: The I/O APIC takes the ID after the last CPU's; IDs are 8 bits and 0xFF is broadcast.
 MAX_CPUS = 254
 APIC_VERSION = 0x14
 IOAPIC_VERSION = 0x11
-#: CPU signature (family 6) and feature flags (FPU, APIC) in processor entries.
-CPU_SIGNATURE = 0x600
-CPU_FEATURES = 0x201
+SPEC_REVISION = 4  # MP spec 1.4
+OEM_ID = b"PYAXVISR"
+PRODUCT_ID = b"PYAXVISOR PC"
+#: CPU signature (stepping 3:0, model 7:4, family 11:8) and feature flags (CPUID.1 EDX)
+CPU_SIGNATURE = (6 << 8) | (1 << 4) | 3
+CPU_FEATURES = (1 << 0) | (1 << 9)  # FPU, APIC
+ISA_IRQS = 16
+ISA_CASCADE_IRQ = 2
+ALL_LOCAL_APICS = 0xFF
+
+FLOATING_SIZE = 16
+HEADER_SIZE = 44
+PROCESSOR_ENTRY_SIZE = 20
+ENTRY_SIZE = 8  # every other base entry type
 
 ENTRY_PROCESSOR, ENTRY_BUS, ENTRY_IOAPIC, ENTRY_IOINT, ENTRY_LINT = 0, 1, 2, 3, 4
 INT_TYPE_INT, INT_TYPE_NMI, INT_TYPE_EXTINT = 0, 1, 3
-CPU_ENABLED, CPU_BSP = 1, 2
+IRQ_FLAGS_CONFORMING = 0  # polarity bits 1:0 and trigger bits 3:2 "conforms to the bus"
+CPU_ENABLED, CPU_BSP = 1 << 0, 1 << 1
+IOAPIC_ENABLED = 1 << 0
+#: Offsets of the checksums in the two structures.
+FLOATING_CHECKSUM = 10
+HEADER_CHECKSUM = 7
+
+_FLOATING = struct.Struct("<4sIBBB5s")  # signature, physptr, length, rev, checksum, features
+_HEADER = struct.Struct("<4sHBB8s12sIHHIHBx")  # ... ext table length, checksum, reserved
+_PROCESSOR = struct.Struct("<BBBBII8x")
+_BUS = struct.Struct("<BB6s")
+_IOAPIC = struct.Struct("<BBBBI")
+_INTERRUPT = struct.Struct("<BBHBBBB")  # type, int type, flags, src bus, src irq, dst, pin
 
 
 def _checksum(data: bytes) -> int:
-    return (-sum(data)) & 0xFF
+    return -sum(data) & 0xFF
 
 
-def build_mptable(num_cpus: int, addr: int = MPTABLE_ADDR) -> bytes:
-    """The floating pointer and configuration table for ``num_cpus`` CPUs, to be
-    placed at guest physical ``addr``."""
-    if not isinstance(num_cpus, int) or not 1 <= num_cpus <= MAX_CPUS:
-        raise InvalidInput(f"an MP table describes 1..{MAX_CPUS} CPUs, not {num_cpus}")
-    entries = []
-    for cpu in range(num_cpus):
-        flags = CPU_ENABLED | (CPU_BSP if cpu == 0 else 0)
-        entries.append(struct.pack("<BBBBII8x", ENTRY_PROCESSOR, cpu, APIC_VERSION, flags,
-                                   CPU_SIGNATURE, CPU_FEATURES))
-    entries.append(struct.pack("<BB6s", ENTRY_BUS, 0, b"ISA   "))
+def _irqs() -> list[int]:
+    return [irq for irq in range(ISA_IRQS) if irq != ISA_CASCADE_IRQ]
+
+
+def mptable_size(num_cpus: int) -> int:
+    """Bytes :func:`build_mptable` produces for ``num_cpus`` CPUs."""
+    return (FLOATING_SIZE + HEADER_SIZE + PROCESSOR_ENTRY_SIZE * num_cpus
+            + ENTRY_SIZE * (1 + 1 + len(_irqs()) + 2))
+
+
+def build_mptable(num_cpus: int) -> bytes:
+    """The floating pointer and configuration table for ``num_cpus`` (1..254) CPUs,
+    addressed for :data:`MPTABLE_ADDR` (see the module doc)."""
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) \
+            or not 1 <= num_cpus <= MAX_CPUS:
+        raise InvalidInput(f"an MP table describes 1..{MAX_CPUS} CPUs, not {num_cpus!r}")
+    size = mptable_size(num_cpus)
+    if MPTABLE_ADDR + size > HIGH_MEMORY:  # pragma: no cover - 5292 bytes at most
+        raise InvalidInput(f"the MP table for {num_cpus} CPUs ({size} bytes) does not fit "
+                           f"in the reserved area [{MPTABLE_ADDR:#x}, {HIGH_MEMORY:#x})")
+    entries = [_PROCESSOR.pack(ENTRY_PROCESSOR, cpu, APIC_VERSION,
+                               CPU_ENABLED | (CPU_BSP if cpu == 0 else 0), CPU_SIGNATURE,
+                               CPU_FEATURES)
+               for cpu in range(num_cpus)]
+    entries.append(_BUS.pack(ENTRY_BUS, 0, b"ISA   "))
     ioapic_id = num_cpus
-    entries.append(struct.pack("<BBBBI", ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1,
-                               IOAPIC_ADDR))
-    for irq in range(16):
-        if irq == 2:
-            continue
-        entries.append(struct.pack("<BBHBBBB", ENTRY_IOINT, INT_TYPE_INT, 0, 0, irq,
-                                   ioapic_id, irq))
-    entries.append(struct.pack("<BBHBBBB", ENTRY_LINT, INT_TYPE_EXTINT, 0, 0, 0, 0xFF, 0))
-    entries.append(struct.pack("<BBHBBBB", ENTRY_LINT, INT_TYPE_NMI, 0, 0, 0, 0xFF, 1))
+    entries.append(_IOAPIC.pack(ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, IOAPIC_ENABLED,
+                                IOAPIC_ADDR))
+    entries += [_INTERRUPT.pack(ENTRY_IOINT, INT_TYPE_INT, IRQ_FLAGS_CONFORMING, 0, irq,
+                                ioapic_id, irq) for irq in _irqs()]
+    entries += [_INTERRUPT.pack(ENTRY_LINT, int_type, IRQ_FLAGS_CONFORMING, 0, 0,
+                                ALL_LOCAL_APICS, lint)
+                for int_type, lint in ((INT_TYPE_EXTINT, 0), (INT_TYPE_NMI, 1))]
     body = b"".join(entries)
-    length = 44 + len(body)
-    header = bytearray(struct.pack("<4sHBB8s12sIHHIHBx", b"PCMP", length, 4, 0,
-                                   b"PYAXVISR", b"PC".ljust(12), 0, 0, len(entries),
-                                   LAPIC_ADDR, 0, 0))
-    assert len(header) == 44
-    table = bytearray(header + body)
-    table[7] = _checksum(table)
-    floating = bytearray(struct.pack("<4sIBBB5x", b"_MP_", addr + 16, 1, 4, 0))
-    floating[10] = _checksum(floating)
+    table = bytearray(_HEADER.pack(b"PCMP", HEADER_SIZE + len(body), SPEC_REVISION, 0,
+                                   OEM_ID, PRODUCT_ID, 0, 0, len(entries), LAPIC_ADDR, 0, 0)
+                      + body)
+    table[HEADER_CHECKSUM] = _checksum(table)
+    floating = bytearray(_FLOATING.pack(b"_MP_", MPTABLE_ADDR + FLOATING_SIZE, 1,
+                                        SPEC_REVISION, 0, bytes(5)))
+    floating[FLOATING_CHECKSUM] = _checksum(floating)
     data = bytes(floating + table)
-    if addr + len(data) > HIGH_MEMORY:
-        raise InvalidInput(f"the MP table for {num_cpus} CPUs ({len(data)} bytes) does not "
-                           f"fit between {addr:#x} and 1 MiB")
+    assert len(data) == size
+    # Linux finds the floating pointer only in the EBDA's first KiB.
+    assert EBDA_START <= MPTABLE_ADDR and MPTABLE_ADDR + FLOATING_SIZE <= BIOS_START
     return data
 
 
 def write_mptable(space: AddrSpace, num_cpus: int) -> int:
-    """Write the MP table for ``num_cpus`` CPUs at :data:`MPTABLE_ADDR`; returns it."""
-    space.write(GuestPhysAddr(MPTABLE_ADDR), build_mptable(num_cpus))
+    """Write the MP table for ``num_cpus`` CPUs at :data:`MPTABLE_ADDR`; returns that
+    address. Raises :class:`InvalidInput` when the area is not guest RAM."""
+    data = build_mptable(num_cpus)
+    end = MPTABLE_ADDR + len(data)
+    if not _covered(space, MPTABLE_ADDR, end):
+        raise InvalidInput(f"the MP table area [{MPTABLE_ADDR:#x}, {end:#x}) is not guest RAM")
+    space.write(GuestPhysAddr(MPTABLE_ADDR), data)
     return MPTABLE_ADDR
