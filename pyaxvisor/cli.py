@@ -5,28 +5,27 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from pyaxvisor import __version__, images
+from pyaxvisor import __version__
 from pyaxvisor.devices.debug_exit import DEFAULT_IOBASE as DEBUG_EXIT_IOBASE
 from pyaxvisor.devices.debug_exit import DEFAULT_IOSIZE as DEBUG_EXIT_IOSIZE
-from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import AxError, InvalidInput
-from pyaxvisor.hal.vcpu_hal import HostHal
-from pyaxvisor.mm.addr import GuestPhysAddr
-from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.mm.nested import ARCHES, nested_page_table
-from pyaxvisor.mm.page_table import EptPageTable, GStagePageTable, Stage2PageTable
-from pyaxvisor.vm.aarch64_vm import Aarch64Vm
-from pyaxvisor.vm.boot import BootSpec, boot
-from pyaxvisor.vm.console import Console
-from pyaxvisor.vm.result import VmResult
 from pyaxvisor.vm.size import parse_memory_size, parse_smp
-from pyaxvisor.vm.x86_boot import X86BootSpec
-from pyaxvisor.vm.x86_boot import boot as x86_boot
 from pyaxvisor.vm.x86_loader import EM_386, EM_X86_64, MB_SEARCH, detect_x86_format
-from pyaxvisor.vm.x86_vm import X86Vm
+
+if TYPE_CHECKING:
+    from pyaxvisor.hal.vcpu_hal import HostHal
+    from pyaxvisor.vm.aarch64_vm import Aarch64Vm
+    from pyaxvisor.vm.boot import BootSpec
+    from pyaxvisor.vm.result import VmResult
+    from pyaxvisor.vm.x86_boot import X86BootSpec
+    from pyaxvisor.vm.x86_vm import X86Vm
+
+# The commands import what they run when they run: one architecture's VM, the image
+# fetcher or the page-table self-check each cost start-up time the others do not need.
 
 # Where each architecture's usual board puts RAM (QEMU pc / virt layouts).
 RAM_BASE = {"x86_64": 0x0010_0000, "aarch64": 0x4000_0000, "riscv64": 0x8000_0000}
@@ -39,6 +38,8 @@ def main() -> None:
 
 
 def _root_registers(pt: object) -> str:
+    from pyaxvisor.mm.page_table import EptPageTable, GStagePageTable, Stage2PageTable
+
     if isinstance(pt, EptPageTable):
         return f"EPTP={pt.eptp():#x}"
     if isinstance(pt, Stage2PageTable):
@@ -50,6 +51,10 @@ def _root_registers(pt: object) -> str:
 
 def _self_check(hal: HostHal, arch: str) -> list[str]:
     """Build guest RAM behind a nested table, write through it, walk one address."""
+    from pyaxvisor.mm.addr import GuestPhysAddr
+    from pyaxvisor.mm.addrspace import AddrSpace
+    from pyaxvisor.mm.nested import nested_page_table
+
     space = AddrSpace(hal, nested_page_table(hal, arch))
     try:
         base = GuestPhysAddr(RAM_BASE[arch])
@@ -77,6 +82,10 @@ def _self_check(hal: HostHal, arch: str) -> list[str]:
 @main.command()
 def info() -> None:
     """Report what this host can run and self-check the nested page tables."""
+    from pyaxvisor.engine.kvm.probe import kvm_usable
+    from pyaxvisor.hal.vcpu_hal import HostHal
+    from pyaxvisor.mm.nested import ARCHES
+
     click.echo(f"pyaxvisor {__version__} on {platform.machine()} "
                f"(Python {platform.python_version()}, {platform.system()})")
     ok, why = kvm_usable()
@@ -100,6 +109,8 @@ def images_group() -> None:
 @images_group.command(name="list")
 def images_list() -> None:
     """List the images that can be fetched and whether they are cached."""
+    from pyaxvisor import images
+
     for name, image in images.IMAGES.items():
         path = images.image_path(name)
         state = f"cached at {path}" if path.exists() else "not fetched"
@@ -114,6 +125,8 @@ def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
 
     x86_64: linux-x86_64 (Debian's linux-image-amd64 bzImage) and initramfs-x86_64.
     """
+    from pyaxvisor import images
+
     wanted = names or ("u-boot-arm64", "linux-arm64", "initramfs-arm64")
     try:
         for name in wanted:
@@ -241,6 +254,8 @@ def run(arch: str | None, kernel: Path | None, initrd: Path | None, append: str,
     is the guest's: 0 after a power-off or reset, (v << 1) | 1 after it wrote v to an
     isa-debug-exit port, 124 on --timeout, 1 when the VM was stopped by an error.
     """
+    from pyaxvisor.vm.console import Console
+
     try:
         arch = arch or infer_arch(machine, kernel)
         _check_board(arch, machine, cpu)
@@ -252,6 +267,9 @@ def run(arch: str | None, kernel: Path | None, initrd: Path | None, append: str,
         default_smp = 2 if kernel is None and bios is None else 1
         ncpus = parse_smp(smp) if smp is not None else default_smp
         if arch == "x86_64":
+            from pyaxvisor.vm.x86_boot import X86BootSpec
+            from pyaxvisor.vm.x86_boot import boot as x86_boot
+
             if bios is not None:
                 raise InvalidInput("-bios is not supported on x86_64: give the kernel with "
                                    "-kernel (bzImage, Multiboot, ELF or raw)")
@@ -262,6 +280,8 @@ def run(arch: str | None, kernel: Path | None, initrd: Path | None, append: str,
                 kernel=kernel, initrd=initrd, append=append, memory=ram, smp=ncpus,
                 timeout=timeout, debug_exits=tuple(parse_device(d) for d in devices))
         else:
+            from pyaxvisor.vm.boot import BootSpec, boot
+
             if devices:
                 raise InvalidInput("-device is not supported on aarch64")
             spec = BootSpec(kernel=kernel, initrd=initrd, append=append, bios=bios,
@@ -275,7 +295,7 @@ def run(arch: str | None, kernel: Path | None, initrd: Path | None, append: str,
         console.start_input(vm.uart.receive, vm.quit)
 
     try:
-        if isinstance(spec, X86BootSpec):
+        if arch == "x86_64":
             result = x86_boot(spec, console.write, on_vm=attach)
         else:
             result = boot(spec, console.write, on_vm=attach)

@@ -129,6 +129,18 @@ def test_missing_initrd_is_a_clear_error(tmp_path):
     assert f"initrd {tmp_path / 'nope'}: no such file" in p.stderr
 
 
+@pytest.mark.parametrize("what", ["kernel", "initrd"])
+def test_empty_image_file_is_a_clear_error(tmp_path, what):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    kernel = str(empty) if what == "kernel" else SMP_ELF
+    extra = ("-initrd", str(empty)) if what == "initrd" else ()
+    p = pyaxvisor("--arch", "x86_64", "-kernel", kernel, *extra)
+    assert p.returncode == 1
+    assert f"{what} {empty}: the file is empty" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 @pytest.mark.parametrize(("memory", "message"), [("5T", "more than this VM supports"),
                                                  ("1M", "less than the 16 MiB"),
                                                  ("lots", "memory size")])

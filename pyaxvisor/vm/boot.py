@@ -28,6 +28,7 @@ from pyaxvisor.vm.loader import (
     load_initrd,
     load_raw,
     place_dtb,
+    read_image,
 )
 from pyaxvisor.vm.result import VmResult
 
@@ -44,19 +45,6 @@ class BootSpec:
     smp: int = 1
     timeout: float | None = None
     in_cpu_mmio: bool = True
-
-
-def read_image(path: Path, what: str) -> bytes:
-    """The bytes of ``path``; a missing, unreadable or empty file is a clear error."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: {exc.strerror}") from None
-    if not data:
-        raise ImageError(f"{what} {path}: the file is empty")
-    return data
 
 
 def bundled_guest() -> bytes:

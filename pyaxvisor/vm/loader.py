@@ -52,9 +52,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from pathlib import Path
 
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
@@ -159,6 +157,19 @@ class Arm64ImageHeader:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+def read_image(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; a missing, unreadable or empty file is a clear error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path}: {exc.strerror}") from None
+    if not data:
+        raise ImageError(f"{what} {path}", "the file is empty")
+    return data
+
 
 def _align_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
@@ -360,6 +371,10 @@ def load_elf(space: AddrSpace, data: bytes, *, path: str,
         foreign = _foreign(data)
         what = f"this is {foreign}" if foreign else "no \\x7fELF magic"
         raise ImageError(path, f"not an ELF file: {what}")
+    # pyelftools is imported when an ELF image is met: it costs start-up time.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         machine = elf.header["e_machine"]

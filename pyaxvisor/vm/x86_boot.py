@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vm.boot import read_image
+from pyaxvisor.vm.loader import read_image
 from pyaxvisor.vm.mptable import write_mptable
 from pyaxvisor.vm.result import VmResult
 from pyaxvisor.vm.x86_loader import (

@@ -59,9 +59,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
@@ -501,6 +498,10 @@ class _Segment:
 def _parse_elf(data: bytes, path: str) -> tuple[int, str, int, list[_Segment]]:
     """``(elfclass, e_machine name, physical entry, PT_LOAD segments)`` of an ELF file,
     with the file-level checks done (not the machine: the callers name it)."""
+    # pyelftools is imported when an ELF image is met: it costs start-up time.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         elfclass, machine = elf.elfclass, str(elf.header["e_machine"])
