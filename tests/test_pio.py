@@ -47,6 +47,14 @@ def test_routes_by_offset_and_masks():
     assert not bus.unclaimed
 
 
+def test_port_table_lists_every_claimed_port_with_its_offset():
+    bus, a, b = PioBus(), Recorder(), Recorder()
+    bus.attach(0x3F8, 8, a)
+    bus.attach(0xF4, 1, b)
+    table = bus.port_table()
+    assert table == {**{0x3F8 + i: (a, i) for i in range(8)}, 0xF4: (b, 0)}
+
+
 def test_unclaimed_reads_all_ones_and_are_counted():
     bus = PioBus()
     bus.attach(0x3F8, 8, Recorder())

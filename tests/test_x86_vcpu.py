@@ -448,3 +448,71 @@ def test_hypercall_interception_needs_kvm_xen_support():
             with pytest.raises(KvmError, match=r"KVM_XEN_HVM_CONFIG failed: .*cannot "
                                                r"intercept hypercalls \(KVM_CAP_XEN_HVM"):
                 vm.intercept_hypercalls()
+
+
+# -- ports served inside run() -------------------------------------------------------------
+SERVED = bytes.fromhex(
+    "ba8000"    # mov dx, 0x80
+    "b011"      # mov al, 0x11
+    "ee"        # out dx, al        -> served: write(0, Byte, 0x11)
+    "b83322"    # mov ax, 0x2233
+    "ef"        # out dx, ax        -> served: write(0, Word, 0x2233)
+    "e481"      # in al, 0x81       -> served: read(1, Byte) = 0x1A5, the guest gets 0xA5
+    "baf803"    # mov dx, 0x3f8
+    "ee"        # out dx, al        -> not served: run() returns it
+    "e480"      # in al, 0x80       -> port 0x80 has no read handler: run() returns it
+    "f4")       # hlt
+
+
+class PortLog:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        self.calls.append(("w", offset, width, value, vcpu_id))
+
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+        self.calls.append(("r", offset, width, vcpu_id))
+        return 0x1A5
+
+
+def test_served_ports_reach_their_handlers_and_only_the_rest_return(make):
+    log = PortLog()
+    v = make(SERVED, vcpu_id=3)
+    v.arch.serve_ports({0x80: (log.write, None, 0), 0x81: (None, log.read, 1)}, timing=True)
+    assert v.run() == IoWrite(UART, AccessWidth.Byte, 0xA5)
+    assert log.calls == [("w", 0, AccessWidth.Byte, 0x11, 3),
+                         ("w", 0, AccessWidth.Word, 0x2233, 3),
+                         ("r", 1, AccessWidth.Byte, 3)]
+    assert v.run() == IoRead(0x80, AccessWidth.Byte)
+    v.complete_read(0)
+    assert v.run() == Halt()
+    writes, reads, write_s, read_s = v.arch.served
+    assert (writes, reads) == (2, 1)
+    assert write_s > 0 and read_s > 0
+
+
+def test_serving_can_be_turned_off(make):
+    log = PortLog()
+    v = make(SERVED)
+    v.arch.serve_ports({0x80: (log.write, None, 0)})
+    v.arch.serve_ports({})
+    assert v.run() == IoWrite(0x80, AccessWidth.Byte, 0x11)
+    assert log.calls == [] and v.arch.served[:2] == (0, 0)
+
+
+def test_a_served_handler_that_raises_ends_run_with_its_error(make):
+    def refuse(offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        raise InvalidInput(f"port offset {offset}: {width.size}-byte write of {value:#x} refused")
+
+    v = make(SERVED)
+    v.arch.serve_ports({0x80: (refuse, None, 0)})
+    with pytest.raises(InvalidInput, match=r"port offset 0: 1-byte write of 0x11 refused"):
+        v.run()
+    assert v.state is VCpuState.Invalid
+
+
+def test_serve_ports_refuses_a_port_outside_the_io_space(make):
+    v = make(SERVED)
+    with pytest.raises(InvalidInput):
+        v.arch.serve_ports({0x10000: (None, None, 0)})

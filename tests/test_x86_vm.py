@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from pyaxvisor.devices.pio import BadPioAccess, PioDevice
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vcpu import Hypercall
+from pyaxvisor.vcpu import AccessWidth, Hypercall
 from pyaxvisor.vm.x86_layout import KERNEL_LOAD
 from pyaxvisor.vm.x86_vm import UnknownHypercall, X86Vm
 from tests.guest_build import build, symbols
@@ -65,6 +66,30 @@ def test_port_io_reaches_the_uart_and_unclaimed_ports_read_all_ones():
         assert result.exits["IoRead"] == 3
     finally:
         vm.close()
+
+
+class BrokenDevice(PioDevice):
+    name = "broken"
+
+    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+        raise BadPioAccess(f"broken: {width.size}-byte read at offset {offset} refused")
+
+    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        raise BadPioAccess("broken: writes refused")
+
+
+def test_a_device_that_fails_stops_the_vm_with_its_error():
+    out = Out()
+    vm = X86Vm(ram_size=32 << 20, console_write=out)
+    try:
+        vm.pio.attach(0x80, 1, BrokenDevice())
+        vm.write_guest(KERNEL_LOAD, build("x86_64", "ports", KERNEL_LOAD))
+        result = vm.run(KERNEL_LOAD, mode="protected", timeout=20)
+    finally:
+        vm.close()
+    assert result.reason == "error", result
+    assert "broken: 1-byte read at offset 0 refused" in str(result.error)
+    assert result.exits["IoWrite"] == 1 and result.exits["IoRead"] == 1  # the scratch register
 
 
 def test_a_guest_spinning_forever_is_stopped_by_the_timeout():

@@ -94,6 +94,12 @@ class PioBus:
             self._bases.insert(i, base)
             self._route = {}
 
+    def port_table(self) -> dict[int, tuple[PioDevice, int]]:
+        """Every claimed port → (device, offset into its range): what a vCPU needs to
+        serve the accesses itself (see ``X86VCpu.serve_ports``)."""
+        with self._lock:
+            return {r.base + i: (r.device, i) for r in self._ranges for i in range(r.count)}
+
     def find(self, port: int) -> tuple[PioDevice, int] | None:
         """The device at ``port`` and the offset into its range, or ``None``."""
         i = bisect.bisect_right(self._bases, port) - 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from pyaxvisor.errors import InvalidInput
@@ -41,10 +40,14 @@ class X86BootSpec:
     smp: int = 1
     timeout: float | None = None
     debug_exits: Sequence[tuple[int, int]] = field(default_factory=tuple)
+    #: Time each exit's handling (``--stats``); counting is always on.
+    exit_times: bool = False
 
 
 def bundled_guest() -> bytes:
     """The bundled Multiboot test kernel (``pyaxvisor/guests/x86_64/smp.elf``)."""
+    from importlib import resources  # costs start-up time when a kernel is given
+
     return resources.files("pyaxvisor.guests").joinpath("x86_64/smp.elf").read_bytes()
 
 
@@ -84,7 +87,7 @@ def boot(spec: X86BootSpec, console_write: Callable[[bytes], None],
     if spec.kernel is None and not debug_exits:
         debug_exits = (BUNDLED_DEBUG_EXIT,)
     vm = X86Vm(ram_size=spec.memory, smp=spec.smp, console_write=console_write,
-               cmdline=spec.append, debug_exits=debug_exits)
+               cmdline=spec.append, debug_exits=debug_exits, exit_times=spec.exit_times)
     try:
         loaded = prepare(vm, spec)
         if on_vm is not None:

@@ -94,11 +94,16 @@ class UnknownHypercall(Unsupported):
 class X86Vm:
     """A PC-like VM: ``ram_size`` bytes of RAM, ``smp`` vCPUs, COM1 to
     ``console_write``; ``cmdline`` is published in fw_cfg; ``debug_exits`` lists
-    ``(iobase, iosize)`` of ``isa-debug-exit`` devices."""
+    ``(iobase, iosize)`` of ``isa-debug-exit`` devices; ``exit_times`` times the
+    handling of every exit for :attr:`exit_time` (counting in :attr:`exits` is
+    always on). The port devices are served inside each vCPU's run
+    (``X86VCpu.serve_ports``): their exits are counted there and added in when
+    the vCPU stops."""
 
     def __init__(self, *, ram_size: int = 256 << 20, smp: int = 1, vm_id: int = 1,
                  console_write: Callable[[bytes], None] | None = None, cmdline: str = "",
-                 debug_exits: Sequence[tuple[int, int]] = ()) -> None:
+                 debug_exits: Sequence[tuple[int, int]] = (),
+                 exit_times: bool = False) -> None:
         if not isinstance(smp, int) or not 1 <= smp <= MAX_CPUS:
             raise InvalidInput(f"an x86 VM has 1..{MAX_CPUS} CPUs, not {smp}")
         if ram_size < L.MIN_RAM:
@@ -113,6 +118,7 @@ class X86Vm:
         self.smp = smp
         self.ram_size = ram_size
         self.cmdline = cmdline
+        self.exit_times = exit_times
         self.hal: HostHal | None = None
         self.kvm: KvmSystem | None = None
         try:
@@ -274,6 +280,11 @@ class X86Vm:
                 # An AP: KVM keeps it waiting for INIT/SIPI, which set its registers.
                 vcpu.setup(GuestPhysAddr(0), self.space.root_paddr, X86VCpuSetupConfig())
             vcpu.bind()
+            # Port exits to the devices are served inside the vCPU's run (no round trip
+            # through this loop); unclaimed ports and string I/O still come here.
+            vcpu.arch.serve_ports({port: (dev.pio_write, dev.pio_read, offset)
+                                   for port, (dev, offset) in self.pio.port_table().items()},
+                                  timing=self.exit_times)
             with self._lock:
                 self._vcpus[cpu] = vcpu
             if self._done.is_set():
@@ -295,14 +306,29 @@ class X86Vm:
             percpu.close()
 
     def _loop(self, cpu: int, vcpu: VCpu[X86VCpu]) -> None:
+        try:
+            self._dispatch(cpu, vcpu)
+        finally:
+            writes, reads, write_s, read_s = vcpu.arch.served
+            with self._lock:
+                self.exits["IoWrite"] += writes
+                self.exits["IoRead"] += reads
+                self.exit_time["IoWrite"] += write_s
+                self.exit_time["IoRead"] += read_s
+
+    def _dispatch(self, cpu: int, vcpu: VCpu[X86VCpu]) -> None:
+        """Hand each exit ``run`` returns to its device or handler, counting them
+        (and timing them with ``exit_times``)."""
         done = self._done
         exits = self.exits
         exit_time = self.exit_time
-        perf = time.perf_counter
+        perf = time.perf_counter if self.exit_times else None
         pio = self.pio
+        t0 = 0.0
         while not done.is_set():
             e = vcpu.run()
-            t0 = perf()
+            if perf is not None:
+                t0 = perf()
             cls = type(e)
             if cls is IoWrite:
                 pio.write(e.port, e.width, e.data, cpu)  # type: ignore[attr-defined]
@@ -312,7 +338,8 @@ class X86Vm:
                 self._handle(cpu, vcpu, e)
             name = cls.__name__
             exits[name] += 1
-            exit_time[name] += perf() - t0
+            if perf is not None:
+                exit_time[name] += perf() - t0
 
     def _handle(self, cpu: int, vcpu: VCpu[X86VCpu], e: ExitReason) -> None:
         match e:

@@ -68,6 +68,8 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
+from array import array
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self
 
@@ -111,7 +113,7 @@ from pyaxvisor.vcpu.exit import (
     SystemDown,
     read_register_value,
 )
-from pyaxvisor.vcpu.width import AccessWidth
+from pyaxvisor.vcpu.width import AccessWidth, Port
 
 #: ``set_gpr`` index → ``kvm_regs`` field (x86 hardware register encoding).
 GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -122,6 +124,13 @@ TSS_ADDR = 0xFFFB_D000
 
 #: How many distinct port exits a vCPU keeps ready-made (see :meth:`X86VCpu.run`).
 IO_EXIT_CACHE = 4096
+#: The widths a served port access passes to its handler, for 1, 2 and 4 bytes.
+PORT_WIDTHS = (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword)
+
+#: ``write(offset, width, value, vcpu_id)``, the port-I/O device write signature.
+PortWrite = Callable[[int, AccessWidth, int, int], None]
+#: ``read(offset, width, vcpu_id) -> value``, the port-I/O device read signature.
+PortRead = Callable[[int, AccessWidth, int], int]
 
 CR0_PE = 1 << 0
 CR0_ET = 1 << 4
@@ -310,6 +319,8 @@ class X86VCpu(ArchVCpu):
         self._pending_lock = threading.Lock()
         self._in_hypercall = False
         self._io_exits: dict[int, ExitReason] = {}
+        self._ports: dict[int, tuple[object, object, int, int]] | None = None
+        self._served = array("Q", bytes(8 * 5))
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -406,6 +417,31 @@ class X86VCpu(ArchVCpu):
         self.space.write(GuestPhysAddr(gpa), table)
         return pml4
 
+    # -- ports served inside run() --------------------------------------------------------
+    def serve_ports(self, ports: Mapping[int, tuple[PortWrite | None, PortRead | None, int]],
+                    *, timing: bool = False) -> None:
+        """Serve single port accesses to ``ports`` inside :meth:`run`, the way
+        x86_vcpu handles some exits itself before returning one to the VM:
+        ``ports[port] = (write, read, offset)``; an OUT calls ``write(offset, width,
+        value, vcpu_id)``, an IN ``read(offset, width, vcpu_id)`` (masked to the
+        access size and handed to the guest), and ``KVM_RUN`` is entered again
+        without leaving the native call. Each is still a full exit to user space;
+        :meth:`run` returns only the exits no handler claims (string I/O always
+        comes back). A handler's exception ends ``run`` with it. The handlers run
+        on this vCPU's thread while the vCPU is Running. :attr:`served` counts them
+        (and times them with ``timing``). Call before the first :meth:`run`, from
+        the bound thread; an empty mapping turns serving off."""
+        self._ports = {int(Port(port)): (write, read, int(offset), self.vcpu_id)
+                       for port, (write, read, offset) in ports.items()} or None
+        self._served[0] = int(timing)
+
+    @property
+    def served(self) -> tuple[int, int, float, float]:
+        """``(writes, reads, seconds in writes, seconds in reads)`` served inside
+        :meth:`run` so far (the times are 0 without ``timing``)."""
+        s = self._served
+        return s[1], s[2], s[3] / 1e9, s[4] / 1e9
+
     # -- threads -------------------------------------------------------------------------
     def bind(self) -> None:
         install_kick()
@@ -453,7 +489,10 @@ class X86VCpu(ArchVCpu):
         # Exits are immutable values and the port exits a guest makes repeat (a UART's
         # registers, a POST port): each distinct one is built and checked once, and
         # then comes back ready-made from the native run.
-        fields = self.kvm.run_fields(self._io_exits)
+        if self._ports is None:
+            fields = self.kvm.run_fields(self._io_exits)
+        else:
+            fields = self.kvm.run_fields(self._io_exits, self._ports, PORT_WIDTHS, self._served)
         if type(fields) is not tuple:
             return fields  # type: ignore[return-value]
         reason, a, b, c = fields

@@ -358,7 +358,10 @@ class KvmVCpu(_Fd):
             raise
         return run.exit_reason
 
-    def run_fields(self, io_exits: dict[int, object] | None = None) -> object:
+    def run_fields(self, io_exits: dict[int, object] | None = None,
+                   ports: dict[int, tuple[object, object, int, int]] | None = None,
+                   widths: tuple[object, object, object] | None = None,
+                   counters: object = None) -> object:
         """:meth:`run` and the exit's fields in one native call (the hot path):
         ``(exit_reason, a, b, c)`` with, for ``KVM_EXIT_IO``, ``a`` = port, ``b`` =
         size | direction << 8 | count << 16 and ``c`` = the first ``size`` data bytes
@@ -369,10 +372,23 @@ class KvmVCpu(_Fd):
 
         ``io_exits`` maps :func:`io_exit_key` of a single port access to a
         ready-made object; when the exit's key is there, that object is returned
-        instead of the tuple."""
+        instead of the tuple.
+
+        ``ports`` (with ``widths`` and ``counters``) serves single port accesses
+        without returning: ``ports[port] = (write, read, offset, vcpu_id)``; an OUT
+        calls ``write(offset, widths[i], value, vcpu_id)``, an IN ``read(offset,
+        widths[i], vcpu_id)`` (i = 0, 1, 2 for 1, 2, 4 bytes; ``None`` leaves that
+        direction to the caller), and ``KVM_RUN`` is entered again. ``counters`` is a
+        writable buffer of five unsigned 64-bit integers ``[timing, writes, reads,
+        write_ns, read_ns]`` that counts what was served (and times it when
+        ``timing`` is not 0). A device's exception ends the call with it."""
         try:
+            if ports is None:
+                return _native.run(self._fd, self._run_address,
+                                   _NO_IO_EXITS if io_exits is None else io_exits)
             return _native.run(self._fd, self._run_address,
-                               _NO_IO_EXITS if io_exits is None else io_exits)
+                               _NO_IO_EXITS if io_exits is None else io_exits,
+                               ports, widths, counters)
         except OSError as exc:
             raise KvmError("KVM_RUN", exc.errno or 0) from None
 
