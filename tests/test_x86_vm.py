@@ -144,6 +144,33 @@ def test_an_unknown_hypercall_exit_stops_the_vm_naming_it():
         vm.close()
 
 
+def test_a_guest_hypercall_reaches_the_vm_with_its_registers():
+    from pyaxvisor.arch.x86_64.pcpu import virtualization_extension
+
+    vm = X86Vm(ram_size=32 << 20)
+    try:
+        if not vm.hypercalls_intercepted:
+            pytest.skip("this host's KVM cannot hand vmcall/vmmcall to user space (no "
+                        "KVM_CAP_XEN_HVM intercept); KVM answers hypercalls itself there")
+        insn = "0f01c1" if virtualization_extension() == "vmx" else "0f01d9"
+        vm.write_guest(0x1000, bytes.fromhex(
+            "48c7c034120000"   # mov rax, 0x1234
+            "48c7c701000000"   # mov rdi, 1
+            "48c7c602000000"   # mov rsi, 2
+            "48c7c203000000"   # mov rdx, 3
+            "48c7c104000000"   # mov rcx, 4
+            "49c7c005000000"   # mov r8, 5
+            "49c7c106000000"   # mov r9, 6
+            + insn + "f4"))    # vmcall / vmmcall; hlt
+        result = vm.run(0x1000, mode="long", timeout=20)
+    finally:
+        vm.close()
+    assert result.reason == "error", result
+    assert isinstance(result.error, UnknownHypercall)
+    assert "unknown hypercall 0x1234 with arguments 0x1, 0x2, 0x3, 0x4, 0x5, 0x6" in \
+        str(result.error)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"ram_size": 1 << 20}, "less than the 16 MiB"),
     ({"ram_size": 1 << 50}, "more than this VM supports"),
