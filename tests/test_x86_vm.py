@@ -196,3 +196,10 @@ def test_two_vms_run_side_by_side_and_one_failing_leaves_the_other():
         t.join(30)
     assert results["wild_mmio"].reason == "error"  # type: ignore[attr-defined]
     assert results["ports"].reason == "poweroff"  # type: ignore[attr-defined]
+
+
+def test_quit_after_the_vm_is_closed_does_nothing():
+    vm, result, _ = run_guest("debug_exit", debug_exits=[(0xF4, 1)])
+    assert result.reason == "debug-exit"
+    vm.quit()  # e.g. the console's Ctrl-A X arriving after the run ended
+    vm.close()

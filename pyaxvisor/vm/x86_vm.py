@@ -223,7 +223,10 @@ class X86Vm:
     def close(self) -> None:
         if hasattr(self, "_threads"):
             self._stop_all()
-            for v in list(self._vcpus.values()):
+            with self._lock:  # a late quit() or kick finds no closed vCPU
+                vcpus = list(self._vcpus.values())
+                self._vcpus.clear()
+            for v in vcpus:
                 v.arch.close()
         if hasattr(self, "kvm_vm"):
             self.kvm_vm.close()
@@ -242,16 +245,17 @@ class X86Vm:
         with self._lock:
             if self._result is None:
                 self._result = result
-        self._done.set()
-        for v in list(self._vcpus.values()):
-            v.arch.kick()
+            self._done.set()
+            for v in self._vcpus.values():
+                v.arch.kick()
 
     def _stop_all(self) -> None:
         self._done.set()
         me = threading.current_thread()
         for _ in range(50):
-            for v in list(self._vcpus.values()):
-                v.arch.kick()
+            with self._lock:
+                for v in self._vcpus.values():
+                    v.arch.kick()
             alive = [t for t in self._threads.values() if t is not me and t.is_alive()]
             if not alive:
                 break
