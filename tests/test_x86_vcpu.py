@@ -24,7 +24,6 @@ from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_INTR,
-    KVM_EXIT_IO_OUT,
     KVM_EXIT_SYSTEM_EVENT,
     KVM_EXIT_XEN,
     KVM_SYSTEM_EVENT_RESET,
@@ -361,28 +360,43 @@ def test_long_mode_page_tables_must_be_in_ram(kvm_vm, hal):
 
 
 # -- errors ----------------------------------------------------------------------------------
-def test_rep_outs_runs_as_single_writes_or_is_refused(make, space):
-    space.write(GuestPhysAddr(0x3000), b"AB")
-    # mov dx, 0x3f8; mov cx, 2; mov si, 0x3000; rep outsb; hlt
-    # (ba f8 03 / b9 02 00 / be 00 30 / f3 6e / f4)
-    v = make(bytes.fromhex("baf803b90200be0030f36ef4"))
-    try:
-        seen = [v.run(), v.run(), v.run()]
-    except Unsupported as exc:  # KVM batched the string I/O into one exit
-        assert "string port I/O" in str(exc)
-        return
+def test_rep_outs_comes_as_one_write_per_element(make, space):
+    space.write(GuestPhysAddr(0x3000), b"ABC")
+    # mov dx, 0x3f8; mov cx, 3; mov si, 0x3000; rep outsb; hlt
+    v = make(bytes.fromhex("baf803" "b90300" "be0030" "f36e" "f4"))
+    seen = [run_to(v) for _ in range(4)]
     assert seen == [IoWrite(UART, AccessWidth.Byte, 0x41), IoWrite(UART, AccessWidth.Byte, 0x42),
-                    Halt()]
+                    IoWrite(UART, AccessWidth.Byte, 0x43), Halt()]
+
+
+def test_rep_ins_fills_guest_memory_element_by_element(make, space):
+    # mov dx, 0x3f8; mov cx, 3; mov di, 0x3000; rep insw; hlt
+    v = make(bytes.fromhex("baf803" "b90300" "bf0030" "f36d" "f4"))
+    for value in (0x1111, 0x2222, 0x3333):
+        assert run_to(v) == IoRead(UART, AccessWidth.Word)
+        v.complete_read(value)
+    assert run_to(v) == Halt()
+    assert space.read(GuestPhysAddr(0x3000), 6) == bytes.fromhex("111122223333")
+
+
+def test_served_string_io_calls_the_handler_per_element(make, space):
+    space.write(GuestPhysAddr(0x3000), bytes.fromhex("3412" "7856"))
+    log = PortLog()
+    # mov dx, 0x80; mov cx, 2; mov si, 0x3000; rep outsw;
+    # mov dx, 0x81; mov cx, 2; mov di, 0x3100; rep insb; hlt
+    v = make(bytes.fromhex("ba8000" "b90200" "be0030" "f36f"
+                           "ba8100" "b90200" "bf0031" "f36c" "f4"))
+    v.arch.serve_ports({0x80: (log.write, None, 0), 0x81: (None, log.read, 1)})
+    assert run_to(v) == Halt()
+    assert log.calls == [("w", 0, AccessWidth.Word, 0x1234, 0),
+                         ("w", 0, AccessWidth.Word, 0x5678, 0),
+                         ("r", 1, AccessWidth.Byte, 0), ("r", 1, AccessWidth.Byte, 0)]
+    assert space.read(GuestPhysAddr(0x3100), 2) == b"\xa5\xa5"
+    assert v.arch.served[:2] == (2, 2)
 
 
 def _fake(**exit_views):
     return SimpleNamespace(vcpu_id=5, kvm=SimpleNamespace(**exit_views))
-
-
-def test_decode_string_io_count_is_unsupported():
-    with pytest.raises(Unsupported, match=r"string port I/O \(OUTS of 2 x 1 bytes at port "
-                                          r"0x3f8\)"):
-        X86VCpu._decode_io(_fake(), UART, 1, KVM_EXIT_IO_OUT, 2, 0x41)
 
 
 def test_decode_other_exits():

@@ -300,6 +300,20 @@ def cpuid_for(cpuid: ctypes.Structure, apic_id: int, *,
     return cpuid
 
 
+@dataclass
+class _StringIo:
+    """A string port access (INS/OUTS) being handed out one element per exit;
+    ``index`` is the element the last exit was for (-1 before the first), ``data``
+    views the ``count * width`` bytes in ``kvm_run``."""
+
+    port: int
+    width: AccessWidth
+    is_out: bool
+    count: int
+    data: memoryview
+    index: int = -1
+
+
 class X86VCpu(ArchVCpu):
     CreateConfig = X86VCpuCreateConfig
     SetupConfig = X86VCpuSetupConfig
@@ -320,6 +334,7 @@ class X86VCpu(ArchVCpu):
         self._in_hypercall = False
         self._io_exits: dict[int, ExitReason] = {}
         self._ports: dict[int, tuple[object, object, int, int]] | None = None
+        self._string: _StringIo | None = None
         self._served = array("Q", bytes(8 * 5))
 
     # -- creation ------------------------------------------------------------------------
@@ -425,9 +440,9 @@ class X86VCpu(ArchVCpu):
         ``ports[port] = (write, read, offset)``; an OUT calls ``write(offset, width,
         value, vcpu_id)``, an IN ``read(offset, width, vcpu_id)`` (masked to the
         access size and handed to the guest), and ``KVM_RUN`` is entered again
-        without leaving the native call. Each is still a full exit to user space;
-        :meth:`run` returns only the exits no handler claims (string I/O always
-        comes back). A handler's exception ends ``run`` with it. The handlers run
+        without leaving the native call (string I/O: one call per element, in
+        order). Each is still a full exit to user space; :meth:`run` returns only the
+        exits no handler claims. A handler's exception ends ``run`` with it. The handlers run
         on this vCPU's thread while the vCPU is Running. :attr:`served` counts them
         (and times them with ``timing``). Call before the first :meth:`run`, from
         the bound thread; an empty mapping turns serving off."""
@@ -464,7 +479,8 @@ class X86VCpu(ArchVCpu):
 
         * ``KVM_EXIT_IO``: OUT → ``IoWrite(port, width, data)`` (data little-endian
           from the ``kvm_run`` data area), IN → ``IoRead(port, width)``; string I/O
-          (INS/OUTS with a REP count > 1) raises Unsupported;
+          (INS/OUTS, count > 1) comes as one such exit per element, in order, from
+          this and the following calls, before KVM resumes the guest;
         * ``KVM_EXIT_MMIO``: ``MmioWrite(addr, width, data)`` or ``MmioRead(addr,
           width, reg=0, reg_width=width, signed_ext=False)`` — KVM's instruction
           emulator knows the destination register and extension and completes it
@@ -484,6 +500,10 @@ class X86VCpu(ArchVCpu):
         if self.mode is None:
             raise BadState(f"vCPU {self.vcpu_id}: run() before setup()")
         self._in_hypercall = False
+        if self._string is not None:
+            element = self._next_string_element()
+            if element is not None:
+                return element
         if self._pending:
             self._deliver_pending()
         # Exits are immutable values and the port exits a guest makes repeat (a UART's
@@ -499,7 +519,7 @@ class X86VCpu(ArchVCpu):
         if reason == KVM_EXIT_IO:
             size, direction, count = b & 0xFF, b >> 8 & 0xFF, b >> 16
             exit_reason = self._decode_io(a, size, direction, count, c)
-            if len(self._io_exits) < IO_EXIT_CACHE:
+            if count == 1 and len(self._io_exits) < IO_EXIT_CACHE:
                 self._io_exits[io_exit_key(a, size, direction, c)] = exit_reason
             return exit_reason
         if reason == KVM_EXIT_INTR:
@@ -511,14 +531,35 @@ class X86VCpu(ArchVCpu):
 
     def _decode_io(self, port: int, size: int, direction: int, count: int,
                    value: int) -> ExitReason:
-        if count != 1:
-            raise Unsupported(
-                f"vCPU {self.vcpu_id}: string port I/O ({'OUTS' if direction else 'INS'}"
-                f" of {count} x {size} bytes at port {port:#x}) is not supported")
         width = AccessWidth.from_size(size)
+        if count != 1:
+            # String I/O (INS/OUTS, with REP up to a page of data per exit) is what
+            # hardware does one element at a time: hand out one exit per element,
+            # the next ones from the following run() calls, before KVM resumes.
+            self._string = _StringIo(port, width, direction == KVM_EXIT_IO_OUT, count,
+                                     self.kvm.io.data)
+            element = self._next_string_element()
+            assert element is not None
+            return element
         if direction == KVM_EXIT_IO_OUT:
             return IoWrite(port, width, value)
         return IoRead(port, width)
+
+    def _next_string_element(self) -> ExitReason | None:
+        """The exit for the next element of the string I/O in progress, or ``None``
+        (and the string done) once every element was handed out."""
+        s = self._string
+        assert s is not None
+        s.index += 1
+        if s.index >= s.count:
+            self._string = None
+            return None
+        if s.is_out:
+            size = s.width.size
+            start = s.index * size
+            return IoWrite(s.port, s.width,
+                           int.from_bytes(s.data[start:start + size], "little"))
+        return IoRead(s.port, s.width)
 
     def _decode_mmio(self, addr: int, size: int, is_write: bool, value: int) -> ExitReason:
         try:
@@ -563,6 +604,9 @@ class X86VCpu(ArchVCpu):
         match exit_reason:
             case IoRead(width=width):
                 data = self.kvm.io.data
+                if self._string is not None:  # an element of an INS
+                    start = self._string.index * width.size
+                    data = data[start:start + width.size]
             case MmioRead(width=width):
                 data = self.kvm.mmio.data
             case _:

@@ -24,8 +24,8 @@
  *     Any other ioctl failure raises OSError with the errno.
  *
  * run(fd, kvm_run_address, io_exits, ports, widths, counters)
- *     The same, but single port accesses to a port in the dict ports are served
- *     here and KVM_RUN is entered again, so only the exits no device claims
+ *     The same, but port accesses to a port in the dict ports are served here
+ *     (string I/O element by element) and KVM_RUN is entered again, so only the exits no device claims
  *     come back. ports[port] = (write, read, offset, vcpu_id): an OUT calls
  *     write(offset, width, value, vcpu_id), an IN calls read(offset, width,
  *     vcpu_id) and hands the guest the result masked to the access size.
@@ -77,15 +77,16 @@ static uint64_t now_ns(void) {
 
 enum { C_TIMING, C_WRITES, C_READS, C_WRITE_NS, C_READ_NS, C_COUNT };
 
-/* Serve one single port access from the ports table: 1 when served, 0 when no
- * device claims it, -1 with an exception set when the device raised. */
+/* Serve one port exit from the ports table, a string access (INS/OUTS, count > 1)
+ * element by element in order: 1 when served, 0 when no device claims it, -1 with
+ * an exception set when the device raised. */
 static int serve_port(struct kvm_run *r, PyObject *ports, PyObject *widths, uint64_t *ctr) {
     uint8_t *data = (uint8_t *)r + r->io.data_offset;
     unsigned size = r->io.size, slot = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
     int out = r->io.direction == KVM_EXIT_IO_OUT;
     PyObject *port, *entry, *fn, *res, *argv[4];
     uint64_t t0 = 0;
-    if (slot == 3 || r->io.count != 1)
+    if (slot == 3 || r->io.count == 0)
         return 0;
     port = PyLong_FromLong(r->io.port);
     if (port == NULL)
@@ -101,38 +102,40 @@ static int serve_port(struct kvm_run *r, PyObject *ports, PyObject *widths, uint
     fn = PyTuple_GET_ITEM(entry, out ? 0 : 1);
     if (fn == Py_None)
         return 0;
-    if (ctr[C_TIMING])
-        t0 = now_ns();
     argv[0] = PyTuple_GET_ITEM(entry, 2);
     argv[1] = PyTuple_GET_ITEM(widths, slot);
-    if (out) {
-        argv[2] = PyLong_FromUnsignedLongLong(little_endian(data, size));
-        if (argv[2] == NULL)
-            return -1;
-        argv[3] = PyTuple_GET_ITEM(entry, 3);
-        res = PyObject_Vectorcall(fn, argv, 4, NULL);
-        Py_DECREF(argv[2]);
-        if (res == NULL)
-            return -1;
-        Py_DECREF(res);
-        ctr[C_WRITES]++;
+    for (uint32_t n = 0; n < r->io.count; n++, data += size) {
         if (ctr[C_TIMING])
-            ctr[C_WRITE_NS] += now_ns() - t0;
-    } else {
-        unsigned long long v;
-        argv[2] = PyTuple_GET_ITEM(entry, 3);
-        res = PyObject_Vectorcall(fn, argv, 3, NULL);
-        if (res == NULL)
-            return -1;
-        v = PyLong_AsUnsignedLongLongMask(res);
-        Py_DECREF(res);
-        if (v == (unsigned long long)-1 && PyErr_Occurred())
-            return -1;
-        for (unsigned i = 0; i < size; i++)
-            data[i] = (uint8_t)(v >> (8 * i));
-        ctr[C_READS]++;
-        if (ctr[C_TIMING])
-            ctr[C_READ_NS] += now_ns() - t0;
+            t0 = now_ns();
+        if (out) {
+            argv[2] = PyLong_FromUnsignedLongLong(little_endian(data, size));
+            if (argv[2] == NULL)
+                return -1;
+            argv[3] = PyTuple_GET_ITEM(entry, 3);
+            res = PyObject_Vectorcall(fn, argv, 4, NULL);
+            Py_DECREF(argv[2]);
+            if (res == NULL)
+                return -1;
+            Py_DECREF(res);
+            ctr[C_WRITES]++;
+            if (ctr[C_TIMING])
+                ctr[C_WRITE_NS] += now_ns() - t0;
+        } else {
+            unsigned long long v;
+            argv[2] = PyTuple_GET_ITEM(entry, 3);
+            res = PyObject_Vectorcall(fn, argv, 3, NULL);
+            if (res == NULL)
+                return -1;
+            v = PyLong_AsUnsignedLongLongMask(res);
+            Py_DECREF(res);
+            if (v == (unsigned long long)-1 && PyErr_Occurred())
+                return -1;
+            for (unsigned i = 0; i < size; i++)
+                data[i] = (uint8_t)(v >> (8 * i));
+            ctr[C_READS]++;
+            if (ctr[C_TIMING])
+                ctr[C_READ_NS] += now_ns() - t0;
+        }
     }
     return 1;
 }

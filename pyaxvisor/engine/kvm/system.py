@@ -374,11 +374,12 @@ class KvmVCpu(_Fd):
         ready-made object; when the exit's key is there, that object is returned
         instead of the tuple.
 
-        ``ports`` (with ``widths`` and ``counters``) serves single port accesses
-        without returning: ``ports[port] = (write, read, offset, vcpu_id)``; an OUT
-        calls ``write(offset, widths[i], value, vcpu_id)``, an IN ``read(offset,
-        widths[i], vcpu_id)`` (i = 0, 1, 2 for 1, 2, 4 bytes; ``None`` leaves that
-        direction to the caller), and ``KVM_RUN`` is entered again. ``counters`` is a
+        ``ports`` (with ``widths`` and ``counters``) serves port accesses without
+        returning (string I/O element by element): ``ports[port] = (write, read,
+        offset, vcpu_id)``; an OUT calls ``write(offset, widths[i], value,
+        vcpu_id)``, an IN ``read(offset, widths[i], vcpu_id)`` (i = 0, 1, 2 for 1, 2,
+        4 bytes; ``None`` leaves that direction to the caller), and ``KVM_RUN`` is
+        entered again. ``counters`` is a
         writable buffer of five unsigned 64-bit integers ``[timing, writes, reads,
         write_ns, read_ns]`` that counts what was served (and times it when
         ``timing`` is not 0). A device's exception ends the call with it."""
