@@ -99,7 +99,7 @@ def test_decompressor_reads_our_boot_params_and_prints_on_our_uart():
 def test_linux_prints_its_version_banner():
     rate = guest_instruction_rate()
     if rate < NATIVE_RATE:
-        pytest.skip(f"this host's KVM emulates guest instructions: {rate / 1e6:.1f} M/s "
+        pytest.skip(reason=f"this host's KVM emulates guest instructions: {rate / 1e6:.1f} M/s "
                     f"measured (native is above {NATIVE_RATE / 1e6:.0f} M/s); Linux's "
                     "decompressor would take hours to reach 'Linux version' (see the module "
                     "docstring)")

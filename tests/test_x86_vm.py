@@ -150,7 +150,7 @@ def test_a_guest_hypercall_reaches_the_vm_with_its_registers():
     vm = X86Vm(ram_size=32 << 20)
     try:
         if not vm.hypercalls_intercepted:
-            pytest.skip("this host's KVM cannot hand vmcall/vmmcall to user space (no "
+            pytest.skip(reason="this host's KVM cannot hand vmcall/vmmcall to user space (no "
                         "KVM_CAP_XEN_HVM intercept); KVM answers hypercalls itself there")
         insn = "0f01c1" if virtualization_extension() == "vmx" else "0f01d9"
         vm.write_guest(0x1000, bytes.fromhex(
