@@ -435,17 +435,17 @@ class X86VCpu(ArchVCpu):
     # -- ports served inside run() --------------------------------------------------------
     def serve_ports(self, ports: Mapping[int, tuple[PortWrite | None, PortRead | None, int]],
                     *, timing: bool = False) -> None:
-        """Serve single port accesses to ``ports`` inside :meth:`run`, the way
-        x86_vcpu handles some exits itself before returning one to the VM:
-        ``ports[port] = (write, read, offset)``; an OUT calls ``write(offset, width,
-        value, vcpu_id)``, an IN ``read(offset, width, vcpu_id)`` (masked to the
-        access size and handed to the guest), and ``KVM_RUN`` is entered again
-        without leaving the native call (string I/O: one call per element, in
-        order). Each is still a full exit to user space; :meth:`run` returns only the
-        exits no handler claims. A handler's exception ends ``run`` with it. The handlers run
-        on this vCPU's thread while the vCPU is Running. :attr:`served` counts them
-        (and times them with ``timing``). Call before the first :meth:`run`, from
-        the bound thread; an empty mapping turns serving off."""
+        """Serve the port accesses to ``ports`` inside :meth:`run`, the way x86_vcpu
+        handles some exits itself before returning one to the VM: ``ports[port] =
+        (write, read, offset)``; an OUT calls ``write(offset, width, value,
+        vcpu_id)``, an IN ``read(offset, width, vcpu_id)`` (masked to the access size
+        and handed to the guest), string I/O once per element in order, and
+        ``KVM_RUN`` is entered again without leaving the native call. Each is still a
+        full exit to user space; :meth:`run` returns only the exits no handler
+        claims. A handler's exception ends ``run`` with it. The handlers run on this
+        vCPU's thread while the vCPU is Running. :attr:`served` counts them (and
+        times them with ``timing``). Call before the first :meth:`run`, from the
+        bound thread; an empty mapping turns serving off."""
         self._ports = {int(Port(port)): (write, read, int(offset), self.vcpu_id)
                        for port, (write, read, offset) in ports.items()} or None
         self._served[0] = int(timing)
