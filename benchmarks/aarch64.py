@@ -114,7 +114,7 @@ def bench_loops(runs: int, work: Path) -> None:
 def bench_mmio(runs: int, work: Path) -> None:
     """Per-access cost of 200 000 UARTFR reads: as MMIO exits to the VM's device (the
     arm_vcpu trap path) and served inside the CPU; QEMU's whole run / 200 000."""
-    from pyaxvisor.vm.aarch64_vm import Aarch64Vm
+    from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
 
     binary = build_guest("mmio_loop", work)
 

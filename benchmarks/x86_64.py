@@ -4,7 +4,7 @@
 
 * **exit-loop**: a real-mode guest writes 200 000 times to COM1's scratch register
   (port 0x3FF, served by the 16550 model through the port bus), then to port 0xF4.
-  pyaxvisor's VM run loop (``X86Vm.run``, isa-debug-exit at 0xF4) against
+  pyaxvisor's VM run loop (``Vm.run`` on the PC board, isa-debug-exit at 0xF4) against
   ``benchmarks/x86_64/kvm_exit_loop.c``, the same KVM_RUN loop in C (built here with
   gcc), on the same guest bytes. Target: ≤ 1.15x.
 * **smp-kernel**: the bundled Multiboot test kernel on 2 CPUs (INIT/SIPI, COM1,
@@ -47,7 +47,7 @@ def cpu_model() -> str:
 
 
 def bench_exit_loop(runs: int) -> tuple[list[float], list[float]]:
-    from pyaxvisor.vm.x86_vm import X86Vm
+    from pyaxvisor.boards.quick import x86_vm as X86Vm
 
     guest = exit_loop_guest()
     work = Path(tempfile.mkdtemp(prefix="pyaxvisor-bench-"))

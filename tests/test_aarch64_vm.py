@@ -11,8 +11,8 @@ import threading
 from aarch64_machine import RAM
 from guest_build import build
 
-from pyaxvisor.vm.aarch64_vm import Aarch64Vm
-from pyaxvisor.vm.boot import bundled_guest
+from pyaxvisor.boards.aarch64_virt.boot import bundled_guest
+from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
 
 LOAD = RAM + 0x8_0000
 

@@ -10,8 +10,8 @@ import subprocess
 import fdt
 import pytest
 
+from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vm.fdt import build_aarch64_dtb
 
 RAM = (0x4000_0000, 256 << 20)
 GIC = "/intc@8000000"

@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
+from pyaxvisor.boards.x86_pc.layout import FW_CFG_PORT, GiB
 from pyaxvisor.devices import fw_cfg as fc
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
+from pyaxvisor.devices.bus import port_bus as PioBus
 from pyaxvisor.devices.fw_cfg import FwCfg
-from pyaxvisor.devices.pio import BadPioAccess, PioBus
 from pyaxvisor.errors import AlreadyExists, InvalidInput, NotFound
 from pyaxvisor.vcpu.width import AccessWidth
-from pyaxvisor.vm.x86_layout import FW_CFG_PORT, GiB
 
 B, W, D, Q = AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword, AccessWidth.Qword
 SEL, DATA = FW_CFG_PORT, FW_CFG_PORT + 1

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyaxvisor.devices.bus import BadAccess as BadMmioAccess
+from pyaxvisor.devices.bus import mmio_bus as MmioBus
 from pyaxvisor.devices.gicv2 import GicV2
 from pyaxvisor.devices.irq import IrqLine
-from pyaxvisor.devices.mmio import BadMmioAccess, MmioBus
 from pyaxvisor.devices.pl011 import Pl011
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth

@@ -3,11 +3,12 @@ documentation; power-on values and reply bytes as in QEMU's pckbd.c / ps2.c)."""
 
 import pytest
 
+from pyaxvisor.boards.x86_pc.layout import I8042_CMD_PORT, I8042_DATA_PORT
 from pyaxvisor.devices import i8042 as k
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
+from pyaxvisor.devices.bus import port_bus as PioBus
 from pyaxvisor.devices.i8042 import I8042
-from pyaxvisor.devices.pio import BadPioAccess, PioBus
 from pyaxvisor.vcpu.width import AccessWidth
-from pyaxvisor.vm.x86_layout import I8042_CMD_PORT, I8042_DATA_PORT
 
 B, W = AccessWidth.Byte, AccessWidth.Word
 DATA, CMD = I8042_DATA_PORT, I8042_CMD_PORT

@@ -14,14 +14,10 @@ import fdt
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal import HostHal
-from pyaxvisor.mm import GuestPhysAddr
-from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.mm.nested import nested_page_table
-from pyaxvisor.vm import loader
-from pyaxvisor.vm.fdt import build_aarch64_dtb
-from pyaxvisor.vm.loader import (
+from pyaxvisor.loaders import (
     ImageError,
     LoadedImage,
     detect_format,
@@ -33,6 +29,10 @@ from pyaxvisor.vm.loader import (
     parse_arm64_header,
     place_dtb,
 )
+from pyaxvisor.loaders import compression as loader
+from pyaxvisor.mm import GuestPhysAddr
+from pyaxvisor.mm.addrspace import AddrSpace
+from pyaxvisor.mm.nested import nested_page_table
 
 G = GuestPhysAddr
 MiB = 1 << 20

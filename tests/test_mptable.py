@@ -7,12 +7,12 @@ import struct
 
 import pytest
 
+from pyaxvisor.boards.x86_pc.mptable import build_mptable, mptable_size, write_mptable
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.vcpu_hal import HostHal
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.mm.nested import nested_page_table
-from pyaxvisor.vm.mptable import build_mptable, mptable_size, write_mptable
 
 MPTABLE = 0x9FC00
 

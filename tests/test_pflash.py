@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyaxvisor.devices.mmio import BadMmioAccess
+from pyaxvisor.devices.bus import BadAccess as BadMmioAccess
 from pyaxvisor.devices.pflash import BLOCK_SIZE, CfiFlash
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth as W

@@ -7,10 +7,12 @@ dropped); the debug-exit status is QEMU's ``(value << 1) | 1``
 
 import pytest
 
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
+from pyaxvisor.devices.bus import port_bus as PioBus
 from pyaxvisor.devices.debug_exit import DEFAULT_IOBASE, DEFAULT_IOSIZE, DebugExit, exit_status
-from pyaxvisor.devices.pio import BadPioAccess, PioBus, PioDevice
 from pyaxvisor.errors import AlreadyExists, InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth, Port
+from tests.port_device import PioDevice
 
 B, W, D, Q = AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword, AccessWidth.Qword
 

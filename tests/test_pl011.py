@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyaxvisor.devices.bus import BadAccess as BadMmioAccess
+from pyaxvisor.devices.bus import mmio_bus as MmioBus
 from pyaxvisor.devices.irq import IrqLine, NullIrqSink
-from pyaxvisor.devices.mmio import BadMmioAccess, MmioBus
 from pyaxvisor.devices.pl011 import Pl011
 from pyaxvisor.vcpu.width import AccessWidth
 

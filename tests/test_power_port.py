@@ -3,11 +3,12 @@ SLP_EN with SLP_TYP 0 is S5 soft-off)."""
 
 import pytest
 
+from pyaxvisor.boards.x86_pc.layout import POWER_OFF_PORT
 from pyaxvisor.devices import power as pw
-from pyaxvisor.devices.pio import BadPioAccess, PioBus
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
+from pyaxvisor.devices.bus import port_bus as PioBus
 from pyaxvisor.devices.power import PowerPort
 from pyaxvisor.vcpu.width import AccessWidth
-from pyaxvisor.vm.x86_layout import POWER_OFF_PORT
 
 B, W, D, Q = AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword, AccessWidth.Qword
 

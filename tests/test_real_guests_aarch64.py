@@ -13,8 +13,9 @@ import time
 import pytest
 
 from pyaxvisor import images
-from pyaxvisor.vm.aarch64_vm import RAM_BASE, Aarch64Vm
-from pyaxvisor.vm.fdt import build_aarch64_dtb
+from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
+from pyaxvisor.boards.aarch64_virt.layout import RAM_BASE
+from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
 
 pytestmark = pytest.mark.slow
 

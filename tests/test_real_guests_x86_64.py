@@ -23,10 +23,11 @@ import time
 import pytest
 
 from pyaxvisor import images
+from pyaxvisor.boards.quick import boot
+from pyaxvisor.boards.quick import x86_config as X86BootSpec
+from pyaxvisor.boards.quick import x86_vm as X86Vm
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.vm.result import VmResult
-from pyaxvisor.vm.x86_boot import X86BootSpec, boot
-from pyaxvisor.vm.x86_vm import X86Vm
 
 _ok, _reason = kvm_usable()
 pytestmark = [pytest.mark.slow, pytest.mark.kvm,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pyaxvisor.cli.qemu_args import parse_memory_size, parse_smp
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vm.size import parse_memory_size, parse_smp
 
 
 @pytest.mark.parametrize(("text", "size"), [

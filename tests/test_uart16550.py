@@ -15,8 +15,9 @@ import threading
 
 import pytest
 
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
+from pyaxvisor.devices.bus import port_bus as PioBus
 from pyaxvisor.devices.irq import IrqLine, NullIrqSink
-from pyaxvisor.devices.pio import BadPioAccess, PioBus
 from pyaxvisor.devices.uart16550 import COM1_BASE, COM1_IRQ, PORT_COUNT, Uart16550
 from pyaxvisor.vcpu.width import AccessWidth
 

@@ -13,11 +13,7 @@ import pytest
 
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.vcpu_hal import HostHal
-from pyaxvisor.mm.addr import GuestPhysAddr
-from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.mm.nested import nested_page_table
-from pyaxvisor.vm.loader import ImageError
-from pyaxvisor.vm.x86_loader import (
+from pyaxvisor.loaders import (
     SetupHeader,
     X86Boot,
     detect_x86_format,
@@ -27,6 +23,10 @@ from pyaxvisor.vm.x86_loader import (
     load_x86_raw,
     parse_setup_header,
 )
+from pyaxvisor.loaders.image import ImageError
+from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.mm.addrspace import AddrSpace
+from pyaxvisor.mm.nested import nested_page_table
 
 MiB = 1 << 20
 RAM = 64 * MiB

@@ -12,13 +12,15 @@ import time
 
 import pytest
 
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
+from pyaxvisor.boards.quick import x86_vm as X86Vm
+from pyaxvisor.boards.x86_pc.layout import KERNEL_LOAD
+from pyaxvisor.devices.bus import BadAccess as BadPioAccess
 from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu import AccessWidth, Hypercall
-from pyaxvisor.vm.x86_layout import KERNEL_LOAD
-from pyaxvisor.vm.x86_vm import UnknownHypercall, X86Vm
+from pyaxvisor.vm.vm import UnknownHypercall
 from tests.guest_build import build, symbols
+from tests.port_device import PioDevice
 
 _ok, _reason = kvm_usable()
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not _ok, reason=f"KVM not usable: {_reason}")]

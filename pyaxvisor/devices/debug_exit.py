@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth
 
@@ -33,7 +33,7 @@ def exit_status(value: int) -> int:
     return (value << 1) | 1
 
 
-class DebugExit(PioDevice):
+class DebugExit(Device):
     name = "isa-debug-exit"
 
     def __init__(
@@ -51,15 +51,15 @@ class DebugExit(PioDevice):
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
         if width not in (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword):
-            raise BadPioAccess(f"{self.name}: {width.size}-byte {what}: accesses are 1..4 bytes")
+            raise BadAccess(f"{self.name}: {width.size}-byte {what}: accesses are 1..4 bytes")
         if not 0 <= offset < self.iosize:
-            raise BadPioAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
+            raise BadAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
 
-    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")
         return 0
 
-    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, "write")
         inside = min(width.size, self.iosize - offset)
         value &= (1 << (8 * inside)) - 1

@@ -7,7 +7,7 @@ the reference. Only the traditional interface exists: no DMA (the ID item
 reports bit 0 only, so firmware never looks for the DMA port at 0x514).
 
 Registers (the device takes two ports; on the PC they are 0x510/0x511,
-:data:`pyaxvisor.vm.x86_layout.FW_CFG_PORT`, attach with
+:data:`pyaxvisor.boards.x86_pc.layout.FW_CFG_PORT`, attach with
 ``bus.attach(FW_CFG_PORT, FwCfg.PORT_COUNT, fw_cfg)``):
 
 ====== ============ ==========================================================
@@ -58,7 +58,7 @@ from __future__ import annotations
 import struct
 import threading
 
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.errors import AlreadyExists, InvalidInput, NotFound
 from pyaxvisor.vcpu.width import AccessWidth
 
@@ -123,7 +123,7 @@ def _window(offset: int, width: AccessWidth, ports: int) -> int:
     return size
 
 
-class FwCfg(PioDevice):
+class FwCfg(Device):
     """The fw_cfg device with QEMU's standard PC items.
 
     ``FwCfg(nb_cpus=..., ram_size=..., cmdline="", max_cpus=None,
@@ -309,11 +309,11 @@ class FwCfg(PioDevice):
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
         if width not in (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword):
-            raise BadPioAccess(f"{self.name}: {width.size}-byte {what}: port I/O is 1..4 bytes")
+            raise BadAccess(f"{self.name}: {width.size}-byte {what}: port I/O is 1..4 bytes")
         if not 0 <= offset < PORT_COUNT:
-            raise BadPioAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
+            raise BadAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
 
-    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")
         inside = _window(offset, width, PORT_COUNT)
         beyond = ((1 << (8 * width.size)) - 1) & ~((1 << (8 * inside)) - 1)
@@ -322,7 +322,7 @@ class FwCfg(PioDevice):
         with self._lock:
             return self._next_byte() | beyond
 
-    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, "write")
         if _window(offset, width, PORT_COUNT) == 2:  # 16 bits at the selector
             key = value & 0xFFFF

@@ -62,7 +62,7 @@ as the reference where the specification leaves a choice:
 * **Access sizes**: all registers take aligned 32-bit accesses; byte accesses
   are accepted only for GICD_IPRIORITYR, GICD_ITARGETSR and
   GICD_CPENDSGIR/SPENDSGIR. Any other access size or alignment, and offsets
-  past a window, raise :class:`BadMmioAccess`. Reserved offsets inside a
+  past a window, raise :class:`BadAccess`. Reserved offsets inside a
   window read as zero and ignore writes.
 * GICD_IIDR/GICC_IIDR and the ID registers carry GIC-400 values
   (GICD_PIDR2 = 0x2B: ArchRev 2).
@@ -76,13 +76,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from pyaxvisor.devices.mmio import BadMmioAccess, MmioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth
 
-#: QEMU ``virt`` board addresses of the two windows.
-QEMU_VIRT_DIST_BASE = 0x0800_0000
-QEMU_VIRT_CPU_BASE = 0x0801_0000
 #: Window sizes.
 DIST_SIZE = 0x1000
 CPU_IF_SIZE = 0x2000
@@ -193,7 +190,7 @@ class _Bits:
             self.spi &= ~(1 << intid)
 
 
-class GicDistributor(MmioDevice):
+class GicDistributor(Device):
     """The GICD window of a :class:`GicV2`."""
 
     name = "gicv2-distributor"
@@ -201,14 +198,14 @@ class GicDistributor(MmioDevice):
     def __init__(self, gic: GicV2) -> None:
         self.gic = gic
 
-    def mmio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         return self.gic._dist_read(offset, width, vcpu_id)
 
-    def mmio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self.gic._dist_write(offset, width, value, vcpu_id)
 
 
-class GicCpuInterface(MmioDevice):
+class GicCpuInterface(Device):
     """The GICC window of a :class:`GicV2`, banked by the accessing CPU."""
 
     name = "gicv2-cpu-interface"
@@ -216,10 +213,10 @@ class GicCpuInterface(MmioDevice):
     def __init__(self, gic: GicV2) -> None:
         self.gic = gic
 
-    def mmio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         return self.gic._cpu_read(offset, width, vcpu_id)
 
-    def mmio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self.gic._cpu_write(offset, width, value, vcpu_id)
 
 
@@ -511,14 +508,14 @@ class GicV2:
         what = "write" if write else "read"
         where = f"GICv2 {window} {width.size}-byte {what} at {offset:#x}"
         if not 0 <= vcpu_id < self.num_cpus:
-            raise BadMmioAccess(f"{where}: CPU {vcpu_id} has no CPU interface")
+            raise BadAccess(f"{where}: CPU {vcpu_id} has no CPU interface")
         if offset < 0 or offset + width.size > size:
-            raise BadMmioAccess(f"{where}: outside the {size:#x}-byte window")
+            raise BadAccess(f"{where}: outside the {size:#x}-byte window")
         if width == AccessWidth.Dword:
             if offset & 3:
-                raise BadMmioAccess(f"{where}: not 4-byte aligned")
+                raise BadAccess(f"{where}: not 4-byte aligned")
         elif width != AccessWidth.Byte or not byte_ok:
-            raise BadMmioAccess(f"{where}: this register takes 32-bit accesses only")
+            raise BadAccess(f"{where}: this register takes 32-bit accesses only")
 
     @staticmethod
     def _dist_byte_ok(offset: int) -> bool:

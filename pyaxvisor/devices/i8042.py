@@ -8,7 +8,7 @@ behaviour guests have been tested against (power-on values, reply bytes).
 
 Attaching: the PC's ports 0x60 (data) and 0x64 (status/command) are not
 contiguous, so :class:`I8042` is not itself a port device: it exposes two
-one-port :class:`~pyaxvisor.devices.pio.PioDevice` objects sharing one state
+one-port :class:`~pyaxvisor.devices.bus.Device` objects sharing one state
 and one lock::
 
     kbc = I8042(on_reset=vm.request_reset)
@@ -16,7 +16,7 @@ and one lock::
     bus.attach(I8042_CMD_PORT, 1, kbc.command_port)   # 0x64
 
 Only 1-byte accesses exist (the controller's ports are 8 bits wide); a wider
-access raises :class:`BadPioAccess`.
+access raises :class:`BadAccess`.
 
 Status register (``in 0x64``):
 
@@ -88,7 +88,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.vcpu.width import AccessWidth
 
 # Status register bits.
@@ -169,7 +169,7 @@ _DATA_COMMANDS = frozenset({CMD_WRITE_CTR, CMD_WRITE_OUTPORT, CMD_WRITE_KBD_OBUF
                             CMD_WRITE_AUX_OBUF, CMD_WRITE_AUX})
 
 
-class _Port(PioDevice):
+class _Port(Device):
     def __init__(self, name: str, read: Callable[[], int],
                  write: Callable[[int], None]) -> None:
         self.name = name
@@ -178,15 +178,15 @@ class _Port(PioDevice):
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
         if width != AccessWidth.Byte:
-            raise BadPioAccess(f"{self.name}: {width.size}-byte {what}: the port is 8 bits")
+            raise BadAccess(f"{self.name}: {width.size}-byte {what}: the port is 8 bits")
         if offset != 0:
-            raise BadPioAccess(f"{self.name}: {what} at offset {offset:#x} is outside the port")
+            raise BadAccess(f"{self.name}: {what} at offset {offset:#x} is outside the port")
 
-    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")
         return self._read()
 
-    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, "write")
         self._write(value & 0xFF)
 
@@ -204,8 +204,8 @@ class I8042:
         self.ignored_commands: Counter[int] = Counter()
         #: Reset requests delivered to ``on_reset``.
         self.resets = 0
-        self.data_port: PioDevice = _Port("i8042-data", self._read_data, self._write_data)
-        self.command_port: PioDevice = _Port(
+        self.data_port: Device = _Port("i8042-data", self._read_data, self._write_data)
+        self.command_port: Device = _Port(
             "i8042-command", self._read_status, self._write_command)
         self._power_on()
 

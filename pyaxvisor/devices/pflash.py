@@ -22,7 +22,7 @@ Any other command sets the status register's error bits (0x30), as the parts do.
 ROM device mode: given ``storage`` (the guest memory that backs the bank) and
 ``on_array_mode``, the VM maps the bank read-only into the guest while it is in
 read-array mode, so reads cost nothing, and unmaps it in the other modes so the
-guest's reads reach :meth:`mmio_read`; writes always arrive here.
+guest's reads reach :meth:`read`; writes always arrive here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from pyaxvisor.devices.mmio import BadMmioAccess, MmioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth
 
@@ -63,7 +63,7 @@ def _query_table(size: int) -> bytes:
     return bytes(t)
 
 
-class CfiFlash(MmioDevice):
+class CfiFlash(Device):
     def __init__(self, size: int = 64 << 20, contents: bytes = b"", name: str = "pflash",
                  storage: memoryview | None = None,
                  on_array_mode: Callable[[bool], None] | None = None) -> None:
@@ -88,11 +88,11 @@ class CfiFlash(MmioDevice):
 
     def _check(self, offset: int, width: AccessWidth) -> None:
         if offset + width.size > self.size:
-            raise BadMmioAccess(f"{self.name}: access past the end of the flash at {offset:#x}")
+            raise BadAccess(f"{self.name}: access past the end of the flash at {offset:#x}")
         if width is AccessWidth.Qword:
-            raise BadMmioAccess(f"{self.name}: 8-byte accesses are not supported")
+            raise BadAccess(f"{self.name}: 8-byte accesses are not supported")
 
-    def mmio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width)
         with self._lock:
             mode = self._mode
@@ -106,7 +106,7 @@ class CfiFlash(MmioDevice):
                 return {0: MANUFACTURER_INTEL, 1: DEVICE_ID}.get(index, 0)
             return self._status
 
-    def mmio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width)
         with self._lock:
             was_array = self._mode == _READ_ARRAY

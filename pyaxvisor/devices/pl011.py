@@ -45,7 +45,7 @@ tested against (Linux's ``amba-pl011`` driver in particular):
   covers. Any read that touches UARTDR pops the receive FIFO (the bus reads
   the whole register); a write to UARTDR transmits only when it covers byte
   0. Qword accesses, accesses straddling two registers and offsets past the
-  4 KiB window raise :class:`BadMmioAccess`; unknown offsets inside the
+  4 KiB window raise :class:`BadAccess`; unknown offsets inside the
   window read as zero and ignore writes.
 """
 
@@ -53,14 +53,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
-from pyaxvisor.devices.mmio import BadMmioAccess, MmioDevice
 from pyaxvisor.vcpu.width import AccessWidth
 
-#: Where QEMU's ``virt`` board maps the UART and the GIC INTID of its line (SPI 1).
-QEMU_VIRT_BASE = 0x0900_0000
-QEMU_VIRT_INTID = 33
 #: Size of the register window.
 MMIO_SIZE = 0x1000
 
@@ -119,7 +116,7 @@ _ID_BASE = 0xFE0
 _ID_BYTES = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
 
 
-class Pl011(HostInput, MmioDevice):
+class Pl011(HostInput, Device):
     """One PL011 UART.
 
     ``tx`` receives every transmitted byte (as a one-byte ``bytes``); ``irq`` is
@@ -164,14 +161,14 @@ class Pl011(HostInput, MmioDevice):
 
     # ------------------------------------------------------------------ MMIO
 
-    def mmio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, write=False)
         reg, shift = offset & ~3, (offset & 3) * 8
         with self._lock:
             value = self._read_reg(reg)
         return (value >> shift) & width.mask
 
-    def mmio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, write=True)
         reg, shift = offset & ~3, (offset & 3) * 8
         value &= width.mask
@@ -206,12 +203,12 @@ class Pl011(HostInput, MmioDevice):
     def _check(self, offset: int, width: AccessWidth, *, write: bool) -> None:
         what = "write" if write else "read"
         if width not in (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword):
-            raise BadMmioAccess(
+            raise BadAccess(
                 f"{self.name}: {width.size}-byte {what} at {offset:#x}: registers are 32-bit")
         if offset < 0 or offset + width.size > MMIO_SIZE:
-            raise BadMmioAccess(f"{self.name}: {what} at {offset:#x} is outside the 4 KiB window")
+            raise BadAccess(f"{self.name}: {what} at {offset:#x} is outside the 4 KiB window")
         if (offset & 3) + width.size > 4:
-            raise BadMmioAccess(
+            raise BadAccess(
                 f"{self.name}: {width.size}-byte {what} at {offset:#x} straddles two registers")
 
     def _fifo_enabled(self) -> bool:

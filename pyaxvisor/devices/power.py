@@ -1,7 +1,7 @@
 """The ACPI-style power-off port QEMU guests use (``outw 0x604, 0x2000``).
 
 The device is a lone ACPI PM1a control register (``PM1a_CNT``), two ports wide;
-on the PC it sits at 0x604 (:data:`pyaxvisor.vm.x86_layout.POWER_OFF_PORT`,
+on the PC it sits at 0x604 (:data:`pyaxvisor.boards.x86_pc.layout.POWER_OFF_PORT`,
 where QEMU's q35 and the PIIX PM put it): attach with
 ``bus.attach(POWER_OFF_PORT, PowerPort.PORT_COUNT, PowerPort(on_power_off))``.
 Behaviour follows QEMU's ``hw/acpi/core.c`` (``acpi_pm_cnt_*``):
@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.vcpu.width import AccessWidth
 
 PORT_COUNT = 2
@@ -46,7 +46,7 @@ SLP_TYP_S5 = 0
 POWER_OFF_VALUE = SLP_EN | (SLP_TYP_S5 << SLP_TYP_SHIFT)
 
 
-class PowerPort(PioDevice):
+class PowerPort(Device):
     name = "acpi-pm1a-cnt"
     PORT_COUNT = PORT_COUNT
 
@@ -68,19 +68,19 @@ class PowerPort(PioDevice):
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> int:
         if width not in (AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword):
-            raise BadPioAccess(f"{self.name}: {width.size}-byte {what}: port I/O is 1..4 bytes")
+            raise BadAccess(f"{self.name}: {width.size}-byte {what}: port I/O is 1..4 bytes")
         if not 0 <= offset < PORT_COUNT:
-            raise BadPioAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
+            raise BadAccess(f"{self.name}: {what} at offset {offset:#x} is outside the device")
         return min(width.size, PORT_COUNT - offset)  # bytes that land in the register
 
-    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         inside = self._check(offset, width, "read")
         inside_mask = (1 << (8 * inside)) - 1
         with self._lock:
             value = (self._cnt >> (8 * offset)) & inside_mask
         return value | (width.mask & ~inside_mask)
 
-    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         inside = self._check(offset, width, "write")
         value &= (1 << (8 * inside)) - 1
         off = False

@@ -67,16 +67,16 @@ Behaviour:
   OUT2 enables the buffer between the UART's INTRPT pin and the ISA IRQ line.
   (QEMU ignores OUT2; the loopback forcing of the OUT2 pin is not modelled.)
 * Only 1-byte accesses at offsets 0..7 exist; anything else raises
-  :class:`BadPioAccess`.
+  :class:`BadAccess`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
-from pyaxvisor.devices.pio import BadPioAccess, PioDevice
 from pyaxvisor.vcpu.width import AccessWidth
 
 #: Standard PC COM ports and their ISA IRQs.
@@ -159,7 +159,7 @@ _MSR_DELTAS = 0x0F
 _DIVISOR_RESET = 12  # 9600 baud, QEMU's reset value (the chip leaves it undefined)
 
 
-class Uart16550(HostInput, PioDevice):
+class Uart16550(HostInput, Device):
     """One 16550A UART.
 
     ``tx`` receives every transmitted byte (as a one-byte ``bytes``); ``irq`` is
@@ -228,12 +228,12 @@ class Uart16550(HostInput, PioDevice):
 
     # ------------------------------------------------------------------ port I/O
 
-    def pio_read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")
         with self._lock:
             return self._read(offset)
 
-    def pio_write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, "write")
         with self._lock:
             self._write(offset, value & 0xFF)
@@ -242,11 +242,11 @@ class Uart16550(HostInput, PioDevice):
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
         if width != AccessWidth.Byte:
-            raise BadPioAccess(
+            raise BadAccess(
                 f"{self.name}: {width.size}-byte {what} at offset {offset:#x}: "
                 "registers are 8-bit")
         if not 0 <= offset < PORT_COUNT:
-            raise BadPioAccess(f"{self.name}: {what} at offset {offset:#x} is past register 7")
+            raise BadAccess(f"{self.name}: {what} at offset {offset:#x} is past register 7")
 
     def _reset_registers(self) -> None:
         # Datasheet master-reset values; the divisor latch is not affected.

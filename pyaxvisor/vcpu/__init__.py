@@ -1,6 +1,6 @@
 """The generic vCPU layer (axvcpu): interface, state machine, exits, per-CPU state."""
 
-from pyaxvisor.vcpu.arch_vcpu import ArchVCpu
+from pyaxvisor.vcpu.arch_vcpu import ArchVCpu, InCpuWindow, Served
 from pyaxvisor.vcpu.current import get_bound_vcpu, get_current_vcpu
 from pyaxvisor.vcpu.exit import (
     READ_EXITS,
@@ -39,8 +39,9 @@ from pyaxvisor.vcpu.width import AccessWidth, Port, SysRegAddr
 __all__ = [
     "READ_EXITS", "AccessWidth", "ArchOperationFailed", "ArchPerCpu", "ArchVCpu", "CpuDown",
     "CpuUp", "ExitReason", "ExternalInterrupt", "FailEntry", "Halt", "Hypercall", "IoRead",
-    "IoWrite", "MmioRead", "MmioWrite", "NestedPageFault", "NestedVCpuOperation", "Nothing",
-    "PendingRead", "PerCpu", "Port", "ReadExit", "SendIPI", "SysRegAddr", "SysRegRead",
-    "SysRegWrite", "SystemDown", "VCpu", "VCpuState", "VCpuStateError", "WrongHostCpu",
-    "get_bound_vcpu", "get_current_vcpu", "read_register_value",
+    "InCpuWindow", "IoWrite", "MmioRead", "MmioWrite", "NestedPageFault",
+    "NestedVCpuOperation", "Nothing", "PendingRead", "PerCpu", "Port", "ReadExit",
+    "SendIPI", "Served", "SysRegAddr", "SysRegRead", "SysRegWrite", "SystemDown", "VCpu",
+    "VCpuState", "VCpuStateError", "WrongHostCpu", "get_bound_vcpu", "get_current_vcpu",
+    "read_register_value",
 ]

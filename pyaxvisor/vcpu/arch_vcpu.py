@@ -17,6 +17,19 @@ assumed by implementations:
 called from any thread at any time after ``setup``: implementations queue the
 vector and deliver it at the next guest entry (they must be thread-safe there).
 
+What a VM needs from every vCPU beyond the axvcpu calls, with defaults for an
+architecture that has nothing to do there:
+
+* ``kick()`` (any thread): make a running or about-to-run ``run()`` return soon
+  (with ``Nothing``), so the VM can stop or re-examine the vCPU;
+* ``serve_in_cpu(windows, timing=)`` (after ``bind``, before the first ``run``,
+  from the bound thread): device windows the engine may serve without returning
+  an exit to the VM, as KVM serves its in-kernel devices and x86_vcpu handles some
+  exits itself; ``served_counts()`` reports what was served that way;
+* ``interrupt_pending()``: whether an interrupt is waiting for this vCPU (a Halt
+  exit blocks the vCPU only while it is False);
+* ``close()``: release what the vCPU holds outside Python (file descriptors).
+
 Each subclass names its configuration types in ``CreateConfig`` and
 ``SetupConfig``; the wrapper checks the configs passed against them.
 """
@@ -24,7 +37,9 @@ Each subclass names its configuration types in ``CreateConfig`` and
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Self
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, NamedTuple, Self
 
 from pyaxvisor.errors import Unsupported
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
@@ -36,6 +51,30 @@ from pyaxvisor.vcpu.exit import (
     SysRegRead,
     read_register_value,
 )
+from pyaxvisor.vcpu.width import AccessWidth
+
+
+class InCpuWindow(NamedTuple):
+    """A device window a vCPU may serve inside its run: ``space`` is "mmio" (guest
+    physical addresses) or "port" (x86 I/O ports); ``read(offset, width, vcpu_id)``
+    and ``write(offset, width, value, vcpu_id)`` are the device's calls, the offset
+    counted from ``base``."""
+
+    space: Literal["mmio", "port"]
+    base: int
+    size: int
+    read: Callable[[int, AccessWidth, int], int]
+    write: Callable[[int, AccessWidth, int, int], None]
+
+
+class Served(NamedTuple):
+    """What a vCPU served inside its runs: ``exits`` are full exits handled without
+    returning them (counted, and timed in ``exit_time`` when asked), ``accesses``
+    device reads and writes that needed no exit at all."""
+
+    exits: Mapping[str, int] = MappingProxyType({})
+    exit_time: Mapping[str, float] = MappingProxyType({})
+    accesses: tuple[int, int] = (0, 0)
 
 
 class ArchVCpu(abc.ABC):
@@ -95,3 +134,26 @@ class ArchVCpu(abc.ABC):
                 self.set_gpr(reg, read_register_value(exit_reason, value))
             case IoRead():
                 raise Unsupported(f"{type(self).__name__} has no port I/O")
+
+    # -- what a VM needs from every vCPU (defaults: nothing to do) ----------------------
+    def kick(self) -> None:
+        """Make ``run()`` return soon (any thread). The default does nothing: such a
+        vCPU returns from ``run()`` by itself."""
+        return
+
+    def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
+        """Serve ``windows`` inside ``run()``; returns whether the vCPU does (the
+        default does not: every access then comes back as an exit)."""
+        return False
+
+    def served_counts(self) -> Served:
+        """What :meth:`serve_in_cpu` windows saw so far."""
+        return Served()
+
+    def interrupt_pending(self) -> bool:
+        """Whether an interrupt waits for this vCPU (a Halt then does not block)."""
+        return False
+
+    def close(self) -> None:
+        """Release what the vCPU holds outside Python. The default has nothing."""
+        return

@@ -28,6 +28,12 @@ decode to ``Nothing``. ``kick()`` (any thread) ends ``run()`` with ``Nothing``,
 or ``ExternalInterrupt`` when the HAL has a host IRQ pending; a change of the IRQ
 line stops the CPU only to re-enter it with the new level.
 
+Devices served inside the CPU (``serve_in_cpu``, MMIO windows only): each window's
+guest addresses must be mapped by the VM's stage-2 table onto
+``IN_CPU_MMIO_BASE + gpa`` (:data:`~pyaxvisor.engine.tcg.aarch64.IN_CPU_MMIO_BASE`);
+the engine calls the device from inside the CPU there, without an exit, and
+``served_counts().accesses`` counts those reads and writes.
+
 Interrupts: ``set_irq_line(level)`` drives the virtual IRQ input (from the
 vGIC, any thread); ``inject_interrupt(vector)`` hands the vector to the
 attached interrupt controller (``attach_interrupt_controller``) or, without one,
@@ -37,7 +43,7 @@ asserts the line so the guest takes an IRQ at VBAR_EL1 + 0x280.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self
 
@@ -56,7 +62,7 @@ from pyaxvisor.arch.aarch64.pcpu import (
     current_percpu,
 )
 from pyaxvisor.arch.aarch64.psci import AffinityState, PsciPlatform
-from pyaxvisor.engine.tcg.aarch64 import Aarch64Tcg, TrapKind
+from pyaxvisor.engine.tcg.aarch64 import IN_CPU_MMIO_BASE, Aarch64Tcg, TrapKind
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.errors import BadState, InvalidInput
@@ -64,8 +70,9 @@ from pyaxvisor.hal.memory import HostMemory
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.page_table.stage2 import Stage2Format
-from pyaxvisor.vcpu.arch_vcpu import ArchVCpu
+from pyaxvisor.vcpu.arch_vcpu import ArchVCpu, InCpuWindow, Served
 from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Nothing
+from pyaxvisor.vcpu.width import AccessWidth
 
 SPSR_EL1H_DAIF = 0x3C5  # M = EL1h (0b0101), D A I F masked (bits 9:6)
 STAGE2_PA_BITS = 40
@@ -159,6 +166,7 @@ class Aarch64VCpu(ArchVCpu):
         self.in_cpu_mmio: list[tuple[int, int, Callable[[int, int, int], int],
                                      Callable[[int, int, int, int], None]]] = []
         self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
+        self._accesses = [0, 0]  # device reads, writes served inside the CPU
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -272,6 +280,41 @@ class Aarch64VCpu(ArchVCpu):
                                                 self._psci)
             if not isinstance(exit_reason, Nothing):
                 return exit_reason
+
+    def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
+        """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port
+        windows do not exist here. Attached now when bound, else at :meth:`bind`."""
+        widths = {w.size: w for w in AccessWidth}
+        counts = self._accesses
+        entries = []
+        for window in windows:
+            if window.space != "mmio":
+                continue
+
+            def read(offset: int, size: int, cpu: int, dev: InCpuWindow = window) -> int:
+                counts[0] += 1
+                width = widths[size]
+                return dev.read(offset, width, cpu) & width.mask
+
+            def write(offset: int, size: int, value: int, cpu: int,
+                      dev: InCpuWindow = window) -> None:
+                counts[1] += 1
+                width = widths[size]
+                dev.write(offset, width, value & width.mask, cpu)
+
+            entries.append((IN_CPU_MMIO_BASE + window.base, window.size, read, write))
+        self.in_cpu_mmio = entries
+        engine = self._engine
+        if engine is not None:
+            for paddr, size, rd, wr in entries:
+                engine.attach_mmio(paddr, size, *self._in_cpu_callbacks(engine, rd, wr))
+        return bool(entries)
+
+    def served_counts(self) -> Served:
+        return Served(accesses=(self._accesses[0], self._accesses[1]))
+
+    def interrupt_pending(self) -> bool:
+        return self._irq_level
 
     def kick(self) -> None:
         """Make ``run()`` return (with ``Nothing``) soon, or at once if it is not in the

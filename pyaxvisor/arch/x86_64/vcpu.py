@@ -69,7 +69,7 @@ import ctypes
 import threading
 import weakref
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self
 
@@ -97,7 +97,7 @@ from pyaxvisor.engine.kvm.system import KvmVCpu, KvmVm, io_exit_key, kvm_ioctl
 from pyaxvisor.errors import AlreadyExists, AxError, BadState, InvalidInput, Unsupported
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.vcpu.arch_vcpu import ArchVCpu
+from pyaxvisor.vcpu.arch_vcpu import ArchVCpu, InCpuWindow, Served
 from pyaxvisor.vcpu.exit import (
     U64,
     ExitReason,
@@ -450,12 +450,27 @@ class X86VCpu(ArchVCpu):
                        for port, (write, read, offset) in ports.items()} or None
         self._served[0] = int(timing)
 
+    def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
+        """The ``ArchVCpu`` form of :meth:`serve_ports`: every port of the "port"
+        windows is served inside :meth:`run` (MMIO windows are not: KVM hands MMIO
+        to user space as exits)."""
+        ports = {window.base + i: (window.write, window.read, i)
+                 for window in windows if window.space == "port" for i in range(window.size)}
+        self.serve_ports(ports, timing=timing)
+        return bool(ports)
+
     @property
     def served(self) -> tuple[int, int, float, float]:
         """``(writes, reads, seconds in writes, seconds in reads)`` served inside
         :meth:`run` so far (the times are 0 without ``timing``)."""
         s = self._served
         return s[1], s[2], s[3] / 1e9, s[4] / 1e9
+
+    def served_counts(self) -> Served:
+        """:attr:`served` as ``IoWrite``/``IoRead`` exits."""
+        writes, reads, write_s, read_s = self.served
+        return Served(exits={"IoWrite": writes, "IoRead": reads},
+                      exit_time={"IoWrite": write_s, "IoRead": read_s})
 
     # -- threads -------------------------------------------------------------------------
     def bind(self) -> None:

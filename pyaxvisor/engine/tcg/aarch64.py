@@ -53,6 +53,11 @@ _MMIO_READ = _ucm.MMIO_READ_CFUNC
 _MMIO_WRITE = _ucm.MMIO_WRITE_CFUNC
 #: The host time at which every engine's physical counter (CNTPCT_EL0) read 0.
 BOOT_NS = time.monotonic_ns()
+#: Physical window (outside every host memory arena) where device windows served
+#: inside the CPU live: guest address ``gpa`` of such a device is mapped by the
+#: stage-2 table onto ``IN_CPU_MMIO_BASE + gpa``, which :meth:`Aarch64Tcg.attach_mmio`
+#: routes to the device's callbacks.
+IN_CPU_MMIO_BASE = 0x80_0000_0000
 
 # SCR_EL3 bits: NS (0) non-secure, HCE (8) HVC enabled, RW (10) lower ELs AArch64.
 SCR_EL3_VALUE = (1 << 0) | (1 << 8) | (1 << 10)

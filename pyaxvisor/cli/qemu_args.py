@@ -1,12 +1,16 @@
-"""QEMU-style size and SMP arguments: ``-m 512M``, ``-m 1.5G``, ``-m 256`` (MiB),
-``-m size=1G``, ``-smp 2``, ``-smp cpus=2``, ``-smp sockets=1,cores=2,threads=2``."""
+"""QEMU-style arguments: sizes and SMP (``-m 512M``, ``-m 1.5G``, ``-m 256`` (MiB),
+``-m size=1G``, ``-smp 2``, ``-smp cpus=2``, ``-smp sockets=1,cores=2,threads=2``)
+and devices (``-device isa-debug-exit,iobase=0xf4,iosize=0x4``)."""
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
+from pyaxvisor.devices.debug_exit import DEFAULT_IOBASE as DEBUG_EXIT_IOBASE
+from pyaxvisor.devices.debug_exit import DEFAULT_IOSIZE as DEBUG_EXIT_IOSIZE
 from pyaxvisor.errors import InvalidInput
+from pyaxvisor.vm.config import DeviceSpec
 
 _UNITS = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 #: The -smp topology properties whose product is the CPU count when cpus= is absent.
@@ -63,3 +67,23 @@ def parse_smp(text: str) -> int:
     if cpus > maxcpus:
         raise InvalidInput(f"-smp {text!r}: {cpus} CPUs is more than maxcpus {maxcpus}")
     return cpus
+
+
+def parse_device(spec: str) -> DeviceSpec:
+    """``isa-debug-exit[,iobase=N][,iosize=N]`` (QEMU's ``-device`` spelling) → the
+    device; any other device is refused."""
+    name, *props = spec.split(",")
+    if name != "isa-debug-exit":
+        raise InvalidInput(f"-device {name!r} is not supported: only isa-debug-exit")
+    values = {"iobase": DEBUG_EXIT_IOBASE, "iosize": DEBUG_EXIT_IOSIZE}
+    for prop in props:
+        key, sep, value = prop.partition("=")
+        if not sep or key not in values:
+            raise InvalidInput(f"-device isa-debug-exit: unknown property {prop!r} "
+                               "(iobase=, iosize=)")
+        try:
+            values[key] = int(value, 0)
+        except ValueError:
+            raise InvalidInput(f"-device isa-debug-exit: {key}={value!r} is not a "
+                               "number") from None
+    return DeviceSpec(name, values["iobase"], values["iosize"])

@@ -1,7 +1,7 @@
 """The Intel MultiProcessor Specification 1.4 tables that tell a kernel without ACPI
 which CPUs, buses and interrupt routes the board has.
 
-Written at :data:`~pyaxvisor.vm.x86_layout.MPTABLE_ADDR` (0x9FC00, the start of the
+Written at :data:`~pyaxvisor.boards.x86_pc.layout.MPTABLE_ADDR` (0x9FC00, the start of the
 EBDA, the first place Linux scans for the ``_MP_`` signature):
 
 * the 16-byte **floating pointer structure**: ``_MP_``, the physical address of the
@@ -40,11 +40,7 @@ from __future__ import annotations
 
 import struct
 
-from pyaxvisor.errors import InvalidInput
-from pyaxvisor.mm.addr import GuestPhysAddr
-from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.vm.loader import _covered
-from pyaxvisor.vm.x86_layout import (
+from pyaxvisor.boards.x86_pc.layout import (
     BIOS_START,
     EBDA_START,
     HIGH_MEMORY,
@@ -52,6 +48,10 @@ from pyaxvisor.vm.x86_layout import (
     LAPIC_ADDR,
     MPTABLE_ADDR,
 )
+from pyaxvisor.errors import InvalidInput
+from pyaxvisor.loaders.image import covered
+from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.mm.addrspace import AddrSpace
 
 __all__ = [
     "APIC_VERSION", "CPU_FEATURES", "CPU_SIGNATURE", "IOAPIC_VERSION", "MAX_CPUS",
@@ -151,7 +151,7 @@ def write_mptable(space: AddrSpace, num_cpus: int) -> int:
     address. Raises :class:`InvalidInput` when the area is not guest RAM."""
     data = build_mptable(num_cpus)
     end = MPTABLE_ADDR + len(data)
-    if not _covered(space, MPTABLE_ADDR, end):
+    if not covered(space, MPTABLE_ADDR, end):
         raise InvalidInput(f"the MP table area [{MPTABLE_ADDR:#x}, {end:#x}) is not guest RAM")
     space.write(GuestPhysAddr(MPTABLE_ADDR), data)
     return MPTABLE_ADDR

@@ -38,21 +38,15 @@ from collections.abc import Sequence
 
 import fdt
 
-from pyaxvisor.devices.gicv2 import (
-    CPU_IF_SIZE,
-    DIST_SIZE,
-    MAX_CPUS,
-    QEMU_VIRT_CPU_BASE,
-    QEMU_VIRT_DIST_BASE,
-)
+from pyaxvisor.boards.aarch64_virt import layout as L
+from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, MAX_CPUS
 from pyaxvisor.devices.pl011 import MMIO_SIZE as PL011_SIZE
-from pyaxvisor.devices.pl011 import QEMU_VIRT_BASE as PL011_BASE
 from pyaxvisor.errors import InvalidInput
 
 __all__ = [
     "APB_PCLK_HZ", "CLOCK_PHANDLE", "DTB_VERSION", "GIC_PHANDLE", "PSCI_0_2_FN_CPU_OFF",
     "PSCI_0_2_FN64_CPU_ON", "PSCI_0_2_FN64_CPU_SUSPEND", "PSCI_0_2_FN64_MIGRATE",
-    "build_aarch64_dtb",
+    "build_aarch64_dtb", "update_chosen",
 ]
 
 #: DTB format version written (the current one; last compatible version 16).
@@ -200,16 +194,19 @@ def _validate(memory: Sequence[tuple[int, int]], cpus: Sequence[int],
 
 
 def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootargs: str = "",
-                      initrd: tuple[int, int] | None = None, uart_base: int = PL011_BASE,
-                      uart_spi: int = 1, gic_dist: int = QEMU_VIRT_DIST_BASE,
-                      gic_cpu: int = QEMU_VIRT_CPU_BASE, timer_freq_hz: int | None = None,
-                      psci_method: str = "hvc") -> bytes:
+                      initrd: tuple[int, int] | None = None, uart_base: int = L.UART_BASE,
+                      uart_spi: int = L.UART_SPI, gic_dist: int = L.GIC_DIST_BASE,
+                      gic_cpu: int = L.GIC_CPU_BASE, timer_freq_hz: int | None = None,
+                      psci_method: str = "hvc", exclude: Sequence[str] = ()) -> bytes:
     """Build the DTB of an AArch64 VM.
 
     ``memory`` lists RAM banks as ``(base, size)``; ``cpus`` the MPIDR affinity
     of each vCPU (the first one boots and goes into the header's
     ``boot_cpuid_phys``); ``initrd`` is ``(start, end)`` in guest physical
-    addresses; ``uart_spi`` the PL011's SPI number (INTID - 32). Raises
+    addresses; ``uart_spi`` the PL011's SPI number (INTID - 32); ``exclude`` node
+    paths to leave out (``"/pl011@9000000"``, ``"/timer"``; a path the board does not
+    have is already left out: AxVisor's files exclude host devices such as
+    ``/pcie@10000000``). Raises
     :class:`~pyaxvisor.errors.InvalidInput` for a configuration that cannot be
     described.
     """
@@ -311,4 +308,39 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
     # fdt.parse_dtb() appends /memreserve/ entries to.
     tree = fdt.FDT(entries=[])
     tree.root = root
+    for path in exclude:
+        _remove(tree, path)
     return tree.to_dtb(version=DTB_VERSION, boot_cpuid_phys=cpus[0])
+
+
+def _remove(tree: fdt.FDT, path: str) -> None:
+    """Drop the node at ``path`` (``/name`` or ``/parent/name``) from ``tree`` if it is
+    there."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name.strip() or not path.startswith("/"):
+        raise InvalidInput(f"excluded device {path!r} is not a device tree path (/name)")
+    if tree.exist_node(path.rstrip("/")):  # absent on this board: nothing to leave out
+        tree.remove_node(name, parent or "/")
+
+
+def update_chosen(dtb: bytes, *, bootargs: str, initrd: tuple[int, int] | None,
+                  path: str) -> bytes:
+    """A device tree file given by the user with ``/chosen`` set as QEMU sets it for
+    ``-dtb``: ``bootargs`` (when not empty) and ``linux,initrd-start``/``-end`` (when
+    there is an initrd); everything else as the file has it. A blob the parser cannot
+    read is an :class:`InvalidInput` naming ``path``."""
+    if not bootargs and initrd is None:
+        return dtb
+    _check_printable("bootargs", bootargs)
+    try:
+        tree = fdt.parse_dtb(bytes(dtb))
+    except Exception as exc:  # the fdt package raises plain exceptions for bad blobs
+        raise InvalidInput(f"{path}: not a readable device tree blob ({exc})") from None
+    if not tree.exist_node("/chosen"):
+        tree.add_item(fdt.Node("chosen"))
+    if bootargs:
+        tree.set_property("bootargs", bootargs, path="/chosen")
+    if initrd is not None:
+        tree.set_property("linux,initrd-start", _cells64(initrd[0]), path="/chosen")
+        tree.set_property("linux,initrd-end", _cells64(initrd[1]), path="/chosen")
+    return tree.to_dtb(version=DTB_VERSION)

@@ -1,0 +1,77 @@
+"""The machines pyaxvisor emulates, one package per board, found by name.
+
+The registry below holds module names, not modules: a board (and the engine,
+vCPU and devices it pulls in) is imported the first time a VM uses it, so the
+command line starts as fast with two boards as with one. Each entry names the
+board's architecture, its machine names (QEMU's ``-M`` spellings; the first is
+canonical) and the module whose ``BOARD`` is its :class:`~pyaxvisor.vm.board.Board`
+class; a test checks that each board class declares the same names.
+
+Adding a board: write ``pyaxvisor/boards/<name>/`` with a ``layout`` module and a
+``board`` module defining ``BOARD``, and add one :class:`BoardEntry` here (or call
+:func:`register`, e.g. from a test or a plug-in).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, NamedTuple
+
+from pyaxvisor.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from pyaxvisor.vm.board import Board
+
+__all__ = ["BoardEntry", "arches", "board_class", "entry_for", "register"]
+
+
+class BoardEntry(NamedTuple):
+    arch: str
+    machines: tuple[str, ...]
+    module: str
+
+
+_REGISTRY: list[BoardEntry] = [
+    BoardEntry("aarch64", ("virt",), "pyaxvisor.boards.aarch64_virt.board"),
+    BoardEntry("x86_64", ("pc", "q35", "microvm", "isapc"), "pyaxvisor.boards.x86_pc.board"),
+]
+
+
+def register(entry: BoardEntry) -> None:
+    """Add a board (before the existing ones of its architecture: it becomes the
+    architecture's default). Its machine names must be new."""
+    taken = {m for e in _REGISTRY for m in e.machines}
+    clash = taken.intersection(entry.machines)
+    if clash:
+        raise InvalidInput(f"machine names {sorted(clash)} belong to another board")
+    _REGISTRY.insert(0, entry)
+
+
+def arches() -> list[str]:
+    """The architectures some board emulates."""
+    return sorted({e.arch for e in _REGISTRY})
+
+
+def arch_of_machine(machine: str | None) -> str | None:
+    """The architecture of ``-M machine`` (options after a comma ignored), if known."""
+    name = (machine or "").split(",")[0]
+    return next((e.arch for e in _REGISTRY if name in e.machines), None)
+
+
+def entry_for(arch: str, machine: str | None = None) -> BoardEntry:
+    """The board for ``arch`` named ``machine`` (its default board without one)."""
+    name = (machine or "").split(",")[0]
+    entries = [e for e in _REGISTRY if e.arch == arch]
+    if not entries:
+        raise InvalidInput(f"no board emulates {arch!r}: choose one of {', '.join(arches())}")
+    for e in entries:
+        if not name or name in e.machines:
+            return e
+    return entries[0]  # its board refuses the machine with its own message
+
+
+def board_class(arch: str, machine: str | None = None) -> type[Board]:
+    """Import and return the board class for ``arch``/``machine`` (see
+    :func:`entry_for`), after it checked the machine name."""
+    cls: type[Board] = importlib.import_module(entry_for(arch, machine).module).BOARD
+    return cls

@@ -1,0 +1,259 @@
+"""QEMU's ``virt`` board for AArch64 guests on the software EL2 (arm_vcpu).
+
+The machine (:mod:`.layout`): two flash banks, a GICv2, a PL011 and RAM, the
+generic timers on PPIs 27/30 (:mod:`.timer`), PSCI 1.1 over HVC. vCPU 0 starts
+at boot; PSCI CPU_ON starts the others (``CpuUp``), CPU_OFF stops one
+(``CpuDown``) until a CPU_ON names it again. The board answers PSCI's
+AFFINITY_INFO from the VM's CPU power states and turns a CPU_ON outcome into
+PSCI's return code; an SMCCC fast call nobody implements gets NOT_SUPPORTED.
+
+Devices: the GIC and the UART are served inside the CPU (their windows are
+mapped by the stage-2 table onto the engine's in-CPU MMIO window, as KVM serves
+its in-kernel devices) unless the configuration asks every access to exit
+(``--trap-mmio``). Flash bank 1 is a CFI flash run as a ROM device: mapped
+read-only while in read-array mode, trapping otherwise. Guest code of one VM
+executes on one vCPU thread at a time (an :class:`ExecLock`), because the
+software CPU's exclusive loads and stores are not atomic between threads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu
+from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return, is_smccc_fast_call
+from pyaxvisor.arch.aarch64.vcpu import Aarch64VCpu, Aarch64VCpuCreateConfig, Aarch64VCpuSetupConfig
+from pyaxvisor.boards.aarch64_virt import boot
+from pyaxvisor.boards.aarch64_virt import layout as L
+from pyaxvisor.boards.aarch64_virt.timer import GenericTimers
+from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
+from pyaxvisor.devices.irq import IrqLine
+from pyaxvisor.devices.pflash import CfiFlash
+from pyaxvisor.devices.pl011 import MMIO_SIZE as UART_SIZE
+from pyaxvisor.devices.pl011 import Pl011
+from pyaxvisor.engine.tcg.aarch64 import BOOT_NS, IN_CPU_MMIO_BASE
+from pyaxvisor.engine.tcg.exec_lock import ExecLock
+from pyaxvisor.engine.tcg.native import TIMER_VIRT
+from pyaxvisor.errors import InvalidInput
+from pyaxvisor.hal.timer import monotonic_ns
+from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.mm.flags import MappingFlags
+from pyaxvisor.vcpu import Hypercall, VCpu
+from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
+from pyaxvisor.vm.board import Board, BootState
+from pyaxvisor.vm.config import MemoryRegion
+from pyaxvisor.vm.power import CpuPower, CpuStart
+
+if TYPE_CHECKING:
+    from pyaxvisor.vm.vm import Vm
+
+__all__ = ["BOARD", "VirtBoard"]
+
+_PSCI_STATUS = {CpuStart.STARTED: PsciRet.SUCCESS, CpuStart.ALREADY_ON: PsciRet.ALREADY_ON,
+                CpuStart.PENDING: PsciRet.ON_PENDING,
+                CpuStart.INVALID: PsciRet.INVALID_PARAMETERS}
+_AFFINITY = {CpuPower.ON: AffinityState.ON, CpuPower.OFF: AffinityState.OFF,
+             CpuPower.PENDING: AffinityState.ON_PENDING}
+#: MPIDR_EL1 affinity fields Aff3 and Aff2.Aff1.Aff0.
+MPIDR_AFFINITY = 0xFF_00FF_FFFF
+MPIDR_RES1 = 0x8000_0000
+
+
+class VirtBoard(Board):
+    arch = "aarch64"
+    machines = ("virt",)
+    cpu_models = ("cortex-a72", "max", "host")
+    machine_hint = "machine {machine!r} is not supported: only 'virt'"
+    cpu_hint = "CPU model {cpu!r} is not supported: only cortex-a72"
+    default_memory = 512 << 20
+    max_cpus = 8  # a GICv2 targets 8 CPUs
+    page_table = "aarch64"
+    vcpu_class = Aarch64VCpu
+    percpu_class = Aarch64PerCpu
+    starts_all_cpus = False
+    cpu_id_mask = MPIDR_AFFINITY
+    page_table_args: ClassVar[dict[str, int]] = {"ipa_bits": L.IPA_BITS}
+    #: Command-line options this board does not take, and why.
+    refused_options: ClassVar[dict[str, str]] = {
+        "device": "-device is not supported on aarch64"}
+    #: Device windows a configuration may name (passthrough devices stand for these).
+    device_windows: ClassVar[dict[str, tuple[int, int]]] = {
+        "intc": (L.GIC_DIST_BASE, 0x2_0000), "pl011": (L.UART_BASE, UART_SIZE),
+        "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE)}
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.gic: GicV2 | None = None
+        self.uart: Pl011 | None = None
+        self.flash1: CfiFlash | None = None
+        self.exec_lock = ExecLock()
+        self.cntvoff = 0
+        self.vm: Vm | None = None
+        self._timers: GenericTimers | None = None
+        self._in_cpu: list[InCpuWindow] = []
+
+    @classmethod
+    def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:
+        return (MemoryRegion(L.RAM_BASE, size),)
+
+    def check(self) -> None:
+        super().check()
+        config = self.config
+        ram = config.ram_size
+        key = config.prefix("[kernel] memory_regions")
+        if ram < L.MIN_RAM or ram % L.RAM_ALIGN:
+            raise InvalidInput(f"{key}RAM size {ram:#x} must be a multiple of 2 MiB, "
+                               ">= 16 MiB")
+        if ram > L.MAX_RAM:
+            raise InvalidInput(f"{key}RAM size {ram >> 20} MiB is more than this VM supports "
+                               "(64 GiB)")
+        for region in config.ram_regions:
+            for name, (base, size) in self.device_windows.items():
+                if region.gpa < base + size and base < region.end:
+                    raise InvalidInput(f"{key}RAM [{region.gpa:#x}, {region.end:#x}) overlaps "
+                                       f"the {name} window at {base:#x} of the virt board")
+            if region.end > 1 << L.IPA_BITS:
+                raise InvalidInput(f"{key}RAM ending at {region.end:#x} is beyond the "
+                                   f"{L.IPA_BITS}-bit guest physical addresses of this board")
+        if config.bios is not None and config.kernel is not None:
+            what = "bios_path and kernel_path" if config.source else "-bios and -kernel"
+            raise InvalidInput(f"{config.prefix('[kernel] bios_path')}{what} together are not "
+                               "supported: the firmware loads the kernel itself")
+        for cpu_id in config.cpu_ids:
+            if not 0 <= cpu_id <= 0xFF_FFFF:
+                raise InvalidInput(f"{config.prefix('[base] phys_cpu_ids')}MPIDR affinity "
+                                   f"{cpu_id:#x} is not Aff2.Aff1.Aff0 (0..0xffffff)")
+
+    def host_memory(self) -> int:
+        return self.config.ram_size + 2 * L.FLASH_SIZE + (64 << 20)
+
+    # -- building ------------------------------------------------------------------------
+    def create(self, vm: Vm) -> None:
+        self.vm = vm
+        space = vm.space
+        assert space is not None
+        # Flash bank 0 holds firmware and is executed in place: guest RAM, read-write
+        # (QEMU runs it as a ROM device; a CFI probe of bank 0 reads back RAM and finds
+        # no flash there). Bank 1 is a CFI flash (the firmware's environment) run as a
+        # ROM device: mapped read-only while in read-array mode, trapping otherwise.
+        space.map_ram(GuestPhysAddr(L.FLASH_BASE), L.FLASH_SIZE, MappingFlags.READ
+                      | MappingFlags.WRITE | MappingFlags.EXECUTE)
+        bank1 = space.map_ram(GuestPhysAddr(L.FLASH_BASE + L.FLASH_SIZE), L.FLASH_SIZE,
+                              MappingFlags.READ)
+        bus = vm.devices.mmio
+        self.gic = GicV2(num_cpus=self.config.cpu_num, on_cpu_irq=self._cpu_irq)
+        self.uart = Pl011(tx=vm.console_write, irq=IrqLine(self.gic, L.UART_INTID))
+        fast = ((L.GIC_DIST_BASE, DIST_SIZE, self.gic.distributor),
+                (L.GIC_CPU_BASE, CPU_IF_SIZE, self.gic.cpu_interface),
+                (L.UART_BASE, UART_SIZE, self.uart))
+        for base, size, device in fast:
+            bus.attach(base, size, device)
+            if self.config.in_cpu_devices:
+                space.map_mmio_window(GuestPhysAddr(base), HostPhysAddr(IN_CPU_MMIO_BASE + base),
+                                      size)
+                self._in_cpu.append(InCpuWindow("mmio", base, size, device.read,
+                                                device.write))
+        self.flash1 = CfiFlash(L.FLASH_SIZE, name="pflash1", storage=space.region_view(bank1),
+                               on_array_mode=self._flash_array_mode)
+        bus.attach(L.FLASH_BASE + L.FLASH_SIZE, L.FLASH_SIZE, self.flash1)
+        self._timers = GenericTimers(vm, self.gic)
+
+    def load(self, vm: Vm) -> BootState:
+        assert vm.space is not None
+        return boot.load(vm.space, self.config)
+
+    def boot_state(self, entry: int, *, dtb_addr: int = 0, **start: Any) -> BootState:
+        """``vm.run(entry, dtb_addr=...)``: x0 = the device tree's address."""
+        super().boot_state(entry, **start)
+        return BootState(entry, {0: dtb_addr})
+
+    def start(self, vm: Vm) -> None:
+        # The virtual counter starts at 0 when the VM starts (CNTVOFF = CNTPCT now).
+        self.cntvoff = (monotonic_ns() - BOOT_NS) * L.TIMER_FREQ // 1_000_000_000
+
+    def vcpu_create_config(self, vm: Vm, cpu: int, start: BootState | None
+                           ) -> Aarch64VCpuCreateConfig:
+        assert vm.hal is not None
+        return Aarch64VCpuCreateConfig(
+            mpidr_el1=MPIDR_RES1 | self.config.cpu_ids[cpu],
+            dtb_addr=start.gprs.get(0, 0) if start is not None else 0, memory=vm.hal.memory,
+            hal=vm.hal, psci=self, cntvoff=self.cntvoff, exec_lock=self.exec_lock)
+
+    def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
+        assert self._timers is not None
+        vcpu.arch.attach_interrupt_controller(self)
+        vcpu.arch.on_timer_write = self._timers.written
+        if start.setup is None:
+            start.setup = Aarch64VCpuSetupConfig()
+
+    def in_cpu_windows(self, vm: Vm) -> list[InCpuWindow]:
+        return list(self._in_cpu)
+
+    def restart_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
+        vcpu.arch.restart(start.entry, start.gprs.get(0, 0))
+
+    # -- PSCI and SMCCC --------------------------------------------------------------------
+    def cpu_up_status(self, outcome: CpuStart) -> int:
+        return encode_return(_PSCI_STATUS[outcome])
+
+    def affinity_info(self, target_mpidr: int, lowest_level: int) -> int:
+        """PSCI AFFINITY_INFO (the vCPUs' ``PsciPlatform``)."""
+        vm = self.vm
+        cpu = None if vm is None or lowest_level != 0 else vm.cpu_index(target_mpidr)
+        if cpu is None or vm is None:
+            return PsciRet.INVALID_PARAMETERS
+        return _AFFINITY[vm.cpu_power(cpu)]
+
+    def on_hypercall(self, vm: Vm, cpu: int, vcpu: VCpu[Any], exit_reason: Hypercall) -> bool:
+        if is_smccc_fast_call(exit_reason.nr):
+            vcpu.set_return_value(encode_return(PsciRet.NOT_SUPPORTED))
+            return True
+        return False
+
+    # -- interrupts --------------------------------------------------------------------------
+    def _cpu_irq(self, cpu: int, asserted: bool) -> None:
+        v = self.vm.vcpu(cpu) if self.vm is not None else None
+        if v is not None:
+            v.arch.set_irq_line(asserted)
+            if asserted:
+                v.wake()
+
+    def inject(self, cpu_id: int, intid: int) -> None:
+        """The vCPUs' ``inject_interrupt``: raise ``intid`` for ``cpu_id`` at the GIC."""
+        assert self.gic is not None
+        if 16 <= intid < 32:
+            self.gic.set_ppi_level(cpu_id, intid, True)
+        elif intid >= 32:
+            self.gic.set_irq_level(intid, True)
+        else:
+            raise InvalidInput(f"SGIs are sent by the guest, not injected (INTID {intid})")
+
+    def _flash_array_mode(self, array: bool) -> None:
+        vm = self.vm
+        assert vm is not None and vm.space is not None
+        vm.space.set_region_mapped(GuestPhysAddr(L.FLASH_BASE + L.FLASH_SIZE), array)
+        for cpu in range(self.config.cpu_num):
+            v = vm.vcpu(cpu)
+            if v is not None:
+                v.arch.request_tlb_flush()
+
+    # -- reports -------------------------------------------------------------------------------
+    def describe_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], state: str) -> str:
+        a = vcpu.arch
+        assert self.gic is not None
+        vctl, vcval, pctl, _pcval = a.timer_state()
+        deadline = a.timer_deadline(TIMER_VIRT)
+        due = "" if deadline is None else \
+            f" (due in {(deadline - monotonic_ns()) / 1e6:.1f} ms)"
+        return (f"vCPU {cpu}: {state}, PC {a.ctx.elr:#x}, IRQ line "
+                f"{'high' if a.irq_line else 'low'} (GIC output "
+                f"{'high' if self.gic.irq_asserted(cpu) else 'low'}), virtual timer "
+                f"CTL {vctl:#x} CVAL {vcval:#x}{due}, physical timer CTL {pctl:#x}")
+
+    @property
+    def console(self) -> Pl011:
+        assert self.uart is not None
+        return self.uart
+
+
+BOARD = VirtBoard

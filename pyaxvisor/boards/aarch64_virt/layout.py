@@ -1,0 +1,44 @@
+"""The guest physical layout of pyaxvisor's AArch64 machine, QEMU's ``virt`` board
+(``hw/arm/virt.c``), limited to the devices that exist here. The single source of
+these constants: the board, its device tree and its loaders read them from here.
+
+====================== ===========================================================
+``0x0000_0000``         flash bank 0, 64 MiB: ``-bios`` firmware, run in place
+``0x0400_0000``         flash bank 1, 64 MiB: a CFI flash (the firmware's
+                        environment), a ROM device
+``0x0800_0000``         GICv2 distributor (4 KiB emulated)
+``0x0801_0000``         GICv2 CPU interface (8 KiB)
+``0x0900_0000``         PL011 UART, SPI 1 = INTID 33
+``0x4000_0000``         RAM (the default base; a config file may put RAM at any
+                        address the devices leave free)
+====================== ===========================================================
+
+Generic timer PPIs: virtual INTID 27, physical (EL1) INTID 30, counting at
+62.5 MHz (the frequency QEMU 7.2 uses).
+"""
+
+from __future__ import annotations
+
+MiB = 1 << 20
+
+FLASH_BASE = 0x0000_0000
+FLASH_SIZE = 64 * MiB
+GIC_DIST_BASE = 0x0800_0000
+GIC_CPU_BASE = 0x0801_0000
+UART_BASE = 0x0900_0000
+UART_SPI = 1
+UART_INTID = 32 + UART_SPI
+RAM_BASE = 0x4000_0000
+
+PPI_VTIMER = 27
+PPI_PTIMER = 30
+TIMER_FREQ = 62_500_000
+
+#: RAM a virt VM accepts: at least 16 MiB in 2 MiB multiples, at most 64 GiB.
+MIN_RAM = 16 * MiB
+RAM_ALIGN = 2 * MiB
+MAX_RAM = 64 << 30
+#: The IPA size of the stage-2 tables (1 TiB of guest physical addresses).
+IPA_BITS = 40
+#: Where the bundled guest and raw ``-kernel`` binaries go: 512 KiB into RAM.
+RAW_LOAD_OFFSET = 0x8_0000
