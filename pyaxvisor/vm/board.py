@@ -154,8 +154,10 @@ class Board(abc.ABC):
         with ``starts_all_cpus``)."""
         raise Unsupported(f"the {self.machines[0]} board starts secondary CPUs with CpuUp")
 
-    def cpu_up_state(self, entry: int, arg: int) -> BootState:
-        """The start of a vCPU turned on by a ``CpuUp`` exit."""
+    def cpu_up_state(self, cpu: int, entry: int, arg: int) -> BootState:
+        """The start of vCPU ``cpu`` turned on by a ``CpuUp`` exit at ``entry`` with
+        the caller's ``arg``. The default: ``arg`` in GPR 0 (PSCI CPU_ON's context ID
+        in x0)."""
         return BootState(entry, {0: arg})
 
     def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:

@@ -184,7 +184,7 @@ class Vm(ExitDispatch):
         cpu = self.cpu_index(hw_id)
         if cpu is None:
             return CpuStart.INVALID
-        start = self.board.cpu_up_state(entry, arg)
+        start = self.board.cpu_up_state(cpu, entry, arg)
         with self._lock:
             state = self._power[cpu]
             if state is CpuPower.PENDING:
