@@ -3,7 +3,8 @@
 ``python -m pytest`` puts the repository on ``sys.path``, so the tests import the
 ``pyaxvisor`` sources here rather than the installed copy; the native extensions
 (built by ``pip install``) then have to exist in the source tree too. Build them in
-place when they are missing (a fresh clone): the same sources, the same compiler.
+place when they are missing (a fresh clone) or older than their C source: the same
+sources, the same compiler.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ EXTENSIONS = ("pyaxvisor.engine.tcg._hooks", "pyaxvisor.engine.kvm._native")
 
 
 def _missing() -> list[str]:
-    return [name for name in EXTENSIONS if importlib.util.find_spec(name) is None]
+    """Extensions not built in the tree, or built before their C source last changed."""
+    out = []
+    for name in EXTENSIONS:
+        spec = importlib.util.find_spec(name)
+        source = ROOT / (name.replace(".", "/") + ".c")
+        if spec is None or spec.origin is None or (
+                source.exists() and Path(spec.origin).stat().st_mtime < source.stat().st_mtime):
+            out.append(name)
+    return out
 
 
 if _missing():

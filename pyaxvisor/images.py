@@ -10,6 +10,11 @@ taken out of the package's data archive. Results live in the user's cache direct
     initramfs-arm64.cpio.gz    busybox initramfs built here from ``busybox-static:arm64``
     linux-amd64.vmlinuz        Debian's amd64 kernel (a ``bzImage``)
     initramfs-amd64.cpio.gz    busybox initramfs from ``busybox-static:amd64``
+    u-boot-riscv64.bin         S-mode U-Boot for QEMU's riscv64 ``virt`` board, an SBI
+                               payload run at 0x8020_0000 (``u-boot-qemu`` again)
+    linux-riscv64.vmlinuz      Debian stable's riscv64 kernel, as shipped (a RISC-V
+                               ``Image`` with an EFI stub; Debian names it ``vmlinux-*``)
+    initramfs-riscv64.cpio.gz  busybox initramfs from ``busybox-static:riscv64``
 
 and next to each a ``<name>.json`` that names the Debian package and version it came
 from (for a kernel also the kernel release, e.g. ``6.1.0-56-arm64``, and whether the
@@ -25,6 +30,12 @@ Packages of a foreign architecture (``arm64`` on an amd64 host) need that archit
 known to dpkg and apt: :func:`fetch` runs ``dpkg --add-architecture arm64`` and
 ``apt-get update`` when, and only when, that is missing, and says so through ``log``.
 When apt does not know a package at all it runs ``apt-get update`` once and retries.
+
+riscv64 packages come from Debian ``stable`` (Debian 12, the host's release, has no
+riscv64 port) through a private apt configuration in ``~/.cache/pyaxvisor/apt-riscv64``
+that leaves the host's sources and dpkg architectures alone and needs no root; see
+:mod:`pyaxvisor.image_apt` (``$PYAXVISOR_DEBIAN_MIRROR`` chooses its mirror). The
+``u-boot-qemu`` package (architecture ``all``) comes from the host's apt as for arm64.
 
 The initramfs ``/init`` mounts proc, sysfs and devtmpfs, prints
 :data:`USERSPACE_MARKER`, ``uname -a`` and the CPU count, runs the optional command
@@ -56,6 +67,9 @@ from pathlib import Path
 from typing import Any
 
 from pyaxvisor.errors import ImageFetchError
+from pyaxvisor.image_apt import PrivateApt, parse_control, private_apt
+from pyaxvisor.image_apt import run as _run
+from pyaxvisor.image_apt import tail as _tail
 
 Log = Callable[[str], None]
 
@@ -102,6 +116,17 @@ IMAGES: dict[str, ImageSpec] = {
                   "Debian's amd64 Linux kernel, a bzImage"),
         ImageSpec("initramfs-amd64", "initramfs", "busybox-static", "amd64",
                   "bin/busybox", "initramfs-amd64.cpio.gz",
+                  "busybox initramfs (gzip'd newc cpio) whose /init reports and powers off"),
+        ImageSpec("u-boot-riscv64", "file", "u-boot-qemu", "all",
+                  "usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin", "u-boot-riscv64.bin",
+                  "S-mode U-Boot for QEMU's riscv64 virt board (flat binary, an SBI "
+                  "payload at 0x80200000)"),
+        ImageSpec("linux-riscv64", "kernel", "linux-image-riscv64", "riscv64",
+                  "boot/vmlinu[xz]-*", "linux-riscv64.vmlinuz",
+                  "Debian stable's riscv64 Linux kernel: a RISC-V Image (EFI stub; gzip'd "
+                  "accepted)"),
+        ImageSpec("initramfs-riscv64", "initramfs", "busybox-static", "riscv64",
+                  "usr/bin/busybox", "initramfs-riscv64.cpio.gz",  # Debian 13: merged /usr
                   "busybox initramfs (gzip'd newc cpio) whose /init reports and powers off"),
     )
 }
@@ -194,6 +219,9 @@ def fetch(name: str, *, refresh: bool = False, log: Log = print) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             data, info = _BUILDERS[image.kind](image, work, log)
+            private = _private_apt(image.arch)
+            if private is not None:
+                info["apt_source"] = private.sources_line().strip()
             info = {
                 "name": name,
                 "file": image.filename,
@@ -270,7 +298,7 @@ def _fetch_kernel(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dict[s
     deb = _download(_apt_name(package, image.arch), work, log)
     fields = _deb_fields(deb)
     member, data = _extract(deb, image.member, fields)
-    release = member.rsplit("/", 1)[-1].removeprefix("vmlinuz-")
+    release = re.sub(r"^vmlinu[xz]-", "", member.rsplit("/", 1)[-1])
     return data, {
         **_origin(fields),
         "member": member,
@@ -333,25 +361,15 @@ def _apt_name(package: str, arch: str) -> str:
     return package if arch == "all" else f"{package}:{arch}"
 
 
-def _tail(text: str, lines: int = 12) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return "\n".join("    " + line for line in kept)
+def _private_apt(arch: str) -> PrivateApt | None:
+    """The private apt that serves ``arch`` (riscv64), or ``None`` for the host's apt."""
+    return private_apt(arch, cache_root().parent)
 
 
-def _run(argv: list[str], what: str, *, cwd: Path | None = None) -> str:
-    """Run a dpkg/apt command; return its stdout or raise with the tail of its stderr."""
-    try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise ImageFetchError(
-            f"{what}: {argv[0]} not found; images come from Debian packages and need "
-            "apt and dpkg (a Debian or Ubuntu host)") from None
-    if proc.returncode != 0:
-        detail = _tail(proc.stderr) or _tail(proc.stdout) or "    (no output)"
-        raise ImageFetchError(
-            f"{what}: `{' '.join(map(str, argv))}` failed with exit status "
-            f"{proc.returncode}:\n{detail}")
-    return proc.stdout
+def _private_apt_of(apt_name: str) -> PrivateApt | None:
+    """The private apt that serves ``pkg:arch``, or ``None`` for the host's apt."""
+    _package, colon, arch = apt_name.rpartition(":")
+    return _private_apt(arch) if colon else None
 
 
 _updated = False
@@ -367,8 +385,13 @@ def _apt_update(log: Log, why: str) -> None:
 
 
 def _ensure_arch(arch: str, log: Log) -> None:
-    """Make packages of ``arch`` available to apt, adding the architecture if needed."""
+    """Make packages of ``arch`` available to apt, adding the architecture if needed
+    (or, for an architecture of a private apt, making its package lists fresh)."""
     if arch == "all":
+        return
+    private = _private_apt(arch)
+    if private is not None:
+        private.ensure_fresh(log)
         return
     native = _run(["dpkg", "--print-architecture"], "dpkg").strip()
     if arch == native:
@@ -388,14 +411,18 @@ def _ensure_arch(arch: str, log: Log) -> None:
 
 def _package_fields(apt_name: str, log: Log) -> dict[str, str]:
     """The candidate version's control fields of ``apt_name``, as apt knows them."""
-    argv = ["apt-cache", "show", "--no-all-versions", apt_name]
-    try:
-        out = _run(argv, f"looking up {apt_name}")
-    except ImageFetchError:
-        if _updated:
-            raise
-        _apt_update(log, f"apt does not know {apt_name}")
-        out = _run(argv, f"looking up {apt_name}")
+    private = _private_apt_of(apt_name)
+    if private is not None:
+        out = private.show(apt_name, log)
+    else:
+        argv = ["apt-cache", "show", "--no-all-versions", apt_name]
+        try:
+            out = _run(argv, f"looking up {apt_name}")
+        except ImageFetchError:
+            if _updated:
+                raise
+            _apt_update(log, f"apt does not know {apt_name}")
+            out = _run(argv, f"looking up {apt_name}")
     fields = parse_control(out)
     if not fields:
         raise ImageFetchError(f"apt has no installable version of {apt_name}")
@@ -406,15 +433,19 @@ def _download(apt_name: str, dest: Path, log: Log) -> Path:
     """``apt-get download`` one package into ``dest`` and return the ``.deb``."""
     log(f"images: downloading {apt_name}")
     before = set(dest.glob("*.deb"))
-    argv = ["apt-get", "download", apt_name]
-    try:
-        _run(argv, f"downloading {apt_name}", cwd=dest)
-    except ImageFetchError:
-        if _updated:
-            raise
-        # Stale lists point at files the archive no longer has; refresh them once.
-        _apt_update(log, f"downloading {apt_name} failed")
-        _run(argv, f"downloading {apt_name}", cwd=dest)
+    private = _private_apt_of(apt_name)
+    if private is not None:
+        private.download(apt_name, dest, log)
+    else:
+        argv = ["apt-get", "download", apt_name]
+        try:
+            _run(argv, f"downloading {apt_name}", cwd=dest)
+        except ImageFetchError:
+            if _updated:
+                raise
+            # Stale lists point at files the archive no longer has; refresh them once.
+            _apt_update(log, f"downloading {apt_name} failed")
+            _run(argv, f"downloading {apt_name}", cwd=dest)
     debs = sorted(set(dest.glob("*.deb")) - before)
     if len(debs) != 1:
         raise ImageFetchError(f"apt-get download {apt_name} left {len(debs)} .deb files")
@@ -473,24 +504,6 @@ def _extract(deb: Path, pattern: str, fields: dict[str, str]) -> tuple[str, byte
     raise ImageFetchError(f"package {what} has no file /{pattern}")
 
 
-def parse_control(text: str) -> dict[str, str]:
-    """The first stanza of deb822 control text (``apt-cache show``, ``dpkg-deb -f``)."""
-    fields: dict[str, str] = {}
-    key = None
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                break
-            continue
-        if line[0] in " \t" and key is not None:
-            fields[key] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            key = key.strip()
-            fields[key] = value.strip()
-    return fields
-
-
 def kernel_package(depends: str, metapackage: str = "linux-image") -> str:
     """The ``linux-image-<version>-<flavour>`` package in a metapackage's ``Depends``."""
     for clause in depends.split(","):
@@ -535,6 +548,8 @@ def check_kernel(data: bytes, arch: str) -> dict[str, Any]:
                 "efi_stub": head[:2] == b"MZ",
                 "image_size": int.from_bytes(head[16:24], "little"),
                 "text_offset": int.from_bytes(head[8:16], "little")}
+    if arch == "riscv64":
+        return _check_riscv_kernel(data)
     if arch == "amd64":
         if data[0x202:0x206] != b"HdrS":
             raise ImageFetchError("the amd64 vmlinuz is not a bzImage (no HdrS header)")
@@ -542,6 +557,31 @@ def check_kernel(data: bytes, arch: str) -> dict[str, Any]:
         return {"compression": "bzImage", "format": "bzImage",
                 "boot_protocol": f"{version >> 8}.{version & 0xFF:02d}"}
     return {"compression": "gzip" if data[:2] == b"\x1f\x8b" else "none", "format": "unknown"}
+
+
+def _check_riscv_kernel(data: bytes) -> dict[str, Any]:
+    """Check a riscv64 ``vmlinuz`` holds a RISC-V Image (raw, gzip'd or in an EFI zboot
+    wrapper with a gzip payload), with the loaders' own header parser."""
+    from pyaxvisor.loaders.compression import decompress, is_zboot
+    from pyaxvisor.loaders.image import ImageError
+    from pyaxvisor.loaders.linux_image import parse_riscv_header
+
+    if data[:2] == b"\x1f\x8b":
+        compression = "gzip"
+    elif is_zboot(data):  # "zimg" at 4; the payload's compression is named at 24
+        compression = "zboot-" + data[24:56].split(b"\0", 1)[0].decode("ascii", "replace")
+    else:
+        compression = "none"
+    try:
+        image = decompress(data, path="the riscv64 vmlinuz")
+        header = parse_riscv_header(image, path="the riscv64 vmlinuz")
+    except ImageError as exc:
+        raise ImageFetchError(f"the riscv64 vmlinuz holds no RISC-V Image: {exc}") from exc
+    return {"compression": compression, "format": "RISC-V Image",
+            "efi_stub": image[:2] == b"MZ",
+            "image_size": header.image_size,
+            "text_offset": header.text_offset,
+            "header_version": f"{header.version >> 16}.{header.version & 0xFFFF}"}
 
 
 def busybox_applets(binary: bytes) -> frozenset[str] | None:

@@ -1,8 +1,9 @@
 """Build the small test guests from their assembly sources with Debian's cross binutils.
 
 Images are cached under ``$XDG_CACHE_HOME/pyaxvisor/test-guests`` keyed by a hash of
-the source and the link address, so a run rebuilds only what changed. A missing
-toolchain is a test failure that names the Debian package to install.
+the source, the ``*.inc`` files of its architecture (which sources may ``.include``)
+and the link address, so a run rebuilds only what changed. A missing toolchain is a
+test failure that names the Debian package to install.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 GUEST_DIR = Path(__file__).parent / "guests"
 TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu"),
+              "riscv64": ("riscv64-linux-gnu-", "binutils-riscv64-linux-gnu"),
               "x86_64": ("", "binutils")}
 
 
@@ -37,6 +39,8 @@ def symbols(arch: str, name: str, link_addr: int) -> dict[str, int]:
 
 def _key(arch: str, name: str, link_addr: int) -> str:
     text = (GUEST_DIR / arch / f"{name}.S").read_bytes()
+    for inc in sorted((GUEST_DIR / arch).glob("*.inc")):
+        text += inc.read_bytes()
     return hashlib.sha256(text + f"{arch}:{link_addr:#x}".encode()).hexdigest()[:16]
 
 
@@ -57,7 +61,8 @@ def build(arch: str, name: str, link_addr: int) -> bytes:
         work = cache_dir() / f"{arch}-{name}-{key}.tmp"
         work.mkdir(exist_ok=True)
         obj, elf, tmp_bin = work / "g.o", work / "g.elf", work / "g.bin"
-        subprocess.run([prefix + "as", "-o", obj, src], check=True, capture_output=True)
+        subprocess.run([prefix + "as", "-I", GUEST_DIR / arch, "-o", obj, src], check=True,
+                       capture_output=True)
         subprocess.run([prefix + "ld", "-e", hex(link_addr), f"-Ttext={link_addr:#x}",
                         "-o", elf, obj], check=True, capture_output=True)
         subprocess.run([prefix + "objcopy", "-O", "binary", elf, tmp_bin], check=True,

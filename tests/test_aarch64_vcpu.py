@@ -11,6 +11,7 @@ import time
 
 import pytest
 from aarch64_machine import DTB, RAM, Machine
+from machines import machine_fixture, on_another_host_cpu
 
 from pyaxvisor.arch.aarch64.exception import UnhandledTrap
 from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu, hardware_features
@@ -35,18 +36,7 @@ G = GuestPhysAddr
 DEV = 0x0900_0000
 
 
-@pytest.fixture
-def machine(request):
-    machines: list[Machine] = []
-
-    def make(guest: str, **kw) -> Machine:
-        m = Machine(guest, **kw)
-        machines.append(m)
-        return m
-
-    yield make
-    for m in machines:
-        m.close()
+machine = machine_fixture(Machine)
 
 
 def test_hardware_support_is_read_from_id_registers():
@@ -222,27 +212,18 @@ def test_unbind_and_bind_on_another_host_cpu_keeps_state(machine):
     engine0.write_cp(3, 0, 12, 0, 0, 0x4000_0800)               # VBAR_EL1
     engine0.write_cp(3, 0, 13, 0, 4, 0x7777)                    # TPIDR_EL1
     v.unbind()
-    result: dict[str, object] = {}
 
-    def other_cpu():
-        pc = PerCpu(Aarch64PerCpu)
-        pc.init(1)
-        pc.hardware_enable()
-        try:
-            v.bind()
-            eng = v.arch._engine
-            result["vbar"] = eng.read_cp(3, 0, 12, 0, 0)
-            result["tpidr"] = eng.read_cp(3, 0, 13, 0, 4)
-            result["x0"] = v.arch.ctx.x[0]
-            threading.Timer(0.03, v.arch.kick).start()
-            result["exit"] = v.run()
-            v.unbind()
-        finally:
-            pc.close()
+    def other_cpu() -> dict[str, object]:
+        v.bind()
+        eng = v.arch._engine
+        result = {"vbar": eng.read_cp(3, 0, 12, 0, 0), "tpidr": eng.read_cp(3, 0, 13, 0, 4),
+                  "x0": v.arch.ctx.x[0]}
+        threading.Timer(0.03, v.arch.kick).start()
+        result["exit"] = v.run()
+        v.unbind()
+        return result
 
-    t = threading.Thread(target=other_cpu)
-    t.start()
-    t.join()
+    result = on_another_host_cpu(Aarch64PerCpu, 1, other_cpu)
     assert result["vbar"] == 0x4000_0800
     assert result["tpidr"] == 0x7777
     assert result["exit"] == Nothing()

@@ -134,3 +134,28 @@ def test_unknown_architecture(hal):
 
 def test_root_is_a_host_physical_address(space):
     assert isinstance(space.root_paddr, HostPhysAddr)
+
+
+def test_listeners_hear_every_change_of_the_map(hal):
+    space = AddrSpace(hal, nested_page_table(hal, "riscv64"))
+    heard: list[int] = []
+
+    def listener() -> None:
+        heard.append(len(space.regions))
+
+    space.add_listener(listener)
+    space.map_ram(G(0x8000_0000), 0x2000)                    # 1
+    space.map_linear(G(0x9000_0000), space.regions[0].hpa, 0x1000, RW)  # 2
+    space.protect(G(0x8000_0000), 0x1000, MappingFlags.READ)  # 3
+    space.set_region_mapped(G(0x8000_0000), False)           # 4
+    space.set_region_mapped(G(0x8000_0000), False)           # no change: not heard
+    space.remove_region(G(0x8000_0000))                      # 5 (mapped back, then removed)
+    space.map_mmio_window(G(0x1000_0000), HostPhysAddr(0x80_0000_0000), 0x1000)  # 6
+    assert heard == [1, 2, 2, 2, 1, 1]
+    space.remove_listener(listener)
+    space.remove_listener(listener)                          # not registered: no error
+    space.map_ram(G(0xA000_0000), 0x1000)
+    assert len(heard) == 6
+    space.add_listener(listener)
+    space.destroy()
+    assert heard[-1] == 0

@@ -275,7 +275,7 @@ def test_the_architecture_argument_overrides_the_file(arm_dir):
                                     "other RAM layouts are not supported")
 
 
-FIX = 'add [pyaxvisor] arch = "aarch64" (or x86_64) or pass --arch'
+FIX = 'add [pyaxvisor] arch = "aarch64" (or riscv64, x86_64) or pass --arch'
 
 
 def test_a_raw_kernel_does_not_tell_the_architecture(arm_dir):
@@ -295,7 +295,11 @@ def test_a_missing_kernel_is_named_when_the_architecture_must_come_from_it(tmp_p
                        f"(pyaxvisor reads it to tell the guest architecture; or {FIX})")
 
 
-def test_a_kernel_for_an_architecture_without_a_board(tmp_path):
+def test_a_kernel_for_an_architecture_without_a_board(tmp_path, monkeypatch):
+    from pyaxvisor import boards
+
+    monkeypatch.setattr(boards, "_REGISTRY", [e for e in boards._REGISTRY
+                                              if e.arch != "riscv64"])
     riscv_elf = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HH", 2, 243) + bytes(44)
     (tmp_path / "hello.bin").write_bytes(riscv_elf)
     assert refused(tmp_path, ARM, {"pyaxvisor": None}) == (
@@ -304,8 +308,8 @@ def test_a_kernel_for_an_architecture_without_a_board(tmp_path):
 
 
 def test_unknown_architectures_and_machines(arm_dir):
-    assert refused(arm_dir, ARM, {"pyaxvisor.arch": '"riscv64"'}) == (
-        "[pyaxvisor] arch: no board emulates 'riscv64' (choose one of aarch64, x86_64)")
+    assert refused(arm_dir, ARM, {"pyaxvisor.arch": '"mips"'}) == (
+        "[pyaxvisor] arch: no board emulates 'mips' (choose one of aarch64, riscv64, x86_64)")
     assert refused(arm_dir, ARM, {"pyaxvisor.machine": '"raspi3"'}) == (
         "[pyaxvisor] machine: machine 'raspi3' is not supported: only 'virt'")
     path = write(arm_dir, toml_text(ARM))
@@ -314,7 +318,8 @@ def test_unknown_architectures_and_machines(arm_dir):
     assert str(info.value) == f"{path}: machine 'raspi3' is not supported: only 'virt'"
     with pytest.raises(InvalidInput) as info:
         read_config(path, arch="mips")
-    assert str(info.value) == f"{path}: no board emulates 'mips' (choose one of aarch64, x86_64)"
+    assert str(info.value) == (f"{path}: no board emulates 'mips' (choose one of aarch64, "
+                               "riscv64, x86_64)")
 
 
 # -- reading: the file itself ------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_check_takes_the_architecture_and_machine_from_the_command_line(tmp_path
     fails(pyaxvisor("config", "check", path),
           f"{path}: [kernel] kernel_path: {tmp_path / 'not-here.elf'}: No such file or "
           'directory (pyaxvisor reads it to tell the guest architecture; or add [pyaxvisor] '
-          'arch = "aarch64" (or x86_64) or pass --arch)')
+          'arch = "aarch64" (or riscv64, x86_64) or pass --arch)')
 
 
 # -- config generate ---------------------------------------------------------------------------

@@ -1,23 +1,27 @@
 """Guest images from Debian packages: the newc writer, the initramfs, the cache and apt.
 
-Everything but the ``slow`` test runs without the network: apt is replaced by small
-``.deb`` files built here with ``dpkg-deb --build``. The slow test really downloads
-``u-boot-qemu`` (about 2 MB) into a temporary cache.
+Everything but the ``slow`` tests runs without the network: apt is replaced by small
+``.deb`` files built here with ``dpkg-deb --build``. The slow tests really download
+``u-boot-qemu`` (about 2 MB, twice) and, through the private riscv64 apt, Debian
+stable's riscv64 index and ``busybox-static`` (about 11 MB) into temporary caches.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 import re
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from pyaxvisor import images
+from pyaxvisor import image_apt, images
 from pyaxvisor.errors import AxError, ImageFetchError
 from pyaxvisor.images import CpioEntry
 
@@ -219,7 +223,8 @@ def test_unknown_image_name_lists_known_ones():
 
 def test_image_names():
     assert set(images.IMAGES) == {"u-boot-arm64", "linux-arm64", "initramfs-arm64",
-                                  "linux-amd64", "initramfs-amd64"}
+                                  "linux-amd64", "initramfs-amd64",
+                                  "u-boot-riscv64", "linux-riscv64", "initramfs-riscv64"}
     assert images.IMAGES["u-boot-arm64"].apt_name == "u-boot-qemu"
     assert images.IMAGES["initramfs-arm64"].apt_name == "busybox-static:arm64"
     assert images.IMAGES["linux-arm64"].apt_name == "linux-image-arm64:arm64"
@@ -564,3 +569,439 @@ def test_fetch_real_u_boot(monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", no_commands)
     assert images.fetch("u-boot-arm64", log=lambda _s: None) == path
     assert path.read_bytes() == data
+
+
+# ---------------------------------------------------------------------------
+# riscv64: the images, and the private apt that fetches Debian stable's packages
+
+MIRROR = "http://mirror.example/debian"
+
+
+def no_log(_line: str) -> None:
+    """A log that drops what it is told."""
+RSC_MAGIC = b"RSC\x05"
+
+
+def riscv_image(efi_stub: bool = True, size: int = 4096) -> bytes:
+    """A RISC-V Linux Image header (boot-image-header.rst) and some body."""
+    head = bytearray(64)
+    head[0:4] = b"MZo\x10" if efi_stub else b"\x6f\x10\x60\x0d"
+    head[8:16] = (0x20_0000).to_bytes(8, "little")  # text_offset
+    head[16:24] = (0x1E6_B000).to_bytes(8, "little")  # image_size
+    head[32:36] = (2).to_bytes(4, "little")  # header version 0.2
+    head[48:56] = b"RISCV\0\0\0"
+    head[56:60] = RSC_MAGIC
+    return bytes(head) + b"\x13\x00\x00\x00" * (size // 4)
+
+
+@pytest.fixture
+def private_env(monkeypatch, tmp_path):
+    """A fixed mirror and keyring, whatever the host's apt sources say."""
+    keyring = tmp_path / "debian-archive-keyring.gpg"
+    keyring.write_bytes(b"keys")
+    monkeypatch.setenv(image_apt.MIRROR_ENV, MIRROR)
+    monkeypatch.setattr(image_apt, "DEBIAN_KEYRING", keyring)
+    return keyring
+
+
+def test_riscv64_image_specs():
+    uboot, linux, initramfs = (images.spec(n) for n in ("u-boot-riscv64", "linux-riscv64",
+                                                           "initramfs-riscv64"))
+    assert (uboot.kind, uboot.apt_name, uboot.member, uboot.filename) == (
+        "file", "u-boot-qemu", "usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin",
+        "u-boot-riscv64.bin")
+    assert (linux.kind, linux.apt_name, linux.filename) == (
+        "kernel", "linux-image-riscv64:riscv64", "linux-riscv64.vmlinuz")
+    assert images.fnmatch.fnmatchcase("boot/vmlinux-6.12.107+deb13-riscv64", linux.member)
+    assert images.fnmatch.fnmatchcase("boot/vmlinuz-6.12.107+deb13-riscv64", linux.member)
+    assert not images.fnmatch.fnmatchcase("boot/config-6.12.107+deb13-riscv64", linux.member)
+    assert (initramfs.kind, initramfs.apt_name, initramfs.member) == (
+        "initramfs", "busybox-static:riscv64", "usr/bin/busybox")
+    # pyaxvisor spells the architecture as Debian does: the names need no alias.
+    assert all(images.canonical(n) == n for n in ("u-boot-riscv64", "linux-riscv64",
+                                                  "initramfs-riscv64"))
+    # Only riscv64 goes through a private apt; arm64 and amd64 keep the host's.
+    assert set(image_apt.PRIVATE_SUITES) == {"riscv64"}
+    assert images._private_apt("arm64") is None and images._private_apt("all") is None
+
+
+def test_check_kernel_riscv64_formats():
+    raw = riscv_image()
+    info = images.check_kernel(raw, "riscv64")
+    assert info == {"compression": "none", "format": "RISC-V Image", "efi_stub": True,
+                    "image_size": 0x1E6_B000, "text_offset": 0x20_0000,
+                    "header_version": "0.2"}
+    gz = images.check_kernel(gzip.compress(riscv_image(efi_stub=False)), "riscv64")
+    assert gz["compression"] == "gzip" and gz["efi_stub"] is False
+    payload = gzip.compress(raw)
+    zboot = bytearray(0x40)
+    zboot[0:2], zboot[4:8] = b"MZ", b"zimg"
+    zboot[8:12] = (0x40).to_bytes(4, "little")
+    zboot[12:16] = len(payload).to_bytes(4, "little")
+    zboot[24:28] = b"gzip"
+    assert images.check_kernel(bytes(zboot) + payload, "riscv64")["compression"] == "zboot-gzip"
+    arm64 = bytearray(raw)
+    arm64[48:60] = bytes(8) + b"ARM\x64"
+    for bad in (bytes(arm64), bytes(4096), gzip.compress(bytes(4096))):
+        with pytest.raises(ImageFetchError, match="no RISC-V Image"):
+            images.check_kernel(bad, "riscv64")
+
+
+def test_fetch_riscv64_images_through_fake_apt(cache, apt, private_env):
+    vmlinux = riscv_image()
+    apt.fields["linux-image-riscv64:riscv64"] = {
+        "Package": "linux-image-riscv64", "Version": "6.12.107-1",
+        "Depends": "linux-image-6.12.107+deb13-riscv64 (= 6.12.107-1)"}
+    apt.add("linux-image-6.12.107+deb13-riscv64:riscv64", "6.12.107-1", "riscv64", {
+        "boot/config-6.12.107+deb13-riscv64": b"CONFIG_X=y\n",
+        "boot/vmlinux-6.12.107+deb13-riscv64": vmlinux})
+    busybox = fake_busybox(machine=243)
+    apt.add("busybox-static:riscv64", "1:1.37.0-6+b9", "riscv64", {"usr/bin/busybox": busybox})
+    apt.add("u-boot-qemu", "2023.01+dfsg-2", "all", {
+        "usr/lib/u-boot/qemu-riscv64/u-boot.bin": b"M-mode",
+        "usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin": b"S-mode U-Boot"})
+
+    assert images.fetch("linux-riscv64", log=no_log).read_bytes() == vmlinux
+    info = images.metadata("linux-riscv64")
+    assert info["package"] == "linux-image-6.12.107+deb13-riscv64"
+    assert info["kernel_release"] == "6.12.107+deb13-riscv64"
+    assert info["member"] == "boot/vmlinux-6.12.107+deb13-riscv64"
+    assert info["compression"] == "none" and info["format"] == "RISC-V Image"
+    assert info["apt_source"] == (f"deb [arch=riscv64 signed-by={private_env}] {MIRROR} "
+                                  "stable main")
+
+    path = images.fetch("initramfs-riscv64", log=no_log)
+    members = {m["name"]: m for m in read_newc(gzip.decompress(path.read_bytes()))}
+    assert members["bin/busybox"]["data"] == busybox and "init" in members
+    assert images.metadata("initramfs-riscv64")["version"] == "1:1.37.0-6+b9"
+
+    assert images.fetch("u-boot-riscv64", log=no_log).read_bytes() == b"S-mode U-Boot"
+    assert "apt_source" not in images.metadata("u-boot-riscv64")  # the host's apt
+    assert apt.arches == ["riscv64", "riscv64", "all"]
+    assert apt.downloads == ["linux-image-6.12.107+deb13-riscv64:riscv64",
+                             "busybox-static:riscv64", "u-boot-qemu"]
+
+
+def test_riscv64_busybox_must_be_riscv(cache, apt, private_env):
+    apt.add("busybox-static:riscv64", "1", "riscv64", {"usr/bin/busybox": fake_busybox(183)})
+    with pytest.raises(ImageFetchError, match="not riscv64"):
+        images.fetch("initramfs-riscv64", log=lambda _s: None)
+
+
+class FakePrivateRun:
+    """Replaces subprocess.run for the private apt: checks that every apt command carries
+    the private options, answers it like apt would (``update`` writes lists), and hands
+    dpkg-deb to the real tool."""
+
+    def __init__(self, private: image_apt.PrivateApt, store: Path | None = None):
+        self.private = private
+        self.store = store  # .deb files by package name, for `download`
+        self.calls: list[tuple[list[str], Path | None]] = []
+        self.update_result: tuple[int, str] = (0, "")
+        self.release = "Architectures: amd64 arm64 riscv64 s390x\n"
+        self.with_index = True
+        self.show: dict[str, str] = {}
+        self.real_run = subprocess.run
+
+    def verbs(self) -> list[list[str]]:
+        """The calls with the tool and the private options taken off."""
+        n = 1 + len(self.private.options())
+        return [argv[:1] + argv[n:] for argv, _cwd in self.calls if argv[0] != "dpkg-deb"]
+
+    def __call__(self, argv, *, cwd=None, **kwargs):
+        argv = [str(a) for a in argv]
+        if argv[0] == "dpkg-deb":
+            return self.real_run(argv, cwd=cwd, **kwargs)
+        self.calls.append((argv, cwd))
+        opts = self.private.options()
+        assert argv[0] in ("apt-get", "apt-cache"), argv
+        assert argv[1:1 + len(opts)] == opts, f"not the private apt: {argv}"
+        rest = argv[1 + len(opts):]
+        if rest[-1] == "update":
+            code, err = self.update_result
+            if code == 0:
+                lists = self.private.lists
+                prefix = "mirror.example_debian_dists_stable"
+                (lists / f"{prefix}_InRelease").write_text(f"Suite: stable\n{self.release}")
+                if self.with_index:
+                    (lists / f"{prefix}_main_binary-riscv64_Packages.lz4").write_bytes(b"x")
+            return subprocess.CompletedProcess(argv, code, "", err)
+        if rest[0] == "show":
+            text = self.show.get(rest[-1])
+            if text is None:
+                return subprocess.CompletedProcess(argv, 100, "", "E: No packages found\n")
+            return subprocess.CompletedProcess(argv, 0, text, "")
+        if rest[0] == "download":
+            name = rest[-1].split(":")[0]
+            deb = self.store / f"{name}.deb" if self.store else None
+            if deb is None or not deb.exists():
+                return subprocess.CompletedProcess(
+                    argv, 100, "", f"E: Unable to locate package {rest[-1]}\n")
+            shutil.copy(deb, Path(cwd) / deb.name)
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        raise AssertionError(f"unexpected apt command {argv}")
+
+
+def private_options(root: Path) -> list[str]:
+    """The private apt's options, written out here independently of PrivateApt."""
+    return ["-c", f"{root}/apt.conf",
+            "-o", f"Dir::Etc::SourceList={root}/sources.list",
+            "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", "Dir::Etc::Preferences=/dev/null",
+            "-o", "Dir::Etc::PreferencesParts=/dev/null",
+            "-o", f"Dir::State::Lists={root}/lists",
+            "-o", f"Dir::State::status={root}/status",
+            "-o", f"Dir::Cache={root}/cache",
+            "-o", "APT::Architecture=riscv64",
+            "-o", "APT::Architectures::=riscv64",
+            "-o", "Acquire::Languages=none"]
+
+
+def test_private_apt_commands_and_files(monkeypatch, tmp_path):
+    root = tmp_path / "apt-riscv64"
+    private = image_apt.PrivateApt(root, "riscv64", MIRROR, keyring=Path("/k/debian.gpg"))
+    assert private.options() == private_options(root)
+    store = tmp_path / "store"
+    store.mkdir()
+    make_deb(store, "busybox-static", "1", "riscv64", {"usr/bin/busybox": b"bb"}).rename(
+        store / "busybox-static.deb")
+    run = FakePrivateRun(private, store)
+    run.show["busybox-static:riscv64"] = "Package: busybox-static\nVersion: 1\n"
+    monkeypatch.setattr(image_apt.subprocess, "run", run)
+    logs: list[str] = []
+
+    private.ensure_fresh(logs.append)
+    assert [argv for argv, _ in run.calls] == [
+        ["apt-get", *private_options(root), "--error-on=any", "update"]]
+    assert (root / "sources.list").read_text() == (
+        f"deb [arch=riscv64 signed-by=/k/debian.gpg] {MIRROR} stable main\n")
+    conf = (root / "apt.conf").read_text()
+    for key in ("APT::Update::Post-Invoke-Success", "APT::Update::Post-Invoke",
+                "APT::Update::Pre-Invoke", "APT::Architectures"):
+        assert f"#clear {key};" in conf
+    assert (root / "status").read_text() == ""
+    assert (root / "lists" / "partial").is_dir() and (root / "cache").is_dir()
+    assert (root / "updated").read_text() == private.sources_line()
+    assert any("updating Debian stable's riscv64 package lists" in line for line in logs)
+
+    assert "Version: 1" in private.show("busybox-static:riscv64", logs.append)
+    dest = tmp_path / "work"
+    dest.mkdir()
+    private.download("busybox-static:riscv64", dest, logs.append)
+    assert (dest / "busybox-static.deb").exists()
+    assert run.calls[1] == (["apt-cache", *private_options(root), "show", "--no-all-versions",
+                             "busybox-static:riscv64"], None)
+    assert run.calls[2] == (["apt-get", *private_options(root), "download",
+                             "busybox-static:riscv64"], dest)
+
+    private.ensure_fresh(logs.append)  # fresh: no second update
+    assert len(run.calls) == 3
+
+
+def _sha_tree(path: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and os.access(p, os.R_OK)}
+
+
+def test_riscv64_fetch_leaves_the_host_apt_alone(cache, monkeypatch, tmp_path, private_env):
+    store = tmp_path / "store"
+    store.mkdir()
+    make_deb(store, "busybox-static", "1:1.37.0-6+b9", "riscv64",
+             {"usr/bin/busybox": fake_busybox(machine=243)}).rename(store / "busybox-static.deb")
+    private = images._private_apt("riscv64")
+    assert private.root == cache.parent / "apt-riscv64"
+    run = FakePrivateRun(private, store)
+    monkeypatch.setattr(images.subprocess, "run", run)
+    monkeypatch.setattr(images.os, "geteuid", lambda: 1000)  # no root needed
+    etc_before = _sha_tree(Path("/etc/apt"))
+
+    images.fetch("initramfs-riscv64", log=lambda _s: None)
+
+    assert run.verbs() == [["apt-get", "--error-on=any", "update"],
+                           ["apt-get", "download", "busybox-static:riscv64"]]
+    # Every apt command was the private one (FakePrivateRun checks the options); dpkg was
+    # never asked about or given an architecture; the host's apt files are as they were.
+    assert all(argv[0] != "dpkg" for argv, _ in run.calls)
+    assert _sha_tree(Path("/etc/apt")) == etc_before
+    assert images.metadata("initramfs-riscv64")["architecture"] == "riscv64"
+    assert sorted(p.name for p in private.root.iterdir()) == [
+        "apt.conf", "cache", "lists", "lock", "sources.list", "status", "updated"]
+
+
+@pytest.fixture
+def fake_private(monkeypatch, tmp_path) -> tuple[image_apt.PrivateApt, FakePrivateRun]:
+    """A private apt in tmp_path whose apt commands FakePrivateRun answers."""
+    private = image_apt.PrivateApt(tmp_path / "apt", "riscv64", MIRROR)
+    run = FakePrivateRun(private)
+    monkeypatch.setattr(image_apt.subprocess, "run", run)
+    return private, run
+
+
+def test_private_apt_updates_stale_lists_and_mirror_changes(fake_private):
+    private, run = fake_private
+    private.ensure_fresh(no_log)
+    private.ensure_fresh(no_log)
+    assert len(run.calls) == 1
+    two_days = time.time() - 2 * 86400
+    os.utime(private.stamp, (two_days, two_days))
+    logs: list[str] = []
+    private.ensure_fresh(logs.append)
+    assert len(run.calls) == 2 and "hours old" in logs[-1]
+
+    elsewhere = image_apt.PrivateApt(private.root, "riscv64", "https://other.example/debian")
+    run.private = elsewhere
+    elsewhere.ensure_fresh(logs.append)
+    assert len(run.calls) == 3 and "another source" in logs[-1]
+    assert "https://other.example/debian" in (private.root / "sources.list").read_text()
+
+
+def test_private_apt_package_not_found(monkeypatch, fake_private):
+    private, run = fake_private
+    private.ensure_fresh(no_log)
+    # Lists just fetched: a missing package is missing, no second update.
+    with pytest.raises(ImageFetchError) as info:
+        private.show("nosuch:riscv64", no_log)
+    assert "nosuch:riscv64 is not in Debian stable's riscv64 package index" in str(info.value)
+    assert MIRROR in str(info.value)
+    assert [v[-1] for v in run.verbs()] == ["update", "nosuch:riscv64"]
+
+    # Lists a few hours old: update once and look again.
+    hours_ago = time.time() - 3 * 3600
+    os.utime(private.stamp, (hours_ago, hours_ago))
+    calls = len(run.calls)
+    real_call = run.__call__
+
+    def appears_after_update(argv, **kwargs):
+        if argv[-1] == "update":
+            run.show["newpkg:riscv64"] = "Package: newpkg\nVersion: 2\n"
+        return real_call(argv, **kwargs)
+
+    monkeypatch.setattr(image_apt.subprocess, "run", appears_after_update)
+    assert "Version: 2" in private.show("newpkg:riscv64", no_log)
+    assert [v[-1] for v in run.verbs()[calls:]] == ["newpkg:riscv64", "update",
+                                                   "newpkg:riscv64"]
+
+
+def test_private_apt_update_errors(fake_private):
+    private, run = fake_private
+
+    run.update_result = (100, "E: Failed to fetch http://mirror.example/debian/dists/stable/"
+                              "InRelease  Could not resolve 'mirror.example'\n")
+    with pytest.raises(ImageFetchError, match="no network") as info:
+        private.ensure_fresh(no_log)
+    assert "Could not resolve 'mirror.example'" in str(info.value) and MIRROR in str(info.value)
+    assert not private.stamp.exists()
+
+    run.update_result = (100, "E: Failed to fetch http://mirror.example/debian/dists/stable/"
+                              "main/binary-riscv64/Packages.xz  404  Not Found\n")
+    with pytest.raises(ImageFetchError, match=f"mirror {MIRROR} has no riscv64 packages"):
+        private.ensure_fresh(no_log)
+
+    run.update_result = (100, "W: GPG error: ... NO_PUBKEY 762F67A0B2C39DE4\n")
+    with pytest.raises(ImageFetchError, match="debian-archive-keyring"):
+        private.ensure_fresh(no_log)
+
+    # A mirror whose stable has no riscv64: apt skips the index and succeeds.
+    run.update_result = (0, "")
+    run.with_index, run.release = False, "Architectures: amd64 arm64\n"
+    with pytest.raises(ImageFetchError) as info:
+        private.ensure_fresh(no_log)
+    assert "has no riscv64 packages" in str(info.value)
+    assert "amd64 arm64" in str(info.value) and image_apt.MIRROR_ENV in str(info.value)
+    assert not private.stamp.exists()
+
+
+def test_command_timeout_is_an_image_fetch_error(monkeypatch):
+    def slow(argv, **kwargs):
+        assert kwargs["timeout"] == image_apt.COMMAND_TIMEOUT
+        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
+
+    monkeypatch.setattr(image_apt.subprocess, "run", slow)
+    with pytest.raises(ImageFetchError, match="did not finish within 1800 s"):
+        images._run(["apt-get", "download", "x"], "downloading x")
+
+
+def test_debian_mirror_choice(monkeypatch, tmp_path):
+    etc = tmp_path / "etc-apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    monkeypatch.delenv(image_apt.MIRROR_ENV, raising=False)
+    assert image_apt.debian_mirror(etc) == image_apt.DEFAULT_MIRROR  # nothing configured
+    (etc / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb http://deb.debian.org/debian-security bookworm-security main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] https://packages.cloud.google.com/apt cloud main\n")
+    (etc / "sources.list.d" / "old.list.disabled-by-farm").write_text(
+        "deb http://disabled.example/debian bookworm main\n")
+    (etc / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n"
+        "# http://snapshot.debian.org/archive/debian/20250520T000000Z\n"
+        "URIs: http://snapshot.debian.org/archive/debian/20250520T000000Z\n"
+        "Suites: bookworm\nComponents: main\n\n"
+        "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+        "Types: deb deb-src\nURIs: http://ftp.de.debian.org/debian/\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n")
+    assert image_apt.system_mirror(etc) == "http://ftp.de.debian.org/debian"
+    (etc / "sources.list.d" / "a.list").write_text(
+        "deb [trusted=yes] http://mirror.local:3142/debian bookworm main # apt-cacher\n")
+    assert image_apt.debian_mirror(etc) == "http://mirror.local:3142/debian"
+    monkeypatch.setenv(image_apt.MIRROR_ENV, "https://env.example/debian/")
+    assert image_apt.debian_mirror(etc) == "https://env.example/debian"
+    monkeypatch.setenv(image_apt.MIRROR_ENV, "not a mirror")
+    with pytest.raises(ImageFetchError, match=image_apt.MIRROR_ENV):
+        image_apt.debian_mirror(etc)
+
+
+def test_images_cli_lists_riscv64(cache, private_env):
+    from click.testing import CliRunner
+
+    from pyaxvisor.cli import main
+
+    out = CliRunner().invoke(main, ["images", "list"])
+    assert out.exit_code == 0, out.output
+    for name in ("u-boot-riscv64", "linux-riscv64", "initramfs-riscv64"):
+        assert re.search(rf"^{name} .*; not fetched$", out.output, re.M), out.output
+
+
+def fetch_for_real(name: str, source: str) -> Path:
+    try:
+        return images.fetch(name, log=lambda _s: None)
+    except ImageFetchError as exc:
+        pytest.fail(f"could not fetch {name} from {source} (CI reaches Debian's archive; "
+                    f"check the network): {exc}")
+
+
+@pytest.mark.slow
+def test_fetch_real_u_boot_riscv64(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data = fetch_for_real("u-boot-riscv64", "the host's apt (u-boot-qemu)").read_bytes()
+    assert len(data) > 100 * 1024
+    # S-mode U-Boot's _start saves the hart id and the device tree pointer that the SBI
+    # firmware hands over: c.mv tp, a0; c.mv s1, a1 (M-mode U-Boot reads mhartid first).
+    assert data[:4] == bytes.fromhex("2a82ae84"), data[:8].hex()
+    info = images.metadata("u-boot-riscv64")
+    assert info is not None and info["package"] == "u-boot-qemu" and info["version"]
+    assert info["member"] == "usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin"
+
+
+def _host_apt_state() -> tuple[dict[str, str], str]:
+    arches = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True,
+                            text=True, check=True).stdout
+    return _sha_tree(Path("/etc/apt")), arches
+
+
+@pytest.mark.slow
+def test_fetch_real_riscv64_initramfs_through_private_apt(monkeypatch, tmp_path):
+    """The private apt for real: Debian stable's riscv64 index (about 10 MB) and
+    busybox-static (1 MB), with the host's apt sources and dpkg architectures untouched."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    before = _host_apt_state()
+    path = fetch_for_real("initramfs-riscv64", "Debian stable through the private apt")
+    assert _host_apt_state() == before
+    busybox = {m["name"]: m for m in read_newc(gzip.decompress(path.read_bytes()))}[
+        "bin/busybox"]["data"]
+    assert busybox[:4] == b"\x7fELF" and int.from_bytes(busybox[18:20], "little") == 243
+    info = images.metadata("initramfs-riscv64")
+    assert info["architecture"] == "riscv64" and info["apt_source"].startswith(
+        "deb [arch=riscv64")
+    assert (tmp_path / "pyaxvisor" / "apt-riscv64" / "updated").exists()

@@ -159,7 +159,8 @@ def run(cmd: list[str]) -> None:
 
 def binutils_elf(tmp_path, prefix: str, as_args: list[str], ld_args: list[str]) -> bytes:
     if shutil.which(prefix + "as") is None or shutil.which(prefix + "ld") is None:
-        pytest.skip(f"needs {prefix}as and {prefix}ld")
+        pytest.fail(f"needs {prefix}as and {prefix}ld: install Debian's binutils for the "
+                    "architecture (.ci/run does)")
     (tmp_path / "k.S").write_text(".globl _start\n.text\n_start:\n nop\n")
     run([prefix + "as", *as_args, "-o", str(tmp_path / "k.o"), str(tmp_path / "k.S")])
     run([prefix + "ld", *ld_args, "-e", "_start", "-Ttext=0x200000", "-o",

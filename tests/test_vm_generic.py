@@ -54,7 +54,8 @@ ALLOWED = {
     "arch": {"errors", "hal", "mm", "vcpu", "engine"},
     "loaders": {"errors", "mm", "boards.x86_pc.layout"},
     "vm": {"errors", "hal", "mm", "vcpu", "devices"},
-    "images": {"errors"},
+    "images": {"errors", "image_apt", "loaders"},
+    "image_apt": {"errors"},
 }
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from pyaxvisor.axvmconfig import schema as S
 from pyaxvisor.axvmconfig.schema import Key, span
-from pyaxvisor.boards import arch_of_machine, arches, board_class
+from pyaxvisor.boards import arches, arches_of_machine, board_class
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.config import ImageSpec, MemoryRegion, VmConfig
@@ -273,7 +273,11 @@ def _board(draft: _Draft, arch: str | None, machine: str | None) -> type[Board]:
             raise draft.key("pyaxvisor", "arch").error(
                 f"no board emulates {arch!r} (choose one of {', '.join(arches())})")
     elif arch is None:
-        arch = arch_of_machine(machine) or _guess_arch(draft)
+        candidates = arches_of_machine(machine)
+        # one architecture has that machine; or several (virt): the image decides
+        arch = candidates[0] if len(candidates) == 1 else _guess_arch(draft)
+        if candidates and arch not in candidates:
+            arch = candidates[0]  # its board refuses what the image is not
     elif arch not in arches():
         raise InvalidInput(f"{draft.source}: no board emulates {arch!r} (choose one of "
                            f"{', '.join(arches())})")

@@ -22,7 +22,8 @@ from pyaxvisor.errors import InvalidInput
 if TYPE_CHECKING:
     from pyaxvisor.vm.board import Board
 
-__all__ = ["BoardEntry", "arches", "board_class", "entry_for", "register"]
+__all__ = ["BoardEntry", "arch_of_machine", "arches", "arches_of_machine", "board_class",
+           "entry_for", "register"]
 
 
 class BoardEntry(NamedTuple):
@@ -34,16 +35,19 @@ class BoardEntry(NamedTuple):
 _REGISTRY: list[BoardEntry] = [
     BoardEntry("aarch64", ("virt",), "pyaxvisor.boards.aarch64_virt.board"),
     BoardEntry("x86_64", ("pc", "q35", "microvm", "isapc"), "pyaxvisor.boards.x86_pc.board"),
+    BoardEntry("riscv64", ("virt",), "pyaxvisor.boards.riscv64_virt.board"),
 ]
 
 
 def register(entry: BoardEntry) -> None:
     """Add a board (before the existing ones of its architecture: it becomes the
-    architecture's default). Its machine names must be new."""
-    taken = {m for e in _REGISTRY for m in e.machines}
+    architecture's default). Its machine names must be new for its architecture
+    (QEMU's ``virt`` names a machine of several)."""
+    taken = {m for e in _REGISTRY if e.arch == entry.arch for m in e.machines}
     clash = taken.intersection(entry.machines)
     if clash:
-        raise InvalidInput(f"machine names {sorted(clash)} belong to another board")
+        raise InvalidInput(f"{entry.arch} machine names {sorted(clash)} belong to another "
+                           "board")
     _REGISTRY.insert(0, entry)
 
 
@@ -52,10 +56,18 @@ def arches() -> list[str]:
     return sorted({e.arch for e in _REGISTRY})
 
 
-def arch_of_machine(machine: str | None) -> str | None:
-    """The architecture of ``-M machine`` (options after a comma ignored), if known."""
+def arches_of_machine(machine: str | None) -> list[str]:
+    """The architectures that have a machine called ``-M machine`` (options after a
+    comma ignored), the default first: ``virt`` is both aarch64's and riscv64's."""
     name = (machine or "").split(",")[0]
-    return next((e.arch for e in _REGISTRY if name in e.machines), None)
+    found = [e.arch for e in _REGISTRY if name in e.machines]
+    return sorted(set(found), key=found.index)
+
+
+def arch_of_machine(machine: str | None) -> str | None:
+    """The (first) architecture of ``-M machine``, if some board has it."""
+    found = arches_of_machine(machine)
+    return found[0] if found else None
 
 
 def entry_for(arch: str, machine: str | None = None) -> BoardEntry:

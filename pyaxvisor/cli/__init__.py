@@ -106,8 +106,9 @@ def images_list() -> None:
     from pyaxvisor import images
 
     for name, image in images.IMAGES.items():
-        path = images.image_path(name)
-        state = f"cached at {path}" if path.exists() else "not fetched"
+        info = images.metadata(name)
+        state = (f"cached at {images.image_path(name)} ({info['package']} {info['version']})"
+                 if info is not None else "not fetched")
         click.echo(f"{name:18} {image.description}; {state}")
 
 
@@ -118,6 +119,9 @@ def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
     """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64).
 
     x86_64: linux-x86_64 (Debian's linux-image-amd64 bzImage) and initramfs-x86_64.
+    riscv64: u-boot-riscv64 (S-mode U-Boot), linux-riscv64 and initramfs-riscv64, from
+    Debian stable through a private apt configuration (mirror: $PYAXVISOR_DEBIAN_MIRROR,
+    else the host's Debian mirror).
     """
     from pyaxvisor import images
 

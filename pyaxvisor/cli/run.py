@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pyaxvisor.boards import arch_of_machine, arches, board_class
+from pyaxvisor.boards import arches, arches_of_machine, board_class
 from pyaxvisor.cli.qemu_args import parse_device, parse_memory_size, parse_smp
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.vm.config import ImageSpec, MemoryRegion, VmConfig
@@ -33,20 +33,31 @@ DEFAULT_ARCH = "aarch64"
 
 def infer_arch(machine: str | None, kernel: Path | None) -> str:
     """The guest architecture a QEMU-style command line means without ``--arch``:
-    the board ``-M`` names, else the one the kernel image is built for."""
-    arch = arch_of_machine(machine)
-    if arch is not None:
-        return arch
-    if machine or kernel is None:
+    the board ``-M`` names; when several architectures have that machine (``virt``),
+    or none is named, the one the kernel image is built for; else aarch64."""
+    candidates = arches_of_machine(machine)
+    if len(candidates) == 1:
+        return candidates[0]
+    if machine and not candidates:
         return DEFAULT_ARCH  # an unknown machine: the default board refuses it by name
+    guessed = _guess_from_image(kernel)
+    if guessed is not None and (not candidates or guessed in candidates):
+        return guessed
+    return candidates[0] if candidates else DEFAULT_ARCH
+
+
+def _guess_from_image(kernel: Path | None) -> str | None:
+    """The architecture the kernel file says it is for, if it says."""
+    if kernel is None:
+        return None
     from pyaxvisor.loaders.detect import GUESS_BYTES, guess_arch
 
     try:
         with open(kernel, "rb") as f:
             head = f.read(GUESS_BYTES)
     except OSError:
-        return DEFAULT_ARCH  # the loader reports the unreadable file
-    return guess_arch(head) or DEFAULT_ARCH
+        return None  # the loader reports the unreadable file
+    return guess_arch(head)
 
 
 def _print_stats(result: VmResult) -> None:

@@ -65,7 +65,10 @@ Behaviour:
   mode the byte is lost, without FIFO it overwrites RBR. Reading LSR clears OE.
 * The IRQ output is ``(an interrupt is pending) AND MCR.OUT2`` (bit 3): on PCs
   OUT2 enables the buffer between the UART's INTRPT pin and the ISA IRQ line.
-  (QEMU ignores OUT2; the loopback forcing of the OUT2 pin is not modelled.)
+  Boards without that buffer (an ns16550a on an SoC, QEMU's RISC-V ``virt``) build
+  the UART with ``out2_gates_irq=False``: the output is then the pending
+  interrupt alone. (QEMU ignores OUT2; the loopback forcing of the OUT2 pin is not
+  modelled.)
 * Only 1-byte accesses at offsets 0..7 exist; anything else raises
   :class:`BadAccess`.
 """
@@ -176,10 +179,12 @@ class Uart16550(HostInput, Device):
         irq: IrqLine | None = None,
         *,
         name: str = "uart16550",
+        out2_gates_irq: bool = True,
     ) -> None:
         self.name = name
         self._tx = tx
         self._irq = irq
+        self._irq_gate = MCR_OUT2 if out2_gates_irq else 0
         self._init_host_input()
         self._modem_inputs = MSR_CTS | MSR_DSR | MSR_DCD
         self._divisor = _DIVISOR_RESET
@@ -348,7 +353,7 @@ class Uart16550(HostInput, Device):
         return IIR_NO_INT
 
     def _irq_out(self) -> bool:
-        return self._iir_id() != IIR_NO_INT and bool(self._mcr & MCR_OUT2)
+        return self._iir_id() != IIR_NO_INT and self._mcr & self._irq_gate == self._irq_gate
 
     def _update_irq(self) -> None:
         if self._irq is not None:

@@ -40,7 +40,8 @@ from pyaxvisor.loaders.image import (
 )
 from pyaxvisor.loaders.multiboot import MB_SEARCH, find_multiboot
 
-__all__ = ["GUESS_BYTES", "detect_format", "detect_x86_format", "guess_arch"]
+__all__ = ["GUESS_BYTES", "detect_format", "detect_riscv_format", "detect_x86_format",
+           "guess_arch"]
 
 #: How much of a kernel file :func:`guess_arch` needs (all of the Multiboot search area).
 GUESS_BYTES = MB_SEARCH
@@ -76,6 +77,30 @@ def detect_format(data: bytes, *, path: str = "<image>") -> str:
         return "elf"
     if len(data) >= LINUX_IMAGE_HEADER_SIZE and data[56:60] == ARM64_MAGIC:
         return "arm64-image"
+    foreign = describe_foreign(data)
+    if foreign is not None:
+        raise ImageError(path, f"unsupported image format: this is {foreign}")
+    return "raw"
+
+
+# -- RISC-V side ------------------------------------------------------------------------------
+
+def detect_riscv_format(data: bytes, *, path: str = "<image>") -> str:
+    """``"riscv-image"`` (the Linux ``Image`` header with "RSC\\x05" at 56 or the older
+    "RISCV" at 48), ``"elf"`` or ``"raw"``, looking through gzip/zboot compression.
+
+    Raises :class:`ImageError` for empty data, corrupt compressed data and the
+    recognised formats a RISC-V guest cannot boot (an arm64 Image, a bzImage…).
+    """
+    data = decompress(data, path=path)
+    if data[:4] == ELF_MAGIC:
+        return "elf"
+    if len(data) >= LINUX_IMAGE_HEADER_SIZE and (data[56:60] == RISCV_MAGIC2
+                                                 or data[48:56] == RISCV_MAGIC):
+        return "riscv-image"
+    if len(data) >= LINUX_IMAGE_HEADER_SIZE and data[56:60] == ARM64_MAGIC:
+        raise ImageError(path, "unsupported image format: this is an arm64 Linux Image "
+                               "(\"ARM\\x64\" at offset 56), not a RISC-V kernel")
     foreign = describe_foreign(data)
     if foreign is not None:
         raise ImageError(path, f"unsupported image format: this is {foreign}")

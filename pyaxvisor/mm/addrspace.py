@@ -15,13 +15,19 @@ access there faults to the hypervisor — that is how emulated MMIO works.
   do not apply). An unmapped address raises :class:`GuestMemoryFault`.
 * ``destroy()`` frees the table frames and every owned region; using the space
   afterwards raises :class:`~pyaxvisor.errors.BadState`.
+* ``add_listener(callback)``: ``callback()`` runs after every change of the
+  guest-physical map (a region mapped or removed, taken out of or put back into
+  the nested table, re-protected; an MMIO window mapped; the space destroyed), on
+  the thread that made the change, after the space's lock is released. Engines
+  that keep their own copy of the map (a software CPU without nested paging)
+  resynchronise from it; a listener must be quick and must not raise.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NotFound
@@ -64,6 +70,26 @@ class AddrSpace:
         self._regions: list[MemoryRegion] = []  # sorted by gpa
         self.mmio_windows: list[tuple[GuestPhysAddr, HostPhysAddr, int]] = []
         self._lock = threading.RLock()
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- change notification ------------------------------------------------------
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each change of the guest-physical map (see the
+        module docstring)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not registered)."""
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _changed(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     # -- geometry --------------------------------------------------------------------
     @property
@@ -127,14 +153,18 @@ class AddrSpace:
             except BaseException:
                 self.hal.dealloc_frames(hpa)
                 raise
-            return self._add(MemoryRegion(gpa, size, hpa, flags, owned=True))
+            region = self._add(MemoryRegion(gpa, size, hpa, flags, owned=True))
+        self._changed()
+        return region
 
     def map_linear(self, gpa: GuestPhysAddr, hpa: HostPhysAddr, size: int,
                    flags: MappingFlags) -> MemoryRegion:
         with self._lock:
             self._check_range(gpa, size)
             self._pt.map(gpa, hpa, size, flags)
-            return self._add(MemoryRegion(gpa, size, hpa, flags, owned=False))
+            region = self._add(MemoryRegion(gpa, size, hpa, flags, owned=False))
+        self._changed()
+        return region
 
     def map_mmio_window(self, gpa: GuestPhysAddr, paddr: HostPhysAddr, size: int) -> None:
         """Map guest ``[gpa, gpa + size)`` as device memory onto physical addresses that
@@ -145,6 +175,7 @@ class AddrSpace:
             self._pt.map(gpa, paddr, size,
                          MappingFlags.READ | MappingFlags.WRITE | MappingFlags.DEVICE)
             self.mmio_windows.append((gpa, paddr, size))
+        self._changed()
 
     def remove_region(self, gpa: GuestPhysAddr) -> None:
         """Unmap the region that starts at ``gpa`` and free its memory if owned."""
@@ -152,16 +183,21 @@ class AddrSpace:
             r = next((r for r in self._regions if r.gpa == gpa), None)
             if r is None:
                 raise NotFound(f"no guest RAM region starts at {int(gpa):#x}")
-            self.set_region_mapped(gpa, True)
+            self._set_mapped(gpa, True)
             self._pt.unmap(r.gpa, r.size)
             self._regions.remove(r)
             if r.owned:
                 self.hal.dealloc_frames(r.hpa)
+        self._changed()
 
     def set_region_mapped(self, gpa: GuestPhysAddr, mapped: bool) -> None:
         """Take the region starting at ``gpa`` out of the nested table (guest accesses
         then fault to the hypervisor, e.g. a ROM device in a programming mode) or put
         it back, keeping its backing memory either way. The caller flushes TLBs."""
+        if self._set_mapped(gpa, mapped):
+            self._changed()
+
+    def _set_mapped(self, gpa: GuestPhysAddr, mapped: bool) -> bool:
         with self._lock:
             r = next((r for r in self._regions if r.gpa == gpa), None)
             if r is None:
@@ -175,10 +211,14 @@ class AddrSpace:
                 self._pt.map(r.gpa, r.hpa, r.size, r.flags)
             elif not mapped and present:
                 self._pt.unmap(r.gpa, r.size)
+            else:
+                return False
+            return True
 
     def protect(self, gpa: GuestPhysAddr, size: int, flags: MappingFlags) -> None:
         with self._lock:
             self._pt.protect(gpa, size, flags)
+        self._changed()
 
     def translate(self, gpa: GuestPhysAddr) -> HostPhysAddr:
         hpa, _flags, _size = self._pt.translate(gpa)
@@ -238,6 +278,7 @@ class AddrSpace:
             self._regions.clear()
             self.page_table.destroy()
             self.page_table = None
+        self._changed()
 
     def __enter__(self) -> AddrSpace:
         return self

@@ -19,11 +19,9 @@ and ID_AA64MMFR1_EL1.VH (bits 11:8: VHE) of the engine's CPU model.
 from __future__ import annotations
 
 import threading
-from typing import Self
 
+from pyaxvisor.arch.soft_cpu import SoftPerCpu
 from pyaxvisor.engine.tcg.aarch64 import Aarch64Tcg
-from pyaxvisor.errors import BadState
-from pyaxvisor.vcpu.percpu import ArchPerCpu
 
 HCR_VM = 1 << 0
 HCR_FMO = 1 << 3
@@ -36,7 +34,6 @@ HCR_HOST = HCR_VM | HCR_RW | HCR_IMO | HCR_FMO | HCR_TSC
 #: The hypervisor's EL2 vector base (never executed by the software engine).
 HYP_VECTOR_BASE = 0xFFFF_0000_0000_0000
 
-_thread = threading.local()
 _support: tuple[bool, bool] | None = None
 _support_lock = threading.Lock()
 
@@ -58,38 +55,25 @@ def has_hardware_support() -> bool:
     return hardware_features()[0]
 
 
-class Aarch64PerCpu(ArchPerCpu):
+class Aarch64PerCpu(SoftPerCpu):
+    engine_class = Aarch64Tcg
+    engine: Aarch64Tcg
+
     def __init__(self, cpu_id: int, engine: Aarch64Tcg) -> None:
-        self.cpu_id = cpu_id
-        self.engine = engine
-        self._enabled = False
+        super().__init__(cpu_id, engine)
         self._saved_vbar = 0
-        self._thread: int | None = None
-
-    @classmethod
-    def new(cls, cpu_id: int) -> Self:
-        return cls(cpu_id, Aarch64Tcg())
-
-    def is_enabled(self) -> bool:
-        return self._enabled
 
     def hardware_enable(self) -> None:
-        current = getattr(_thread, "percpu", None)
-        if current is not None and current is not self:
-            raise BadState(f"host thread already runs as CPU {current.cpu_id}")
+        self._claim_thread()
         self._saved_vbar = self.engine.read_sysreg("VBAR_EL2")
         self.engine.write_sysreg("VBAR_EL2", HYP_VECTOR_BASE)
         self.engine.write_sysreg("HCR_EL2", HCR_HOST)
-        self._enabled = True
-        self._thread = threading.get_ident()
-        _thread.percpu = self
+        self._enabled_here()
 
     def hardware_disable(self) -> None:
         self.engine.write_sysreg("VBAR_EL2", self._saved_vbar)
         self.engine.write_sysreg("HCR_EL2", 0)
-        self._enabled = False
-        if getattr(_thread, "percpu", None) is self:
-            _thread.percpu = None
+        self._release_thread()
 
     @classmethod
     def has_hardware_support(cls) -> bool:
@@ -101,8 +85,4 @@ class Aarch64PerCpu(ArchPerCpu):
 
 def current_percpu() -> Aarch64PerCpu:
     """The enabled AArch64 per-CPU state of the calling host thread."""
-    pc = getattr(_thread, "percpu", None)
-    if pc is None or not pc.is_enabled():
-        raise BadState("virtualization is not enabled on this host CPU: initialise a "
-                       "PerCpu(Aarch64PerCpu) and call hardware_enable() on this thread first")
-    return pc
+    return Aarch64PerCpu.current()

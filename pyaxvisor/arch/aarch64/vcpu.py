@@ -62,17 +62,18 @@ from pyaxvisor.arch.aarch64.pcpu import (
     current_percpu,
 )
 from pyaxvisor.arch.aarch64.psci import AffinityState, PsciPlatform
+from pyaxvisor.arch.in_cpu import InCpuMmio
+from pyaxvisor.arch.soft_cpu import SoftVCpu
 from pyaxvisor.engine.tcg.aarch64 import IN_CPU_MMIO_BASE, Aarch64Tcg, TrapKind
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
-from pyaxvisor.errors import BadState, InvalidInput
+from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.memory import HostMemory
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.page_table.stage2 import Stage2Format
-from pyaxvisor.vcpu.arch_vcpu import ArchVCpu, InCpuWindow, Served
+from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
 from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Nothing
-from pyaxvisor.vcpu.width import AccessWidth
 
 SPSR_EL1H_DAIF = 0x3C5  # M = EL1h (0b0101), D A I F masked (bits 9:6)
 STAGE2_PA_BITS = 40
@@ -139,7 +140,7 @@ class _SavedState:
     timers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
 
 
-class Aarch64VCpu(ArchVCpu):
+class Aarch64VCpu(SoftVCpu):
     CreateConfig = Aarch64VCpuCreateConfig
     SetupConfig = Aarch64VCpuSetupConfig
 
@@ -154,19 +155,15 @@ class Aarch64VCpu(ArchVCpu):
         self._engine: Aarch64Tcg | None = None
         self._psci = config.psci or _OnlyMe(config.mpidr_el1)
         self._irq_level = False
-        self._exit_requested = False
-        self._flush_tlb = False
-        self._in_cpu_error: Exception | None = None
+        self._kicked = False
+        self._flush = False
         self._lock = threading.Lock()
         self.pending_vectors: list[int] = []
         self.controller: InterruptController | None = None
         self.on_timer_write: Callable[[int, int], None] | None = None
-        #: (physical base, size, read(offset, size, vcpu_id), write(offset, size, value,
-        #: vcpu_id)): device windows served inside the CPU, attached at bind.
-        self.in_cpu_mmio: list[tuple[int, int, Callable[[int, int, int], int],
-                                     Callable[[int, int, int, int], None]]] = []
+        #: Device windows served inside the CPU, attached at bind.
+        self.in_cpu = InCpuMmio(self._stop_cpu)
         self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
-        self._accesses = [0, 0]  # device reads, writes served inside the CPU
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -214,8 +211,7 @@ class Aarch64VCpu(ArchVCpu):
             engine.timer.set_regs(timer, ctl, cval)
         engine.on_timer_write = self._timer_written
         engine.current_vcpu_id = self.vcpu_id
-        for paddr, size, read, write in self.in_cpu_mmio:
-            engine.attach_mmio(paddr, size, *self._in_cpu_callbacks(engine, read, write))
+        self._attach_windows(engine)
         engine.set_virtual_irq(self._irq_level)
         engine.flush_tlb()
         with self._lock:
@@ -240,8 +236,8 @@ class Aarch64VCpu(ArchVCpu):
         while True:
             self._write_back(engine)
             engine.set_virtual_irq(self._irq_level)
-            if self._flush_tlb:
-                self._flush_tlb = False
+            if self._flush:
+                self._flush = False
                 engine.flush_tlb()
             lock = self.config.exec_lock
             if lock is None:
@@ -252,16 +248,16 @@ class Aarch64VCpu(ArchVCpu):
                     trap = engine.run(ctx.elr)
                 finally:
                     lock.release(self)
-            if self._in_cpu_error is not None:
-                error, self._in_cpu_error = self._in_cpu_error, None
+            error = self.in_cpu.take_error()
+            if error is not None:
                 raise error
             if trap.kind is TrapKind.PREEMPTED:
                 self._sync_from_engine(engine, trap.pc)
                 irq = self.config.hal.irq_fetch() if self.config.hal is not None else None
                 if irq is not None:
                     return ExternalInterrupt(irq)
-                if self._exit_requested:
-                    self._exit_requested = False
+                if self._kicked:
+                    self._kicked = False
                     return Nothing()
                 continue  # stopped to apply a new IRQ line level: re-enter
             if trap.target_el == 1:
@@ -284,82 +280,25 @@ class Aarch64VCpu(ArchVCpu):
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port
         windows do not exist here. Attached now when bound, else at :meth:`bind`."""
-        widths = {w.size: w for w in AccessWidth}
-        counts = self._accesses
-        entries = []
-        for window in windows:
-            if window.space != "mmio":
-                continue
-
-            def read(offset: int, size: int, cpu: int, dev: InCpuWindow = window) -> int:
-                counts[0] += 1
-                width = widths[size]
-                return dev.read(offset, width, cpu) & width.mask
-
-            def write(offset: int, size: int, value: int, cpu: int,
-                      dev: InCpuWindow = window) -> None:
-                counts[1] += 1
-                width = widths[size]
-                dev.write(offset, width, value & width.mask, cpu)
-
-            entries.append((IN_CPU_MMIO_BASE + window.base, window.size, read, write))
-        self.in_cpu_mmio = entries
+        serving = self.in_cpu.set_windows(windows)
         engine = self._engine
         if engine is not None:
-            for paddr, size, rd, wr in entries:
-                engine.attach_mmio(paddr, size, *self._in_cpu_callbacks(engine, rd, wr))
-        return bool(entries)
+            self._attach_windows(engine)
+        return serving
+
+    def _attach_windows(self, engine: Aarch64Tcg) -> None:
+        for window in self.in_cpu.windows:
+            engine.attach_mmio(IN_CPU_MMIO_BASE + window.base, window.size,
+                               *self.in_cpu.callbacks(window, lambda: engine.current_vcpu_id))
 
     def served_counts(self) -> Served:
-        return Served(accesses=(self._accesses[0], self._accesses[1]))
+        return Served(accesses=self.in_cpu.accesses)
 
     def interrupt_pending(self) -> bool:
         return self._irq_level
 
-    def kick(self) -> None:
-        """Make ``run()`` return (with ``Nothing``) soon, or at once if it is not in the
-        guest yet (any thread)."""
-        self._exit_requested = True
-        self._stop_cpu()
-
-    def _in_cpu_callbacks(
-        self, engine: Aarch64Tcg, read: Callable[[int, int, int], int],
-        write: Callable[[int, int, int, int], None],
-    ) -> tuple[Callable[[int, int], int], Callable[[int, int, int], None]]:
-        """Adapt a device window for the engine. A device error cannot propagate out of
-        the CPU (Unicorn would drop it), so it is kept, the CPU is stopped at the next
-        block, and ``run()`` raises it."""
-
-        def on_read(offset: int, size: int) -> int:
-            try:
-                return read(offset, size, engine.current_vcpu_id)
-            except Exception as exc:  # re-raised by run()
-                self._fail_in_cpu(exc)
-                return 0
-
-        def on_write(offset: int, size: int, value: int) -> None:
-            try:
-                write(offset, size, value, engine.current_vcpu_id)
-            except Exception as exc:  # re-raised by run()
-                self._fail_in_cpu(exc)
-
-        return on_read, on_write
-
-    def _fail_in_cpu(self, exc: Exception) -> None:
-        if self._in_cpu_error is None:
-            self._in_cpu_error = exc
-        self._stop_cpu()
-
-    def request_tlb_flush(self) -> None:
-        """The nested page table changed: drop cached translations before the guest
-        runs again (any thread; a running CPU is stopped and re-entered)."""
-        self._flush_tlb = True
-        self._stop_cpu()
-
-    def _stop_cpu(self) -> None:
-        engine = self._engine
-        if engine is not None:
-            engine.request_stop()
+    # kick(), request_tlb_flush() (the nested page table changed) and the stop
+    # request behind them: SoftVCpu.
 
     # -- registers ---------------------------------------------------------------------------
     def set_gpr(self, index: int, value: int) -> None:
@@ -399,12 +338,6 @@ class Aarch64VCpu(ArchVCpu):
         self.set_irq_line(True)
 
     # -- machinery -------------------------------------------------------------------------------
-    def _require_engine(self) -> Aarch64Tcg:
-        engine = self._engine
-        if engine is None:
-            raise BadState(f"vCPU {self.vcpu_id} is not bound to a host CPU")
-        return engine
-
     def _write_back(self, engine: Aarch64Tcg) -> None:
         x, synced = self.ctx.x, self._synced
         if x != synced:

@@ -26,22 +26,20 @@ from pyaxvisor.arch.aarch64.vcpu import Aarch64VCpu, Aarch64VCpuCreateConfig, Aa
 from pyaxvisor.boards.aarch64_virt import boot
 from pyaxvisor.boards.aarch64_virt import layout as L
 from pyaxvisor.boards.aarch64_virt.timer import GenericTimers
+from pyaxvisor.boards.soft_virt import SoftVirtBoard
 from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pflash import CfiFlash
 from pyaxvisor.devices.pl011 import MMIO_SIZE as UART_SIZE
 from pyaxvisor.devices.pl011 import Pl011
 from pyaxvisor.engine.tcg.aarch64 import BOOT_NS, IN_CPU_MMIO_BASE
-from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_VIRT
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.timer import monotonic_ns
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.flags import MappingFlags
 from pyaxvisor.vcpu import Hypercall, VCpu
-from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
-from pyaxvisor.vm.board import Board, BootState
-from pyaxvisor.vm.config import MemoryRegion
+from pyaxvisor.vm.board import BootState
 from pyaxvisor.vm.power import CpuPower, CpuStart
 
 if TYPE_CHECKING:
@@ -59,7 +57,7 @@ MPIDR_AFFINITY = 0xFF_00FF_FFFF
 MPIDR_RES1 = 0x8000_0000
 
 
-class VirtBoard(Board):
+class VirtBoard(SoftVirtBoard):
     arch = "aarch64"
     machines = ("virt",)
     cpu_models = ("cortex-a72", "max", "host")
@@ -73,6 +71,8 @@ class VirtBoard(Board):
     starts_all_cpus = False
     cpu_id_mask = MPIDR_AFFINITY
     page_table_args: ClassVar[dict[str, int]] = {"ipa_bits": L.IPA_BITS}
+    ram_base, min_ram, ram_align = L.RAM_BASE, L.MIN_RAM, L.RAM_ALIGN
+    max_ram, address_bits = L.MAX_RAM, L.IPA_BITS
     #: Command-line options this board does not take, and why.
     refused_options: ClassVar[dict[str, str]] = {
         "device": "-device is not supported on aarch64"}
@@ -86,35 +86,12 @@ class VirtBoard(Board):
         self.gic: GicV2 | None = None
         self.uart: Pl011 | None = None
         self.flash1: CfiFlash | None = None
-        self.exec_lock = ExecLock()
         self.cntvoff = 0
-        self.vm: Vm | None = None
         self._timers: GenericTimers | None = None
-        self._in_cpu: list[InCpuWindow] = []
-
-    @classmethod
-    def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:
-        return (MemoryRegion(L.RAM_BASE, size),)
 
     def check(self) -> None:
         super().check()
         config = self.config
-        ram = config.ram_size
-        key = config.prefix("[kernel] memory_regions")
-        if ram < L.MIN_RAM or ram % L.RAM_ALIGN:
-            raise InvalidInput(f"{key}RAM size {ram:#x} must be a multiple of 2 MiB, "
-                               ">= 16 MiB")
-        if ram > L.MAX_RAM:
-            raise InvalidInput(f"{key}RAM size {ram >> 20} MiB is more than this VM supports "
-                               "(64 GiB)")
-        for region in config.ram_regions:
-            for name, (base, size) in self.device_windows.items():
-                if region.gpa < base + size and base < region.end:
-                    raise InvalidInput(f"{key}RAM [{region.gpa:#x}, {region.end:#x}) overlaps "
-                                       f"the {name} window at {base:#x} of the virt board")
-            if region.end > 1 << L.IPA_BITS:
-                raise InvalidInput(f"{key}RAM ending at {region.end:#x} is beyond the "
-                                   f"{L.IPA_BITS}-bit guest physical addresses of this board")
         if config.bios is not None and config.kernel is not None:
             what = "bios_path and kernel_path" if config.source else "-bios and -kernel"
             raise InvalidInput(f"{config.prefix('[kernel] bios_path')}{what} together are not "
@@ -147,12 +124,10 @@ class VirtBoard(Board):
                 (L.GIC_CPU_BASE, CPU_IF_SIZE, self.gic.cpu_interface),
                 (L.UART_BASE, UART_SIZE, self.uart))
         for base, size, device in fast:
-            bus.attach(base, size, device)
-            if self.config.in_cpu_devices:
+            if self.attach_fast(vm, base, size, device):
+                # the stage-2 table routes the window to the engine's in-CPU MMIO window
                 space.map_mmio_window(GuestPhysAddr(base), HostPhysAddr(IN_CPU_MMIO_BASE + base),
                                       size)
-                self._in_cpu.append(InCpuWindow("mmio", base, size, device.read,
-                                                device.write))
         self.flash1 = CfiFlash(L.FLASH_SIZE, name="pflash1", storage=space.region_view(bank1),
                                on_array_mode=self._flash_array_mode)
         bus.attach(L.FLASH_BASE + L.FLASH_SIZE, L.FLASH_SIZE, self.flash1)
@@ -185,9 +160,6 @@ class VirtBoard(Board):
         vcpu.arch.on_timer_write = self._timers.written
         if start.setup is None:
             start.setup = Aarch64VCpuSetupConfig()
-
-    def in_cpu_windows(self, vm: Vm) -> list[InCpuWindow]:
-        return list(self._in_cpu)
 
     def restart_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         vcpu.arch.restart(start.entry, start.gprs.get(0, 0))

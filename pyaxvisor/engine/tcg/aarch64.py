@@ -34,25 +34,25 @@ from __future__ import annotations
 import enum
 import struct
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import unicorn
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc, UcError
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
-from unicorn.unicorn_py3 import unicorn as _ucm
 
-from pyaxvisor.engine.tcg.native import ContextView, NativeTimer, Preemptor
-from pyaxvisor.errors import AxError, Unsupported
+from pyaxvisor.engine.tcg.common import (
+    BOOT_NS,
+    UNICORN_VERSION,
+    EngineError,
+    SelfTestFailed,
+    self_test_failure,
+)
+from pyaxvisor.engine.tcg.native import ContextView, NativeTimer, Preemptor, map_mmio
 from pyaxvisor.hal.memory import HostMemory
 
-UNICORN_VERSION = unicorn.__version__
-_MMIO_READ = _ucm.MMIO_READ_CFUNC
-_MMIO_WRITE = _ucm.MMIO_WRITE_CFUNC
-#: The host time at which every engine's physical counter (CNTPCT_EL0) read 0.
-BOOT_NS = time.monotonic_ns()
+__all__ = ["BOOT_NS", "IN_CPU_MMIO_BASE", "UNICORN_VERSION", "Aarch64Tcg", "EngineError",
+           "SelfTestFailed", "Trap", "TrapKind", "self_test"]
 #: Physical window (outside every host memory arena) where device windows served
 #: inside the CPU live: guest address ``gpa`` of such a device is mapped by the
 #: stage-2 table onto ``IN_CPU_MMIO_BASE + gpa``, which :meth:`Aarch64Tcg.attach_mmio`
@@ -120,14 +120,6 @@ class Trap:
     pc: int
 
 
-class EngineError(AxError):
-    """The software CPU failed (Unicorn error, self-test failure)."""
-
-
-class SelfTestFailed(EngineError, Unsupported):
-    """This Unicorn build does not behave as the engine was validated against."""
-
-
 @dataclass(frozen=True)
 class _Layout:
     xregs: int      # offset of x0..x30 in the context buffer
@@ -171,10 +163,7 @@ def _run_self_test() -> _Layout:
     uc.mem_map(base, 0x10000)
     ctx = ContextView(uc)
 
-    def fail(what: str) -> SelfTestFailed:
-        return SelfTestFailed(
-            f"software CPU self-test failed with unicorn {UNICORN_VERSION}: {what}. pyaxvisor "
-            "was validated with unicorn 2.1.4; refusing to guess CPU-state offsets")
+    fail = self_test_failure
 
     # 1. The register file: distinct magic values in x0..x30 and PC.
     magic = [0xA5A5_0000_0000_005A | (i << 8) for i in range(31)]
@@ -281,14 +270,10 @@ class Aarch64Tcg:
         access); they may request a stop, which takes effect at the next block."""
         if paddr in self._mmio:
             return
-        # Registered with libunicorn directly: the binding's wrapper would turn an
-        # exception into emu_stop() inside the access, which replays it.
-        rd = _MMIO_READ(lambda _h, off, sz, _ud: read(off, sz))
-        wr = _MMIO_WRITE(lambda _h, off, sz, val, _ud: write(off, sz, val))
-        err = _ucm.uclib.uc_mmio_map(self._uc._uch, paddr, size, rd, None, wr, None)
-        if err != 0:
-            raise EngineError(f"cannot map in-CPU MMIO at {paddr:#x}: unicorn error {err}")
-        self._mmio[paddr] = (rd, wr)  # keep the C callbacks alive
+        try:
+            self._mmio[paddr] = map_mmio(self._uc, paddr, size, read, write)  # kept alive
+        except RuntimeError as exc:
+            raise EngineError(f"cannot map in-CPU MMIO at {paddr:#x}: {exc}") from exc
 
     def _timer_written(self, timer: int) -> None:
         # Called from C inside the CPU loop: an exception here would be printed and

@@ -8,10 +8,17 @@
 * :class:`ContextView` snapshots the CPU state into a reusable Unicorn context
   and exposes it as a ``memoryview`` for ``struct.unpack_from`` at offsets the
   engine's self-test located (register file, exception record).
+* :func:`map_mmio` registers device callbacks with libunicorn directly (the
+  binding's wrapper would turn an exception into ``emu_stop()`` inside the
+  access, which replays it).
+* :func:`uc_function` and :class:`ProcessMemory` serve self-tests that call QEMU's
+  exported functions and follow pointers inside Unicorn's state: a pointer is
+  dereferenced only once ``/proc/self/maps`` says the bytes are readable.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 from collections.abc import Callable
 from typing import Any
@@ -31,13 +38,19 @@ class _PreemptState(ctypes.Structure):
 
 
 class Preemptor:
-    """A stop request that the CPU honours at its next basic block."""
+    """A stop request that the CPU honours at its next basic block.
 
-    def __init__(self, uc: Uc) -> None:
-        self._state = _PreemptState()
-        self._state.emu_stop = ctypes.cast(_uclib.uc_emu_stop, ctypes.c_void_p).value
-        self._hook = _add_hook(uc, UC_HOOK_BLOCK, _hooks.preempt_hook_address(),
-                               ctypes.pointer(self._state))
+    By default it installs its own block hook. An engine whose block hook does more
+    passes ``state`` (a :class:`_PreemptState` inside its own native state, whose
+    hook calls the shared check) and ``hook=False``: the request word is then that
+    one.
+    """
+
+    def __init__(self, uc: Uc, state: _PreemptState | None = None, hook: bool = True) -> None:
+        self._state = state if state is not None else _PreemptState()
+        self._state.emu_stop = uc_function("uc_emu_stop")
+        self._hook = (_add_hook(uc, UC_HOOK_BLOCK, _hooks.preempt_hook_address(),
+                                ctypes.pointer(self._state)) if hook else None)
 
     def request(self) -> None:
         """Ask the CPU to stop (any thread). A plain aligned int32 store."""
@@ -71,6 +84,53 @@ class ContextView:
 
     def snapshot_bytes(self) -> bytes:
         return bytes(self.refresh())
+
+
+def uc_function(name: str) -> int:
+    """The address of an exported libunicorn function (``uc_*`` or one of QEMU's
+    ``*_riscv64``/``*_aarch64`` symbols)."""
+    return ctypes.cast(getattr(_uclib, name), ctypes.c_void_p).value  # type: ignore[return-value]
+
+
+class ProcessMemory:
+    """The readable mappings of this process, from ``/proc/self/maps`` when created
+    (make a new one after allocations that may have added mappings)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                span, perms = line.split(maxsplit=2)[:2]
+                if perms[0] == "r":
+                    lo, hi = span.split("-")
+                    self._starts.append(int(lo, 16))
+                    self._ends.append(int(hi, 16))
+
+    def readable(self, addr: int, size: int) -> bool:
+        """Whether ``[addr, addr + size)`` lies in one readable mapping."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return i >= 0 and addr + size <= self._ends[i]
+
+
+_MMIO_READ = _ucm.MMIO_READ_CFUNC
+_MMIO_WRITE = _ucm.MMIO_WRITE_CFUNC
+
+
+def map_mmio(uc: Uc, paddr: int, size: int, read: Callable[[int, int], int],
+             write: Callable[[int, int, int], None]) -> tuple[Any, Any]:
+    """Serve physical ``[paddr, paddr + size)`` from ``read(offset, size)`` and
+    ``write(offset, size, value)`` inside the CPU; returns the C callbacks, which the
+    caller keeps alive as long as the mapping. The callbacks must not raise (ctypes
+    would print and drop the exception), stop the CPU or write its PC (Unicorn would
+    replay the access); they may request a stop at the next block. Raises
+    ``RuntimeError`` with Unicorn's error number when libunicorn refuses."""
+    rd = _MMIO_READ(lambda _h, off, sz, _ud: read(off, sz))
+    wr = _MMIO_WRITE(lambda _h, off, sz, val, _ud: write(off, sz, val))
+    err = _uclib.uc_mmio_map(uc._uch, paddr, size, rd, None, wr, None)
+    if err != 0:
+        raise RuntimeError(f"uc_mmio_map({paddr:#x}, {size:#x}) failed with unicorn error {err}")
+    return rd, wr
 
 
 def _add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> Any:

@@ -1,0 +1,98 @@
+"""Real RISC-V firmware and kernels that nobody here wrote, from Debian's packages
+(fetched and cached by ``pyaxvisor.images``): U-Boot S-mode to its prompt and Debian's
+riscv64 Linux to a busybox shell, with pyaxvisor as their SBI firmware. Slow (tens of
+seconds each); CI runs them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from pyaxvisor import images
+from pyaxvisor.boards.quick import boot, config_for
+
+pytestmark = pytest.mark.slow
+
+
+class Screen:
+    """What the guest printed, with waiting for text to appear."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.cond = threading.Condition()
+
+    def write(self, b: bytes) -> None:
+        with self.cond:
+            self.data += b
+            self.cond.notify_all()
+
+    def wait_for(self, text: bytes, start: int = 0, timeout: float = 120) -> int:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self.data.find(text, start) >= 0, timeout)
+            assert ok, f"{text!r} did not appear; the guest printed:\n{self.data[-2000:]!r}"
+            return self.data.find(text, start) + len(text)
+
+
+def test_u_boot_s_mode_reaches_its_prompt_answers_version_and_resets():
+    screen = Screen()
+    config = config_for("riscv64", kernel=images.fetch("u-boot-riscv64"), memory=256 << 20,
+                        timeout=180)
+    vms = []
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault(
+        "r", boot(config, screen.write, vms.append)))
+    runner.start()
+    try:
+        pos = screen.wait_for(b"=> ")
+        vms[0].uart.receive(b"version\r")
+        pos = screen.wait_for(b"U-Boot 2023.01", pos)
+        pos = screen.wait_for(b"=> ", pos)
+        vms[0].uart.receive(b"reset\r")
+        runner.join(60)
+    finally:
+        if vms and runner.is_alive():
+            vms[0].quit()
+            runner.join(30)
+    assert result["r"].reason == "reset", result["r"]  # SBI SRST system_reset(cold reboot)
+    assert b"DRAM:  256 MiB" in screen.data
+    assert b"CPU:   rv64" in screen.data
+
+
+def _boot_linux(smp: int, extra: str = "") -> subprocess.CompletedProcess[str]:
+    kernel = images.fetch("linux-riscv64")
+    initrd = images.fetch("initramfs-riscv64")
+    return subprocess.run(
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "-M", "virt", "-kernel", str(kernel),
+         "-initrd", str(initrd), "-append", f"console=ttyS0 {extra}".strip(), "-m", "512M",
+         "-smp", str(smp), "--timeout", "400"],
+        capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL)
+
+
+def test_debian_riscv64_linux_boots_to_busybox_runs_a_command_and_powers_off():
+    r = _boot_linux(1, 'pyaxvisor.cmd="cat /proc/interrupts"')
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    out = r.stdout
+    assert "Linux version 6." in out
+    assert "SBI implementation ID=" in out
+    assert "PYAXVISOR-USERSPACE-OK" in out
+    assert "riscv64 GNU/Linux" in out
+    assert "PYAXVISOR-CPUS: 1" in out
+    # the command ran: the timer and the UART interrupt (PLIC source 10) both count
+    assert "PYAXVISOR-CMD-BEGIN: cat /proc/interrupts" in out
+    timer = re.search(r"^\s*\d+:\s+(\d+)\s+RISC-V INTC\s+5 Edge\s+riscv-timer", out, re.M)
+    assert timer is not None and int(timer.group(1)) > 10, out[-3000:]
+    assert re.search(r"SiFive PLIC\s+10 Level\s+ttyS0", out) or \
+        re.search(r"PLIC\s+10\s+\w+\s+ttyS0", out), out[-3000:]
+    assert "PYAXVISOR-CMD-END: status=0" in out
+    assert "reboot: Power down" in out
+
+
+def test_debian_riscv64_linux_brings_up_two_harts():
+    r = _boot_linux(2)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "smp: Brought up 1 node, 2 CPUs" in r.stdout
+    assert "PYAXVISOR-CPUS: 2" in r.stdout
