@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import fdt
@@ -199,3 +200,33 @@ def test_a_timer_written_before_its_hart_exists_is_ignored(tmp_path):
         assert vm.done is False
     finally:
         vm.close()
+
+
+def test_a_guest_claims_and_completes_the_uart_interrupt_at_the_plic(tmp_path):
+    from guest_build import build
+
+    kernel = tmp_path / "plic_uart.bin"
+    kernel.write_bytes(build("riscv64", "plic_uart", 0x8020_0000))
+    out = bytearray()
+    ready = threading.Event()
+
+    def write(b: bytes) -> None:
+        out.extend(b)
+        if b"ready\n" in out:
+            ready.set()
+
+    config = config_for("riscv64", memory=64 << 20, kernel=kernel)
+    vm = Vm(config, board_class("riscv64")(config), console_write=write)
+    result = {}
+    try:
+        vm.load()
+        runner = threading.Thread(target=lambda: result.setdefault("r", vm.run(timeout=30)))
+        runner.start()
+        assert ready.wait(20), bytes(out)
+        vm.uart.receive(b"Z")
+        runner.join(30)
+    finally:
+        vm.close()
+    assert result["r"].reason == "poweroff", result["r"]
+    # claimed source 10 ('A' + 10 = 'K'), read 'Z', the second claim found nothing
+    assert bytes(out) == b"ready\nKZ0\n"
