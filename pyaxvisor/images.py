@@ -147,7 +147,9 @@ def cache_root() -> Path:
     return root / "pyaxvisor" / "images"
 
 
-#: Names by the architecture as pyaxvisor spells it (``--arch``) for the Debian ones.
+#: The image names are Debian's architecture names (arm64, amd64, riscv64), as the cached
+#: files are named; each is also accepted by the architecture as pyaxvisor spells it
+#: (``--arch``, ``pyaxvisor-system-ARCH``): these aliases.
 ALIASES: dict[str, str] = {
     "linux-x86_64": "linux-amd64", "initramfs-x86_64": "initramfs-amd64",
     "linux-aarch64": "linux-arm64", "initramfs-aarch64": "initramfs-arm64",
@@ -158,6 +160,11 @@ ALIASES: dict[str, str] = {
 def canonical(name: str) -> str:
     """The image name behind an alias of :data:`ALIASES` (other names unchanged)."""
     return ALIASES.get(name, name)
+
+
+def aliases_of(name: str) -> list[str]:
+    """The other names image ``name`` is accepted by (``linux-amd64``: ``linux-x86_64``)."""
+    return [alias for alias, target in ALIASES.items() if target == canonical(name)]
 
 
 def spec(name: str) -> ImageSpec:
@@ -207,7 +214,7 @@ def fetch(name: str, *, refresh: bool = False, log: Log = print) -> Path:
     name = canonical(name)
     image = spec(name)
     root = cache_root()
-    with _locked(root, name):
+    with cache_lock(root, name):
         final = root / image.filename
         if not refresh:
             info = metadata(name)
@@ -253,7 +260,9 @@ def fetch_all(names: Iterable[str] | None = None, *, refresh: bool = False,
 
 
 @contextlib.contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
+def cache_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold the exclusive lock ``root/.<name>.lock`` (other processes fetching the same
+    thing wait); a cache that cannot be used is an :class:`ImageFetchError`."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)

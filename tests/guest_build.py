@@ -2,8 +2,10 @@
 
 Images are cached under ``$XDG_CACHE_HOME/pyaxvisor/test-guests`` keyed by a hash of
 the source, the ``*.inc`` files of its architecture (which sources may ``.include``)
-and the link address, so a run rebuilds only what changed. A missing toolchain is a
-test failure that names the Debian package to install.
+and the link address, so a run rebuilds only what changed. The binutils are the
+system's when on ``PATH``, else fetched from Debian by :mod:`tools` (x86_64 guests use
+the host's own binutils, which the C compiler ``pip install`` needs brings along); a
+toolchain that cannot be had is a test failure naming the package and the reason.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tools import tool
+
 GUEST_DIR = Path(__file__).parent / "guests"
-TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu"),
-              "riscv64": ("riscv64-linux-gnu-", "binutils-riscv64-linux-gnu"),
-              "x86_64": ("", "binutils")}
+#: The binutils prefix of each architecture's guests.
+TOOLCHAINS = {"aarch64": "aarch64-linux-gnu-", "riscv64": "riscv64-linux-gnu-", "x86_64": ""}
 
 
 def cache_dir() -> Path:
@@ -51,9 +54,7 @@ def _sym_path(arch: str, name: str, link_addr: int) -> Path:
 def build(arch: str, name: str, link_addr: int) -> bytes:
     """Assemble ``guests/<arch>/<name>.S``, link it at ``link_addr`` and return the flat
     binary."""
-    prefix, package = TOOLCHAINS[arch]
-    if shutil.which(prefix + "as") is None:
-        raise RuntimeError(f"{prefix}as not found: install the Debian package {package}")
+    prefix = TOOLCHAINS[arch]
     src = GUEST_DIR / arch / f"{name}.S"
     key = _key(arch, name, link_addr)
     out = cache_dir() / f"{arch}-{name}-{key}.bin"
@@ -61,14 +62,21 @@ def build(arch: str, name: str, link_addr: int) -> bytes:
         work = cache_dir() / f"{arch}-{name}-{key}.tmp"
         work.mkdir(exist_ok=True)
         obj, elf, tmp_bin = work / "g.o", work / "g.elf", work / "g.bin"
-        subprocess.run([prefix + "as", "-I", GUEST_DIR / arch, "-o", obj, src], check=True,
-                       capture_output=True)
-        subprocess.run([prefix + "ld", "-e", hex(link_addr), f"-Ttext={link_addr:#x}",
-                        "-o", elf, obj], check=True, capture_output=True)
-        subprocess.run([prefix + "objcopy", "-O", "binary", elf, tmp_bin], check=True,
-                       capture_output=True)
-        nm = subprocess.run([prefix + "nm", elf], check=True, capture_output=True, text=True)
-        _sym_path(arch, name, link_addr).write_text(nm.stdout)
+        as_, ld, objcopy, nm = (tool(prefix + p) for p in ("as", "ld", "objcopy", "nm"))
+        _run([as_, "-I", str(GUEST_DIR / arch), "-o", str(obj), str(src)])
+        _run([ld, "-e", hex(link_addr), f"-Ttext={link_addr:#x}", "-o", str(elf), str(obj)])
+        _run([objcopy, "-O", "binary", str(elf), str(tmp_bin)])
+        listing = _run([nm, str(elf)])
+        _sym_path(arch, name, link_addr).write_text(listing)
         tmp_bin.replace(out)
         shutil.rmtree(work, ignore_errors=True)
     return out.read_bytes()
+
+
+def _run(argv: list[str]) -> str:
+    """Run one binutils command; its output, or an error with what it printed."""
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` failed with exit status {proc.returncode}:\n"
+                           f"{proc.stderr}")
+    return proc.stdout

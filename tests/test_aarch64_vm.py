@@ -13,6 +13,8 @@ from guest_build import build
 
 from pyaxvisor.boards.aarch64_virt.boot import bundled_guest
 from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
+from pyaxvisor.vm.exits import UnknownHypercall
+from pyaxvisor.vm.result import VmResult
 
 LOAD = RAM + 0x8_0000
 
@@ -72,9 +74,9 @@ def test_bad_arguments_are_usage_errors():
     r = pyaxvisor("run", "-m", "lots")
     assert r.returncode == 2 and "cannot parse memory size 'lots'" in r.stderr
     r = pyaxvisor("run", "-smp", "9")
-    assert r.returncode == 1 and "1..8 CPUs, not 9" in r.stderr
+    assert r.returncode == 4 and "1..8 CPUs, not 9" in r.stderr
     r = pyaxvisor("run", "-kernel", "/nonexistent/Image")
-    assert r.returncode == 1 and "/nonexistent/Image: no such file" in r.stderr
+    assert r.returncode == 4 and "/nonexistent/Image: no such file" in r.stderr
     r = pyaxvisor("run", "--arch", "mips")
     assert r.returncode == 2 and "mips" in r.stderr
 
@@ -86,21 +88,38 @@ def test_timeout_stops_a_guest_that_never_ends(tmp_path):
 
 
 def test_unknown_hypercall_stops_the_vm_with_a_clear_error(tmp_path):
-    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "hypercall"))
-    assert r.returncode == 1
-    assert "unknown hypercall 0x12345" in r.stderr
+    # Six SMCCC calls nobody implements get NOT_SUPPORTED and are counted; then a call
+    # in pyaxvisor's own hypercall range, which the board does not serve, stops the VM.
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "smccc"), "--stats")
+    assert r.returncode == VmResult("error").status
+    assert "unknown hypercall 0xc6000042 with arguments 0x7, 0x8, 0x0" in r.stderr
+    assert stats(r.stderr)["SmcccNotSupported"] == 6
 
 
-def test_wild_mmio_stops_the_vm(tmp_path):
-    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "wild"))
-    assert r.returncode == 1
-    assert "guest MMIO read (4 bytes) at 0x7000000010: no device there" in r.stderr
+def test_wild_accesses_take_external_aborts_in_the_guest(tmp_path):
+    # Loads, a store and a load pair where nothing lives, and a fetch past the end of
+    # RAM: the guest's vectors see each abort; the VM reports each address once.
+    r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "abort"), "-m", "128M", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.replace("\r\n", "\n") == (
+        "abort ESR=0000000096000010 FAR=0000007000000010\n"
+        "abort ESR=0000000096000010 FAR=0000007000000010\n"
+        "abort ESR=0000000096000050 FAR=0000007000000018\n"
+        "abort ESR=0000000096000010 FAR=0000007000000020\n"
+        "abort ESR=0000000086000010 FAR=0000000048000000\n")
+    reports = [line for line in r.stderr.splitlines() if "no RAM and no device there" in line]
+    assert [re.sub(r" \(PC 0x[0-9a-f]+\)", "", line) for line in reports] == [
+        f"pyaxvisor: vCPU 0: {what}: no RAM and no device there; the guest takes a "
+        "synchronous external abort"
+        for what in ("read at 0x7000000010", "write at 0x7000000018", "read at 0x7000000020",
+                     "instruction fetch at 0x48000000")]
+    assert stats(r.stderr)["ExternalAbort"] == 5
 
 
 def test_a_device_refusing_an_access_stops_the_vm(tmp_path):
     # the mmio guest's second access is an 8-byte store to the 32-bit PL011
     r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "mmio"), "--trap-mmio")
-    assert r.returncode == 1
+    assert r.returncode == 4
     assert r.stdout == "A"  # the first, 1-byte, store reached the UART
     assert "pl011: 8-byte write at 0x8: registers are 32-bit" in r.stderr
 
@@ -118,7 +137,7 @@ def test_a_failing_vm_does_not_disturb_another():
             vm.close()
 
     threads = [threading.Thread(target=run, args=("good", bundled_guest())),
-               threading.Thread(target=run, args=("bad", build("aarch64", "hypercall", LOAD)))]
+               threading.Thread(target=run, args=("bad", build("aarch64", "smccc", LOAD)))]
     for t in threads:
         t.start()
     for t in threads:
@@ -126,11 +145,13 @@ def test_a_failing_vm_does_not_disturb_another():
     assert results["good"].reason == "poweroff"
     assert b"powering off" in outputs["good"]
     assert results["bad"].reason == "error"
-    assert "unknown hypercall" in str(results["bad"].error)
+    assert isinstance(results["bad"].error, UnknownHypercall)
+    assert "unknown hypercall 0xc6000042" in str(results["bad"].error)
+    assert results["bad"].exits["SmcccNotSupported"] == 6
 
 
 
 def test_a_device_error_inside_the_cpu_stops_the_vm(tmp_path):
     r = pyaxvisor("run", "-kernel", guest_file(tmp_path, "gic_byte"), "--timeout", "30")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 4, r.stderr
     assert "1-byte" in r.stderr and "0x4" in r.stderr, r.stderr

@@ -72,8 +72,8 @@ def pyaxvisor(*args: str | Path, cwd: Path | None = None,
     return p
 
 
-def fails(p: subprocess.CompletedProcess[str], message: str) -> None:
-    assert (p.returncode, p.stdout, p.stderr) == (1, "", f"pyaxvisor: {message}\n")
+def fails(p: subprocess.CompletedProcess[str], message: str, status: int = 1) -> None:
+    assert (p.returncode, p.stdout, p.stderr) == (status, "", f"pyaxvisor: {message}\n")
 
 
 @pytest.fixture
@@ -205,13 +205,14 @@ def test_run_applies_command_line_overrides_to_the_file(arm_file):
     assert "CPU 1 is up (PSCI CPU_ON)" in p.stdout
     assert p.returncode == 0
     fails(pyaxvisor("run", arm_file, "--kernel", "/nonexistent/kernel"),
-          "kernel /nonexistent/kernel: no such file")
+          "kernel /nonexistent/kernel: no such file", status=4)
 
 
 def test_run_reports_a_bad_file_in_one_line(arm_file):
     arm_file.write_text(AARCH64_FILE.replace("0x7, 0]]", "0x17, 0]]"))
     fails(pyaxvisor("run", arm_file),
-          f"{arm_file}: [kernel] memory_regions: no RAM: every region has the device flag (16)")
+          f"{arm_file}: [kernel] memory_regions: no RAM: every region has the device flag (16)",
+          status=4)
 
 
 @pytest.mark.kvm

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import subprocess
 
 import fdt
 import pytest
+from tools import tool
 
 from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
 from pyaxvisor.errors import InvalidInput
@@ -22,11 +22,9 @@ UART = "/pl011@9000000"
 
 def dtc_decode(blob: bytes, tmp_path) -> str:
     """``dtc -I dtb -O dts`` of the blob; any dtc warning fails the test."""
-    if shutil.which("dtc") is None:
-        pytest.fail("dtc not found: install the Debian package device-tree-compiler")
     path = tmp_path / "vm.dtb"
     path.write_bytes(blob)
-    proc = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(path)],
+    proc = subprocess.run([tool("dtc"), "-I", "dtb", "-O", "dts", str(path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", f"dtc warned:\n{proc.stderr}"
@@ -120,10 +118,10 @@ def test_top_level_nodes(tmp_path):
     tree = parse(blob)
     assert sorted(node_names(tree)) == sorted([
         "psci", "memory@40000000", "pl011@9000000", "intc@8000000", "cpus", "timer",
-        "apb-pclk", "chosen"])
+        "pmu", "apb-pclk", "chosen"])
     dts = dts_props(dtc_decode(blob, tmp_path))
     assert set(dts) == {"/", "/psci", "/memory@40000000", UART, GIC, "/cpus", "/cpus/cpu@0",
-                        "/cpus/cpu@1", "/timer", "/apb-pclk", "/chosen"}
+                        "/cpus/cpu@1", "/timer", "/pmu", "/apb-pclk", "/chosen"}
 
 
 def test_root_properties_and_interrupt_parent_resolves_to_the_gic(tmp_path):
@@ -323,7 +321,7 @@ def test_a_parsed_dtb_with_memreserve_does_not_leak_into_new_trees(tmp_path):
     src = tmp_path / "r.dts"
     src.write_text("/dts-v1/;\n/memreserve/ 0x1000 0x2000;\n/ { };\n")
     out = tmp_path / "r.dtb"
-    subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(out), str(src)], check=True,
+    subprocess.run([tool("dtc"), "-I", "dts", "-O", "dtb", "-o", str(out), str(src)], check=True,
                    capture_output=True)
     default_entries = fdt.FDT.__init__.__defaults__[1]
     try:

@@ -6,13 +6,13 @@ import bz2
 import gzip
 import io
 import re
-import shutil
 import struct
 import subprocess
 
 import fdt
 import pytest
 from elftools.elf.elffile import ELFFile
+from tools import tool
 
 from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
 from pyaxvisor.errors import InvalidInput
@@ -131,17 +131,14 @@ _start:
 
 def build_elf(tmp_path, arch: str, *, link: list[str], src: str = AARCH64_SRC,
               script: str | None = None) -> bytes:
-    prefix, package = {"aarch64": ("aarch64-linux-gnu-", "binutils-aarch64-linux-gnu"),
-                       "x86_64": ("", "binutils")}[arch]
-    if shutil.which(prefix + "as") is None:
-        pytest.fail(f"{prefix}as not found: install the Debian package {package}")
+    prefix = {"aarch64": "aarch64-linux-gnu-", "x86_64": ""}[arch]
     (tmp_path / "g.S").write_text(src)
-    run([prefix + "as", "-o", str(tmp_path / "g.o"), str(tmp_path / "g.S")])
+    run([tool(prefix + "as"), "-o", str(tmp_path / "g.o"), str(tmp_path / "g.S")])
     args = list(link)
     if script is not None:
         (tmp_path / "g.ld").write_text(script)
         args += ["-T", str(tmp_path / "g.ld")]
-    run([prefix + "ld", *args, "-o", str(tmp_path / "g.elf"), str(tmp_path / "g.o")])
+    run([tool(prefix + "ld"), *args, "-o", str(tmp_path / "g.elf"), str(tmp_path / "g.o")])
     return (tmp_path / "g.elf").read_bytes()
 
 

@@ -4,6 +4,7 @@ gives for what it cannot run."""
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -185,7 +186,7 @@ def test_the_command_line_runs_riscv64_and_refuses_m_mode_firmware(tmp_path):
                         "-bios", "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin",
                         "-kernel", "/nonexistent"], capture_output=True, text=True,
                        timeout=60, stdin=subprocess.DEVNULL)
-    assert r.returncode == 1
+    assert r.returncode == 4
     assert "an M-mode firmware cannot run" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "pyaxvisor.cli", "run", "--arch", "riscv64",
                         "-device", "isa-debug-exit"], capture_output=True, text=True,
@@ -230,3 +231,33 @@ def test_a_guest_claims_and_completes_the_uart_interrupt_at_the_plic(tmp_path):
     assert result["r"].reason == "poweroff", result["r"]
     # claimed source 10 ('A' + 10 = 'K'), read 'Z', the second claim found nothing
     assert bytes(out) == b"ready\nKZ0\n"
+
+
+def test_accesses_where_nothing_is_are_access_faults_in_the_guest(tmp_path):
+    # Loads, a store and an AMO where nothing lives, a fetch past the end of RAM and a
+    # load from U-mode: the guest's stvec sees each access fault (an AMO's is a
+    # store/AMO fault); the VM reports each address once on stderr and counts them all.
+    from guest_build import build
+
+    kernel = tmp_path / "access_fault.bin"
+    kernel.write_bytes(build("riscv64", "access_fault", RAM + L.RAW_LOAD_OFFSET))
+    r = subprocess.run([sys.executable, "-m", "pyaxvisor.cli", "run", "-M", "virt", "-m", "64M",
+                        "-kernel", str(kernel), "--stats"], capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    s_mode, u_mode = 0x120, 0x020  # sstatus: SPP = the mode trapped from, SPIE = SIE (1)
+    assert r.stdout.replace("\r\n", "\n") == "".join(
+        f"fault scause={cause:016x} stval={stval:016x} sstatus={status:016x}\n"
+        for cause, stval, status in ((5, 0x7000_0010, s_mode), (5, 0x7000_0010, s_mode),
+                                     (7, 0x7000_0018, s_mode), (7, 0x7000_0020, s_mode),
+                                     (1, 0x8400_0000, s_mode), (5, 0x7000_0030, u_mode)))
+    reports = [line for line in r.stderr.splitlines() if "no RAM and no device there" in line]
+    assert [re.sub(r" \(PC 0x[0-9a-f]+\)", "", line) for line in reports] == [
+        f"pyaxvisor: vCPU 0: {what}: no RAM and no device there; the guest takes an access "
+        "fault"
+        for what in ("read at 0x70000010", "write at 0x70000018", "write at 0x70000020",
+                     "instruction fetch at 0x84000000", "read at 0x70000030")]
+    assert "(PC 0x84000000)" in reports[3]  # a fetch's PC is the address fetched
+    rows = [line.split() for line in r.stderr.splitlines()]
+    exits = {row[0]: int(row[1]) for row in rows if len(row) >= 2 and row[1].isdigit()}
+    assert exits["AccessFault"] == 6

@@ -4,12 +4,12 @@ and set against the tree QEMU 7.2's ``virt`` board writes."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import fdt
 import pytest
 from test_fdt import cells, dts_props, node_names, parse, strings, strs, u64, words
+from tools import tool
 
 from pyaxvisor.boards.riscv64_virt import layout
 from pyaxvisor.boards.riscv64_virt.fdt import build_riscv64_dtb
@@ -32,11 +32,9 @@ def build(**kw) -> bytes:
 
 def dtc(blob: bytes, tmp_path, name: str = "vm.dtb") -> tuple[str, list[str]]:
     """``dtc -I dtb -O dts`` of the blob: the source text and dtc's warning lines."""
-    if shutil.which("dtc") is None:
-        pytest.fail("dtc not found: install the Debian package device-tree-compiler")
     path = tmp_path / name
     path.write_bytes(blob)
-    proc = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(path)],
+    proc = subprocess.run([tool("dtc"), "-I", "dtb", "-O", "dts", str(path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, proc.stderr.splitlines()
@@ -254,7 +252,7 @@ def test_dtc_reads_back_exactly_what_was_written(tmp_path):
     text, _warnings = dtc(blob, tmp_path)
     source = tmp_path / "vm.dts"
     source.write_text(text)
-    again = subprocess.run(["dtc", "-I", "dts", "-O", "dtb", "-b", "0", str(source)],
+    again = subprocess.run([tool("dtc"), "-I", "dts", "-O", "dtb", "-b", "0", str(source)],
                            capture_output=True, check=True).stdout
     assert parse(again).to_dts() == parse(blob).to_dts()
 
@@ -263,12 +261,11 @@ def test_dtc_reads_back_exactly_what_was_written(tmp_path):
 def test_shaped_like_qemus_virt_tree(tmp_path, smp):
     """Every node this tree has, QEMU's has with the same properties (the UART's
     too), and dtc warns about nothing it does not warn about for QEMU's tree."""
-    if shutil.which("qemu-system-riscv64") is None:
-        pytest.fail("qemu-system-riscv64 not found: install Debian's qemu-system-misc "
-                    "(.ci/run does)")
     qemu_dtb = tmp_path / "qemu.dtb"
-    subprocess.run(["qemu-system-riscv64", "-M", f"virt,dumpdtb={qemu_dtb}", "-cpu", "rv64",
-                    "-smp", str(smp), "-m", "256M", "-nographic"],
+    # -bios none: the tree is the same (only /chosen's random rng-seed differs), and a
+    # QEMU fetched by tests/tools.py has no firmware beside it (qemu-system-data)
+    subprocess.run([tool("qemu-system-riscv64"), "-M", f"virt,dumpdtb={qemu_dtb}", "-cpu",
+                    "rv64", "-smp", str(smp), "-m", "256M", "-nographic", "-bios", "none"],
                    capture_output=True, check=True, timeout=60)
     qemu_text, qemu_warnings = dtc(qemu_dtb.read_bytes(), tmp_path, "qemu-vm.dtb")
     qemu = dts_props(qemu_text)

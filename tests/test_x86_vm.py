@@ -114,7 +114,7 @@ def test_a_triple_fault_resets_and_ends_the_run():
 def test_wild_mmio_stops_the_vm_with_the_address():
     _vm, result, _ = run_guest("wild_mmio")
     assert result.reason == "error"
-    assert result.status == 1
+    assert result.status == 4
     assert "MMIO read at 0xd0000000" in str(result.error)
 
 
@@ -205,3 +205,39 @@ def test_quit_after_the_vm_is_closed_does_nothing():
     assert result.reason == "debug-exit"
     vm.quit()  # e.g. the console's Ctrl-A X arriving after the run ended
     vm.close()
+
+
+def _string_io_guest(n: int) -> tuple[bytes, int]:
+    """The string-I/O benchmark's guest (``rep outsb`` of ``n`` bytes to COM1, then
+    debug-exit 0 at port 0xF4), from ``benchmarks/x86_64.py``."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "x86_64.py"
+    spec = importlib.util.spec_from_file_location("bench_x86_64", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.string_io_guest(n)
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_rep_outsb_to_com1_arrives_whole_and_in_order_in_few_exits(coalesce, monkeypatch):
+    from pyaxvisor.boards.x86_pc.board import PcBoard
+    n = 16 * 1024
+    guest, entry = _string_io_guest(n)
+    monkeypatch.setattr(PcBoard, "coalesce_com1", coalesce)
+    out = Out()
+    vm = X86Vm(ram_size=32 << 20, debug_exits=[(0xF4, 1)], console_write=out)
+    try:
+        vm.write_guest(0x10_0000, guest)
+        result = vm.run(entry, mode="protected", timeout=60)
+        exits = vm.vcpu(0).arch.kvm_runs
+    finally:
+        vm.close()
+    assert (result.reason, result.status) == ("debug-exit", 1), result
+    line = bytes(0x30 + i % 10 for i in range(63)) + b"\n"
+    assert bytes(out.data) == (line * (n // len(line) + 1))[:n]  # every byte, in order
+    if coalesce:
+        assert exits < n // 50, exits  # KVM queues ~170 writes per exit
+    else:
+        assert exits >= n, exits  # one exit per element

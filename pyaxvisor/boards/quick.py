@@ -4,7 +4,8 @@
 :class:`~pyaxvisor.vm.config.VmConfig` with the board's default memory map and
 CPU ids; :func:`new_vm` builds a :class:`~pyaxvisor.vm.vm.Vm` from them for a
 script that puts its guest in memory itself; :func:`boot` runs a configuration on
-its board to the end.
+its board to the end; :func:`accelerator` names what runs a board's vCPUs, in QEMU's
+words (``-accel``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from functools import partial
 from pathlib import Path
 
 from pyaxvisor.boards import board_class
+from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.boot import boot as boot_on
 from pyaxvisor.vm.config import DeviceSpec, ImageSpec, VmConfig
 from pyaxvisor.vm.result import VmResult
 from pyaxvisor.vm.vm import Vm
 
-__all__ = ["aarch64_config", "aarch64_vm", "boot", "config_for", "new_vm", "x86_config",
-           "x86_vm"]
+__all__ = ["aarch64_config", "aarch64_vm", "accelerator", "boot", "config_for", "new_vm",
+           "x86_config", "x86_vm"]
 
 
 def config_for(arch: str, *, machine: str | None = None, cpu_model: str | None = None,
@@ -63,6 +65,15 @@ def boot(config: VmConfig, console_write: Callable[[bytes], None],
          on_vm: Callable[[Vm], None] | None = None) -> VmResult:
     """Run ``config`` on its board to the end (see :func:`pyaxvisor.vm.boot.boot`)."""
     return boot_on(config, board_class(config.arch, config.machine), console_write, on_vm)
+
+
+def accelerator(board: type[Board]) -> str:
+    """QEMU's name for what runs ``board``'s vCPUs (``-accel``): ``"tcg"`` for the boards
+    on the software CPU (the QEMU-``virt``-style boards, :class:`SoftVirtBoard`),
+    ``"kvm"`` for the others (the x86 PC, on Linux KVM)."""
+    from pyaxvisor.boards.soft_virt import SoftVirtBoard
+
+    return "tcg" if issubclass(board, SoftVirtBoard) else "kvm"
 
 
 aarch64_config = partial(config_for, "aarch64")

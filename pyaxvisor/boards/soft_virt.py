@@ -6,10 +6,18 @@ base by default); guest code of a VM executes on one vCPU thread at a time (an
 accesses are not atomic between host threads); and their fast devices (interrupt
 controller, UART) are served inside the CPU unless the configuration asks every
 access to exit (``--trap-mmio``).
+
+A load, store or instruction fetch where there is no RAM and no device is the
+guest's to handle, as on QEMU's ``virt`` boards: the vCPUs make it take the
+architecture's fault (asking :meth:`SoftVirtBoard.no_device_at`) and count it in the
+VM's exits; the board says so on standard error once per address
+(:class:`WildAccessReports`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.devices.bus import Device
@@ -22,7 +30,43 @@ from pyaxvisor.vm.config import MemoryRegion
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
 
-__all__ = ["SoftVirtBoard"]
+__all__ = ["WILD_ACCESS_REPORTS", "SoftVirtBoard", "WildAccessReports"]
+
+#: Distinct addresses where nothing is that a VM reports (later ones are counted only).
+WILD_ACCESS_REPORTS = 8
+log = logging.getLogger("pyaxvisor")
+
+
+class WildAccessReports:
+    """Reports of one VM's accesses where there is no RAM and no device, each address
+    once (the first ``limit`` addresses; then one line saying the rest are counted
+    only): a warning of the ``pyaxvisor`` logger, which Python prints on standard error
+    when the program configured no logging. ``outcome``: what the guest takes for such
+    an access; ``counted_as``: the exit name its vCPUs count them under (``--stats``).
+    :meth:`report` may be called from any vCPU thread."""
+
+    def __init__(self, outcome: str, counted_as: str, limit: int = WILD_ACCESS_REPORTS) -> None:
+        self.outcome = outcome
+        self.counted_as = counted_as
+        self.limit = limit
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def report(self, vcpu_id: int, address: int, pc: int, *, fetch: bool, write: bool) -> None:
+        """vCPU ``vcpu_id``'s instruction at ``pc`` fetched from (``fetch``), wrote to
+        (``write``) or read from guest-physical ``address``, where nothing is."""
+        with self._lock:
+            seen = len(self._seen)
+            if address in self._seen or seen > self.limit:
+                return
+            self._seen.add(address)
+        if seen == self.limit:
+            log.warning("pyaxvisor: more accesses where nothing is: counted only "
+                        "(%s in --stats)", self.counted_as)
+            return
+        what = "instruction fetch" if fetch else "write" if write else "read"
+        log.warning("pyaxvisor: vCPU %d: %s at %#x (PC %#x): no RAM and no device there; "
+                    "the guest takes %s", vcpu_id, what, address, pc, self.outcome)
 
 
 class SoftVirtBoard(Board):
@@ -82,3 +126,9 @@ class SoftVirtBoard(Board):
 
     def in_cpu_windows(self, vm: Vm) -> list[InCpuWindow]:
         return list(self._in_cpu)
+
+    def no_device_at(self, gpa: int) -> bool:
+        """Whether no device of the VM (created) covers guest-physical ``gpa``: the
+        vCPUs' predicate for an access that missed their RAM."""
+        assert self.vm is not None
+        return self.vm.devices.mmio.find(gpa) is None

@@ -102,14 +102,17 @@ def images_group() -> None:
 
 @images_group.command(name="list")
 def images_list() -> None:
-    """List the images that can be fetched and whether they are cached."""
+    """List the images that can be fetched (by Debian's architecture names, also
+    accepted by pyaxvisor's: linux-amd64 or linux-x86_64) and whether they are cached."""
     from pyaxvisor import images
 
     for name, image in images.IMAGES.items():
         info = images.metadata(name)
         state = (f"cached at {images.image_path(name)} ({info['package']} {info['version']})"
                  if info is not None else "not fetched")
-        click.echo(f"{name:18} {image.description}; {state}")
+        also = images.aliases_of(name)
+        aka = f" (also {', '.join(also)})" if also else ""
+        click.echo(f"{name:18} {image.description}{aka}; {state}")
 
 
 @images_group.command(name="fetch")
@@ -118,7 +121,9 @@ def images_list() -> None:
 def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
     """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64).
 
-    x86_64: linux-x86_64 (Debian's linux-image-amd64 bzImage) and initramfs-x86_64.
+    x86_64: linux-amd64 (Debian's linux-image-amd64 bzImage) and initramfs-amd64.
+    Names go by Debian's architectures (arm64, amd64, riscv64); pyaxvisor's spellings
+    are accepted too (linux-x86_64, initramfs-aarch64...).
     riscv64: u-boot-riscv64 (S-mode U-Boot), linux-riscv64 and initramfs-riscv64, from
     Debian stable through a private apt configuration (mirror: $PYAXVISOR_DEBIAN_MIRROR,
     else the host's Debian mirror).

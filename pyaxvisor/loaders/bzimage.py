@@ -13,10 +13,12 @@ rule: ``align_up(max(load, pref_address), kernel_alignment)`` for a relocatable
 kernel, else ``pref_address`` (16 MiB for distribution kernels), and needs
 ``init_size`` bytes there. The kernel's footprint, which ``X86Boot.kernel_end``
 reports, ends at the higher of the loaded image's end and ``runtime start +
-init_size``; it must fit in low RAM and in the 1 GiB identity map. The command line
-goes to the layout's ``CMDLINE_ADDR``, the e820 map into ``boot_params``, and the
-initrd page aligned as high as possible below ``min(initrd_addr_max + 1, low RAM
-top)`` and above the footprint.
+init_size``; it must fit in low RAM and in the 1 GiB identity map. The zero page
+goes to the layout's ``BOOT_PARAMS_ADDR`` and the command line to its
+``CMDLINE_ADDR`` (the kernel is above 1 MiB, so these slots are always free; they
+are entered in the :class:`~.x86_entry.BootMemory` with the kernel's footprint and
+the initrd), the e820 map into ``boot_params``, and the initrd page aligned as high
+as possible below ``min(initrd_addr_max + 1, low RAM top)`` and above the footprint.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pyaxvisor.loaders.image import (
     require_data,
     span,
 )
-from pyaxvisor.loaders.x86_entry import IDENTITY_MAP_END, X86Boot, check_low_ram
+from pyaxvisor.loaders.x86_entry import IDENTITY_MAP_END, BootMemory, X86Boot
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 
@@ -200,8 +202,8 @@ def _check_bootable(hdr: SetupHeader, data: bytes, path: str) -> None:
         raise ImageError(path, "the setup header announces an empty kernel (syssize 0)")
 
 
-def _boot_params(hdr: SetupHeader, data: bytes, *, ram_size: int, initrd_addr: int,
-                 initrd_size: int | None) -> bytearray:
+def _boot_params(hdr: SetupHeader, data: bytes, *, ram_size: int, cmdline_addr: int,
+                 initrd_addr: int, initrd_size: int | None) -> bytearray:
     """The zero page: the file's setup header in a zeroed page, plus the loader's fields."""
     params = bytearray(BOOT_PARAMS_SIZE)
     params[OFF_SETUP_HEADER:hdr.header_end] = data[OFF_SETUP_HEADER:hdr.header_end]
@@ -209,8 +211,8 @@ def _boot_params(hdr: SetupHeader, data: bytes, *, ram_size: int, initrd_addr: i
     params[OFF_LOADFLAGS] |= CAN_USE_HEAP
     struct.pack_into("<H", params, OFF_HEAP_END_PTR, HEAP_END)
     struct.pack_into("<H", params, OFF_VID_MODE, VID_MODE_NORMAL)
-    struct.pack_into("<I", params, OFF_CMD_LINE_PTR, layout.CMDLINE_ADDR & 0xFFFF_FFFF)
-    struct.pack_into("<I", params, OFF_EXT_CMD_LINE_PTR, layout.CMDLINE_ADDR >> 32)
+    struct.pack_into("<I", params, OFF_CMD_LINE_PTR, cmdline_addr & 0xFFFF_FFFF)
+    struct.pack_into("<I", params, OFF_EXT_CMD_LINE_PTR, cmdline_addr >> 32)
     if initrd_size is not None:
         struct.pack_into("<I", params, OFF_RAMDISK_IMAGE, initrd_addr & 0xFFFF_FFFF)
         struct.pack_into("<I", params, OFF_RAMDISK_SIZE, initrd_size & 0xFFFF_FFFF)
@@ -228,14 +230,16 @@ def _boot_params(hdr: SetupHeader, data: bytes, *, ram_size: int, initrd_addr: i
 
 
 def load_bzimage(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str,
-                 initrd: bytes | None, path: str, initrd_path: str = "<initrd>") -> X86Boot:
+                 initrd: bytes | None, path: str, initrd_path: str = "<initrd>",
+                 memory: BootMemory | None = None) -> X86Boot:
     """Load a bzImage for its 64-bit entry and fill in its ``boot_params``.
 
     Requires protocol 2.12 or later with ``XLF_KERNEL_64`` and ``LOADED_HIGH``. The
     zero page is the file's setup header in an otherwise zeroed page, plus
     ``type_of_loader`` 0xFF, ``CAN_USE_HEAP`` with ``heap_end_ptr`` 0xFE00,
     ``vid_mode`` 0xFFFF ("normal"), the command line pointer, the initrd fields and
-    the e820 map of ``ram_size`` bytes of RAM. See the module doc for placement.
+    the e820 map of ``ram_size`` bytes of RAM. See the module doc for placement;
+    ``memory`` (a new :class:`~.x86_entry.BootMemory` when not given) records it.
     """
     hdr = parse_setup_header(data, path=path)
     _check_bootable(hdr, data, path)
@@ -247,7 +251,9 @@ def load_bzimage(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str,
         raise ImageError(path, f"the command line is {len(raw_cmdline)} bytes, the kernel "
                                f"takes at most {max_cmdline}")
 
-    low_top = check_low_ram(space, ram_size)
+    if memory is None:
+        memory = BootMemory(space, ram_size, path)
+    low_top = memory.low_top
     kernel = memoryview(data)[hdr.setup_size:]
     load_end = layout.KERNEL_LOAD + len(kernel)
     runtime = hdr.runtime_start(layout.KERNEL_LOAD)
@@ -271,14 +277,23 @@ def load_bzimage(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str,
                                           f"between the kernel's end {floor:#x} and "
                                           f"{ceiling:#x} ({max(0, ceiling - floor)} bytes "
                                           "free)")
-    params = _boot_params(hdr, data, ram_size=ram_size, initrd_addr=initrd_addr,
+    memory.claim(layout.KERNEL_LOAD, footprint_end, "the kernel")
+    if initrd is not None:
+        memory.claim(initrd_addr, initrd_addr + len(initrd), "the initrd")
+    low = layout.low_windows(low_top, IDENTITY_MAP_END)
+    params_addr = memory.place("boot_params", BOOT_PARAMS_SIZE, align=PAGE_SIZE,
+                               slots=[layout.BOOT_PARAMS_ADDR], windows=low)
+    cmdline_addr = memory.place("command line", len(raw_cmdline) + 1,
+                                slots=[layout.CMDLINE_ADDR], windows=low)
+    params = _boot_params(hdr, data, ram_size=ram_size, cmdline_addr=cmdline_addr,
+                          initrd_addr=initrd_addr,
                           initrd_size=None if initrd is None else len(initrd))
 
     space.write(GuestPhysAddr(layout.KERNEL_LOAD), kernel)
     if initrd is not None:
         space.write(GuestPhysAddr(initrd_addr), initrd)
-    space.write(GuestPhysAddr(layout.CMDLINE_ADDR), raw_cmdline + b"\0")
-    space.write(GuestPhysAddr(layout.BOOT_PARAMS_ADDR), params)
+    space.write(GuestPhysAddr(cmdline_addr), raw_cmdline + b"\0")
+    space.write(GuestPhysAddr(params_addr), params)
     return X86Boot(layout.KERNEL_LOAD + STARTUP_64_OFFSET, "long",
-                   {6: layout.BOOT_PARAMS_ADDR}, layout.KERNEL_LOAD, footprint_end, "bzimage",
+                   {6: params_addr}, layout.KERNEL_LOAD, footprint_end, "bzimage",
                    f"Linux bzImage, boot protocol {hdr.protocol}, 64-bit entry")

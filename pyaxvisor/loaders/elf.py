@@ -19,8 +19,9 @@ each segment zeroed; nothing is written unless every check passes)
       are decompressed first. Returns a :class:`~.image.LoadedImage`.
     * :func:`load_x86_elf`: ELF64 x86-64, entered in 64-bit mode (the entry must be in
       the 1 GiB identity map), or ELF32 i386, entered in 32-bit protected mode;
-      segments in guest RAM at or above 1 MiB. No boot information is passed (a
-      Linux ``vmlinux`` gets no ``boot_params``: boot its bzImage). Returns an
+      segments anywhere in guest RAM, below 1 MiB too (the boot structures move out
+      of their way: :class:`~.x86_entry.BootMemory`). No boot information is passed
+      (a Linux ``vmlinux`` gets no ``boot_params``: boot its bzImage). Returns an
       :class:`~.x86_entry.X86Boot`.
     * Multiboot v1 ELF32 kernels use :func:`parse_elf` too (:mod:`.multiboot`).
 """
@@ -44,7 +45,12 @@ from pyaxvisor.loaders.image import (
     span,
     write_segments,
 )
-from pyaxvisor.loaders.x86_entry import IDENTITY_MAP_END, X86Boot, check_x86_segments
+from pyaxvisor.loaders.x86_entry import (
+    IDENTITY_MAP_END,
+    BootMemory,
+    X86Boot,
+    check_x86_segments,
+)
 from pyaxvisor.mm.addrspace import AddrSpace
 
 __all__ = [
@@ -128,7 +134,7 @@ def parse_elf(data: bytes, *, path: str,
                            str(elf.header["e_type"]))
         entry = elf.header["e_entry"]
         phdrs = [seg.header for seg in elf.iter_segments()]
-    except (ELFError, ValueError, EOFError, struct.error) as exc:
+    except (ELFError, ValueError, EOFError, OverflowError, struct.error) as exc:
         raise ImageError(path, f"malformed or truncated ELF file ({exc})") from None
     if accept is not None:
         accept(header)
@@ -201,9 +207,11 @@ def accept_x86(path: str) -> Callable[[ElfHeader], None]:
     return accept
 
 
-def load_x86_elf(space: AddrSpace, data: bytes, *, path: str) -> X86Boot:
+def load_x86_elf(space: AddrSpace, data: bytes, *, path: str,
+                 memory: BootMemory | None = None) -> X86Boot:
     """Load an ELF64 x86-64 (entered in 64-bit mode) or ELF32 i386 (32-bit protected
-    mode) kernel; see the module doc."""
+    mode) kernel; see the module doc. With ``memory`` the segments are entered there
+    (the boot structures placed after them keep out of their way)."""
     elf = parse_elf(data, path=path, accept=accept_x86(path))
     if (elf.elfclass, elf.machine) not in ((64, "EM_X86_64"), (32, "EM_386")):
         raise ImageError(path, f"ELF{elf.elfclass} for {MACHINE_NAMES[elf.machine]}: x86 "
@@ -213,6 +221,8 @@ def load_x86_elf(space: AddrSpace, data: bytes, *, path: str) -> X86Boot:
     if long and elf.entry >= IDENTITY_MAP_END:
         raise ImageError(path, f"entry point {elf.entry:#x} is above the "
                                f"{IDENTITY_MAP_END >> 30} GiB the 64-bit boot page tables map")
+    if memory is not None:
+        memory.claim_segments(elf.segments)
     write_segments(space, elf.segments)
     return X86Boot(elf.entry, "long" if long else "protected", {}, elf.start, elf.end, "elf",
                    f"ELF{elf.elfclass} {'x86-64' if long else 'i386'} kernel, "

@@ -10,7 +10,8 @@ Rules every loader follows
       :class:`~pyaxvisor.errors.InvalidInput`.
     * **Files are bounded before they are read** (:func:`read_image`): a file
       larger than the limit (:data:`MAX_IMAGE_SIZE`, or a smaller one the caller
-      gives, such as the guest's RAM size) is refused from its size alone.
+      gives, such as the guest's RAM size) is refused from its size alone; a
+      device is refused; a pipe is read up to the limit.
 
 A :class:`Segment` is one piece of guest memory an image fills: file bytes at a
 physical address, then zeros up to ``memsz`` (an ELF ``PT_LOAD`` segment, or a
@@ -95,41 +96,80 @@ def _mib(size: int) -> str:
     return f"{size / MiB:.2f} MiB ({size} bytes)"
 
 
-def read_image(path: Path, what: str, *, limit: int = MAX_IMAGE_SIZE) -> bytes:
+def read_image(path: Path, what: str, *, limit: int = MAX_IMAGE_SIZE,
+               limit_reason: str | None = None) -> bytes:
     """The bytes of the ``what`` file (kernel, initrd, firmware) at ``path``.
 
-    The file is checked before it is read: a missing or unreadable path, a
-    directory or other non-regular file, and a file of more than ``limit`` bytes
-    are clear errors naming it; so is an empty file.
+    The file is opened without waiting (``O_NONBLOCK``: a FIFO with no writer does
+    not block the open) and checked on the open descriptor, so what is checked is
+    what is read: a missing or unreadable path, a directory, a device or socket, and
+    a regular file of more than ``limit`` bytes are clear errors naming it, refused
+    before anything is read; so is an empty file. A pipe or FIFO (``-kernel
+    <(zcat vmlinuz.gz)``) has no size to check first: it is read up to ``limit``
+    bytes and refused when it holds more. ``limit_reason`` says in the message what
+    the limit is (e.g. "what fits in the guest's 512 MiB of RAM"); without one the
+    message names :data:`MAX_IMAGE_SIZE` as pyaxvisor's own cap, or says the limit
+    is the most the guest can take (the boards pass their RAM size).
     """
     if limit <= 0:
         raise InvalidInput(f"the size limit for {what} {path} must be positive, got {limit}")
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise InvalidInput(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)),
-                    "a special file")
-        raise InvalidInput(f"{what} {path} is not a regular file (it is {kind})")
     name = f"{what} {path}"
-    if info.st_size > limit:
-        raise ImageError(name, f"the file is {_mib(info.st_size)}, more than the "
-                               f"{_mib(limit)} limit")
+    reason = limit_reason or ("the largest image pyaxvisor reads" if limit >= MAX_IMAGE_SIZE
+                              else "the most the guest can take")
     try:
-        with open(path, "rb") as stream:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidInput(f"{name}: no such file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{name}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISFIFO(info.st_mode):
+            os.set_blocking(fd, True)  # now wait for the writer's data
+            data = _read_bounded(fd, limit + 1, name)
+            if len(data) > limit:
+                raise ImageError(name, f"the pipe holds more than {_mib(limit)}, the limit "
+                                       f"({reason})")
+            if not data:
+                raise ImageError(name, "the pipe is empty (nothing was written to it)")
+        elif not stat.S_ISREG(info.st_mode):
+            kind = next((kind for test, kind in _FILE_KINDS if test(info.st_mode)),
+                        "a special file")
+            raise InvalidInput(f"{what} {path} is not a regular file (it is {kind})")
+        elif info.st_size > limit:
+            raise ImageError(name, f"the file is {_mib(info.st_size)}, more than the "
+                                   f"{_mib(limit)} limit ({reason})")
+        else:
             # one byte more than the stat said, to see the file grew since (a read of
             # ``limit + 1`` would allocate that much up front)
-            data = stream.read(info.st_size + 1)
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: {exc.strerror}") from None
-    if len(data) > info.st_size:
-        raise ImageError(name, "the file grew while it was read")
+            data = _read_bounded(fd, info.st_size + 1, name)
+            if len(data) > info.st_size:
+                raise ImageError(name, "the file grew while it was read")
+    finally:
+        os.close(fd)
     if not data:
         raise ImageError(name, "the file is empty")
     return data
+
+
+#: Bytes read from a descriptor at a time.
+_CHUNK = 1 << 20
+
+
+def _read_bounded(fd: int, most: int, name: str) -> bytes:
+    """Up to ``most`` bytes from ``fd``, to its end."""
+    chunks: list[bytes] = []
+    left = most
+    try:
+        while left > 0:
+            chunk = os.read(fd, min(left, _CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise InvalidInput(f"{name}: {exc.strerror}") from None
+    return b"".join(chunks)
 
 
 def align_up(value: int, align: int) -> int:

@@ -14,6 +14,17 @@ guests are supported). ``image_size`` is the kernel's whole footprint, BSS
 included: it, not the file size, must fit in RAM. Both loaders take the file
 gzip- or EFI-zboot(gzip)-compressed too (:func:`~.compression.decompress`).
 
+A truncated Image is refused (:func:`image_file_end`). No field of the 64-byte
+header gives the size of the file part (``image_size`` includes the BSS, which is
+not in the file), so the header only tells that a file *larger* than ``image_size``
+is wrong. An Image with an EFI stub (code0 "MZ", as every distribution kernel of
+both architectures) carries a PE/COFF header at the offset in the last header word,
+whose section table places each section's raw data in the file
+(``PointerToRawData + SizeOfRawData``; the last one ends at the kernel's
+``_edata``): the file must hold the PE header, the section table and every
+section's raw data. An Image without an EFI stub has nothing that tells its file
+size; only its header is checked.
+
 Placement (``ram_base``/``ram_size`` describe the RAM bank the kernel goes to; it
 must be mapped in the address space), entry = load address
     * **arm64** (:func:`load_arm64_image`): at ``align_up(ram_base, 2 MiB) +
@@ -62,8 +73,8 @@ from pyaxvisor.mm.addrspace import AddrSpace
 __all__ = [
     "ARM64_DEFAULT_TEXT_OFFSET", "ARM64_HEADER_SIZE", "ARM64_MAGIC", "KERNEL_ALIGN",
     "LINUX_IMAGE_HEADER_SIZE", "RISCV_MAGIC", "RISCV_MAGIC2", "Arm64ImageHeader",
-    "LinuxImageHeader", "RiscvImageHeader", "load_arm64_image", "load_riscv_image",
-    "parse_arm64_header", "parse_riscv_header",
+    "LinuxImageHeader", "RiscvImageHeader", "image_file_end", "load_arm64_image",
+    "load_riscv_image", "parse_arm64_header", "parse_riscv_header",
 ]
 
 ARM64_HEADER_SIZE = LINUX_IMAGE_HEADER_SIZE
@@ -73,6 +84,15 @@ KERNEL_ALIGN = 2 * MiB
 ARM64_DEFAULT_TEXT_OFFSET = 0x80000
 
 _HEADER = struct.Struct("<IIQQQII8x8s4s4x")
+#: PE/COFF (EFI stub): "MZ" at 0, the PE header's offset at 60 (the Image header's last
+#: word); the PE signature, then the COFF header (20 bytes: NumberOfSections at 2,
+#: SizeOfOptionalHeader at 16), the optional header, the section table (40 bytes a
+#: section: SizeOfRawData at 16, PointerToRawData at 20).
+_PE_OFFSET = 60
+_COFF = struct.Struct("<4sHHIIIHH")
+_SECTION_SIZE = 40
+_SECTION_RAW = struct.Struct("<II")
+_SECTION_RAW_AT = 16
 _FLAG_BE = 1 << 0
 _ARM64_FLAG_PHYS_ANYWHERE = 1 << 3
 
@@ -178,10 +198,46 @@ def parse_riscv_header(data: bytes, *, path: str = "<image>") -> RiscvImageHeade
     return RiscvImageHeader(*_parse(data, path, _RISCV))
 
 
+def image_file_end(data: bytes, path: str) -> int | None:
+    """How many bytes the file of an (uncompressed) Image must have, by its EFI stub's
+    PE/COFF header: the end of its section table and of every section's raw data;
+    None for an Image without an EFI stub (code0 not "MZ"), whose header says nothing
+    of it. :class:`ImageError` when the PE header itself is cut off or damaged."""
+    if data[:2] != b"MZ":
+        return None
+    if len(data) < _PE_OFFSET + 4:
+        raise ImageError(path, f"truncated: {len(data)} bytes, less than the "
+                               f"{LINUX_IMAGE_HEADER_SIZE}-byte Image header")
+    pe = int.from_bytes(data[_PE_OFFSET:_PE_OFFSET + 4], "little")
+    if len(data) < pe + _COFF.size:
+        raise ImageError(path, f"truncated: the EFI stub's PE header at {pe:#x} needs "
+                               f"{pe + _COFF.size} bytes, the file has {len(data)}")
+    signature, _machine, sections, _t, _s, _n, optional, _c = _COFF.unpack_from(data, pe)
+    if signature != b"PE\0\0":
+        raise ImageError(path, f"\"MZ\" (an EFI stub) but no PE signature at {pe:#x}, the "
+                               "offset the header gives: a damaged Image")
+    table = pe + _COFF.size + optional
+    end = table + sections * _SECTION_SIZE
+    if len(data) < end:
+        raise ImageError(path, f"truncated: the EFI stub's PE section table needs {end} "
+                               f"bytes, the file has {len(data)}")
+    for i in range(sections):
+        size, offset = _SECTION_RAW.unpack_from(data, table + i * _SECTION_SIZE
+                                                + _SECTION_RAW_AT)
+        if size:
+            end = max(end, offset + size)
+    return end
+
+
 def _load(space: AddrSpace, data: bytes, arch: _Arch, *, ram_base: int, ram_size: int,
           path: str) -> LoadedImage:
     data = decompress(data, path=path)
     hdr = LinuxImageHeader(*_parse(data, path, arch)[:3])
+    file_end = image_file_end(data, path)
+    if file_end is not None and len(data) < file_end:
+        raise ImageError(path, f"truncated: the EFI stub's PE header places {file_end} bytes "
+                               f"of kernel in the file, the file has {len(data)} "
+                               f"({len(data) * 100 // file_end}%)")
     check_ram(space, ram_base, ram_size)
     if hdr.big_endian:
         raise ImageError(path, f"big-endian {arch.name} kernel (header flags bit 0); only "

@@ -7,10 +7,18 @@ The header (magic 0x1BADB002, flags, checksum making the three sum to 0) lies
 Entry state: 32-bit protected mode at the header's or ELF's entry, EAX =
 0x2BADB002, EBX = the Multiboot information structure.
 
-Placement: segments at their physical addresses, which must be in low RAM at or
-above 1 MiB (:func:`~.x86_entry.check_x86_segments`). The information structure,
-the memory map, the module list and the strings follow the kernel's end (page
-aligned), then the modules, each page aligned; all of it must fit in low RAM.
+Command line: as QEMU's ``-kernel`` (``hw/i386/multiboot.c``) and GRUB write it, the
+kernel's own name first: ``"<kernel> <append>"``, one space between, even when the
+``-append`` text is empty (``"<kernel> "``). The name is the kernel path as given.
+
+Placement: segments at their physical addresses, anywhere in low RAM, below 1 MiB
+too (:func:`~.x86_entry.check_x86_segments`). The information block (the
+information structure, the memory map, the module list and the strings) goes right
+after the kernel's end (page aligned), then the modules, each page aligned and right
+after the one before; where the image or another boot structure is in the way, each
+moves to the lowest free page of RAM above 1 MiB, else of base memory
+(:class:`~.x86_entry.BootMemory`, the layout's ``high_windows``). The image is
+refused when one of them fits nowhere.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pyaxvisor.loaders.image import (
     span,
     write_segments,
 )
-from pyaxvisor.loaders.x86_entry import X86Boot, check_low_ram, check_x86_segments
+from pyaxvisor.loaders.x86_entry import BootMemory, X86Boot, check_x86_segments
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 
@@ -127,7 +135,8 @@ def _elf_segments(data: bytes, path: str) -> tuple[list[Segment], int]:
 
 
 def load_multiboot(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str,
-                   modules: Sequence[tuple[bytes, str]] = (), path: str) -> X86Boot:
+                   modules: Sequence[tuple[bytes, str]] = (), path: str,
+                   name: str | None = None, memory: BootMemory | None = None) -> X86Boot:
     """Load a Multiboot v1 kernel and build its information structure.
 
     Required-feature flags: bit 0 (page-align modules: modules always are), bit 1
@@ -137,10 +146,15 @@ def load_multiboot(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str
     fields place a flat image (``load_end_addr`` 0: to the end of the file;
     ``bss_end_addr`` 0: no bss), otherwise the file must be an ELF32 i386.
 
-    The information structure has flags MEM, CMDLINE (``cmdline`` exactly as given),
-    MODS (each ``(bytes, string)`` of ``modules``), MMAP (the e820 map) and
+    The information structure has flags MEM, CMDLINE (``"<name> <cmdline>"``, where
+    ``name`` is the kernel's name, ``path`` by default: see the module doc), MODS
+    (each ``(bytes, string)`` of ``modules``), MMAP (the e820 map) and
     BOOT_LOADER_NAME ("pyaxvisor"); ``mem_lower`` 639 KiB, ``mem_upper`` the KiB
     from 1 MiB to the top of low RAM.
+
+    ``memory`` records what the boot uses (:class:`~.x86_entry.BootMemory`, a new one
+    for ``path`` when not given): the kernel's segments, the information block and
+    the modules are entered there.
     """
     require_data(data, path)
     off = find_multiboot(data)
@@ -153,10 +167,16 @@ def load_multiboot(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str
     if unsupported:
         raise ImageError(path, f"the Multiboot header requires unsupported feature "
                                f"{_plural_bits(unsupported)}")
-    cmd = cmdline.encode()
+    cmd = f"{path if name is None else name} {cmdline}".encode()
     if b"\0" in cmd:
         raise ImageError(path, "the command line contains a NUL byte")
-    low_top = check_low_ram(space, ram_size)
+    raw_names = [mod_name.encode() for _, mod_name in modules]
+    for raw_name, (_, mod_name) in zip(raw_names, modules, strict=True):
+        if b"\0" in raw_name:
+            raise ImageError(path, f"module string {mod_name!r} contains a NUL byte")
+    if memory is None:
+        memory = BootMemory(space, ram_size, path)
+    low_top = memory.low_top
 
     if flags & MB_AOUT_KLUDGE:
         segment, entry = _aout_segment(data, off, path)
@@ -167,11 +187,17 @@ def load_multiboot(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str
     check_x86_segments(space, segments, path, top=low_top)
     kernel_start = min(s.paddr for s in segments)
     kernel_end = max(s.end for s in segments)
+    memory.claim_segments(segments, "the kernel's segment")
 
-    # Layout after the kernel: info | mmap | module list | strings, then each module.
-    mbi = align_up(kernel_end, PAGE_SIZE)
+    # The information block: info | mmap | module list | strings.
     mmap = b"".join(struct.pack("<IQQI", MB_MMAP_ENTRY_SIZE - 4, addr, size, kind_)
                     for addr, size, kind_ in layout.e820_map(ram_size))
+    strings_size = len(cmd) + 1 + len(BOOT_LOADER_NAME) + 1 + sum(len(n) + 1
+                                                                  for n in raw_names)
+    block_size = MBI_SIZE + len(mmap) + MB_MODULE_SIZE * len(modules) + strings_size
+    windows = layout.high_windows(low_top)
+    mbi = memory.place("Multiboot information", block_size, align=PAGE_SIZE,
+                       slots=[align_up(kernel_end, PAGE_SIZE)], windows=windows)
     mmap_addr = mbi + MBI_SIZE
     mods_addr = mmap_addr + len(mmap)
     strings = bytearray()
@@ -185,21 +211,15 @@ def load_multiboot(space: AddrSpace, data: bytes, *, ram_size: int, cmdline: str
     cmdline_addr = add_string(cmd)
     name_addr = add_string(BOOT_LOADER_NAME.encode())
     module_list = bytearray()
-    cursor = align_up(strings_addr + len(strings) + sum(len(n.encode()) + 1
-                                                        for _, n in modules), PAGE_SIZE)
+    cursor = mbi + block_size
     placed: list[tuple[int, bytes]] = []
-    for mod, name in modules:
-        raw_name = name.encode()
-        if b"\0" in raw_name:
-            raise ImageError(path, f"module string {name!r} contains a NUL byte")
-        module_list += struct.pack("<4I", cursor, cursor + len(mod), add_string(raw_name), 0)
-        placed.append((cursor, mod))
-        cursor = align_up(cursor + len(mod), PAGE_SIZE)
-    end = max(cursor, strings_addr + len(strings))
-    if end > low_top:
-        raise ImageError(path, f"the kernel {span(kernel_start, kernel_end)}, its boot "
-                               f"information and {len(modules)} module(s) need RAM up to "
-                               f"{end:#x}, but low RAM ends at {low_top:#x}")
+    for i, ((mod, mod_name), raw_name) in enumerate(zip(modules, raw_names, strict=True)):
+        addr = memory.place(f"module {i} ({mod_name})", max(len(mod), 1), align=PAGE_SIZE,
+                            slots=[align_up(cursor, PAGE_SIZE)], windows=windows)
+        module_list += struct.pack("<4I", addr, addr + len(mod), add_string(raw_name), 0)
+        placed.append((addr, mod))
+        cursor = addr + len(mod)
+    assert len(strings) == strings_size
 
     info = bytearray(MBI_SIZE)
     struct.pack_into("<I", info, 0, MBI_MEM | MBI_CMDLINE | MBI_MODS | MBI_MMAP

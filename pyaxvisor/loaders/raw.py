@@ -5,7 +5,8 @@
 * :func:`load_x86_raw`: at ``addr`` (default ``KERNEL_LOAD``, 1 MiB), entered at
   its first byte in ``mode`` (default 32-bit protected mode); a real-mode entry
   must lie below 1 MiB, a 64-bit one in the 1 GiB identity map
-  (:mod:`.x86_entry`).
+  (:mod:`.x86_entry`). With a :class:`~.x86_entry.BootMemory` the image's range is
+  entered there, so the boot structures keep out of its way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import get_args
 from pyaxvisor.boards.x86_pc import layout
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.loaders.image import ImageError, LoadedImage, covered, require_data, span
-from pyaxvisor.loaders.x86_entry import IDENTITY_MAP_END, REAL_MODE_END, Mode, X86Boot
+from pyaxvisor.loaders.x86_entry import (
+    IDENTITY_MAP_END,
+    REAL_MODE_END,
+    BootMemory,
+    Mode,
+    X86Boot,
+)
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 
@@ -34,7 +41,7 @@ def load_raw(space: AddrSpace, data: bytes, *, addr: int, path: str) -> LoadedIm
 
 
 def load_x86_raw(space: AddrSpace, data: bytes, *, path: str, addr: int = layout.KERNEL_LOAD,
-                 mode: Mode = "protected") -> X86Boot:
+                 mode: Mode = "protected", memory: BootMemory | None = None) -> X86Boot:
     """Copy a flat binary verbatim to ``addr`` and enter it there in ``mode`` (a real-mode
     entry must lie below 1 MiB, a 64-bit one in the 1 GiB identity map)."""
     if mode not in get_args(Mode):
@@ -50,6 +57,8 @@ def load_x86_raw(space: AddrSpace, data: bytes, *, path: str, addr: int = layout
     if mode == "long" and addr >= IDENTITY_MAP_END:
         raise ImageError(path, f"64-bit entry {addr:#x} is above the 1 GiB the boot page "
                                "tables map")
+    if memory is not None:
+        memory.claim(addr, end, "the flat binary")
     space.write(GuestPhysAddr(addr), data)
     return X86Boot(addr, mode, {}, addr, end, "raw",
                    f"flat binary at {addr:#x}, {mode}-mode entry")

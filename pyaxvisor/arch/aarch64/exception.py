@@ -47,6 +47,11 @@ Data aborts from the guest (EC 0x24):
 * S1PTW=1 (the guest's own page tables are not in RAM), FnV=1 (no FAR), and
   any other fault status (external abort, alignment, TLB conflict, address
   size ...) → UnhandledTrap.
+
+An access to an address where there is no RAM and no device is not decoded here:
+the vCPU turns such a stage-2 translation fault (:func:`is_unclaimed_fault`) into
+the synchronous external abort the guest takes on QEMU's ``virt`` board
+(:func:`external_abort_syndrome`), when its VM says which addresses are unclaimed.
 """
 
 from __future__ import annotations
@@ -119,6 +124,40 @@ class UnhandledTrap(Unsupported):
         lines.append("  guest registers:")
         lines.extend(f"    {line}" for line in self.registers.splitlines())
         super().__init__("\n".join(lines))
+
+
+#: DFSC/IFSC of a synchronous external abort (not on a translation table walk).
+FSC_SYNC_EXTERNAL = 0x10
+_ESR_IL = 1 << 25
+_ESR_WNR = 1 << 6
+_ESR_CM = 1 << 8
+_ESR_S1PTW = 1 << 7
+
+
+def is_unclaimed_fault(esr: int) -> bool:
+    """Whether ESR_EL2 is a stage-2 translation fault (any level) of an instruction
+    fetch (EC 0x20) or of a data access that is not cache maintenance (EC 0x24, CM 0),
+    not on the guest's own stage-1 walk (S1PTW 0): an access to an IPA that has no
+    RAM, which the VM may find has no device either."""
+    ec = esr >> 26
+    if ec not in (EC.IABT_LOW, EC.DABT_LOW) or esr & _ESR_S1PTW or (esr & 0x3C) != 0x04:
+        return False
+    return ec == EC.IABT_LOW or not esr & _ESR_CM
+
+
+def external_abort_syndrome(esr: int, same_el: bool) -> int:
+    """ESR_EL1 of the synchronous external abort the guest takes for the access that
+    gave stage-2 syndrome ``esr`` (:func:`is_unclaimed_fault`), as QEMU's ``virt``
+    board gives it for an address where nothing is mapped: an instruction abort (EC
+    0x20 from EL0, 0x21 from EL1) or a data abort (EC 0x24/0x25) with IL set, no
+    instruction syndrome (ISV 0), FAR valid (FnV 0), EA 0 (a decode error, as
+    QEMU's MEMTX_DECODE_ERROR), WnR of the access for data, and fault status 0x10.
+    FAR_EL1 is FAR_EL2 (the virtual address) and ELR_EL1 the faulting
+    instruction."""
+    fetch = esr >> 26 == EC.IABT_LOW
+    ec = (EC.IABT_LOW if fetch else EC.DABT_LOW) + (1 if same_el else 0)
+    wnr = 0 if fetch else esr & _ESR_WNR
+    return (ec << 26) | _ESR_IL | wnr | FSC_SYNC_EXTERNAL
 
 
 def fault_ipa(far: int, hpfar: int) -> GuestPhysAddr:

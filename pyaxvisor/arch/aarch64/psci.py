@@ -48,6 +48,18 @@ Conventions chosen (and why):
   a shallower state, and KVM does the same, so every register is preserved.
 * MIGRATE_INFO_TYPE answers 2, "Trusted OS not present or does not require
   migration", so MIGRATE and MIGRATE_INFO_UP_CPU are not offered.
+
+pyaxvisor's own hypercalls (:func:`is_pyaxvisor_hypercall`) are the SMCCC fast
+calls of owner 6, "vendor specific hypervisor service calls", with function
+numbers 0x0000..0xFEFF: ``0x8600_0000..0x8600_FEFF`` (SMC32/HVC32) and
+``0xC600_0000..0xC600_FEFF`` (SMC64/HVC64); the SVE hint bit 16 is ignored, as
+everywhere. They reach the VM as ``Hypercall`` exits. Function numbers
+0xFF00..0xFFFF of the owner are SMCCC's general queries (call count, UID,
+revision), which Linux asks (0x8600_FF01) to find its hypervisor: they are not
+pyaxvisor's and get NOT_SUPPORTED, like every ID that is neither PSCI/SMCCC
+(:func:`handle_psci`) nor in this range, when the vCPU is the guest's SMCCC
+conduit (:class:`~pyaxvisor.arch.aarch64.vcpu.Aarch64VCpuSetupConfig`), as KVM
+answers calls it does not implement.
 """
 
 from __future__ import annotations
@@ -78,6 +90,9 @@ SMCCC_OEN_MASK = 0x3F
 SMCCC_SVE_HINT = 1 << 16
 SMCCC_OEN_ARCH = 0
 SMCCC_OEN_STANDARD = 4
+SMCCC_OEN_VENDOR_HYP = 6
+#: Function numbers of an owner from here on are SMCCC's general service queries.
+SMCCC_GENERAL_QUERIES = 0xFF00
 
 MPIDR_AFF_MASK = 0xFF_00FF_FFFF
 """Aff3 (bits 39:32), Aff2, Aff1, Aff0 (bits 23:0) of an MPIDR value."""
@@ -205,6 +220,17 @@ def is_psci_or_smccc_arch(fid: int) -> bool:
         return False
     oen = (smccc_function_id(fid) >> SMCCC_OEN_SHIFT) & SMCCC_OEN_MASK
     return oen in (SMCCC_OEN_ARCH, SMCCC_OEN_STANDARD)
+
+
+def is_pyaxvisor_hypercall(fid: int) -> bool:
+    """Whether W0 names one of pyaxvisor's own hypercalls: an SMCCC fast call of the
+    vendor-specific hypervisor service owner (6) below the general queries, i.e.
+    0x8600_0000..0x8600_FEFF or 0xC600_0000..0xC600_FEFF (see the module doc)."""
+    if not is_smccc_fast_call(fid):
+        return False
+    func = smccc_function_id(fid)
+    return ((func >> SMCCC_OEN_SHIFT) & SMCCC_OEN_MASK == SMCCC_OEN_VENDOR_HYP
+            and func & 0xFFFF < SMCCC_GENERAL_QUERIES)
 
 
 def is_smc64(fid: int) -> bool:

@@ -38,11 +38,37 @@ Interrupts: ``set_irq_line(level)`` drives the virtual IRQ input (from the
 vGIC, any thread); ``inject_interrupt(vector)`` hands the vector to the
 attached interrupt controller (``attach_interrupt_controller``) or, without one,
 asserts the line so the guest takes an IRQ at VBAR_EL1 + 0x280.
+
+What the vCPU serves itself, counted by name in ``served_counts().exits`` (traps
+to EL2 that never become exits):
+
+* ``SmcccNotSupported``: with ``Aarch64VCpuSetupConfig.smccc_conduit``, an HVC or
+  SMC whose function ID is neither PSCI/SMCCC (answered here in any case) nor one
+  of pyaxvisor's hypercalls (:func:`~pyaxvisor.arch.aarch64.psci.is_pyaxvisor_hypercall`)
+  gets NOT_SUPPORTED (-1) in X0, as KVM answers; without it every such call is a
+  ``Hypercall`` exit (the arm_vcpu contract).
+* ``ExternalAbort``: with an ``unclaimed(ipa)`` predicate (the VM's: no RAM and no
+  device there), an instruction fetch or a data access that faults at stage 2 on
+  such an address makes the guest take the synchronous external abort QEMU's
+  ``virt`` board gives (:func:`~pyaxvisor.arch.aarch64.exception.external_abort_syndrome`)
+  at its EL1 vectors; ``on_external_abort`` hears of each one. Without the
+  predicate such a data access is an MMIO exit and a fetch an ``UnhandledTrap``.
+
+Software step: when the vCPU completes an instruction for the guest (emulates it
+and steps ELR), PSTATE.SS goes to 0 so a step the guest set up ends at that
+instruction, as KVM does; hardware breakpoints, watchpoints and the step
+exception itself are the engine's. The PMU is the engine's too; the vCPU keeps
+its state (and the debug registers) over ``unbind``/``bind`` and hands its
+interrupt request changes to ``on_pmu_change(vcpu_id)``.
+
+Where the vCPU is: :meth:`Aarch64VCpu.current_pc` (the frame's PC between runs and
+after ``unbind``, which keeps it; the engine's while the guest runs).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self
@@ -51,7 +77,13 @@ from unicorn import arm64_const as a64
 
 from pyaxvisor.arch.aarch64.context_frame import Aarch64ContextFrame
 from pyaxvisor.arch.aarch64.esr import SYSREGS, Esr, sysreg_fields
-from pyaxvisor.arch.aarch64.exception import UnhandledTrap, handle_sync_exception
+from pyaxvisor.arch.aarch64.exception import (
+    UnhandledTrap,
+    external_abort_syndrome,
+    fault_ipa,
+    handle_sync_exception,
+    is_unclaimed_fault,
+)
 from pyaxvisor.arch.aarch64.pcpu import (
     HCR_FMO,
     HCR_IMO,
@@ -61,10 +93,24 @@ from pyaxvisor.arch.aarch64.pcpu import (
     HCR_VM,
     current_percpu,
 )
-from pyaxvisor.arch.aarch64.psci import AffinityState, PsciPlatform
+from pyaxvisor.arch.aarch64.psci import (
+    AffinityState,
+    PsciPlatform,
+    PsciRet,
+    encode_return,
+    is_pyaxvisor_hypercall,
+)
 from pyaxvisor.arch.in_cpu import InCpuMmio
 from pyaxvisor.arch.soft_cpu import SoftVCpu
-from pyaxvisor.engine.tcg.aarch64 import IN_CPU_MMIO_BASE, Aarch64Tcg, TrapKind
+from pyaxvisor.engine.tcg.aarch64 import (
+    IN_CPU_MMIO_BASE,
+    PMU_COUNTERS,
+    PSTATE_SS,
+    Aarch64Tcg,
+    PmuState,
+    Trap,
+    TrapKind,
+)
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.errors import InvalidInput
@@ -73,7 +119,7 @@ from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.page_table.stage2 import Stage2Format
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
-from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Nothing
+from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Hypercall, Nothing
 
 SPSR_EL1H_DAIF = 0x3C5  # M = EL1h (0b0101), D A I F masked (bits 9:6)
 STAGE2_PA_BITS = 40
@@ -83,8 +129,20 @@ EL1_SYSREGS = ("SCTLR_EL1", "CPACR_EL1", "TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "A
                "AFSR1_EL1", "ESR_EL1", "FAR_EL1", "PAR_EL1", "MAIR_EL1", "AMAIR_EL1",
                "VBAR_EL1", "CONTEXTIDR_EL1", "TPIDR_EL1", "CNTKCTL_EL1", "MDSCR_EL1")
 _EXTRA_SYSREGS = {"TPIDR_EL0": (3, 3, 13, 0, 2), "TPIDRRO_EL0": (3, 3, 13, 0, 3),
-                  "SPSR_EL1": (3, 0, 4, 0, 0), "ELR_EL1": (3, 0, 4, 0, 1)}
-_SAVED = {name: sysreg_fields(SYSREGS[name]) for name in EL1_SYSREGS} | _EXTRA_SYSREGS
+                  "SPSR_EL1": (3, 0, 4, 0, 0), "ELR_EL1": (3, 0, 4, 0, 1),
+                  "PMUSERENR_EL0": (3, 3, 9, 14, 0)}
+#: The debug registers of a Cortex-A72: 6 breakpoints (DBGBVRn/DBGBCRn_EL1, op2 4/5)
+#: and 4 watchpoints (DBGWVRn/DBGWCRn_EL1, op2 6/7).
+_DEBUG_SYSREGS = {f"DBG{kind}{n}_EL1": (2, 0, 0, n, op2)
+                  for kind, op2, count in (("BVR", 4, 6), ("BCR", 5, 6), ("WVR", 6, 4),
+                                           ("WCR", 7, 4))
+                  for n in range(count)}
+_SAVED = ({name: sysreg_fields(SYSREGS[name]) for name in EL1_SYSREGS} | _EXTRA_SYSREGS
+          | _DEBUG_SYSREGS)
+#: A PMU as the architecture resets it (counters disabled, nothing pending).
+_PMU_RESET = PmuState(0, 0, 0, 0, 0, (0,) * (PMU_COUNTERS + 1), (0,) * (PMU_COUNTERS + 1))
+#: X0 of a call that is not supported (SMCCC's -1, sign-extended).
+_NOT_SUPPORTED = encode_return(PsciRet.NOT_SUPPORTED)
 _EL2_REGS = ("HCR_EL2", "VTCR_EL2", "VTTBR_EL2", "VMPIDR_EL2")
 
 
@@ -125,12 +183,30 @@ class Aarch64VCpuCreateConfig:
 @dataclass
 class Aarch64VCpuSetupConfig:
     """``extra_hcr``: further HCR_EL2 trap bits a VMM wants (e.g. TID3 = bit 18 to
-    trap ID register reads, TVM = bit 26 to trap writes of the MMU registers)."""
+    trap ID register reads, TVM = bit 26 to trap writes of the MMU registers).
+    ``smccc_conduit``: the vCPU answers HVC/SMC calls that are neither PSCI/SMCCC nor
+    pyaxvisor's hypercalls with NOT_SUPPORTED itself (see the module doc); off, every
+    such call is a ``Hypercall`` exit."""
 
     passthrough_interrupt: bool = False
     passthrough_timer: bool = False
     ipa_bits: int = 40
     extra_hcr: int = 0
+    smccc_conduit: bool = False
+
+
+@dataclass(frozen=True)
+class ExternalAbort:
+    """A synchronous external abort the vCPU made its guest take: ``fetch`` for an
+    instruction fetch (else a data access, ``write`` for a store), at virtual address
+    ``va`` = guest-physical ``ipa`` where nothing is, by the instruction at ``pc``."""
+
+    vcpu_id: int
+    fetch: bool
+    write: bool
+    va: int
+    ipa: int
+    pc: int
 
 
 @dataclass
@@ -138,6 +214,7 @@ class _SavedState:
     sysregs: dict[str, int] = field(default_factory=dict)
     sp_el1: int = 0
     timers: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    pmu: PmuState = _PMU_RESET
 
 
 class Aarch64VCpu(SoftVCpu):
@@ -164,6 +241,13 @@ class Aarch64VCpu(SoftVCpu):
         #: Device windows served inside the CPU, attached at bind.
         self.in_cpu = InCpuMmio(self._stop_cpu)
         self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
+        #: The VM's "no RAM and no device at this IPA" (set before the first run).
+        self.unclaimed: Callable[[int], bool] | None = None
+        self.on_external_abort: Callable[[ExternalAbort], None] | None = None
+        self.on_pmu_change: Callable[[int], None] | None = None
+        self._smccc_conduit = False
+        self._served: Counter[str] = Counter()
+        self._in_guest = False
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -188,6 +272,7 @@ class Aarch64VCpu(SoftVCpu):
         self.ctx.spsr = SPSR_EL1H_DAIF
         self.ctx.set_gpr(0, self.config.dtb_addr)
         self.passthrough_timer = config.passthrough_timer
+        self._smccc_conduit = config.smccc_conduit
 
     def bind(self) -> None:
         engine = current_percpu().engine
@@ -210,6 +295,8 @@ class Aarch64VCpu(SoftVCpu):
         for timer, (ctl, cval) in zip((TIMER_VIRT, TIMER_PHYS), self._saved.timers, strict=True):
             engine.timer.set_regs(timer, ctl, cval)
         engine.on_timer_write = self._timer_written
+        engine.on_pmu_change = self._pmu_changed
+        engine.pmu.restore(self._saved.pmu)
         engine.current_vcpu_id = self.vcpu_id
         self._attach_windows(engine)
         engine.set_virtual_irq(self._irq_level)
@@ -219,13 +306,17 @@ class Aarch64VCpu(SoftVCpu):
 
     def unbind(self) -> None:
         engine = self._require_engine()
-        self._sync_from_engine(engine)
+        # Every run() leaves the frame's PC where the guest resumes; the engine's PC
+        # is still the last trap's when that trap was served (stepped) here.
+        self._sync_from_engine(engine, self.ctx.elr)
         self._saved.sysregs = {name: engine.read_cp(*enc) for name, enc in _SAVED.items()}
+        self._saved.pmu = engine.pmu.save()
         self._saved.sp_el1 = (engine.reg_read(a64.UC_ARM64_REG_SP) if self.ctx.spsr & 1
                               else engine.reg_read(a64.UC_ARM64_REG_SP_EL1))
         self._saved.timers = tuple((engine.timer.ctl(t), engine.timer.cval(t))
                                    for t in (TIMER_VIRT, TIMER_PHYS))  # type: ignore[assignment]
         engine.on_timer_write = None
+        engine.on_pmu_change = None
         with self._lock:
             self._engine = None
 
@@ -240,16 +331,21 @@ class Aarch64VCpu(SoftVCpu):
                 self._flush = False
                 engine.flush_tlb()
             lock = self.config.exec_lock
-            if lock is None:
-                trap = engine.run(ctx.elr)
-            else:
-                lock.acquire(self, self._stop_cpu)
-                try:
+            self._in_guest = True
+            try:
+                if lock is None:
                     trap = engine.run(ctx.elr)
-                finally:
-                    lock.release(self)
+                else:
+                    lock.acquire(self, self._stop_cpu)
+                    try:
+                        trap = engine.run(ctx.elr)
+                    finally:
+                        lock.release(self)
+            finally:
+                self._in_guest = False
             error = self.in_cpu.take_error()
             if error is not None:
+                self._sync_from_engine(engine, trap.pc)
                 raise error
             if trap.kind is TrapKind.PREEMPTED:
                 self._sync_from_engine(engine, trap.pc)
@@ -272,10 +368,35 @@ class Aarch64VCpu(SoftVCpu):
                 raise UnhandledTrap(f"unexpected exception {trap.kind.name} to EL2",
                                     esr=Esr(trap.syndrome), far=trap.far, hpfar=trap.hpfar,
                                     frame=ctx)
+            if (self.unclaimed is not None and is_unclaimed_fault(trap.syndrome)
+                    and self.unclaimed(int(fault_ipa(trap.far, trap.hpfar)))):
+                ctx.elr = self._external_abort(engine, trap)
+                continue
             exit_reason = handle_sync_exception(ctx, trap.syndrome, trap.far, trap.hpfar,
                                                 self._psci)
+            if (self._smccc_conduit and type(exit_reason) is Hypercall
+                    and not is_pyaxvisor_hypercall(exit_reason.nr)):
+                ctx.set_gpr(0, _NOT_SUPPORTED)
+                self._served["SmcccNotSupported"] += 1
+                exit_reason = Nothing()
+            if trap.pstate & PSTATE_SS and ctx.elr != trap.pc:
+                engine.complete_step()
             if not isinstance(exit_reason, Nothing):
                 return exit_reason
+
+    def _external_abort(self, engine: Aarch64Tcg, trap: Trap) -> int:
+        """Make the guest take the synchronous external abort of the access ``trap``
+        stopped (an unclaimed address); returns the PC of its EL1 vector."""
+        fetch = trap.kind is TrapKind.PREFETCH_ABORT
+        esr = external_abort_syndrome(trap.syndrome, same_el=(trap.pstate >> 2) & 3 == 1)
+        pc = engine.deliver_to_el1(Trap(trap.kind, esr, trap.far, 1, 0, trap.pc))
+        self._served["ExternalAbort"] += 1
+        self.guest_exceptions += 1
+        report = self.on_external_abort
+        if report is not None:
+            report(ExternalAbort(self.vcpu_id, fetch, not fetch and bool(esr & (1 << 6)),
+                                 trap.far, int(fault_ipa(trap.far, trap.hpfar)), trap.pc))
+        return pc
 
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port
@@ -292,7 +413,7 @@ class Aarch64VCpu(SoftVCpu):
                                *self.in_cpu.callbacks(window, lambda: engine.current_vcpu_id))
 
     def served_counts(self) -> Served:
-        return Served(accesses=self.in_cpu.accesses)
+        return Served(exits=dict(self._served), accesses=self.in_cpu.accesses)
 
     def interrupt_pending(self) -> bool:
         return self._irq_level
@@ -361,6 +482,36 @@ class Aarch64VCpu(SoftVCpu):
         handler = self.on_timer_write
         if handler is not None:
             handler(self.vcpu_id, timer)
+
+    def _pmu_changed(self) -> None:
+        handler = self.on_pmu_change
+        if handler is not None:
+            handler(self.vcpu_id)
+
+    def pmu_irq_level(self, now_ns: int) -> bool:
+        """The PMU's overflow interrupt request at host time ``now_ns`` (any thread)."""
+        engine = self._engine
+        return False if engine is None else engine.pmu.irq_level(now_ns)
+
+    def pmu_deadline(self) -> int | None:
+        """Host monotonic ns at which the PMU's interrupt request rises by itself (a
+        cycle counter wraps), if it will."""
+        engine = self._engine
+        return None if engine is None else engine.pmu.deadline_ns
+
+    def current_pc(self) -> int:
+        """Where the vCPU is now (any thread): while the guest runs, the engine's PC
+        (QEMU's last synchronised one, at most a block behind); otherwise the PC the
+        guest resumes at, which every ``run()`` and ``unbind`` leave in the frame."""
+        engine = self._engine
+        if engine is not None and self._in_guest:
+            return engine.pc
+        return self.ctx.elr
+
+    def current_pstate(self) -> int:
+        """PSTATE now, as :meth:`current_pc` (between runs, the CPU's)."""
+        engine = self._engine
+        return self.ctx.spsr if engine is None else engine.reg_read(a64.UC_ARM64_REG_PSTATE)
 
     def timer_irq_level(self, timer: int, now_ns: int) -> bool:
         """The output of the virtual (0) or physical (1) timer at host time ``now_ns``."""

@@ -13,12 +13,18 @@ the VM (:meth:`TrapHandler.take_exit`):
 * illegal instruction: a ``wfi`` from S-mode (trapped by ``mstatus.TW``) stops with
   ``Halt``, the PC past it; anything else is the guest's and is delivered;
 * access faults: the guest touched a guest-physical address that is not its RAM
-  (or RAM against its permissions). Loads and stores become ``MmioRead`` /
-  ``MmioWrite`` decoded from the instruction (:mod:`~pyaxvisor.arch.riscv64.decode`),
-  the PC advanced past it; a store to read-only RAM is an ``MmioWrite`` too (a ROM
-  device, as KVM reports writes to read-only slots); instruction fetches, AMOs, FP
-  accesses, loads from unreadable RAM and accesses that straddle a page boundary
-  become ``NestedPageFault``;
+  (or RAM against its permissions). Where there is no RAM and no device (the vCPU's
+  ``unclaimed`` predicate, when it has one, says there is no device), the guest takes
+  the access fault itself, as on QEMU's ``virt`` board: taken at its ``stvec`` with
+  scause 1, 5 or 7 (7 for any AMO, whose fault the software CPU raises as its load's),
+  stval = the faulting virtual address and sepc = the faulting instruction (the
+  fetched address for a fetch), counted as ``AccessFault`` and
+  handed to the vCPU's ``on_access_fault`` (an :class:`AccessFault`). Otherwise loads
+  and stores become ``MmioRead`` / ``MmioWrite`` decoded from the instruction
+  (:mod:`~pyaxvisor.arch.riscv64.decode`), the PC advanced past it; a store to
+  read-only RAM is an ``MmioWrite`` too (a ROM device, as KVM reports writes to
+  read-only slots); instruction fetches, AMOs, FP accesses, loads from unreadable RAM
+  and accesses that straddle a page boundary become ``NestedPageFault``;
 * anything else raises :class:`UnhandledTrap` (the VM ends with it).
 
 The handler is also the hart the SBI implementation works on (``SbiHart``): guest
@@ -29,6 +35,7 @@ permission) and read and written through the address space, never elsewhere.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unicorn import UC_PROT_EXEC
@@ -64,9 +71,32 @@ _RESUME, _STOP, _DELIVER = int(TrapAction.RESUME), int(TrapAction.STOP), int(Tra
 _ECALL_S = int(Cause.ECALL_S)
 _LOAD_KINDS = frozenset({"load", "fp_load", "amo"})
 _STORE_KINDS = frozenset({"store", "fp_store", "amo"})
+_FUNCT5_LR = 0b00010  # of the "amo" kind (opcode 0x2F), LR alone is a load
 _REG_NAMES = ("zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1", "a0", "a1", "a2",
               "a3", "a4", "a5", "a6", "a7", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9",
               "s10", "s11", "t3", "t4", "t5", "t6")
+
+
+@dataclass(frozen=True)
+class AccessFault:
+    """An access fault the vCPU made its guest take: ``cause`` 1 (instruction fetch), 5
+    (load) or 7 (store/AMO), at virtual address ``va`` (the guest's stval) =
+    guest-physical ``gpa``, where there is no RAM and no device, by the instruction at
+    ``pc`` (for a fetch, the address fetched: the guest's sepc)."""
+
+    vcpu_id: int
+    cause: int
+    va: int
+    gpa: int
+    pc: int
+
+    @property
+    def fetch(self) -> bool:
+        return self.cause == Cause.INST_ACCESS_FAULT
+
+    @property
+    def write(self) -> bool:
+        return self.cause == Cause.STORE_ACCESS_FAULT
 
 
 class UnhandledTrap(Unsupported):
@@ -95,6 +125,7 @@ class TrapHandler:
         self.engine: Riscv64Tcg | None = None
         self.timing = False
         self.sbi_calls = 0        # SBI calls completed inside the CPU
+        self.access_faults = 0    # access faults where nothing is, taken by the guest
         self.sbi_time = 0.0       # their handling time, when ``timing``
         #: a1 of the last SBI call (``set_return_value`` restores it); None: legacy call
         self.sbi_value: int | None = 0
@@ -166,15 +197,38 @@ class TrapHandler:
 
     def _access_fault(self, trap: Trap) -> int:
         self.sbi_value = 0
-        self._exit = self._access_exit(trap)
+        outcome = self._access_exit(trap)
+        if isinstance(outcome, AccessFault):
+            return self._guest_takes(outcome)
+        self._exit = outcome
         return _STOP
 
-    def _access_exit(self, trap: Trap) -> ExitReason:
+    def _guest_takes(self, fault: AccessFault) -> int:
+        """Make the guest take the access ``fault`` (where nothing is) at its ``stvec``."""
+        engine = self._engine
+        engine.enter_guest_trap(fault.cause, fault.va)
+        engine.stop_if_requested()  # a fetch fault at the vector itself repeats forever
+        self.access_faults += 1
+        report = self.vcpu.on_access_fault
+        if report is not None:
+            report(fault)
+        return _RESUME
+
+    def _nothing_at(self, gpa: int) -> bool:
+        """Whether there is no RAM and no device at guest-physical ``gpa`` (never, for
+        a vCPU without the VM's ``unclaimed`` predicate)."""
+        unclaimed = self.vcpu.unclaimed
+        return (unclaimed is not None and find_mapping(self._engine.mappings(), gpa) is None
+                and unclaimed(gpa))
+
+    def _access_exit(self, trap: Trap) -> ExitReason | AccessFault:
         engine = self._engine
         if trap.cause == Cause.INST_ACCESS_FAULT:
             gpa = trap.tval if trap.mem_fault else self._guest_phys(trap.tval)
             if isinstance(gpa, NestedPageFault):
                 return gpa
+            if self._nothing_at(gpa):
+                return self._fault(trap, trap.pc, gpa, trap.cause)
             return NestedPageFault(GuestPhysAddr(gpa), AccessFlags.EXECUTE)
         insn = engine.read_insn(trap.pc)
         access = decode_access(insn) if insn is not None else None
@@ -189,6 +243,10 @@ class TrapHandler:
                                                                  else trap.tval)
         if isinstance(gpa, NestedPageFault):
             return gpa
+        if self._nothing_at(gpa):
+            # an AMO faults as a store/AMO, also where the CPU raised its load's fault
+            amo = access.kind == "amo" and insn is not None and insn >> 27 != _FUNCT5_LR
+            return self._fault(trap, ea, gpa, Cause.STORE_ACCESS_FAULT if amo else trap.cause)
         exit_reason = mmio_exit(access, gpa, engine.gpr(access.reg))
         if straddles or (access.kind == "load"
                          and find_mapping(engine.mappings(), gpa) is not None):
@@ -199,6 +257,14 @@ class TrapHandler:
         if isinstance(exit_reason, MmioRead | MmioWrite):
             engine.pc = trap.pc + access.length
         return exit_reason
+
+    def _fault(self, trap: Trap, va: int, gpa: int, cause: int) -> AccessFault:
+        """The access fault ``cause`` of ``trap`` at guest-physical ``gpa``, of the
+        access that starts at virtual ``va``. Its stval: the CPU's fault address, unless
+        the memory hook raised it (then that is guest-physical): ``va`` moved onto the
+        faulting page's offset (the second page of an access that straddles two)."""
+        stval = va + ((gpa - va) & 0xFFF) if trap.mem_fault else trap.tval
+        return AccessFault(self.vcpu.vcpu_id, int(cause), stval & XLEN_MASK, gpa, trap.pc)
 
     def _guest_phys(self, va: int) -> int | NestedPageFault:
         """The guest-physical address of the guest's virtual ``va``; a nested page

@@ -8,6 +8,18 @@ firmware and hypervisor. Traps to M are handled inside the CPU
 the VM must act; ``wfi`` becomes ``Halt``; accesses outside guest RAM become MMIO
 exits or nested page faults; the guest's own exceptions go to its ``stvec``.
 
+What the vCPU serves itself, counted by name in ``served_counts().exits`` (traps to
+M that never become exits):
+
+* ``SbiCall``: SBI calls completed inside the CPU;
+* ``AccessFault``: with an ``unclaimed(gpa)`` predicate (the VM's: no device there),
+  a load, store or instruction fetch at a guest-physical address where there is no
+  RAM and no device makes the guest take the access fault QEMU's ``virt`` board gives
+  (scause 1, 5 or 7, stval = the faulting address, sepc = the faulting instruction or
+  the fetched address) at its ``stvec``; ``on_access_fault`` hears of each one (an
+  :class:`~pyaxvisor.arch.riscv64.traps.AccessFault`, inside the CPU). Without the
+  predicate such an access is an MMIO exit (a load or store) or a ``NestedPageFault``.
+
 Lifecycle (the ``ArchVCpu`` order): creation (a0 = hart ID, a1 = DTB address,
 unless ``set_gpr`` changes them before the first run), ``set_entry`` /
 ``set_ept_root`` / ``setup`` (S-mode, satp = 0, interrupts off, PC = entry; the
@@ -40,7 +52,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Self
 
@@ -49,7 +61,7 @@ from pyaxvisor.arch.riscv64.context import HartContext
 from pyaxvisor.arch.riscv64.memory import ram_mappings
 from pyaxvisor.arch.riscv64.pcpu import current_percpu
 from pyaxvisor.arch.riscv64.sbi import LoneHart, SbiPlatform
-from pyaxvisor.arch.riscv64.traps import TrapHandler
+from pyaxvisor.arch.riscv64.traps import AccessFault, TrapHandler
 from pyaxvisor.arch.soft_cpu import SoftVCpu
 from pyaxvisor.engine.tcg.common import BOOT_NS
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
@@ -130,6 +142,10 @@ class RISCVVCpu(SoftVCpu):
         self._memory_dirty = False
         self.pending_vectors: list[int] = []
         self.in_cpu = InCpuMmio(self._stop_cpu)
+        #: The VM's "no device at this guest-physical address" (set before the first
+        #: run; the vCPU asks only about addresses outside its RAM).
+        self.unclaimed: Callable[[int], bool] | None = None
+        self.on_access_fault: Callable[[AccessFault], None] | None = None
         self.traps = TrapHandler(self)
         self.sbi = self.traps.sbi
 
@@ -280,12 +296,15 @@ class RISCVVCpu(SoftVCpu):
                                *self.in_cpu.callbacks(window, lambda: self.vcpu_id))
 
     def served_counts(self) -> Served:
-        """``SbiCall``: SBI calls completed inside the CPU (timed when asked); accesses:
-        device reads and writes of the in-CPU windows."""
+        """``SbiCall``: SBI calls completed inside the CPU (timed when asked);
+        ``AccessFault`` (once there was one): access faults taken by the guest where
+        nothing is; accesses: device reads and writes of the in-CPU windows."""
         traps = self.traps
         times = {"SbiCall": traps.sbi_time} if traps.timing else {}
-        return Served(exits={"SbiCall": traps.sbi_calls}, exit_time=times,
-                      accesses=self.in_cpu.accesses)
+        exits = {"SbiCall": traps.sbi_calls}
+        if traps.access_faults:
+            exits["AccessFault"] = traps.access_faults
+        return Served(exits=exits, exit_time=times, accesses=self.in_cpu.accesses)
 
     def interrupt_pending(self) -> bool:
         """Whether an enabled supervisor interrupt is pending (what ``wfi`` waits for):

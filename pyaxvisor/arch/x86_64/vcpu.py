@@ -192,6 +192,10 @@ class X86VCpuCreateConfig:
     irqchip: bool = False
     #: The VM intercepts hypercalls: hide the KVM PV features guests use them for.
     hypercalls_intercepted: bool = False
+    #: Called with the vCPU, on its thread, when the guest triple-faults
+    #: (``KVM_EXIT_SHUTDOWN``), before :meth:`X86VCpu.run` returns the reset: the VM
+    #: can tell a triple fault from a reset the guest asked for.
+    on_triple_fault: Callable[[X86VCpu], None] | None = None
 
 
 Mode = Literal["real", "protected", "long"]
@@ -335,7 +339,8 @@ class X86VCpu(ArchVCpu):
         self._io_exits: dict[int, ExitReason] = {}
         self._ports: dict[int, tuple[object, object, int, int]] | None = None
         self._string: _StringIo | None = None
-        self._served = array("Q", bytes(8 * 5))
+        self._served = array("Q", bytes(8 * 6))
+        self._on_triple_fault = config.on_triple_fault
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -445,7 +450,16 @@ class X86VCpu(ArchVCpu):
         claims. A handler's exception ends ``run`` with it. The handlers run on this
         vCPU's thread while the vCPU is Running. :attr:`served` counts them (and
         times them with ``timing``). Call before the first :meth:`run`, from the
-        bound thread; an empty mapping turns serving off."""
+        bound thread; an empty mapping turns serving off.
+
+        String I/O: KVM hands out an ``INS`` up to a page of elements per exit and an
+        ``OUTS`` one element per exit (its instruction emulator completes each
+        element before the next); either way every element reaches the handler, in
+        order. Writes to ports the VM coalesces (:meth:`KvmVm.coalesce_pio
+        <pyaxvisor.engine.kvm.system.KvmVm.coalesce_pio>`) do not exit at all: KVM
+        queues them (a ``rep outsb`` of a page: about 170 elements per exit, the
+        ring's size) and each run hands the queued writes to their handlers, oldest
+        first, before anything else."""
         self._ports = {int(Port(port)): (write, read, int(offset), self.vcpu_id)
                        for port, (write, read, offset) in ports.items()} or None
         self._served[0] = int(timing)
@@ -465,6 +479,12 @@ class X86VCpu(ArchVCpu):
         :meth:`run` so far (the times are 0 without ``timing``)."""
         s = self._served
         return s[1], s[2], s[3] / 1e9, s[4] / 1e9
+
+    @property
+    def kvm_runs(self) -> int:
+        """Returns from ``KVM_RUN`` inside :meth:`run` while ports are served: the
+        guest's exits to user space, whether a device took them there or not."""
+        return self._served[5]
 
     def served_counts(self) -> Served:
         """:attr:`served` as ``IoWrite``/``IoRead`` exits."""
@@ -502,7 +522,8 @@ class X86VCpu(ArchVCpu):
           itself from the data the read is completed with, so ``reg`` is nominal;
         * ``KVM_EXIT_HLT`` → ``Halt``;
         * ``KVM_EXIT_SHUTDOWN`` → ``SystemDown(reset=True)``: a triple fault, which
-          resets a real PC;
+          resets a real PC (the create configuration's ``on_triple_fault`` is told
+          first);
         * ``KVM_EXIT_SYSTEM_EVENT`` → ``SystemDown(reset=type == RESET)``;
         * ``KVM_EXIT_FAIL_ENTRY`` → ``FailEntry(hardware_entry_failure_reason)``;
         * ``KVM_EXIT_INTERNAL_ERROR`` raises :class:`KvmInternalError`;
@@ -527,7 +548,8 @@ class X86VCpu(ArchVCpu):
         if self._ports is None:
             fields = self.kvm.run_fields(self._io_exits)
         else:
-            fields = self.kvm.run_fields(self._io_exits, self._ports, PORT_WIDTHS, self._served)
+            fields = self.kvm.run_fields(self._io_exits, self._ports, PORT_WIDTHS, self._served,
+                                         self.kvm_vm.coalesced_ring())
         if type(fields) is not tuple:
             return fields  # type: ignore[return-value]
         reason, a, b, c = fields
@@ -600,6 +622,9 @@ class X86VCpu(ArchVCpu):
             return Hypercall(xen.hcall.input,
                              (regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9))
         if reason == KVM_EXIT_SHUTDOWN:
+            on_triple_fault = getattr(self, "_on_triple_fault", None)
+            if on_triple_fault is not None:
+                on_triple_fault(self)
             return SystemDown(reset=True)
         if reason == KVM_EXIT_SYSTEM_EVENT:
             return SystemDown(reset=kvm.system_event.type == KVM_SYSTEM_EVENT_RESET)

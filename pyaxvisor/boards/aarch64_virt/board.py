@@ -1,11 +1,28 @@
 """QEMU's ``virt`` board for AArch64 guests on the software EL2 (arm_vcpu).
 
 The machine (:mod:`.layout`): two flash banks, a GICv2, a PL011 and RAM, the
-generic timers on PPIs 27/30 (:mod:`.timer`), PSCI 1.1 over HVC. vCPU 0 starts
-at boot; PSCI CPU_ON starts the others (``CpuUp``), CPU_OFF stops one
-(``CpuDown``) until a CPU_ON names it again. The board answers PSCI's
-AFFINITY_INFO from the VM's CPU power states and turns a CPU_ON outcome into
-PSCI's return code; an SMCCC fast call nobody implements gets NOT_SUPPORTED.
+generic timers on PPIs 27/30 and the PMU's overflow interrupt on PPI 23
+(:mod:`.timer`), PSCI 1.1 over HVC. vCPU 0 starts at boot; PSCI CPU_ON starts the
+others (``CpuUp``), CPU_OFF stops one (``CpuDown``) until a CPU_ON names it again.
+The board answers PSCI's AFFINITY_INFO from the VM's CPU power states and turns a
+CPU_ON outcome into PSCI's return code.
+
+The architecture, as QEMU's ``virt`` board and KVM follow it, where a guest does what
+nothing here implements:
+
+* HVC/SMC: the vCPUs are the guest's SMCCC conduit: a call that is neither PSCI/SMCCC
+  nor one of pyaxvisor's hypercalls (SMCCC owner 6, vendor-specific hypervisor
+  service, functions 0x0000..0xFEFF: ``0x8600_0000..0x8600_FEFF`` and
+  ``0xC600_0000..0xC600_FEFF``, see :mod:`pyaxvisor.arch.aarch64.psci`) returns
+  NOT_SUPPORTED (-1) in X0, counted as ``SmcccNotSupported`` in the VM's exits. A call
+  in pyaxvisor's range is a ``Hypercall`` exit, which this board does not serve: the
+  VM stops with ``UnknownHypercall`` naming it.
+* An instruction fetch or data access where there is no RAM and no device: the guest
+  takes a synchronous external abort at its EL1 vectors, counted as
+  ``ExternalAbort``; each such address is reported once (the first
+  :data:`~pyaxvisor.boards.soft_virt.WILD_ACCESS_REPORTS` of a VM) as a warning of the
+  ``pyaxvisor`` logger, which Python prints on standard error when the program
+  configured no logging.
 
 Devices: the GIC and the UART are served inside the CPU (their windows are
 mapped by the stage-2 table onto the engine's in-CPU MMIO window, as KVM serves
@@ -18,15 +35,21 @@ software CPU's exclusive loads and stores are not atomic between threads.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu
-from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return, is_smccc_fast_call
-from pyaxvisor.arch.aarch64.vcpu import Aarch64VCpu, Aarch64VCpuCreateConfig, Aarch64VCpuSetupConfig
+from pyaxvisor.arch.aarch64.psci import AffinityState, PsciRet, encode_return
+from pyaxvisor.arch.aarch64.vcpu import (
+    Aarch64VCpu,
+    Aarch64VCpuCreateConfig,
+    Aarch64VCpuSetupConfig,
+    ExternalAbort,
+)
 from pyaxvisor.boards.aarch64_virt import boot
 from pyaxvisor.boards.aarch64_virt import layout as L
 from pyaxvisor.boards.aarch64_virt.timer import GenericTimers
-from pyaxvisor.boards.soft_virt import SoftVirtBoard
+from pyaxvisor.boards.soft_virt import SoftVirtBoard, WildAccessReports
 from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pflash import CfiFlash
@@ -38,7 +61,7 @@ from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.timer import monotonic_ns
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.flags import MappingFlags
-from pyaxvisor.vcpu import Hypercall, VCpu
+from pyaxvisor.vcpu import VCpu
 from pyaxvisor.vm.board import BootState
 from pyaxvisor.vm.power import CpuPower, CpuStart
 
@@ -88,6 +111,7 @@ class VirtBoard(SoftVirtBoard):
         self.flash1: CfiFlash | None = None
         self.cntvoff = 0
         self._timers: GenericTimers | None = None
+        self._wild = WildAccessReports("a synchronous external abort", "ExternalAbort")
 
     def check(self) -> None:
         super().check()
@@ -156,10 +180,14 @@ class VirtBoard(SoftVirtBoard):
 
     def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         assert self._timers is not None
-        vcpu.arch.attach_interrupt_controller(self)
-        vcpu.arch.on_timer_write = self._timers.written
-        if start.setup is None:
-            start.setup = Aarch64VCpuSetupConfig()
+        arch = vcpu.arch
+        arch.attach_interrupt_controller(self)
+        arch.on_timer_write = self._timers.written
+        arch.on_pmu_change = self._timers.pmu_changed
+        arch.unclaimed = self.no_device_at
+        arch.on_external_abort = self._report_abort
+        start.setup = dataclasses.replace(start.setup or Aarch64VCpuSetupConfig(),
+                                          smccc_conduit=True)
 
     def restart_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         vcpu.arch.restart(start.entry, start.gprs.get(0, 0))
@@ -176,11 +204,11 @@ class VirtBoard(SoftVirtBoard):
             return PsciRet.INVALID_PARAMETERS
         return _AFFINITY[vm.cpu_power(cpu)]
 
-    def on_hypercall(self, vm: Vm, cpu: int, vcpu: VCpu[Any], exit_reason: Hypercall) -> bool:
-        if is_smccc_fast_call(exit_reason.nr):
-            vcpu.set_return_value(encode_return(PsciRet.NOT_SUPPORTED))
-            return True
-        return False
+    # -- what the guest does where nothing is ------------------------------------------------
+    def _report_abort(self, abort: ExternalAbort) -> None:
+        """A vCPU made its guest take an external abort: say so, once per address."""
+        self._wild.report(abort.vcpu_id, abort.ipa, abort.pc, fetch=abort.fetch,
+                          write=abort.write)
 
     # -- interrupts --------------------------------------------------------------------------
     def _cpu_irq(self, cpu: int, asserted: bool) -> None:
@@ -211,13 +239,17 @@ class VirtBoard(SoftVirtBoard):
 
     # -- reports -------------------------------------------------------------------------------
     def describe_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], state: str) -> str:
+        """Where the vCPU is now (its live PC and exception level, not the last exit's),
+        its interrupt line and timers."""
         a = vcpu.arch
         assert self.gic is not None
         vctl, vcval, pctl, _pcval = a.timer_state()
         deadline = a.timer_deadline(TIMER_VIRT)
         due = "" if deadline is None else \
             f" (due in {(deadline - monotonic_ns()) / 1e6:.1f} ms)"
-        return (f"vCPU {cpu}: {state}, PC {a.ctx.elr:#x}, IRQ line "
+        mode = a.current_pstate() & 0xF
+        level = f"EL{mode >> 2}{'h' if mode & 1 and mode >> 2 else 't'}"
+        return (f"vCPU {cpu}: {state}, PC {a.current_pc():#x} ({level}), IRQ line "
                 f"{'high' if a.irq_line else 'low'} (GIC output "
                 f"{'high' if self.gic.irq_asserted(cpu) else 'low'}), virtual timer "
                 f"CTL {vctl:#x} CVAL {vcval:#x}{due}, physical timer CTL {pctl:#x}")

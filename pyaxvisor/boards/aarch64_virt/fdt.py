@@ -4,8 +4,9 @@
 QEMU's ``-M virt,gic-version=2 -cpu cortex-a72`` gives a Linux guest
 (``hw/arm/virt.c`` builds the board nodes, ``hw/arm/boot.c`` adds ``/memory``,
 ``/chosen`` and ``/psci``), limited to the devices that exist here: RAM, the
-CPUs, PSCI, a GICv2, the generic timer and one PL011 with its APB clock. The
-tree is built and serialised (DTB format version 17) with the ``fdt`` package.
+CPUs, PSCI, a GICv2, the generic timer, the PMU (PMUv3, overflow interrupt on PPI
+7 = INTID 23, as QEMU's ``fdt_add_pmu_nodes``) and one PL011 with its APB clock.
+The tree is built and serialised (DTB format version 17) with the ``fdt`` package.
 
 Where the result deliberately differs from QEMU's:
 
@@ -23,12 +24,12 @@ Where the result deliberately differs from QEMU's:
 * ``bootargs`` is omitted when empty, as in QEMU. It must be printable ASCII:
   the ``fdt`` package writes strings as ASCII, and its parser does not
   recognise strings holding control characters.
-* No ``kaslr-seed``/``rng-seed`` in ``/chosen`` and no PMU node.
+* No ``kaslr-seed``/``rng-seed`` in ``/chosen``.
 
 Property encodings follow QEMU: the interrupt specifiers are three cells
 (type 0 = SPI / 1 = PPI, number, flags), flags 4 = level-high, and for the
 timer PPIs on a GICv2 the flags also carry the CPU mask ``(1 << ncpus) - 1``
-in bits 15:8. 64-bit values (``reg`` with two address and two size cells,
+in bits 15:8 (so does the PMU's PPI). 64-bit values (``reg`` with two address and two size cells,
 ``linux,initrd-start``/``-end``) are two big-endian cells, high word first.
 """
 
@@ -83,6 +84,8 @@ ARCH_TIMER_S_EL1_PPI = 13
 ARCH_TIMER_NS_EL1_PPI = 14
 ARCH_TIMER_VIRT_PPI = 11
 ARCH_TIMER_NS_EL2_PPI = 10
+#: The PMU's overflow interrupt (QEMU's VIRTUAL_PMU_IRQ), as a PPI number.
+PMU_PPI = L.PPI_PMU - 16
 
 # PSCI 0.2+ function IDs for an AArch64 caller (SMC64 where the call has a 64-bit
 # argument, SMC32 for CPU_OFF), the values QEMU puts in /psci.
@@ -145,8 +148,8 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
     of each vCPU (the first one boots and goes into the header's
     ``boot_cpuid_phys``); ``initrd`` is ``(start, end)`` in guest physical
     addresses; ``uart_spi`` the PL011's SPI number (INTID - 32); ``exclude`` node
-    paths to leave out (``"/pl011@9000000"``, ``"/timer"``; a path the board does not
-    have is already left out: AxVisor's files exclude host devices such as
+    paths to leave out (``"/pl011@9000000"``, ``"/timer"``, ``"/pmu"``; a path the
+    board does not have is already left out: AxVisor's files exclude host devices such as
     ``/pcie@10000000``). Raises
     :class:`~pyaxvisor.errors.InvalidInput` for a configuration that cannot be
     described.
@@ -222,6 +225,12 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
     if timer_freq_hz is not None:
         timer.append(words("clock-frequency", timer_freq_hz))
     root.append(timer)
+
+    root.append(node(
+        "pmu",
+        strings("compatible", "arm,armv8-pmuv3"),
+        words("interrupts", GIC_PPI, PMU_PPI, ppi_flags),
+    ))
 
     root.append(node(
         "apb-pclk",

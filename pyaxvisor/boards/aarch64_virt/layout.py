@@ -14,7 +14,8 @@ these constants: the board, its device tree and its loaders read them from here.
 ====================== ===========================================================
 
 Generic timer PPIs: virtual INTID 27, physical (EL1) INTID 30, counting at
-62.5 MHz (the frequency QEMU 7.2 uses).
+62.5 MHz (the frequency QEMU 7.2 uses). The PMU's overflow interrupt: PPI 7 =
+INTID 23, as QEMU's ``VIRTUAL_PMU_IRQ``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ RAM_BASE = 0x4000_0000
 
 PPI_VTIMER = 27
 PPI_PTIMER = 30
+PPI_PMU = 23
 TIMER_FREQ = 62_500_000
 
 #: RAM a virt VM accepts: at least 16 MiB in 2 MiB multiples, at most 64 GiB.

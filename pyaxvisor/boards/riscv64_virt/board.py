@@ -11,6 +11,14 @@ outcome into SBI's error codes; ``send_ipi`` (a ``SendIPI`` exit) raises the
 targets' supervisor software interrupt; the PLIC's S-mode contexts drive the harts'
 supervisor external interrupt; SBI ``set_timer`` the supervisor timer interrupt.
 
+A load, store or instruction fetch where there is no RAM and no device: the guest
+takes the access fault at its ``stvec`` (scause 1, 5 or 7, stval = the address, sepc
+= the faulting instruction or, for a fetch, the address fetched), as on QEMU's
+``virt`` board, counted as ``AccessFault``; each such address is reported once (the
+first :data:`~pyaxvisor.boards.soft_virt.WILD_ACCESS_REPORTS` of a VM) as a warning
+of the ``pyaxvisor`` logger, which Python prints on standard error when the program
+configured no logging.
+
 Devices: the PLIC and the UART are served inside the CPU unless the configuration
 asks every access to exit (``--trap-mmio``). Guest code of one VM executes on one
 hart's thread at a time (an :class:`ExecLock`): the software CPU's LR/SC and AMOs
@@ -22,11 +30,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.arch.riscv64.pcpu import RISCVPerCpu
+from pyaxvisor.arch.riscv64.traps import AccessFault
 from pyaxvisor.arch.riscv64.vcpu import RISCVVCpu, RISCVVCpuCreateConfig, RISCVVCpuSetupConfig
 from pyaxvisor.boards.riscv64_virt import boot
 from pyaxvisor.boards.riscv64_virt import layout as L
 from pyaxvisor.boards.riscv64_virt.platform import SbiBoard, harts_in_mask
-from pyaxvisor.boards.soft_virt import SoftVirtBoard
+from pyaxvisor.boards.soft_virt import SoftVirtBoard, WildAccessReports
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.plic import Plic
 from pyaxvisor.devices.uart16550 import Uart16550
@@ -76,6 +85,7 @@ class RiscvVirtBoard(SoftVirtBoard):
         self.uart: Uart16550 | None = None
         self.sbi: SbiBoard | None = None
         self.time_base_ns = monotonic_ns()
+        self._wild = WildAccessReports("an access fault", "AccessFault")
 
     def check(self) -> None:
         super().check()
@@ -130,6 +140,9 @@ class RiscvVirtBoard(SoftVirtBoard):
     def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         if start.setup is None:
             start.setup = RISCVVCpuSetupConfig()
+        arch = vcpu.arch
+        arch.unclaimed = self.no_device_at
+        arch.on_access_fault = self._report_access_fault
 
     def restart_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         vcpu.arch.restart(start.entry, start.gprs.get(A1, 0))
@@ -157,6 +170,12 @@ class RiscvVirtBoard(SoftVirtBoard):
                 target.wake()
         vcpu.set_return_value(SBI_SUCCESS)
         return True
+
+    # -- what the guest does where nothing is ------------------------------------------------
+    def _report_access_fault(self, fault: AccessFault) -> None:
+        """A vCPU made its guest take an access fault: say so, once per address."""
+        self._wild.report(fault.vcpu_id, fault.gpa, fault.pc, fetch=fault.fetch,
+                          write=fault.write)
 
     # -- interrupts --------------------------------------------------------------------------
     def _context_irq(self, context: int, level: bool) -> None:

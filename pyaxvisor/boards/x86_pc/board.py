@@ -8,42 +8,66 @@ What runs where:
   i8254 PIT (``KVM_CREATE_PIT2``).
 * **Here**, on the VM's port bus: COM1 (a 16550A on IRQ 4, driven into the
   in-kernel irqchip with ``KVM_IRQ_LINE``), fw_cfg, the i8042 (its reset line),
-  the power-off port, and ``isa-debug-exit`` devices when configured (and, for the
+  the ACPI PM registers (:class:`~pyaxvisor.devices.acpi_pm.AcpiPm`: PM1a event
+  and control blocks, the latter the power-off register, and the PM timer; the
+  SCI on IRQ 9), and ``isa-debug-exit`` devices when configured (and, for the
   bundled test kernel, at 0xF4). Every port device is served inside the vCPUs'
   native ``KVM_RUN`` (no round trip through the VM loop); unclaimed ports read as
   all ones and writes to them are dropped and counted.
+* **Firmware tables** (:mod:`.boot`): the MP table and the ACPI tables
+  (:mod:`.acpi`), for kernels that boot with ACPI or without.
+
+COM1's transmit register (port 0x3F8) is *coalesced* (``KVM_CAP_COALESCED_PIO``)
+while the UART can raise no interrupt (IER = 0, which the guest sets with an exit):
+KVM queues the guest's writes there instead of exiting for each, and the vCPUs hand
+them to the UART, in order, after their next exit (any exit: a read of the line
+status, the next port access). A ``rep outsb`` to COM1 so costs one exit per ring of
+about 170 bytes instead of one per byte. A write's only effects then are the byte
+on the console (and, in loopback, in the receiver, which a read only sees after the
+drain), so the guest cannot tell; a host timer kicks vCPU 0 every
+:data:`COALESCED_FLUSH_NS` while writes wait, so output never waits longer. With an
+interrupt enabled in IER, every write exits again (THRE interrupts come at once).
 
 Every vCPU is created, set up and bound before any runs (``starts_all_cpus``):
 an INIT/SIPI sent to a vCPU that does not exist yet is lost. vCPU 0 starts at the
 boot image's entry; the others wait in KVM's wait-for-SIPI state, inside their
 own ``KVM_RUN``, until the guest starts them.
 
-Ending: a guest power-off (port 0x604, ``KVM_SYSTEM_EVENT_SHUTDOWN``), a reset
-(i8042, triple fault, ``KVM_SYSTEM_EVENT_RESET``) or a debug-exit write end the VM.
-MMIO where no device lives stops it with an error naming the access.
+Ending: a guest power-off (ACPI S5 through PM1a_CNT at port 0x604: SLP_EN with
+the ``\\_S5`` sleep type 0, ``KVM_SYSTEM_EVENT_SHUTDOWN``), a reset (the i8042's
+reset line or the FADT's reset register, which is the same, a triple fault,
+``KVM_SYSTEM_EVENT_RESET``) or a debug-exit write end the VM. A triple fault is a
+"reset" whose :attr:`~pyaxvisor.vm.result.VmResult.detail` says so ("triple fault on
+vCPU 0 (protected mode, CS:RIP 0x10:0x100005)"). Every reset ends the run, as QEMU
+does with ``-no-reboot`` (without it QEMU would reboot the guest). MMIO where no
+device lives stops the VM with an error naming the access.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.arch.x86_64.pcpu import X86PerCpu
 from pyaxvisor.arch.x86_64.vcpu import X86VCpu, X86VCpuCreateConfig, X86VCpuSetupConfig
 from pyaxvisor.boards.x86_pc import boot
 from pyaxvisor.boards.x86_pc import layout as L
-from pyaxvisor.devices.bus import UnhandledMmio
+from pyaxvisor.devices.acpi_pm import AcpiPm
+from pyaxvisor.devices.bus import Device, UnhandledMmio
 from pyaxvisor.devices.debug_exit import DebugExit
 from pyaxvisor.devices.fw_cfg import FwCfg
 from pyaxvisor.devices.i8042 import I8042
 from pyaxvisor.devices.irq import IrqLine
-from pyaxvisor.devices.power import PowerPort
-from pyaxvisor.devices.uart16550 import Uart16550
+from pyaxvisor.devices.uart16550 import IER, LCR, Uart16550
 from pyaxvisor.engine.kvm.ioctls import KVM_CAP_MAX_VCPUS, KVM_CAP_NR_VCPUS, KVM_CAP_XEN_HVM
 from pyaxvisor.engine.kvm.structs import KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL
 from pyaxvisor.engine.kvm.system import KvmSystem, KvmVm
 from pyaxvisor.errors import AxError, InvalidInput, Unsupported
 from pyaxvisor.vcpu import MmioRead, MmioWrite, VCpu
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
+from pyaxvisor.vcpu.width import AccessWidth
 from pyaxvisor.vm.board import Board, BootState
 from pyaxvisor.vm.config import MemoryRegion
 from pyaxvisor.vm.power import CpuStart
@@ -52,10 +76,14 @@ from pyaxvisor.vm.result import VmResult
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
 
-__all__ = ["BOARD", "KvmIrqSink", "PcBoard"]
+__all__ = ["BOARD", "COALESCED_FLUSH_NS", "Com1", "KvmIrqSink", "PcBoard"]
 
 #: The devices a configuration may ask for by name, on this board's ports.
 DEBUG_EXIT = "isa-debug-exit"
+#: How often a host timer looks for coalesced COM1 writes no exit has drained yet.
+COALESCED_FLUSH_NS = 20_000_000
+LCR_DLAB = 0x80
+IER_ALL = 0x0F
 
 
 class KvmIrqSink:
@@ -67,6 +95,42 @@ class KvmIrqSink:
 
     def set_irq_level(self, irq: int, level: bool) -> None:
         self._vm.irq_line(irq, level)
+
+
+class Com1(Device):
+    """COM1 on the port bus: the 16550A, with its transmit register coalesced while
+    IER enables no interrupt (see the module doc). ``coalesce(on)`` turns KVM's
+    queueing of port 0x3F8 on or off; it is called after each write to IER or LCR
+    that changes whether the UART can interrupt (IER is read with DLAB clear; while
+    DLAB is set IER is hidden and cannot change)."""
+
+    name = "com1"
+
+    def __init__(self, uart: Uart16550, coalesce: Callable[[bool], None] | None) -> None:
+        self.uart = uart
+        self._coalesce = coalesce
+        self._lock = threading.Lock()
+        self.coalesced: bool | None = None
+
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+        return self.uart.read(offset, width, vcpu_id)
+
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        self.uart.write(offset, width, value, vcpu_id)
+        if offset in (IER, LCR):
+            self.update()
+
+    def update(self) -> None:
+        """Coalesce the transmit register exactly while IER enables no interrupt."""
+        if self._coalesce is None:
+            return
+        with self._lock:
+            if self.uart.read(LCR, AccessWidth.Byte, 0) & LCR_DLAB:
+                return
+            quiet = not self.uart.read(IER, AccessWidth.Byte, 0) & IER_ALL
+            if quiet != self.coalesced:
+                self._coalesce(quiet)
+                self.coalesced = quiet
 
 
 class PcBoard(Board):
@@ -91,6 +155,9 @@ class PcBoard(Board):
     }
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "IO APIC": (L.IOAPIC_ADDR, 0x1000), "Local APIC": (L.LAPIC_ADDR, 0x1000)}
+    #: Coalesce COM1's transmit register when KVM can (see the module doc); False
+    #: makes every write to it an exit (to measure the difference).
+    coalesce_com1: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -98,9 +165,12 @@ class PcBoard(Board):
         self.kvm_vm: KvmVm | None = None
         self.hypercalls_intercepted = False
         self.uart: Uart16550 | None = None
+        self.com1: Com1 | None = None
         self.fw_cfg: FwCfg | None = None
         self.i8042: I8042 | None = None
-        self.power: PowerPort | None = None
+        self.acpi_pm: AcpiPm | None = None
+        self._vm: Vm | None = None
+        self._last_drained = -1
 
     @classmethod
     def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:
@@ -159,18 +229,26 @@ class PcBoard(Board):
         self.hypercalls_intercepted = bool(caps & KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL)
         if self.hypercalls_intercepted:
             self.kvm_vm.intercept_hypercalls()
+        self._vm = vm
         ports = vm.devices.ports
-        self.uart = Uart16550(tx=vm.console_write,
-                              irq=IrqLine(KvmIrqSink(self.kvm_vm), L.COM1_IRQ))
-        ports.attach(L.COM1_PORT, 8, self.uart)
+        sink = KvmIrqSink(self.kvm_vm)
+        self.uart = Uart16550(tx=vm.console_write, irq=IrqLine(sink, L.COM1_IRQ))
+        kvm_vm = self.kvm_vm
+        coalesce = ((lambda on: kvm_vm.coalesce_pio(L.COM1_PORT, 1, on))
+                    if self.coalesce_com1 and kvm_vm.coalesced_pio_supported() else None)
+        self.com1 = Com1(self.uart, coalesce)
+        ports.attach(L.COM1_PORT, 8, self.com1)
         self.fw_cfg = FwCfg(nb_cpus=config.cpu_num, ram_size=config.ram_size,
                             cmdline=config.cmdline)
         ports.attach(L.FW_CFG_PORT, 2, self.fw_cfg)
         self.i8042 = I8042(on_reset=lambda: vm.finish(VmResult("reset")))
         ports.attach(L.I8042_DATA_PORT, 1, self.i8042.data_port)
         ports.attach(L.I8042_CMD_PORT, 1, self.i8042.command_port)
-        self.power = PowerPort(on_power_off=lambda: vm.finish(VmResult("poweroff")))
-        ports.attach(L.POWER_OFF_PORT, 2, self.power)
+        self.acpi_pm = AcpiPm(lambda: vm.finish(VmResult("poweroff")),
+                              sci=IrqLine(sink, L.ACPI_SCI_IRQ), timers=_VmTimers(vm))
+        ports.attach(L.ACPI_PM1A_EVT_PORT, AcpiPm.EVENT_PORTS, self.acpi_pm.event)
+        ports.attach(L.ACPI_PM1A_CNT_PORT, AcpiPm.CONTROL_PORTS, self.acpi_pm.control)
+        ports.attach(L.ACPI_PM_TMR_PORT, AcpiPm.TIMER_PORTS, self.acpi_pm.timer)
         self._debug_exits(vm, [(d.base, d.length) for d in config.devices
                                if d.name == DEBUG_EXIT])
 
@@ -199,8 +277,38 @@ class PcBoard(Board):
     def vcpu_create_config(self, vm: Vm, cpu: int, start: BootState | None
                            ) -> X86VCpuCreateConfig:
         assert self.kvm_vm is not None and vm.space is not None
+
+        def triple_fault(vcpu: X86VCpu) -> None:
+            vm.finish(VmResult("reset", detail=f"triple fault on vCPU {vcpu.vcpu_id} "
+                                               f"({self._where(vcpu)})"))
+
         return X86VCpuCreateConfig(kvm_vm=self.kvm_vm, space=vm.space, irqchip=True,
-                                   hypercalls_intercepted=self.hypercalls_intercepted)
+                                   hypercalls_intercepted=self.hypercalls_intercepted,
+                                   on_triple_fault=triple_fault)
+
+    def start(self, vm: Vm) -> None:
+        """Coalesce COM1's transmit register from the start (IER is 0 at power-on) and
+        keep an eye on the writes KVM queues."""
+        assert self.com1 is not None
+        self.com1.update()
+        if self.com1.coalesced is not None:
+            vm.timers.schedule(vm.timers.timers.now() + COALESCED_FLUSH_NS, self._flush)
+
+    def _flush(self, now: int) -> None:
+        """Kick vCPU 0 out of ``KVM_RUN`` when coalesced writes have waited in the ring
+        a whole period with no vCPU draining it (the guest made no exit), so they reach
+        COM1 within two :data:`COALESCED_FLUSH_NS`; again and again while the VM runs."""
+        vm, kvm_vm = self._vm, self.kvm_vm
+        if vm is None or kvm_vm is None or vm.done:
+            return
+        drained = kvm_vm.coalesced_drained
+        if kvm_vm.coalesced_pending and drained == self._last_drained:
+            vcpu = vm.vcpu(0)
+            if vcpu is not None:
+                with contextlib.suppress(AxError):  # closing at this very moment
+                    vcpu.arch.kick()
+        self._last_drained = drained
+        vm.timers.schedule(now + COALESCED_FLUSH_NS, self._flush)
 
     def secondary_start(self, vm: Vm, cpu: int) -> BootState:
         # An AP: KVM keeps it waiting for INIT/SIPI, which set its registers.
@@ -221,15 +329,20 @@ class PcBoard(Board):
     def cpu_up_status(self, outcome: CpuStart) -> int:
         return 0  # x86 CPUs start with INIT/SIPI inside KVM: no CpuUp exit reaches here
 
-    def describe_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], state: str) -> str:
+    @staticmethod
+    def _where(arch: X86VCpu, *, full: bool = False) -> str:
+        """``"<mode> mode, CS:RIP <cs>:<rip>"`` (with RFLAGS and RSP when ``full``)."""
         try:
-            regs, sregs = vcpu.arch.kvm.regs, vcpu.arch.kvm.sregs
+            regs, sregs = arch.kvm.regs, arch.kvm.sregs
         except AxError as exc:
-            return f"vCPU {cpu}: {state}, registers unavailable: {exc}"
+            return f"registers unavailable: {exc}"
         mode = ("long" if sregs.efer & (1 << 10) else
                 "protected" if sregs.cr0 & 1 else "real")
-        return (f"vCPU {cpu}: {state}, {mode} mode, CS:RIP {sregs.cs.selector:#x}:"
-                f"{regs.rip:#x}, RFLAGS {regs.rflags:#x}, RSP {regs.rsp:#x}")
+        where = f"{mode} mode, CS:RIP {sregs.cs.selector:#x}:{regs.rip:#x}"
+        return f"{where}, RFLAGS {regs.rflags:#x}, RSP {regs.rsp:#x}" if full else where
+
+    def describe_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], state: str) -> str:
+        return f"vCPU {cpu}: {state}, {self._where(vcpu.arch, full=True)}"
 
     @property
     def console(self) -> Uart16550:
@@ -241,6 +354,19 @@ class PcBoard(Board):
             self.kvm_vm.close()
         if self.kvm is not None:
             self.kvm.close()
+
+
+class _VmTimers:
+    """The VM's timer thread, started only when a device first schedules something."""
+
+    def __init__(self, vm: Vm) -> None:
+        self._vm = vm
+
+    def schedule(self, deadline_ns: int, callback: Callable[[int], None]) -> Any:
+        return self._vm.timers.schedule(deadline_ns, callback)
+
+    def cancel(self, event: Any) -> bool:
+        return self._vm.timers.cancel(event)
 
 
 BOARD = PcBoard

@@ -2,7 +2,9 @@
 which CPUs, buses and interrupt routes the board has.
 
 Written at :data:`~pyaxvisor.boards.x86_pc.layout.MPTABLE_ADDR` (0x9FC00, the start of the
-EBDA, the first place Linux scans for the ``_MP_`` signature):
+EBDA and the last KiB of base memory, where Linux scans for the ``_MP_`` signature), or,
+when the boot image needs that memory, in the BIOS ROM area ``[0xF0000, 0x100000)``,
+Linux's other place (:data:`~pyaxvisor.boards.x86_pc.layout.MPTABLE_PLACES`):
 
 * the 16-byte **floating pointer structure**: ``_MP_``, the physical address of the
   configuration table (right after it), length 1 (paragraphs), spec revision 4,
@@ -29,11 +31,11 @@ EBDA, the first place Linux scans for the ``_MP_`` signature):
     (destination ID 0xFF), the virtual-wire set-up.
 
 Both structures carry checksums making their bytes sum to 0 mod 256. The floating
-pointer lies in the EBDA's first KiB, where Linux looks for it; the configuration
-table follows it and, beyond 40 CPUs, runs past the 1 KiB EBDA into the BIOS area
-below 1 MiB. The whole window ``[0x9FC00, 1 MiB)`` is reserved in the e820 map (and
-is RAM on this board), so the kernel never allocates over it; up to 254 CPUs the
-table takes at most 5292 bytes of it.
+pointer lies in the EBDA's first KiB (or the BIOS ROM area), where Linux looks for
+it; the configuration table follows it and, beyond 40 CPUs, runs past the 1 KiB EBDA
+into the BIOS area below 1 MiB. The whole window ``[0x9FC00, 1 MiB)`` is reserved in
+the e820 map (and is RAM on this board), so the kernel never allocates over it; up
+to 254 CPUs the table takes at most 5292 bytes of it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import struct
 
 from pyaxvisor.boards.x86_pc.layout import (
+    BIOS_ROM_START,
     BIOS_START,
     EBDA_START,
     HIGH_MEMORY,
@@ -108,16 +111,27 @@ def mptable_size(num_cpus: int) -> int:
             + ENTRY_SIZE * (1 + 1 + len(_irqs()) + 2))
 
 
-def build_mptable(num_cpus: int) -> bytes:
+def _scanned(addr: int) -> bool:
+    """Whether Linux finds a floating pointer at ``addr``: 16-byte aligned in the last
+    KiB of base memory (the EBDA here) or in the BIOS ROM area."""
+    return addr % 16 == 0 and ((addr >= EBDA_START and addr + FLOATING_SIZE <= BIOS_START)
+                               or (addr >= BIOS_ROM_START and addr + FLOATING_SIZE <= HIGH_MEMORY))
+
+
+def build_mptable(num_cpus: int, addr: int = MPTABLE_ADDR) -> bytes:
     """The floating pointer and configuration table for ``num_cpus`` (1..254) CPUs,
-    addressed for :data:`MPTABLE_ADDR` (see the module doc)."""
+    addressed for ``addr`` (see the module doc), which must be a place Linux scans:
+    16-byte aligned in ``[0x9FC00, 0xA0000)`` or ``[0xF0000, 0x100000)``, with the
+    whole table below 1 MiB."""
     if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) \
             or not 1 <= num_cpus <= MAX_CPUS:
         raise InvalidInput(f"an MP table describes 1..{MAX_CPUS} CPUs, not {num_cpus!r}")
     size = mptable_size(num_cpus)
-    if MPTABLE_ADDR + size > HIGH_MEMORY:  # pragma: no cover - 5292 bytes at most
-        raise InvalidInput(f"the MP table for {num_cpus} CPUs ({size} bytes) does not fit "
-                           f"in the reserved area [{MPTABLE_ADDR:#x}, {HIGH_MEMORY:#x})")
+    if not _scanned(addr) or addr + size > HIGH_MEMORY:
+        raise InvalidInput(f"the MP table for {num_cpus} CPUs ({size} bytes) at {addr:#x}: "
+                           f"Linux finds it 16-byte aligned in [{EBDA_START:#x}, "
+                           f"{BIOS_START:#x}) or [{BIOS_ROM_START:#x}, {HIGH_MEMORY:#x}), "
+                           "below 1 MiB")
     entries = [_PROCESSOR.pack(ENTRY_PROCESSOR, cpu, APIC_VERSION,
                                CPU_ENABLED | (CPU_BSP if cpu == 0 else 0), CPU_SIGNATURE,
                                CPU_FEATURES)
@@ -136,22 +150,21 @@ def build_mptable(num_cpus: int) -> bytes:
                                    OEM_ID, PRODUCT_ID, 0, 0, len(entries), LAPIC_ADDR, 0, 0)
                       + body)
     table[HEADER_CHECKSUM] = _checksum(table)
-    floating = bytearray(_FLOATING.pack(b"_MP_", MPTABLE_ADDR + FLOATING_SIZE, 1,
+    floating = bytearray(_FLOATING.pack(b"_MP_", addr + FLOATING_SIZE, 1,
                                         SPEC_REVISION, 0, bytes(5)))
     floating[FLOATING_CHECKSUM] = _checksum(floating)
     data = bytes(floating + table)
     assert len(data) == size
-    # Linux finds the floating pointer only in the EBDA's first KiB.
-    assert EBDA_START <= MPTABLE_ADDR and MPTABLE_ADDR + FLOATING_SIZE <= BIOS_START
     return data
 
 
-def write_mptable(space: AddrSpace, num_cpus: int) -> int:
-    """Write the MP table for ``num_cpus`` CPUs at :data:`MPTABLE_ADDR`; returns that
-    address. Raises :class:`InvalidInput` when the area is not guest RAM."""
-    data = build_mptable(num_cpus)
-    end = MPTABLE_ADDR + len(data)
-    if not covered(space, MPTABLE_ADDR, end):
-        raise InvalidInput(f"the MP table area [{MPTABLE_ADDR:#x}, {end:#x}) is not guest RAM")
-    space.write(GuestPhysAddr(MPTABLE_ADDR), data)
-    return MPTABLE_ADDR
+def write_mptable(space: AddrSpace, num_cpus: int, addr: int = MPTABLE_ADDR) -> int:
+    """Write the MP table for ``num_cpus`` CPUs at ``addr`` (:func:`build_mptable`'s
+    rule); returns that address. Raises :class:`InvalidInput` when the area is not
+    guest RAM."""
+    data = build_mptable(num_cpus, addr)
+    end = addr + len(data)
+    if not covered(space, addr, end):
+        raise InvalidInput(f"the MP table area [{addr:#x}, {end:#x}) is not guest RAM")
+    space.write(GuestPhysAddr(addr), data)
+    return addr

@@ -23,17 +23,34 @@
  *       otherwise:     (exit_reason, 0, 0, 0)
  *     Any other ioctl failure raises OSError with the errno.
  *
- * run(fd, kvm_run_address, io_exits, ports, widths, counters)
+ * run(fd, kvm_run_address, io_exits, ports, widths, counters[, ring])
  *     The same, but port accesses to a port in the dict ports are served here
- *     (string I/O element by element) and KVM_RUN is entered again, so only the exits no device claims
- *     come back. ports[port] = (write, read, offset, vcpu_id): an OUT calls
+ *     and KVM_RUN is entered again, so only the exits no device claims come
+ *     back. ports[port] = (write, read, offset, vcpu_id): an OUT calls
  *     write(offset, width, value, vcpu_id), an IN calls read(offset, width,
- *     vcpu_id) and hands the guest the result masked to the access size.
+ *     vcpu_id) and hands the guest the result masked to the access size. A
+ *     string access (INS/OUTS; KVM batches INS, up to a page per exit) is served
+ *     element by element, in order, within the one exit.
  *     widths = (width of 1, 2, 4 bytes), the objects passed as width. counters
- *     is a writable buffer of five unsigned 64-bit integers: [timing, writes
- *     served, reads served, ns in writes, ns in reads]; the time is measured
- *     (CLOCK_MONOTONIC) only when timing is not 0. An exception from a device
- *     ends the call with that exception. */
+ *     is a writable buffer of six unsigned 64-bit integers: [timing, writes
+ *     served, reads served, ns in writes, ns in reads, KVM_RUN returns]; the
+ *     time is measured (CLOCK_MONOTONIC) only when timing is not 0. An exception
+ *     from a device ends the call with that exception.
+ *
+ *     ring, when not None, is (ring_address, entries, lock): the VM's coalesced
+ *     MMIO/PIO ring (struct kvm_coalesced_mmio_ring, mapped at ring_address,
+ *     with room for entries records), where KVM queues the writes to a
+ *     coalesced port zone instead of exiting (KVM_REGISTER_COALESCED_MMIO with
+ *     pio = 1). After every return from KVM_RUN, before the exit is looked at,
+ *     the queued writes are handed to their ports' write functions, oldest
+ *     first, each counted as a served write: a device sees them in the order
+ *     the guest made them, before anything that happened after them. lock (a
+ *     threading.Lock, shared by the VM's vCPUs) is held while draining, so two
+ *     vCPUs never hand out the same record or overtake each other; a record is
+ *     released to KVM (ring->first advanced) only after its write returned.
+ *
+ * drain(ring, ports, widths, counters)
+ *     Only the draining of run, for a caller outside KVM_RUN. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
@@ -75,18 +92,127 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-enum { C_TIMING, C_WRITES, C_READS, C_WRITE_NS, C_READ_NS, C_COUNT };
+enum { C_TIMING, C_WRITES, C_READS, C_WRITE_NS, C_READ_NS, C_RUNS, C_COUNT };
+
+static PyObject *width_of(PyObject *widths, unsigned size) {
+    unsigned slot = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    return slot == 3 ? NULL : PyTuple_GET_ITEM(widths, slot);
+}
+
+/* One OUT of value (size bytes) to port: 1 when a device took it, 0 when no device
+ * has the port, -1 with an exception set. */
+static int serve_write(PyObject *ports, PyObject *widths, uint64_t *ctr, unsigned port,
+                       unsigned size, uint64_t value) {
+    PyObject *key, *entry, *fn, *res, *argv[4];
+    uint64_t t0 = 0;
+    key = PyLong_FromUnsignedLong(port);
+    if (key == NULL)
+        return -1;
+    entry = PyDict_GetItemWithError(ports, key); /* borrowed */
+    Py_DECREF(key);
+    if (entry == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) {
+        PyErr_SetString(PyExc_TypeError, "ports values must be (write, read, offset, vcpu_id)");
+        return -1;
+    }
+    fn = PyTuple_GET_ITEM(entry, 0);
+    argv[1] = width_of(widths, size);
+    if (fn == Py_None || argv[1] == NULL)
+        return 0;
+    if (ctr[C_TIMING])
+        t0 = now_ns();
+    argv[0] = PyTuple_GET_ITEM(entry, 2);
+    argv[2] = PyLong_FromUnsignedLongLong(value);
+    if (argv[2] == NULL)
+        return -1;
+    argv[3] = PyTuple_GET_ITEM(entry, 3);
+    res = PyObject_Vectorcall(fn, argv, 4, NULL);
+    Py_DECREF(argv[2]);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    ctr[C_WRITES]++;
+    if (ctr[C_TIMING])
+        ctr[C_WRITE_NS] += now_ns() - t0;
+    return 1;
+}
+
+/* Hand every write queued in the coalesced ring to its port, oldest first: 0, or -1
+ * with an exception set. ring = (address, entries, lock). */
+static int drain_ring(PyObject *ring, PyObject *ports, PyObject *widths, uint64_t *ctr) {
+    unsigned long long address;
+    unsigned entries;
+    PyObject *lock, *res;
+    struct kvm_coalesced_mmio_ring *r;
+    int ret = 0;
+    if (!PyArg_ParseTuple(ring, "KIO", &address, &entries, &lock))
+        return -1;
+    r = (struct kvm_coalesced_mmio_ring *)(uintptr_t)address;
+    if (__atomic_load_n(&r->first, __ATOMIC_RELAXED) ==
+        __atomic_load_n(&r->last, __ATOMIC_ACQUIRE))
+        return 0; /* nothing queued (a drain in progress still holds its record) */
+    res = PyObject_CallMethod(lock, "acquire", NULL); /* waits without the GIL */
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    for (;;) {
+        uint32_t first = __atomic_load_n(&r->first, __ATOMIC_RELAXED);
+        if (first == __atomic_load_n(&r->last, __ATOMIC_ACQUIRE))
+            break;
+        if (first >= entries) {
+            PyErr_Format(PyExc_RuntimeError, "coalesced ring index %u out of range", first);
+            ret = -1;
+            break;
+        }
+        struct kvm_coalesced_mmio *e = &r->coalesced_mmio[first];
+        unsigned port = (unsigned)e->phys_addr, size = e->len;
+        uint64_t value = little_endian(e->data, size);
+        int served;
+        if (!e->pio) {
+            PyErr_Format(PyExc_RuntimeError, "coalesced MMIO write at 0x%llx: only port "
+                         "zones are registered", (unsigned long long)e->phys_addr);
+            ret = -1;
+            break;
+        }
+        served = serve_write(ports, widths, ctr, port, size, value);
+        __atomic_store_n(&r->first, (first + 1) % entries, __ATOMIC_RELEASE);
+        if (served < 0) {
+            ret = -1;
+            break;
+        }
+        if (served == 0) {
+            PyErr_Format(PyExc_RuntimeError, "a coalesced %u-byte write to port 0x%x has no "
+                         "device to go to", size, port);
+            ret = -1;
+            break;
+        }
+    }
+    if (ret < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        res = PyObject_CallMethod(lock, "release", NULL);
+        Py_XDECREF(res);
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    res = PyObject_CallMethod(lock, "release", NULL);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
 
 /* Serve one port exit from the ports table, a string access (INS/OUTS, count > 1)
  * element by element in order: 1 when served, 0 when no device claims it, -1 with
  * an exception set when the device raised. */
 static int serve_port(struct kvm_run *r, PyObject *ports, PyObject *widths, uint64_t *ctr) {
     uint8_t *data = (uint8_t *)r + r->io.data_offset;
-    unsigned size = r->io.size, slot = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : 3;
+    unsigned size = r->io.size;
     int out = r->io.direction == KVM_EXIT_IO_OUT;
-    PyObject *port, *entry, *fn, *res, *argv[4];
+    PyObject *port, *entry, *fn, *res, *argv[3];
     uint64_t t0 = 0;
-    if (slot == 3 || r->io.count == 0)
+    if (width_of(widths, size) == NULL || r->io.count == 0)
         return 0;
     port = PyLong_FromLong(r->io.port);
     if (port == NULL)
@@ -102,68 +228,95 @@ static int serve_port(struct kvm_run *r, PyObject *ports, PyObject *widths, uint
     fn = PyTuple_GET_ITEM(entry, out ? 0 : 1);
     if (fn == Py_None)
         return 0;
+    if (out) {
+        for (uint32_t n = 0; n < r->io.count; n++, data += size)
+            if (serve_write(ports, widths, ctr, r->io.port, size, little_endian(data, size)) < 0)
+                return -1;
+        return 1;
+    }
     argv[0] = PyTuple_GET_ITEM(entry, 2);
-    argv[1] = PyTuple_GET_ITEM(widths, slot);
+    argv[1] = width_of(widths, size);
+    argv[2] = PyTuple_GET_ITEM(entry, 3);
     for (uint32_t n = 0; n < r->io.count; n++, data += size) {
+        unsigned long long v;
         if (ctr[C_TIMING])
             t0 = now_ns();
-        if (out) {
-            argv[2] = PyLong_FromUnsignedLongLong(little_endian(data, size));
-            if (argv[2] == NULL)
-                return -1;
-            argv[3] = PyTuple_GET_ITEM(entry, 3);
-            res = PyObject_Vectorcall(fn, argv, 4, NULL);
-            Py_DECREF(argv[2]);
-            if (res == NULL)
-                return -1;
-            Py_DECREF(res);
-            ctr[C_WRITES]++;
-            if (ctr[C_TIMING])
-                ctr[C_WRITE_NS] += now_ns() - t0;
-        } else {
-            unsigned long long v;
-            argv[2] = PyTuple_GET_ITEM(entry, 3);
-            res = PyObject_Vectorcall(fn, argv, 3, NULL);
-            if (res == NULL)
-                return -1;
-            v = PyLong_AsUnsignedLongLongMask(res);
-            Py_DECREF(res);
-            if (v == (unsigned long long)-1 && PyErr_Occurred())
-                return -1;
-            for (unsigned i = 0; i < size; i++)
-                data[i] = (uint8_t)(v >> (8 * i));
-            ctr[C_READS]++;
-            if (ctr[C_TIMING])
-                ctr[C_READ_NS] += now_ns() - t0;
-        }
+        res = PyObject_Vectorcall(fn, argv, 3, NULL);
+        if (res == NULL)
+            return -1;
+        v = PyLong_AsUnsignedLongLongMask(res);
+        Py_DECREF(res);
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        for (unsigned i = 0; i < size; i++)
+            data[i] = (uint8_t)(v >> (8 * i));
+        ctr[C_READS]++;
+        if (ctr[C_TIMING])
+            ctr[C_READ_NS] += now_ns() - t0;
     }
     return 1;
+}
+
+static int get_counters(PyObject *counters, Py_buffer *buf, uint64_t **ctr) {
+    if (PyObject_GetBuffer(counters, buf, PyBUF_WRITABLE) != 0)
+        return -1;
+    if (buf->len < (Py_ssize_t)(C_COUNT * sizeof(uint64_t))) {
+        PyBuffer_Release(buf);
+        PyErr_SetString(PyExc_ValueError, "counters must hold 6 unsigned 64-bit integers");
+        return -1;
+    }
+    *ctr = (uint64_t *)buf->buf;
+    return 0;
+}
+
+static PyObject *drain(PyObject *self, PyObject *args) {
+    PyObject *ring, *ports, *widths, *counters;
+    Py_buffer ctr_buf = {0};
+    uint64_t *ctr;
+    int ret;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!O", &PyTuple_Type, &ring, &PyDict_Type, &ports,
+                          &PyTuple_Type, &widths, &counters))
+        return NULL;
+    if (PyTuple_GET_SIZE(widths) != 3) {
+        PyErr_SetString(PyExc_TypeError, "widths must be a 3-tuple");
+        return NULL;
+    }
+    if (get_counters(counters, &ctr_buf, &ctr) != 0)
+        return NULL;
+    ret = drain_ring(ring, ports, widths, ctr);
+    PyBuffer_Release(&ctr_buf);
+    if (ret < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *run(PyObject *self, PyObject *args) {
     int fd, ret, err = 0;
     unsigned long long address;
     PyObject *io_exits, *ports = Py_None, *widths = Py_None, *counters = Py_None, *result;
+    PyObject *ring = Py_None;
     Py_buffer ctr_buf = {0};
     uint64_t no_counters[C_COUNT] = {0}, *ctr = no_counters;
     struct kvm_run *r;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iKO!|OOO", &fd, &address, &PyDict_Type, &io_exits, &ports,
-                          &widths, &counters))
+    if (!PyArg_ParseTuple(args, "iKO!|OOOO", &fd, &address, &PyDict_Type, &io_exits, &ports,
+                          &widths, &counters, &ring))
         return NULL;
     if (ports != Py_None) {
         if (!PyDict_Check(ports) || !PyTuple_Check(widths) || PyTuple_GET_SIZE(widths) != 3) {
             PyErr_SetString(PyExc_TypeError, "ports must be a dict and widths a 3-tuple");
             return NULL;
         }
-        if (PyObject_GetBuffer(counters, &ctr_buf, PyBUF_WRITABLE) != 0)
-            return NULL;
-        if (ctr_buf.len < (Py_ssize_t)sizeof no_counters) {
-            PyBuffer_Release(&ctr_buf);
-            PyErr_SetString(PyExc_ValueError, "counters must hold 5 unsigned 64-bit integers");
+        if (ring != Py_None && !PyTuple_Check(ring)) {
+            PyErr_SetString(PyExc_TypeError, "ring must be None or (address, entries, lock)");
             return NULL;
         }
-        ctr = (uint64_t *)ctr_buf.buf;
+        if (get_counters(counters, &ctr_buf, &ctr) != 0)
+            return NULL;
+    } else if (ring != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "a coalesced ring needs the ports to drain it to");
+        return NULL;
     }
     r = (struct kvm_run *)(uintptr_t)address;
     for (;;) {
@@ -172,6 +325,11 @@ static PyObject *run(PyObject *self, PyObject *args) {
         if (ret < 0)
             err = errno;
         Py_END_ALLOW_THREADS
+        ctr[C_RUNS]++;
+        if (ring != Py_None && drain_ring(ring, ports, widths, ctr) < 0) {
+            PyBuffer_Release(&ctr_buf);
+            return NULL;
+        }
         if (ret < 0 || r->exit_reason != KVM_EXIT_IO || ports == Py_None)
             break;
         ret = serve_port(r, ports, widths, ctr);
@@ -228,8 +386,12 @@ static PyMethodDef methods[] = {
     {"install_kick", install_kick, METH_VARARGS,
      "install_kick(signum): give signum an empty handler (no SA_RESTART)."},
     {"run", run, METH_VARARGS,
-     "run(fd, kvm_run_address, io_exits[, ports, widths, counters]) -> (exit_reason, a, b, c)\n"
-     "or a cached exit: KVM_RUN, port exits to ports served, and the exit's fields."},
+     "run(fd, kvm_run_address, io_exits[, ports, widths, counters[, ring]]) -> "
+     "(exit_reason, a, b, c)\n"
+     "or a cached exit: KVM_RUN, port exits to ports served, the coalesced ring drained, "
+     "and the exit's fields."},
+    {"drain", drain, METH_VARARGS,
+     "drain(ring, ports, widths, counters): hand the coalesced ring's writes to ports."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -67,6 +67,8 @@ KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_IRQ_LINE = _IOW(KVMIO, 0x61, s.KvmIrqLevel)
 KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, s.KvmIrqLevel)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, s.KvmPitConfig)
+KVM_REGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x67, s.KvmCoalescedMmioZone)
+KVM_UNREGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x68, s.KvmCoalescedMmioZone)
 KVM_XEN_HVM_CONFIG = _IOW(KVMIO, 0x7A, s.KvmXenHvmConfig)
 
 # -- vCPU fd ---------------------------------------------------------------------------
@@ -99,6 +101,7 @@ KVM_CAP_HLT = 1
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7
+KVM_CAP_COALESCED_MMIO = 15  # the answer is the ring's page offset in a vCPU's mmap
 KVM_CAP_NR_VCPUS = 9
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_PIT = 11
@@ -109,3 +112,4 @@ KVM_CAP_XEN_HVM = 38
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_COALESCED_PIO = 162

@@ -168,6 +168,29 @@ def msrs_type(nmsrs: int) -> type[ctypes.Structure]:
         "_fields_": [("nmsrs", u32), ("pad", u32), ("entries", KvmMsrEntry * nmsrs)]})
 
 
+class KvmCoalescedMmioZone(ctypes.Structure):
+    """``struct kvm_coalesced_mmio_zone``: ``addr``/``size`` of an MMIO range, or of a
+    port range with ``pio`` = 1 (``KVM_CAP_COALESCED_PIO``)."""
+
+    _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
+
+
+class KvmCoalescedMmio(ctypes.Structure):
+    """``struct kvm_coalesced_mmio``: one queued write (``phys_addr`` is the port for
+    a PIO zone; ``len`` bytes of ``data``)."""
+
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+#: ``struct kvm_coalesced_mmio_ring``'s header: the ``first`` and ``last`` indices.
+COALESCED_RING_HEADER = 8
+
+
+def coalesced_ring_entries(page_size: int) -> int:
+    """``KVM_COALESCED_MMIO_MAX``: the records one ring page holds."""
+    return (page_size - COALESCED_RING_HEADER) // ctypes.sizeof(KvmCoalescedMmio)
+
+
 # -- struct kvm_run ------------------------------------------------------------------
 
 class KvmRunHw(ctypes.Structure):

@@ -15,6 +15,11 @@ another thread: set ``vcpu.immediate_exit = True`` and then send that thread a
 signal that has a handler (``signal.pthread_kill``); the run returns
 ``KVM_EXIT_INTR`` whether the signal arrives before or during ``KVM_RUN``. Clear
 ``immediate_exit`` before running again.
+
+Coalesced port I/O (:meth:`KvmVm.coalesce_pio`): writes to a registered port range
+do not exit; KVM queues them in the VM's ring page (mapped from a vCPU's file at
+``KVM_CAP_COALESCED_MMIO`` pages), and :meth:`KvmVCpu.run_fields` hands them to the
+port devices, in order, after every ``KVM_RUN`` (see ``_native.c``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 from typing import Self
 
@@ -187,6 +193,13 @@ class KvmVm(_Fd):
         self.system = system
         self._fd = system._ioctl(io.KVM_CREATE_VM, machine_type)
         self.vcpus: list[KvmVCpu] = []
+        self._coalesced: dict[int, int] = {}  # port -> size of each registered zone
+        self._ring_lock = threading.Lock()
+        self._ring_map: mmap.mmap | None = None
+        self._ring: tuple[int, int, threading.Lock] | None = None
+        self._ring_view: ctypes.Array | None = None  # first, last (u32)
+        #: Shared by the vCPUs while they drain the ring (see ``_native.c``).
+        self.drain_lock = threading.Lock()
 
     def set_user_memory_region(self, slot: int, gpa: int, size: int, host_addr: int,
                                readonly: bool = False, flags: int = 0) -> None:
@@ -249,10 +262,87 @@ class KvmVm(_Fd):
         self.vcpus.append(vcpu)
         return vcpu
 
+    # -- coalesced port I/O -----------------------------------------------------------------
+    def coalesced_pio_supported(self) -> bool:
+        """Whether this KVM queues port writes (``KVM_CAP_COALESCED_PIO``)."""
+        return bool(self.system.check_extension(io.KVM_CAP_COALESCED_PIO)
+                    and self.system.check_extension(io.KVM_CAP_COALESCED_MMIO))
+
+    def coalesce_pio(self, port: int, size: int, on: bool = True) -> None:
+        """Queue the writes to ports ``[port, port + size)`` in the ring instead of
+        exiting (``KVM_REGISTER_COALESCED_MMIO`` with ``pio`` = 1), or stop doing so
+        (``on`` False: ``KVM_UNREGISTER_COALESCED_MMIO``; writes already queued stay in
+        the ring until a vCPU drains it). Idempotent; any thread, vCPUs running or
+        not. Only for ports every vCPU serves (:meth:`KvmVCpu.run_fields`' ``ports``),
+        whose devices take writes late without the guest seeing a difference."""
+        with self._ring_lock:
+            if on == (self._coalesced.get(port) == size):
+                return
+            zone = st.KvmCoalescedMmioZone(addr=port, size=size, pio=1)
+            if on:
+                self._ioctl(io.KVM_REGISTER_COALESCED_MMIO, zone,
+                            detail=f"ports {port:#x}+{size}")
+                self._coalesced[port] = size
+            else:
+                self._ioctl(io.KVM_UNREGISTER_COALESCED_MMIO, zone,
+                            detail=f"ports {port:#x}+{size}")
+                del self._coalesced[port]
+
+    @property
+    def coalesced_ports(self) -> dict[int, int]:
+        """The registered zones: first port → number of ports."""
+        with self._ring_lock:
+            return dict(self._coalesced)
+
+    def coalesced_ring(self) -> tuple[int, int, threading.Lock] | None:
+        """``(address, entries, lock)`` of the ring, for ``run_fields``; ``None`` until a
+        zone was registered. Mapped (once) from the first vCPU's file: call it after
+        a vCPU exists."""
+        ring = self._ring
+        if ring is not None or not self._coalesced:
+            return ring
+        with self._ring_lock:
+            if self._ring is None and self._coalesced:
+                if not self.vcpus:
+                    raise BadState("the coalesced ring is mapped from a vCPU: create one first")
+                page = mmap.PAGESIZE
+                offset = self.system.check_extension(io.KVM_CAP_COALESCED_MMIO) * page
+                self._ring_map = mmap.mmap(self.vcpus[0].fd, page, flags=mmap.MAP_SHARED,
+                                           prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                                           offset=offset)
+                self._ring_view = (ctypes.c_uint32 * 2).from_buffer(self._ring_map)
+                self._ring = (ctypes.addressof(self._ring_view),
+                              st.coalesced_ring_entries(page), self.drain_lock)
+            return self._ring
+
+    @property
+    def coalesced_pending(self) -> int:
+        """How many writes wait in the ring (0 when it is not mapped)."""
+        view = self._ring_view
+        if view is None or self._ring is None:
+            return 0
+        first, last = view[0], view[1]
+        return (last - first) % self._ring[1]
+
+    @property
+    def coalesced_drained(self) -> int:
+        """The ring's ``first`` index: it moves whenever a vCPU hands out a write (-1
+        when the ring is not mapped)."""
+        view = self._ring_view
+        return -1 if view is None else view[0]
+
     def close(self) -> None:
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
+        with self._ring_lock:
+            self._ring = None
+            view, self._ring_view = self._ring_view, None
+            del view  # the ctypes export, so that the mapping can close
+            if self._ring_map is not None:
+                with contextlib.suppress(BufferError):
+                    self._ring_map.close()
+                self._ring_map = None
         self._close_fd()
 
 
@@ -361,7 +451,8 @@ class KvmVCpu(_Fd):
     def run_fields(self, io_exits: dict[int, object] | None = None,
                    ports: dict[int, tuple[object, object, int, int]] | None = None,
                    widths: tuple[object, object, object] | None = None,
-                   counters: object = None) -> object:
+                   counters: object = None,
+                   ring: tuple[int, int, threading.Lock] | None = None) -> object:
         """:meth:`run` and the exit's fields in one native call (the hot path):
         ``(exit_reason, a, b, c)`` with, for ``KVM_EXIT_IO``, ``a`` = port, ``b`` =
         size | direction << 8 | count << 16 and ``c`` = the first ``size`` data bytes
@@ -380,16 +471,22 @@ class KvmVCpu(_Fd):
         vcpu_id)``, an IN ``read(offset, widths[i], vcpu_id)`` (i = 0, 1, 2 for 1, 2,
         4 bytes; ``None`` leaves that direction to the caller), and ``KVM_RUN`` is
         entered again. ``counters`` is a
-        writable buffer of five unsigned 64-bit integers ``[timing, writes, reads,
-        write_ns, read_ns]`` that counts what was served (and times it when
-        ``timing`` is not 0). A device's exception ends the call with it."""
+        writable buffer of six unsigned 64-bit integers ``[timing, writes, reads,
+        write_ns, read_ns, runs]`` that counts what was served (and times it when
+        ``timing`` is not 0) and the returns from ``KVM_RUN`` (each an exit of the
+        guest, served here or not). A device's exception ends the call with it.
+
+        ``ring`` (:meth:`KvmVm.coalesced_ring`, with ``ports``): after every
+        ``KVM_RUN`` the writes KVM queued there are handed to ``ports``' write
+        functions, oldest first, counted as served writes, before the exit is
+        served or returned."""
         try:
             if ports is None:
                 return _native.run(self._fd, self._run_address,
                                    _NO_IO_EXITS if io_exits is None else io_exits)
             return _native.run(self._fd, self._run_address,
                                _NO_IO_EXITS if io_exits is None else io_exits,
-                               ports, widths, counters)
+                               ports, widths, counters, ring)
         except OSError as exc:
             raise KvmError("KVM_RUN", exc.errno or 0) from None
 

@@ -11,11 +11,12 @@
  *    of each block the hook checks a request word any host thread may set and, if
  *    set, stops the CPU before the block runs (PC = block start).
  *
- * 2. timer_sysreg_hook (UC_HOOK_INSN for MRS and MSR): the Arm generic timer.
- *    Unicorn's own timer does not work (CNTV_CTL/CVAL writes read back 0, the
+ * 2. timer_access (called by the AArch64 MRS/MSR hooks of (4)): the Arm generic
+ *    timer. Unicorn's own timer does not work (CNTV_CTL/CVAL writes read back 0, the
  *    counter runs at a fixed host-derived rate), and a Python hook on MRS would
- *    run for every MRS (DAIF saves included). This hook returns 0 at once for
- *    every register but the EL0 timer block (op0=3 op1=3 CRn=14), and emulates
+ *    run for every MRS (DAIF saves included). The hooks return 0 at once for
+ *    every register they do not emulate; for the EL0 timer block (op0=3 op1=3
+ *    CRn=14 CRm=0..3) this emulates
  *    CNTFRQ/CNTPCT/CNTVCT and CNTV_/CNTP_ CTL/CVAL/TVAL from the shared state
  *    with CLOCK_MONOTONIC as the counter's time base. After a write to CTL or
  *    CVAL (TVAL writes become CVAL) it calls back into Python so the host timer
@@ -41,10 +42,13 @@
  *    - riscv_rdtime: the time CSR, (CLOCK_MONOTONIC - base) * freq / 1e9 with the
  *      base and frequency the calling thread set (QEMU's callback has no argument,
  *      so they are per host thread: the thread that runs the CPU sets them).
+ *
+ * 4. The AArch64 CPU: see the comment at its section below.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -104,11 +108,10 @@ static uint64_t counter_now(const struct timer_state *t)
     return ticks_since(t->base_ns, t->freq);
 }
 
+/* An access to the EL0 timer block (op0=3 op1=3 CRn=14 CRm=0..3); 0 lets Unicorn do it. */
 static uint32_t timer_access(void *uc, int reg, const struct cp_reg *cp,
                              struct timer_state *t, int is_read)
 {
-    if (cp->op0 != 3 || cp->op1 != 3 || cp->crn != 14)
-        return 0;               /* not the EL0 timer block: let Unicorn do it */
     int timer;
     if (cp->crm == 0) {
         timer = -1;
@@ -158,15 +161,631 @@ static uint32_t timer_access(void *uc, int reg, const struct cp_reg *cp,
     return 1;
 }
 
-/* MRS: ``reg`` is the destination register; MSR: ``cp->val`` is the value written. */
-static uint32_t timer_mrs_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
+/* ------------------------------------------------------------------ AArch64 */
+
+/*
+ * 4. The AArch64 CPU's native state (struct a64_state; Python's ctypes _A64State in
+ *    aarch64.py has the same fields in the same order) and its hooks:
+ *    - a64_block_hook (UC_HOOK_BLOCK): the preemption point of (1); while `work` is
+ *      set it also follows the guest's exception level, counts instructions for the
+ *      PMU and re-translates watched addresses;
+ *    - a64_mrs_hook / a64_msr_hook (UC_HOOK_INSN MRS, MSR): the generic timer of (2),
+ *      the PMU (every PMUv3 register but PMUSERENR_EL0, which Unicorn keeps: its
+ *      value decides EL0 accesses, which Unicorn traps when they are not allowed),
+ *      and the watchpoint registers (DBGWVRn_EL1/DBGWCRn_EL1: Unicorn stores them
+ *      but never fires a watchpoint, its cpu_check_watchpoint is empty);
+ *    - a64_sys_hook (UC_HOOK_INSN SYS) and a64_watch_hook (UC_HOOK_MEM_READ and
+ *      UC_HOOK_MEM_WRITE), installed by Python only while a watchpoint is armed.
+ *
+ *    PMU (a Cortex-A72's PMUv3 with four 32-bit event counters, not its six: this
+ *    Unicorn's QEMU defines PMEVCNTRn/PMEVTYPERn for n < 4 only, and a hook cannot
+ *    skip an access to a register QEMU does not define, whose translated code then
+ *    never leaves its block; and the 64-bit cycle counter). Accesses to counters
+ *    n >= 4 are UNDEFINED (QEMU's), which the architecture permits for n >= PMCR.N.
+ *    A counter adds what its source did while it counted (PMCR.E and its
+ *    PMCNTENSET bit): CPU_CYCLES is the host's CLOCK_MONOTONIC at one cycle per
+ *    nanosecond (a 1 GHz clock, as QEMU's), INST_RETIRED the instructions of the
+ *    translated blocks the block hook saw start (an exception in the middle of a
+ *    block counts the rest of it too), SW_INCR the PMSWINC writes; the filters of
+ *    PMEVTYPERn/PMCCFILTR choose EL0 and EL1 (Non-secure rules: EL0 counts when
+ *    U == NSU, EL1 when P == NSK), for which the block hook keeps the time and the
+ *    instructions per EL. Counters are brought up to date ("folded") at every PMU
+ *    register access and when an instruction counter may have wrapped; a wrap sets
+ *    its PMOVSSET bit. The overflow interrupt request is PMCR.E && (PMINTENSET &
+ *    PMOVSSET); `deadline` is when a counted cycle counter with its interrupt
+ *    enabled wraps while the guest stays at its EL, so a host timer can raise the
+ *    request at that time. on_change (Python) hears when either changes.
+ *
+ *    Watchpoints: Python arms them (ranges of virtual bytes, their pages); the block
+ *    hook translates the pages through the guest's current translation (again after
+ *    a TTBR/TCR/SCTLR write or a TLBI, and at every EL change while a page has no
+ *    translation); the memory hook matches the physical address of each load and
+ *    store against them and, when the architecture's conditions hold (MDSCR_EL1.MDE,
+ *    KDE and PSTATE.D at EL1, DBGWCR's PAC/SSC/LSC), takes the watchpoint exception
+ *    with QEMU's exception entry before the access is done: EC 0x34/0x35, WnR, FAR =
+ *    the accessed address (at least the watched range's start).
+ */
+
+#define A64_PMU_N 4                     /* event counters (PMCR_EL0.N): see above */
+#define A64_CYC A64_PMU_N               /* index of PMCCNTR_EL0 in the counter arrays */
+#define A64_CYC_BIT 31                  /* its bit in PMCNTEN, PMINTEN, PMOVS */
+#define A64_PMU_BITS ((1ULL << A64_CYC_BIT) | ((1ULL << A64_PMU_N) - 1))
+#define PMCR_E 0x1ULL
+#define PMCR_P 0x2ULL
+#define PMCR_C 0x4ULL
+#define PMCR_D 0x8ULL
+#define PMCR_X 0x10ULL
+#define PMCR_DP 0x20ULL
+#define PMCR_LC 0x40ULL
+#define PMCR_RW (PMCR_E | PMCR_D | PMCR_X | PMCR_DP | PMCR_LC)
+/* IMP 0x41 (Arm), IDCODE 0x02 (Cortex-A72), N */
+#define PMCR_RO ((0x41ULL << 24) | (0x02ULL << 16) | ((uint64_t)A64_PMU_N << 11))
+#define EVTYPER_MASK 0xFC0003FFULL       /* P U NSK NSU NSH M, evtCount[9:0] (PMUv3 of ARMv8.0) */
+#define CCFILTR_MASK 0xFC000000ULL       /* P U NSK NSU NSH M */
+#define EV_SW_INCR 0x00
+#define EV_INST_RETIRED 0x08
+#define EV_CPU_CYCLES 0x11
+#define PMCEID0 ((1ULL << EV_SW_INCR) | (1ULL << EV_INST_RETIRED) | (1ULL << EV_CPU_CYCLES))
+#define U32_MASK 0xFFFFFFFFULL
+
+#define A64_WATCHPOINTS 4               /* DBGWVR/DBGWCR pairs of a Cortex-A72 */
+#define A64_WATCH_PAGES 16              /* 4 KiB pages one watchpoint may cover */
+#define A64_NO_PAGE 1ULL                /* page_pa of a page that has no translation now */
+
+enum { A64_WORK_PMU = 1, A64_WORK_XLATE = 2, A64_WORK_WATCH = 4 };
+enum { UC_MEM_READ_ = 16, UC_MEM_WRITE_ = 17 };
+enum { UC_PROT_READ_ = 1 };
+#define EXCP_DATA_ABORT 4               /* QEMU's exception number */
+
+struct a64_pmu {
+    uint64_t pmcr;                      /* PMCR_EL0's writable bits */
+    uint64_t cnten, inten, ovs;         /* bit n: event counter n, bit 31: PMCCNTR */
+    uint64_t selr;                      /* PMSELR_EL0.SEL */
+    uint64_t type[A64_PMU_N + 1];       /* PMEVTYPERn_EL0; [A64_CYC]: PMCCFILTR_EL0 */
+    uint64_t value[A64_PMU_N + 1];      /* the counts at the last fold */
+    uint64_t snap[A64_PMU_N + 1];       /* the source of each counter at the last fold */
+    uint64_t insns[2];                  /* instructions at EL0 / EL1 while counted */
+    uint64_t el_ns[2];                  /* host ns at EL0 / EL1 while tracked */
+    int64_t el_since;                   /* when the stretch at last_el began (tracking) */
+    int64_t insn_budget;                /* instructions until an instruction counter may wrap */
+    uint64_t tracking;                  /* el_ns is kept (a counted cycle counter filters ELs) */
+    uint64_t el_sensitive;              /* the deadline depends on the EL */
+    uint64_t irq;                       /* the overflow interrupt request */
+    int64_t deadline;                   /* CLOCK_MONOTONIC ns of the next such wrap, 0: none */
+    void (*on_change)(void);            /* Python, may be NULL: irq or deadline changed */
+    uint64_t notifications;
+};
+
+struct a64_watch {
+    uint64_t wvr[A64_WATCHPOINTS], wcr[A64_WATCHPOINTS];    /* as the guest wrote them */
+    uint64_t start[A64_WATCHPOINTS], end[A64_WATCHPOINTS];  /* watched virtual bytes */
+    uint64_t page_va[A64_WATCHPOINTS][A64_WATCH_PAGES];
+    uint64_t page_pa[A64_WATCHPOINTS][A64_WATCH_PAGES];     /* or A64_NO_PAGE */
+    uint64_t pages[A64_WATCHPOINTS];
+    uint64_t enabled;                   /* bit n: watchpoint n is armed (Python sets it) */
+    uint64_t unmapped;                  /* an armed page has no translation now */
+    uint64_t rehook;                    /* a watch register changed: Python re-arms */
+    uint64_t hits, translations;
+};
+
+struct a64_state {
+    struct preempt_state preempt;       /* first: the block hook's stop request */
+    struct timer_state timer;
+    uint8_t *env;                       /* CPUARMState */
+    uint64_t pstate_off;                /* env->pstate: M[3:0] (EL in bits 3:2), SS bit 21 */
+    uint64_t vaddress_off;              /* env->exception.vaddress: the next exception's FAR */
+    int (*reg_read)(void *uc, int regid, void *value);                      /* uc_reg_read */
+    int (*vmem_translate)(void *uc, uint64_t va, int prot, uint64_t *pa);   /* uc_vmem_translate */
+    void (*raise)(void *env, uint32_t excp, uint32_t syndrome, uint32_t target_el);
+    uint64_t reg_cp, reg_pstate;        /* UC_ARM64_REG_CP_REG, UC_ARM64_REG_PSTATE */
+    uint64_t work;                      /* A64_WORK_*: the block hook's work besides preempting */
+    uint64_t last_el;                   /* 0 (EL0) or 1 (EL1) of the last block, while work */
+    struct a64_pmu pmu;
+    struct a64_watch watch;
+};
+
+static int64_t mono_ns(void)
 {
-    return timer_access(uc, reg, cp, user_data, 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static uint32_t timer_msr_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
+static unsigned a64_el(const struct a64_state *st)
 {
-    return timer_access(uc, reg, cp, user_data, 0);
+    return (*(const uint32_t *)(st->env + st->pstate_off) >> 2) & 3;
+}
+
+static void a64_work_on(struct a64_state *st, uint64_t bits)
+{
+    if (!st->work)
+        st->last_el = a64_el(st) ? 1 : 0;
+    st->work |= bits;
+}
+
+/* -- PMU */
+
+static unsigned pmu_bit(int i)
+{
+    return i == A64_CYC ? A64_CYC_BIT : (unsigned)i;
+}
+
+static unsigned pmu_event(const struct a64_pmu *p, int i)
+{
+    return i == A64_CYC ? EV_CPU_CYCLES : (unsigned)(p->type[i] & 0x3FF);
+}
+
+/* The ELs a filter lets its counter count at: bit 0 EL0, bit 1 EL1 (Non-secure). */
+static unsigned pmu_els(uint64_t filter)
+{
+    unsigned els = 0;
+    if ((((filter >> 30) ^ (filter >> 28)) & 1) == 0)
+        els |= 1;
+    if ((((filter >> 31) ^ (filter >> 29)) & 1) == 0)
+        els |= 2;
+    return els;
+}
+
+static int pmu_counting(const struct a64_pmu *p, int i)
+{
+    return (p->pmcr & PMCR_E) && (p->cnten >> pmu_bit(i) & 1);
+}
+
+static uint64_t pmu_el_ns(const struct a64_state *st, unsigned el, int64_t now)
+{
+    const struct a64_pmu *p = &st->pmu;
+    uint64_t ns = p->el_ns[el];
+    if (p->tracking && st->last_el == el)
+        ns += (uint64_t)(now - p->el_since);
+    return ns;
+}
+
+/* Host ns counter i's cycles come from (before PMCR.D's division). */
+static uint64_t pmu_cycle_ns(const struct a64_state *st, int i, int64_t now)
+{
+    unsigned els = pmu_els(st->pmu.type[i]);
+    if (els == 3)
+        return (uint64_t)now;
+    return (els & 1 ? pmu_el_ns(st, 0, now) : 0) + (els & 2 ? pmu_el_ns(st, 1, now) : 0);
+}
+
+static int pmu_divided(const struct a64_pmu *p, int i)
+{
+    return i == A64_CYC && (p->pmcr & PMCR_D);
+}
+
+/* What counter i counts, at host time now: a monotonic source whose increase the
+ * counter adds while it counts. */
+static uint64_t pmu_source(const struct a64_state *st, int i, int64_t now)
+{
+    const struct a64_pmu *p = &st->pmu;
+    unsigned els = pmu_els(p->type[i]);
+    switch (pmu_event(p, i)) {
+    case EV_INST_RETIRED:
+        return (els & 1 ? p->insns[0] : 0) + (els & 2 ? p->insns[1] : 0);
+    case EV_CPU_CYCLES: {
+        uint64_t ns = pmu_cycle_ns(st, i, now);
+        return pmu_divided(p, i) ? ns >> 6 : ns;
+    }
+    default:
+        return 0;   /* SW_INCR: PMSWINC writes add to the counter; other events never count */
+    }
+}
+
+static void pmu_add(struct a64_pmu *p, int i, uint64_t delta)
+{
+    uint64_t old = p->value[i];
+    int wrapped;
+    if (i == A64_CYC && (p->pmcr & PMCR_LC)) {
+        p->value[i] = old + delta;
+        wrapped = p->value[i] < old;
+    } else {
+        unsigned __int128 low = (unsigned __int128)(old & U32_MASK) + delta;
+        wrapped = low > U32_MASK;
+        p->value[i] = i == A64_CYC ? old + delta : (uint64_t)low & U32_MASK;
+    }
+    if (wrapped)
+        p->ovs |= 1ULL << pmu_bit(i);
+}
+
+/* Bring every counter up to host time now. */
+static void pmu_fold(struct a64_state *st, int64_t now)
+{
+    struct a64_pmu *p = &st->pmu;
+    for (int i = 0; i <= A64_CYC; i++) {
+        uint64_t s = pmu_source(st, i, now);
+        if (pmu_counting(p, i))
+            pmu_add(p, i, s - p->snap[i]);
+        p->snap[i] = s;
+    }
+}
+
+/* Counts left until counter i wraps (0: 2^64 for a 64-bit cycle counter at 0). */
+static uint64_t pmu_to_wrap(const struct a64_pmu *p, int i)
+{
+    if (i == A64_CYC && (p->pmcr & PMCR_LC))
+        return -p->value[i];
+    return (1ULL << 32) - (p->value[i] & U32_MASK);
+}
+
+/* After the counters were folded to now and the configuration may have changed: the
+ * block hook's work, the instruction budget, the EL tracking, the interrupt request and
+ * the deadline; Python hears when the last two change. */
+static void pmu_update(struct a64_state *st, int64_t now)
+{
+    struct a64_pmu *p = &st->pmu;
+    int insns = 0, split = 0, sensitive = 0;
+    int64_t budget = INT64_MAX, deadline = 0;
+    unsigned el = (st->work ? (unsigned)st->last_el : (a64_el(st) ? 1u : 0u));
+    for (int i = 0; i <= A64_CYC; i++) {
+        unsigned els = pmu_els(p->type[i]);
+        uint64_t left;
+        if (!pmu_counting(p, i) || !els)
+            continue;
+        left = pmu_to_wrap(p, i);
+        if (pmu_event(p, i) == EV_INST_RETIRED) {
+            insns = 1;
+            if (left && left < (uint64_t)budget)
+                budget = (int64_t)left;
+        } else if (pmu_event(p, i) == EV_CPU_CYCLES) {
+            if (els != 3)
+                split = 1;
+            if (!(p->inten >> pmu_bit(i) & 1))
+                continue;
+            if (els != 3)
+                sensitive = 1;
+            if ((els >> el & 1) && left && left < (1ULL << 40)) {
+                uint64_t wait = left;
+                if (pmu_divided(p, i)) {
+                    uint64_t ns = pmu_cycle_ns(st, i, now);
+                    wait = (((ns >> 6) + left) << 6) - ns;
+                }
+                if (!deadline || now + (int64_t)wait < deadline)
+                    deadline = now + (int64_t)wait;
+            }
+        }
+    }
+    if (insns || split)
+        a64_work_on(st, A64_WORK_PMU);
+    else
+        st->work &= ~(uint64_t)A64_WORK_PMU;
+    if (split && !p->tracking) {
+        p->el_since = now;
+        p->tracking = 1;
+    } else if (!split && p->tracking) {
+        p->el_ns[st->last_el] += (uint64_t)(now - p->el_since);
+        p->tracking = 0;
+    }
+    p->el_sensitive = (uint64_t)sensitive;
+    p->insn_budget = budget;
+    uint64_t irq = (p->pmcr & PMCR_E) && (p->inten & p->ovs);
+    if (irq != p->irq || deadline != p->deadline) {
+        p->irq = irq;
+        p->deadline = deadline;
+        p->notifications++;
+        if (p->on_change)
+            p->on_change();
+    }
+}
+
+static void pmu_resnap(struct a64_state *st, int64_t now)
+{
+    for (int i = 0; i <= A64_CYC; i++)
+        st->pmu.snap[i] = pmu_source(st, i, now);
+}
+
+enum pmu_reg {
+    PMR_NONE, PMR_RAZ, PMR_PMCR, PMR_CNTENSET, PMR_CNTENCLR, PMR_OVSCLR, PMR_SWINC, PMR_SELR,
+    PMR_CEID0, PMR_CEID1, PMR_CCNTR, PMR_XEVTYPER, PMR_XEVCNTR, PMR_OVSSET, PMR_INTENSET,
+    PMR_INTENCLR, PMR_EVCNTR, PMR_EVTYPER, PMR_CCFILTR,
+};
+
+/* Which PMU register an MRS/MSR names (op0 = 3; op1 3 CRn 9 CRm 12-14, op1 3 CRn 14
+ * CRm 8-15, op1 0 CRn 9 CRm 14 op2 1-2); *n: the counter of PMEVCNTRn/PMEVTYPERn. */
+static int pmu_reg(const struct cp_reg *cp, unsigned *n)
+{
+    static const int c12[8] = {PMR_PMCR, PMR_CNTENSET, PMR_CNTENCLR, PMR_OVSCLR, PMR_SWINC,
+                               PMR_SELR, PMR_CEID0, PMR_CEID1};
+    if (cp->op1 == 0)
+        return cp->op2 == 1 ? PMR_INTENSET : PMR_INTENCLR;
+    if (cp->crn == 9) {
+        if (cp->crm == 12)
+            return c12[cp->op2 & 7];
+        if (cp->crm == 13)
+            return cp->op2 == 0 ? PMR_CCNTR : cp->op2 == 1 ? PMR_XEVTYPER
+                 : cp->op2 == 2 ? PMR_XEVCNTR : PMR_NONE;
+        return cp->op2 == 3 ? PMR_OVSSET : PMR_NONE;   /* op2 0: PMUSERENR_EL0, Unicorn's */
+    }
+    *n = ((cp->crm & 3) << 3) | cp->op2;
+    if (*n == 31)
+        return cp->crm < 12 ? PMR_NONE : PMR_CCFILTR;
+    if (*n >= A64_PMU_N)
+        return PMR_NONE;        /* a counter that does not exist: QEMU's UNDEFINED */
+    return cp->crm < 12 ? PMR_EVCNTR : PMR_EVTYPER;
+}
+
+/* Whether EL0 may make this access (PMUSERENR_EL0: EN bit 0, SW 1, CR 2, ER 3). */
+static int pmu_el0_allowed(void *uc, const struct a64_state *st, int r, int is_read)
+{
+    struct cp_reg userenr = {9, 14, 3, 3, 0, 0};
+    uint64_t u;
+    if (r == PMR_INTENSET || r == PMR_INTENCLR)
+        return 0;
+    if (st->reg_read(uc, (int)st->reg_cp, &userenr) != 0)
+        return 0;
+    u = userenr.val;
+    if (u & 1)
+        return 1;
+    switch (r) {
+    case PMR_SWINC: return !is_read && (u >> 1 & 1);
+    case PMR_CCNTR: return is_read && (u >> 2 & 1);
+    case PMR_SELR: return (int)(u >> 3 & 1);
+    case PMR_XEVCNTR: case PMR_EVCNTR: return is_read && (u >> 3 & 1);
+    default: return 0;
+    }
+}
+
+static void pmu_swinc(struct a64_pmu *p, uint64_t v, unsigned el)
+{
+    for (int i = 0; i < A64_PMU_N; i++)
+        if ((v >> i & 1) && pmu_counting(p, i) && pmu_event(p, i) == EV_SW_INCR
+                && (pmu_els(p->type[i]) >> el & 1))
+            pmu_add(p, i, 1);
+}
+
+static uint64_t pmu_read(const struct a64_pmu *p, int r, unsigned n)
+{
+    switch (r) {
+    case PMR_PMCR: return PMCR_RO | (p->pmcr & PMCR_RW);
+    case PMR_CNTENSET: case PMR_CNTENCLR: return p->cnten;
+    case PMR_INTENSET: case PMR_INTENCLR: return p->inten;
+    case PMR_OVSSET: case PMR_OVSCLR: return p->ovs;
+    case PMR_SELR: return p->selr;
+    case PMR_CEID0: return PMCEID0;
+    case PMR_CCNTR: return p->value[A64_CYC];
+    case PMR_CCFILTR: return p->type[A64_CYC];
+    case PMR_EVCNTR: return n < A64_PMU_N ? p->value[n] : 0;
+    case PMR_EVTYPER: return n < A64_PMU_N ? p->type[n] : 0;
+    default: return 0;  /* PMCEID1; PMXEV* for a counter that does not exist (RAZ/WI) */
+    }
+}
+
+static void pmu_write(struct a64_pmu *p, int r, unsigned n, uint64_t v, unsigned el)
+{
+    switch (r) {
+    case PMR_PMCR:
+        if (v & PMCR_P)
+            for (int i = 0; i < A64_PMU_N; i++)
+                p->value[i] = 0;
+        if (v & PMCR_C)
+            p->value[A64_CYC] = 0;
+        p->pmcr = v & PMCR_RW;
+        break;
+    case PMR_CNTENSET: p->cnten |= v & A64_PMU_BITS; break;
+    case PMR_CNTENCLR: p->cnten &= ~v; break;
+    case PMR_INTENSET: p->inten |= v & A64_PMU_BITS; break;
+    case PMR_INTENCLR: p->inten &= ~v; break;
+    case PMR_OVSSET: p->ovs |= v & A64_PMU_BITS; break;
+    case PMR_OVSCLR: p->ovs &= ~v; break;
+    case PMR_SWINC: pmu_swinc(p, v, el); break;
+    case PMR_SELR: p->selr = v & 0x1F; break;
+    case PMR_CCNTR: p->value[A64_CYC] = v; break;
+    case PMR_CCFILTR: p->type[A64_CYC] = v & CCFILTR_MASK; break;
+    case PMR_EVCNTR: if (n < A64_PMU_N) p->value[n] = v & U32_MASK; break;
+    case PMR_EVTYPER: if (n < A64_PMU_N) p->type[n] = v & EVTYPER_MASK; break;
+    default: break;
+    }
+}
+
+static uint32_t pmu_access(void *uc, int reg, const struct cp_reg *cp, struct a64_state *st,
+                           int is_read)
+{
+    struct a64_pmu *p = &st->pmu;
+    unsigned n = 0, el;
+    int r = pmu_reg(cp, &n);
+    int64_t now;
+    if (r == PMR_NONE || (r == PMR_SWINC && is_read)
+            || ((r == PMR_CEID0 || r == PMR_CEID1) && !is_read))
+        return 0;               /* Unicorn's: an undefined access (a write-only register read...) */
+    el = a64_el(st) ? 1 : 0;
+    if (el == 0 && !pmu_el0_allowed(uc, st, r, is_read))
+        return 0;               /* Unicorn traps it, from the same PMUSERENR_EL0 */
+    if (r == PMR_XEVTYPER || r == PMR_XEVCNTR) {
+        n = (unsigned)p->selr;
+        if (n == 31)
+            r = r == PMR_XEVTYPER ? PMR_CCFILTR : PMR_RAZ;
+        else
+            r = r == PMR_XEVTYPER ? PMR_EVTYPER : PMR_EVCNTR;
+    }
+    now = mono_ns();
+    pmu_fold(st, now);
+    if (is_read) {
+        uint64_t v = pmu_read(p, r, n);
+        st->timer.reg_write(uc, reg, &v);
+    } else {
+        pmu_write(p, r, n, cp->val, el);
+        pmu_resnap(st, now);    /* a counter's source may have changed with its settings */
+    }
+    pmu_update(st, now);
+    return 1;
+}
+
+/* -- watchpoints */
+
+/* The architecture's conditions for a watchpoint with DBGWCR `wcr` to fire now; *el: the EL. */
+static int watch_conditions(void *uc, const struct a64_state *st, uint64_t wcr, unsigned *el)
+{
+    uint64_t pstate = 0;
+    struct cp_reg mdscr = {0, 2, 2, 0, 2, 0};   /* MDSCR_EL1 */
+    if (st->reg_read(uc, (int)st->reg_pstate, &pstate) != 0
+            || st->reg_read(uc, (int)st->reg_cp, &mdscr) != 0)
+        return 0;
+    *el = (unsigned)(pstate >> 2) & 3;
+    if (*el > 1 || !(mdscr.val >> 15 & 1))                                /* MDE */
+        return 0;
+    if (*el == 1 && (!(mdscr.val >> 13 & 1) || (pstate >> 9 & 1)))        /* KDE, PSTATE.D */
+        return 0;
+    if (((wcr >> 14) & 3) == 2)                 /* SSC: Secure state only */
+        return 0;
+    if (!((wcr >> 1) >> (*el == 0 ? 1 : 0) & 1))  /* PAC: bit 0 EL1, bit 1 EL0 */
+        return 0;
+    return !(wcr >> 20 & 1);                    /* WT: linked watchpoints never match here */
+}
+
+static void a64_watch_hook(void *uc, int type, uint64_t addr, int size, int64_t value,
+                           void *user_data)
+{
+    struct a64_state *st = user_data;
+    struct a64_watch *w = &st->watch;
+    int write = type == UC_MEM_WRITE_;
+    uint64_t page = addr & ~0xFFFULL;
+    (void)value;
+    if (type != UC_MEM_READ_ && type != UC_MEM_WRITE_)
+        return;
+    for (int n = 0; n < A64_WATCHPOINTS; n++) {
+        if (!(w->enabled >> n & 1) || !((w->wcr[n] >> 3) >> write & 1))   /* LSC */
+            continue;
+        for (uint64_t k = 0; k < w->pages[n]; k++) {
+            uint64_t va = w->page_va[n][k] | (addr & 0xFFF);
+            unsigned el;
+            if (w->page_pa[n][k] != page || va >= w->end[n] || va + (uint64_t)size <= w->start[n]
+                    || !watch_conditions(uc, st, w->wcr[n], &el))
+                continue;
+            w->hits++;
+            *(uint64_t *)(st->env + st->vaddress_off) = va > w->start[n] ? va : w->start[n];
+            /* Unicorn put the PC on the access's instruction before calling memory hooks;
+             * this unwinds the translated block (no return) */
+            st->raise(st->env, EXCP_DATA_ABORT,
+                      ((el == 1 ? 0x35u : 0x34u) << 26) | (1u << 25) | ((uint32_t)write << 6)
+                      | 0x22u, 1);
+            return;
+        }
+    }
+}
+
+static void watch_translate(void *uc, struct a64_state *st)
+{
+    struct a64_watch *w = &st->watch;
+    uint64_t unmapped = 0;
+    st->work &= ~(uint64_t)A64_WORK_XLATE;
+    for (int n = 0; n < A64_WATCHPOINTS; n++) {
+        if (!(w->enabled >> n & 1))
+            continue;
+        for (uint64_t k = 0; k < w->pages[n]; k++) {
+            uint64_t pa = 0;
+            if (st->vmem_translate(uc, w->page_va[n][k], UC_PROT_READ_, &pa) == 0) {
+                w->page_pa[n][k] = pa & ~0xFFFULL;
+            } else {
+                w->page_pa[n][k] = A64_NO_PAGE;
+                unmapped = 1;
+            }
+        }
+    }
+    w->unmapped = unmapped;
+    w->translations++;
+}
+
+static uint32_t a64_sys_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
+{
+    struct a64_state *st = user_data;
+    (void)uc;
+    (void)reg;
+    if (cp->crn == 8 && (st->work & A64_WORK_WATCH))
+        st->work |= A64_WORK_XLATE;             /* TLBI: the next block translates again */
+    return 0;
+}
+
+/* -- hooks */
+
+static void a64_el_changed(struct a64_state *st, unsigned el)
+{
+    struct a64_pmu *p = &st->pmu;
+    if (p->tracking) {
+        int64_t now = mono_ns();
+        p->el_ns[st->last_el] += (uint64_t)(now - p->el_since);
+        p->el_since = now;
+        st->last_el = el;
+        if (p->el_sensitive) {
+            pmu_fold(st, now);
+            pmu_update(st, now);
+        }
+    } else {
+        st->last_el = el;
+    }
+    if ((st->work & A64_WORK_WATCH) && st->watch.unmapped)
+        st->work |= A64_WORK_XLATE;
+}
+
+static void a64_block_work(void *uc, struct a64_state *st, uint32_t size)
+{
+    unsigned el = a64_el(st) ? 1 : 0;
+    if (el != st->last_el)
+        a64_el_changed(st, el);
+    if (st->work & A64_WORK_PMU) {
+        struct a64_pmu *p = &st->pmu;
+        uint64_t n = size >> 2;
+        p->insns[el] += n;
+        p->insn_budget -= (int64_t)n;
+        if (p->insn_budget <= 0) {
+            int64_t now = mono_ns();
+            pmu_fold(st, now);
+            pmu_update(st, now);
+        }
+    }
+    if (st->work & A64_WORK_XLATE)
+        watch_translate(uc, st);
+}
+
+static void a64_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct a64_state *st = user_data;
+    (void)address;
+    if (st->work)
+        a64_block_work(uc, st, size);
+    preempt_check(uc, &st->preempt);
+}
+
+static uint32_t a64_sysreg(void *uc, int reg, const struct cp_reg *cp, struct a64_state *st,
+                           int is_read)
+{
+    if (cp->op0 == 3) {
+        if (cp->op1 == 3) {
+            if (cp->crn == 14) {
+                if (cp->crm < 4)
+                    return timer_access(uc, reg, cp, &st->timer, is_read);
+                return cp->crm >= 8 ? pmu_access(uc, reg, cp, st, is_read) : 0;
+            }
+            return cp->crn == 9 && cp->crm >= 12 ? pmu_access(uc, reg, cp, st, is_read) : 0;
+        }
+        if (cp->op1 == 0) {
+            if (cp->crn == 9 && cp->crm == 14 && (cp->op2 == 1 || cp->op2 == 2))
+                return pmu_access(uc, reg, cp, st, is_read);
+            if (!is_read && (st->work & A64_WORK_WATCH) && cp->crm == 0
+                    && ((cp->crn == 2 && cp->op2 <= 2) || (cp->crn == 1 && cp->op2 == 0)))
+                st->work |= A64_WORK_XLATE;     /* TTBR0/TTBR1/TCR/SCTLR_EL1 */
+        }
+        return 0;
+    }
+    if (cp->op0 == 2 && !is_read && cp->op1 == 0 && cp->crn == 0 && cp->op2 >= 6
+            && cp->crm < A64_WATCHPOINTS && a64_el(st) >= 1) {
+        /* DBGWVRn_EL1 (op2 6), DBGWCRn_EL1 (op2 7): Unicorn stores the value too (0 is
+         * returned); Python re-arms the watchpoints before the guest goes on */
+        (cp->op2 == 6 ? st->watch.wvr : st->watch.wcr)[cp->crm] = cp->val;
+        st->watch.rehook = 1;
+        st->preempt.emu_stop(uc);
+    }
+    return 0;
+}
+
+/* MRS: ``reg`` is the destination register; MSR: ``cp->val`` is the value written. */
+static uint32_t a64_mrs_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
+{
+    return a64_sysreg(uc, reg, cp, user_data, 1);
+}
+
+static uint32_t a64_msr_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
+{
+    return a64_sysreg(uc, reg, cp, user_data, 0);
 }
 
 /* ------------------------------------------------------------------ RISC-V 64 */
@@ -431,19 +1050,72 @@ static PyObject *preempt_hook_address(PyObject *self, PyObject *args)
     return PyLong_FromVoidPtr((void *)preempt_block_hook);
 }
 
-static PyObject *timer_hook_addresses(PyObject *self, PyObject *args)
+static PyObject *a64_hook_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NN)", PyLong_FromVoidPtr((void *)timer_mrs_hook),
-                         PyLong_FromVoidPtr((void *)timer_msr_hook));
+    return Py_BuildValue("(NNNNN)", PyLong_FromVoidPtr((void *)a64_block_hook),
+                         PyLong_FromVoidPtr((void *)a64_mrs_hook),
+                         PyLong_FromVoidPtr((void *)a64_msr_hook),
+                         PyLong_FromVoidPtr((void *)a64_sys_hook),
+                         PyLong_FromVoidPtr((void *)a64_watch_hook));
+}
+
+/* The PMU brought up to now (fold), or its sources taken as they are now without counting
+ * (resnap: after Python set the counters); then re-evaluated. CPU stopped. */
+static PyObject *a64_pmu_sync(PyObject *self, PyObject *args)
+{
+    unsigned long long addr;
+    int resnap;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Kp", &addr, &resnap))
+        return NULL;
+    struct a64_state *st = (struct a64_state *)(uintptr_t)addr;
+    int64_t now = mono_ns();
+    if (resnap)
+        pmu_resnap(st, now);
+    else
+        pmu_fold(st, now);
+    pmu_update(st, now);
+    Py_RETURN_NONE;
+}
+
+/* (sizeof, offsetof pmu, offsetof watch) of struct a64_state, for Python's check. */
+static PyObject *a64_layout(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(nnn)", (Py_ssize_t)sizeof(struct a64_state),
+                         (Py_ssize_t)offsetof(struct a64_state, pmu),
+                         (Py_ssize_t)offsetof(struct a64_state, watch));
+}
+
+/* Set (on) or clear (off) block-hook work bits; CPU stopped. */
+static PyObject *a64_set_work(PyObject *self, PyObject *args)
+{
+    unsigned long long addr, on, off;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKK", &addr, &on, &off))
+        return NULL;
+    struct a64_state *st = (struct a64_state *)(uintptr_t)addr;
+    st->work &= ~(uint64_t)off;
+    if (on)
+        a64_work_on(st, on);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
-    {"timer_hook_addresses", timer_hook_addresses, METH_NOARGS,
-     "(MRS hook, MSR hook) for UC_HOOK_INSN; user_data: struct timer_state*."},
+    {"a64_hook_addresses", a64_hook_addresses, METH_NOARGS,
+     "(block, MRS, MSR, SYS, memory hooks) of the AArch64 CPU; user_data: struct a64_state*."},
+    {"a64_pmu_sync", a64_pmu_sync, METH_VARARGS,
+     "a64_pmu_sync(state, resnap): fold the PMU's counters to now (or take their sources "
+     "afresh) and re-evaluate it; CPU stopped."},
+    {"a64_layout", a64_layout, METH_NOARGS,
+     "(sizeof, offsetof pmu, offsetof watch) of struct a64_state."},
+    {"a64_set_work", a64_set_work, METH_VARARGS,
+     "a64_set_work(state, on, off): set and clear the block hook's work bits; CPU stopped."},
     {"riscv_hook_addresses", riscv_hook_addresses, METH_NOARGS,
      "(block, intr, insn_invalid, mem_invalid hooks; rdtime callback); user_data: "
      "struct rv_state*."},

@@ -25,22 +25,61 @@ Generic timer: the EL0 timer registers are emulated by native MRS/MSR hooks
 (:class:`~pyaxvisor.engine.tcg.native.NativeTimer`) at ``timer_freq`` Hz; the
 physical counter of every engine in the process counts from :data:`BOOT_NS`.
 
+PMU: Unicorn's own PMUv3 registers count wrongly (its fold of the cycle counter
+is compiled out, so PMCCNTR_EL0 reads the cycles since the previous read) and
+raise no interrupt, so the native hooks emulate a Cortex-A72's PMU (with four
+32-bit event counters, the ones this Unicorn defines registers for, where the
+Cortex-A72 has six; and the cycle counter; CPU_CYCLES at one per host nanosecond,
+INST_RETIRED from the translated blocks that start, SW_INCR), see ``_hooks.c``;
+:class:`NativePmu` is its Python side: the overflow interrupt request, the host
+time it is due, and the state a vCPU saves and restores.
+
+Debug: hardware breakpoints and software step are QEMU's and reach the guest's
+vectors as they are. Watchpoints are not (Unicorn stores DBGWVR/DBGWCR but its
+watchpoint check is empty): the native hooks keep the registers, and while one is
+enabled the engine arms a memory hook that matches the physical address of each
+access against the translations of the watched virtual pages (every load and store
+then takes Unicorn's slow path, several times slower; nothing is paid while none
+is enabled). Limits: a watchpoint also fires for an access through another virtual
+alias of the watched physical bytes; a range (DBGWCR.MASK) is watched on its first
+16 pages (64 KiB); linked watchpoints (DBGWCR.WT) never fire; the OS lock is not
+modelled, as for QEMU's breakpoints in this Unicorn.
+
+Native state: the engine's self-test also locates the CPU state in memory (the
+pointer chain from Unicorn's handle, as the RISC-V engine does), the PSTATE word
+in it (the block hook reads the exception level there) and the exception record's
+fault address (a watchpoint sets it before raising the exception).
+
 Thread contract: one engine is driven by one host thread; only
 :meth:`request_stop` may be called from others.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc, UcError
+from unicorn import (
+    UC_ARCH_ARM64,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    UC_MODE_ARM,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
 from unicorn import arm64_const as a64
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
 from pyaxvisor.engine.tcg.common import (
     BOOT_NS,
     UNICORN_VERSION,
@@ -48,10 +87,22 @@ from pyaxvisor.engine.tcg.common import (
     SelfTestFailed,
     self_test_failure,
 )
-from pyaxvisor.engine.tcg.native import ContextView, NativeTimer, Preemptor, map_mmio
+from pyaxvisor.engine.tcg.native import (
+    ContextView,
+    NativeTimer,
+    Preemptor,
+    _PreemptState,
+    _TimerState,
+    add_hook,
+    del_hook,
+    map_mmio,
+    uc_function,
+)
+from pyaxvisor.engine.tcg.riscv64_selftest import _MAGIC, _chains
 from pyaxvisor.hal.memory import HostMemory
 
-__all__ = ["BOOT_NS", "IN_CPU_MMIO_BASE", "UNICORN_VERSION", "Aarch64Tcg", "EngineError",
+__all__ = ["BOOT_NS", "IN_CPU_MMIO_BASE", "PMU_COUNTERS", "PSTATE_SS", "UNICORN_VERSION",
+           "WATCHPOINTS", "Aarch64Tcg", "EngineError", "NativePmu", "PmuState",
            "SelfTestFailed", "Trap", "TrapKind", "self_test"]
 #: Physical window (outside every host memory arena) where device windows served
 #: inside the CPU live: guest address ``gpa`` of such a device is mapped by the
@@ -106,11 +157,17 @@ class TrapKind(enum.IntEnum):
     VFIQ = 15
 
 
+#: PSTATE.SS (bit 21): software step, active-not-pending.
+PSTATE_SS = 1 << 21
+
+
 @dataclass(frozen=True, slots=True)
 class Trap:
     """What the CPU reported. ``target_el`` 2 means a trap to the hypervisor,
     1 an exception the guest handles itself. ``pc`` is the PC at the hook: past
-    the instruction for HVC/SVC, at it for aborts, SMC and undefined."""
+    the instruction for HVC/SVC, at it for aborts, SMC and undefined. ``pstate``:
+    the CPU's PSTATE word at the hook without NZCV and DAIF (mode bits 3:0, SS bit
+    21), 0 for a stop request."""
 
     kind: TrapKind
     syndrome: int
@@ -118,6 +175,7 @@ class Trap:
     target_el: int
     hpfar: int
     pc: int
+    pstate: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +184,10 @@ class _Layout:
     pc: int         # offset of the PC
     record: int     # offset of (syndrome u32, fsr u32, vaddress u64, target_el u32)
     hpfar: int      # offset of HPFAR_EL2
+    pstate: int     # offset of the PSTATE word (mode, SS; not NZCV or DAIF)
+    uc_cpu: int     # the CPU pointer in Unicorn's handle
+    cpu_env: int    # the state pointer in the CPU object
+    header: int     # bytes before the CPU state in the context buffer
 
 
 _layout: _Layout | None = None
@@ -166,7 +228,7 @@ def _run_self_test() -> _Layout:
     fail = self_test_failure
 
     # 1. The register file: distinct magic values in x0..x30 and PC.
-    magic = [0xA5A5_0000_0000_005A | (i << 8) for i in range(31)]
+    magic = _MAGIC[1:]
     for reg, val in zip(_GPRS, magic, strict=True):
         uc.reg_write(reg, val)
     uc.reg_write(a64.UC_ARM64_REG_PC, base + 0x5F0)
@@ -175,9 +237,11 @@ def _run_self_test() -> _Layout:
     pc_off = buf.find(struct.pack("<Q", base + 0x5F0))
     if xregs < 0 or pc_off < 0:
         raise fail("x0..x30 or PC not found in the CPU state")
+    uc_cpu, cpu_env, header = _locate_state(uc, buf, xregs)
     uc.reg_write(a64.UC_ARM64_REG_X7, 0x7777)
     if struct.unpack_from("<Q", ctx.refresh(), xregs + 7 * 8)[0] != 0x7777:
         raise fail("register file offset does not follow register writes")
+    pstate_off = _locate_pstate(uc, ctx)
 
     # 2. The exception record, from two HVCs with known syndromes and an alignment fault.
     hits: list[bytes] = []
@@ -229,8 +293,170 @@ def _run_self_test() -> _Layout:
         hpfar_off = hpfar_offsets.pop()
     except UcError as exc:
         raise fail(f"unicorn error {exc}") from exc
-    return _Layout(xregs=xregs, pc=pc_off, record=record, hpfar=hpfar_off)
+    return _Layout(xregs=xregs, pc=pc_off, record=record, hpfar=hpfar_off, pstate=pstate_off,
+                   uc_cpu=uc_cpu, cpu_env=cpu_env, header=header)
 
+
+def _locate_state(uc: Uc, snapshot: bytes, xregs: int) -> tuple[int, int, int]:
+    """(CPU pointer offset in the handle, state pointer offset in the CPU, context
+    header size): the one pointer chain from Unicorn's handle to memory equal to the
+    snapshot, which must also hold for a CPU created afterwards."""
+    chains = _chains(uc, snapshot, xregs)
+    other = _new_uc()
+    for reg, val in zip(_GPRS, _MAGIC[1:], strict=True):
+        other.reg_write(reg, val)
+    chains &= _chains(other, ContextView(other).snapshot_bytes(), xregs)
+    if len({h for _u, _k, h in chains}) != 1:
+        raise self_test_failure(f"no unique pointer chain from Unicorn's handle to the "
+                                f"AArch64 CPU state ({len(chains)} candidates)")
+    return min(chains)
+
+
+def _locate_pstate(uc: Uc, ctx: ContextView) -> int:
+    """The context offset of the PSTATE word that holds the mode and SS bits: the one
+    word that follows three PSTATE writes (EL1h, EL0t with SS, EL1t)."""
+    found: set[int] | None = None
+    for value, word in ((0x3C5, 0x5), (PSTATE_SS, PSTATE_SS), (0x3C4, 0x4)):
+        uc.reg_write(a64.UC_ARM64_REG_PSTATE, value)
+        view = ctx.refresh()
+        hits = {o for o in range(0, len(view) - 3, 4)
+                if struct.unpack_from("<I", view, o)[0] == word}
+        found = hits if found is None else found & hits
+    uc.reg_write(a64.UC_ARM64_REG_PSTATE, 0x3C5)
+    if not found or len(found) != 1:
+        raise self_test_failure("the PSTATE word was not found (once) in the CPU state")
+    return found.pop()
+
+
+# -- the native state (struct a64_state of _hooks.c: same fields, same order) ----------
+
+#: Event counters of the emulated PMU (PMCR_EL0.N; see the module doc) and watchpoints.
+PMU_COUNTERS = 4
+WATCHPOINTS = 4
+_WATCH_PAGES = 16
+_NO_PAGE = 1
+_WORK_PMU, _WORK_XLATE, _WORK_WATCH = 1, 2, 4
+_U64 = ctypes.c_uint64
+_I64 = ctypes.c_int64
+_ON_CHANGE = ctypes.CFUNCTYPE(None)
+
+
+class _A64Pmu(ctypes.Structure):
+    _fields_ = (("pmcr", _U64), ("cnten", _U64), ("inten", _U64), ("ovs", _U64),
+                ("selr", _U64), ("type", _U64 * (PMU_COUNTERS + 1)),
+                ("value", _U64 * (PMU_COUNTERS + 1)), ("snap", _U64 * (PMU_COUNTERS + 1)),
+                ("insns", _U64 * 2), ("el_ns", _U64 * 2), ("el_since", _I64),
+                ("insn_budget", _I64), ("tracking", _U64), ("el_sensitive", _U64),
+                ("irq", _U64), ("deadline", _I64), ("on_change", _ON_CHANGE),
+                ("notifications", _U64))
+
+
+class _A64Watch(ctypes.Structure):
+    _fields_ = (("wvr", _U64 * WATCHPOINTS), ("wcr", _U64 * WATCHPOINTS),
+                ("start", _U64 * WATCHPOINTS), ("end", _U64 * WATCHPOINTS),
+                ("page_va", (_U64 * _WATCH_PAGES) * WATCHPOINTS),
+                ("page_pa", (_U64 * _WATCH_PAGES) * WATCHPOINTS),
+                ("pages", _U64 * WATCHPOINTS), ("enabled", _U64), ("unmapped", _U64),
+                ("rehook", _U64), ("hits", _U64), ("translations", _U64))
+
+
+class _A64State(ctypes.Structure):
+    _fields_ = (("preempt", _PreemptState), ("timer", _TimerState), ("env", ctypes.c_void_p),
+                ("pstate_off", _U64), ("vaddress_off", _U64), ("reg_read", ctypes.c_void_p),
+                ("vmem_translate", ctypes.c_void_p), ("raise_exception", ctypes.c_void_p),
+                ("reg_cp", _U64), ("reg_pstate", _U64), ("work", _U64), ("last_el", _U64),
+                ("pmu", _A64Pmu), ("watch", _A64Watch))
+
+
+_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH = _hooks.a64_hook_addresses()
+if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset) != \
+        _hooks.a64_layout():
+    raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
+                      "rebuild the extension (python setup.py build_ext --inplace)")
+
+
+class PmuState(NamedTuple):
+    """The guest-visible state of a PMU (what a vCPU keeps while it is not bound):
+    ``types`` and ``values`` are PMEVTYPER0..3 then PMCCFILTR, PMEVCNTR0..3 then
+    PMCCNTR; the bit masks have bit 31 for the cycle counter."""
+
+    pmcr: int
+    cnten: int
+    inten: int
+    ovs: int
+    selr: int
+    types: tuple[int, ...]
+    values: tuple[int, ...]
+
+
+class NativePmu:
+    """The Python side of the PMU the native hooks emulate (see the module doc).
+    ``irq_level`` and ``deadline_ns`` may be read from any thread; ``save`` and
+    ``restore`` only while the CPU is stopped, on the thread that runs it."""
+
+    def __init__(self, state: _A64State) -> None:
+        self._state = state
+        self._addr = ctypes.addressof(state)
+
+    def irq_level(self, now_ns: int) -> bool:
+        """The overflow interrupt request at host time ``now_ns``: an overflow flag
+        with its interrupt enabled, or a cycle counter's wrap that is due by then."""
+        pmu = self._state.pmu
+        deadline = pmu.deadline
+        return bool(pmu.irq) or (deadline != 0 and now_ns >= deadline)
+
+    @property
+    def deadline_ns(self) -> int | None:
+        """Host monotonic ns at which a counted cycle counter with its interrupt enabled
+        wraps (if the guest stays at its exception level), or ``None``."""
+        deadline = self._state.pmu.deadline
+        return deadline or None
+
+    def save(self) -> PmuState:
+        _hooks.a64_pmu_sync(self._addr, False)
+        pmu = self._state.pmu
+        return PmuState(pmu.pmcr, pmu.cnten, pmu.inten, pmu.ovs, pmu.selr, tuple(pmu.type),
+                        tuple(pmu.value))
+
+    def restore(self, saved: PmuState) -> None:
+        pmu = self._state.pmu
+        pmu.pmcr, pmu.cnten, pmu.inten, pmu.ovs, pmu.selr = saved[:5]
+        pmu.type[:] = saved.types
+        pmu.value[:] = saved.values
+        _hooks.a64_pmu_sync(self._addr, True)
+
+
+def watch_range(wvr: int, wcr: int) -> tuple[int, int] | None:
+    """The virtual bytes ``[start, end)`` a DBGWVRn_EL1/DBGWCRn_EL1 pair watches, or
+    ``None`` when it watches nothing: E clear, LSC 0, no BAS byte, or a reserved MASK
+    (1 or 2). As QEMU reads them: DBGWVR is sign-extended from bit 48 with bits 1:0
+    ignored; MASK n watches the 2^n bytes aligned around it; otherwise BAS selects
+    bytes of the doubleword (of the word, BAS[3:0], when DBGWVR bit 2 is set), its
+    first run of ones counting."""
+    if not wcr & 1 or not (wcr >> 3) & 3:
+        return None
+    va = wvr & ((1 << 49) - 1)
+    if va >> 48:
+        va |= _U64_MAX & ~((1 << 49) - 1)
+    va &= ~3
+    mask = (wcr >> 24) & 0x1F
+    if mask:
+        if mask < 3:
+            return None
+        start = va & ~((1 << mask) - 1)
+        return start, min(start + (1 << mask), _U64_MAX)
+    bas = (wcr >> 5) & 0xFF
+    if va & 4:
+        bas &= 0xF
+    if not bas:
+        return None
+    first = (bas & -bas).bit_length() - 1
+    run = bas >> first
+    length = (run ^ (run + 1)).bit_length() - 1
+    return va + first, min(va + first + length, _U64_MAX)
+
+
+_U64_MAX = (1 << 64) - 1
 
 class Aarch64Tcg:
     """One AArch64 CPU. See the module docstring for the contract."""
@@ -242,14 +468,51 @@ class Aarch64Tcg:
         self._mmio: dict[int, tuple[object, object]] = {}
         self.current_vcpu_id = 0  # the vCPU bound here, for in-CPU MMIO callbacks
         self._ctx = ContextView(uc)
-        self._preempt = Preemptor(uc)
+        self._st = st = _A64State()
+        self._attach_state(uc, st)
+        self._preempt = Preemptor(uc, state=st.preempt, hook=False)
         self.on_timer_write: Callable[[int], None] | None = None
-        self.timer = NativeTimer(uc, timer_freq, timer_base_ns, self._timer_written)
+        self.timer = NativeTimer(st.timer, timer_freq, timer_base_ns, self._timer_written)
+        #: Called (on the vCPU thread, inside the CPU) when the PMU's interrupt request
+        #: or its deadline changed; must not raise.
+        self.on_pmu_change: Callable[[], None] | None = None
+        self._pmu_cb = _ON_CHANGE(self._pmu_changed)
+        st.pmu.on_change = self._pmu_cb
+        self.pmu = NativePmu(st)
+        ptr = ctypes.pointer(st)
+        self._ptr = ptr
+        self._hooks = (add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr),
+                       add_hook(uc, UC_HOOK_INSN, _HOOK_MRS, ptr, a64.UC_ARM64_INS_MRS),
+                       add_hook(uc, UC_HOOK_INSN, _HOOK_MSR, ptr, a64.UC_ARM64_INS_MSR))
+        self._watch_hooks: tuple[Any, Any] | None = None
         self._trap: Trap | None = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self._hcr = 0
         self._rec = struct.Struct("<IIQI")
         self._xregs = struct.Struct("<31Q")
+
+    def _attach_state(self, uc: Uc, st: _A64State) -> None:
+        """Point the native state at this CPU's state (through the chain the self-test
+        found) and at the libunicorn and QEMU functions the hooks call."""
+        lay = self._layout
+        cpu = ctypes.c_uint64.from_address(uc._uch.value + lay.uc_cpu).value
+        env = ctypes.c_uint64.from_address(cpu + lay.cpu_env).value if cpu else 0
+        if not env:
+            raise EngineError("the AArch64 CPU state could not be reached through the offsets "
+                              "the self-test located")
+        st.env = env
+        st.pstate_off = lay.pstate - lay.header
+        st.vaddress_off = lay.record + 8 - lay.header
+        st.reg_read = uc_function("uc_reg_read")
+        st.vmem_translate = uc_function("uc_vmem_translate")
+        st.raise_exception = uc_function("helper_exception_with_syndrome_aarch64")
+        st.reg_cp = a64.UC_ARM64_REG_CP_REG
+        st.reg_pstate = a64.UC_ARM64_REG_PSTATE
+        uc.reg_write(a64.UC_ARM64_REG_PSTATE, 0x3C4)
+        word = ctypes.c_uint32.from_address(env + st.pstate_off).value
+        uc.reg_write(a64.UC_ARM64_REG_PSTATE, 0x3C5)
+        if word != 0x4:
+            raise EngineError("the AArch64 CPU state reached is not this CPU's")
 
     def attach_memory(self, memory: HostMemory) -> None:
         """Map a host memory arena at its physical base, zero-copy (once per arena)."""
@@ -282,11 +545,18 @@ class Aarch64Tcg:
         if handler is not None:
             handler(timer)
 
+    def _pmu_changed(self) -> None:
+        # From C inside the CPU loop, as _timer_written.
+        handler = self.on_pmu_change
+        if handler is not None:
+            handler()
+
     # -- running --------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _user: object) -> None:
         view = self._ctx.refresh()
         syn, _fsr, vaddr, target_el = self._rec.unpack_from(view, self._layout.record)
         pc = struct.unpack_from("<Q", view, self._layout.pc)[0]
+        pstate = struct.unpack_from("<I", view, self._layout.pstate)[0]
         try:
             kind = TrapKind(intno)
         except ValueError:
@@ -295,23 +565,82 @@ class Aarch64Tcg:
         hpfar = 0
         if kind in (TrapKind.DATA_ABORT, TrapKind.PREFETCH_ABORT) and target_el == 2:
             hpfar = struct.unpack_from("<Q", view, self._layout.hpfar)[0]
-        self._trap = Trap(kind, syn, vaddr, target_el, hpfar, pc)
+        self._trap = Trap(kind, syn, vaddr, target_el, hpfar, pc, pstate)
         uc.emu_stop()
 
     def run(self, pc: int) -> Trap:
-        """Run from ``pc`` until a trap or a stop request."""
+        """Run from ``pc`` until a trap or a stop request. A write to a watchpoint
+        register stops the CPU too: the watchpoints are armed again and the CPU goes
+        on from where it stopped."""
         self._trap = None
         if self._preempt.take():
             return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, pc)
-        try:
-            self._uc.emu_start(pc, -1)
-        except UcError as exc:
-            raise EngineError(f"software CPU stopped with {exc} at PC {self.pc:#x}") from exc
-        trap = self._trap
-        if trap is None:
-            self._preempt.take()
-            return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, self.pc)
-        return trap
+        watch = self._st.watch
+        while True:
+            if watch.rehook:
+                self._arm_watchpoints()
+            try:
+                self._uc.emu_start(pc, -1)
+            except UcError as exc:
+                raise EngineError(f"software CPU stopped with {exc} at PC {self.pc:#x}") \
+                    from exc
+            trap = self._trap
+            if trap is not None:
+                return trap
+            if self._preempt.take() or not watch.rehook:
+                return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, self.pc)
+            pc = self.pc
+
+    def _arm_watchpoints(self) -> None:
+        """Arm the watchpoints DBGWVR/DBGWCR describe now: their ranges and pages for the
+        native hooks, which translate the pages at the next block; the memory and TLBI
+        hooks while any is armed (translated code is dropped when that changes, as the
+        memory hook decides whether loads and stores take Unicorn's slow path)."""
+        watch = self._st.watch
+        watch.rehook = 0
+        enabled = 0
+        for n in range(WATCHPOINTS):
+            span = watch_range(watch.wvr[n], watch.wcr[n])
+            if span is None:
+                continue
+            start, end = span
+            pages = range(start & ~0xFFF, end, 0x1000)[:_WATCH_PAGES]
+            watch.start[n], watch.end[n], watch.pages[n] = start, end, len(pages)
+            for k, va in enumerate(pages):
+                watch.page_va[n][k] = va
+                watch.page_pa[n][k] = _NO_PAGE
+            enabled |= 1 << n
+        watch.enabled = enabled
+        uc = self._uc
+        if enabled and self._watch_hooks is None:
+            self._watch_hooks = (
+                add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, _HOOK_WATCH, self._ptr),
+                add_hook(uc, UC_HOOK_INSN, _HOOK_SYS, self._ptr, a64.UC_ARM64_INS_SYS))
+            uc.ctl_flush_tb()
+        elif not enabled and self._watch_hooks is not None:
+            for handle in self._watch_hooks:
+                del_hook(uc, handle)
+            self._watch_hooks = None
+            uc.ctl_flush_tb()
+        addr = ctypes.addressof(self._st)
+        if enabled:
+            _hooks.a64_set_work(addr, _WORK_WATCH | _WORK_XLATE, 0)
+        else:
+            _hooks.a64_set_work(addr, 0, _WORK_WATCH | _WORK_XLATE)
+
+    @property
+    def watch_hits(self) -> int:
+        """Watchpoint exceptions the native hook raised."""
+        return self._st.watch.hits
+
+    def complete_step(self) -> None:
+        """The hypervisor completed the instruction a trap stopped at (it emulated it
+        and stepped the PC): PSTATE.SS goes to 0, so a software step the guest set up
+        ends there (its step exception is taken before the next instruction), as KVM
+        does when it skips an instruction."""
+        pstate = self._uc.reg_read(a64.UC_ARM64_REG_PSTATE)
+        if pstate & PSTATE_SS:
+            self._uc.reg_write(a64.UC_ARM64_REG_PSTATE, pstate & ~PSTATE_SS)
 
     def deliver_to_el1(self, trap: Trap) -> int:
         """Take ``trap`` (an exception whose target is EL1) architecturally: what the
@@ -396,7 +725,13 @@ class Aarch64Tcg:
         return self._uc.reg_read(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2, 0))
 
     def write_cp(self, op0: int, op1: int, crn: int, crm: int, op2: int, value: int) -> None:
+        """Write a system register by its encoding. A watchpoint register written here is
+        armed before the CPU next runs, as one the guest writes."""
         self._uc.reg_write(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2, value))
+        if (op0, op1, crn) == (2, 0, 0) and op2 in (6, 7) and crm < WATCHPOINTS:
+            watch = self._st.watch
+            (watch.wvr if op2 == 6 else watch.wcr)[crm] = value
+            watch.rehook = 1
 
     def set_virtual_irq(self, asserted: bool) -> None:
         """Drive the virtual IRQ line: HCR_EL2.VI (bit 7)."""

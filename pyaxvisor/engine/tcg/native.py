@@ -3,14 +3,17 @@
 * :class:`Preemptor` installs the native basic-block hook from ``_hooks.c``:
   any thread calls :meth:`Preemptor.request` and the CPU stops at the start of
   its next translation block (a safe point: nothing is half executed).
-* :class:`NativeTimer` installs the native MRS/MSR hooks that emulate the Arm
-  generic timer's EL0 registers and exposes their state to Python.
+* :class:`NativeTimer` is the Python side of the Arm generic timer's EL0 registers,
+  which the AArch64 engine's native MRS/MSR hooks emulate (its state is part of the
+  engine's native state).
 * :class:`ContextView` snapshots the CPU state into a reusable Unicorn context
   and exposes it as a ``memoryview`` for ``struct.unpack_from`` at offsets the
   engine's self-test located (register file, exception record).
 * :func:`map_mmio` registers device callbacks with libunicorn directly (the
   binding's wrapper would turn an exception into ``emu_stop()`` inside the
   access, which replays it).
+* :func:`add_hook` / :func:`del_hook` install and remove native hooks (a C function
+  and a pointer to its state) without the binding's Python wrappers.
 * :func:`uc_function` and :class:`ProcessMemory` serve self-tests that call QEMU's
   exported functions and follow pointers inside Unicorn's state: a pointer is
   dereferenced only once ``/proc/self/maps`` says the bytes are readable.
@@ -23,8 +26,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_INSN, Uc
-from unicorn.arm64_const import UC_ARM64_INS_MRS, UC_ARM64_INS_MSR
+from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3 import unicorn as _ucm
 
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
@@ -133,7 +135,10 @@ def map_mmio(uc: Uc, paddr: int, size: int, read: Callable[[int, int], int],
     return rd, wr
 
 
-def _add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> Any:
+def add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> Any:
+    """Install the native ``callback`` (an address) for hook ``kind`` over every address
+    with ``user_data`` (a ctypes pointer); ``extra`` are the instruction ids of
+    ``UC_HOOK_INSN``. Returns the handle for :func:`del_hook`."""
     handle = _ucm.uc_hook_h()
     err = _uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(callback),
                              ctypes.cast(user_data, ctypes.c_void_p), 1, 0,
@@ -143,6 +148,16 @@ def _add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> 
     return handle
 
 
+def del_hook(uc: Uc, handle: Any) -> None:
+    """Remove a hook :func:`add_hook` installed (the CPU must be stopped)."""
+    err = _uclib.uc_hook_del(uc._uch, handle)
+    if err != 0:
+        raise RuntimeError(f"uc_hook_del failed with unicorn error {err}")
+
+
+_add_hook = add_hook
+
+
 TIMER_VIRT = 0
 TIMER_PHYS = 1
 _ON_WRITE = ctypes.CFUNCTYPE(None, ctypes.c_int)
@@ -150,6 +165,8 @@ _NS = 1_000_000_000
 
 
 class _TimerState(ctypes.Structure):
+    """``struct timer_state`` of ``_hooks.c``."""
+
     _fields_ = (("base_ns", ctypes.c_int64), ("freq", ctypes.c_uint64),
                 ("cntvoff", ctypes.c_uint64), ("ctl", ctypes.c_uint64 * 2),
                 ("cval", ctypes.c_uint64 * 2), ("reg_write", ctypes.c_void_p),
@@ -159,24 +176,21 @@ class _TimerState(ctypes.Structure):
 
 class NativeTimer:
     """The generic timer's EL0 registers (CNTFRQ, CNTPCT, CNTVCT, CNTV_*, CNTP_*),
-    emulated natively on MRS/MSR. The counter is ``(monotonic_ns - base_ns) * freq
-    / 1e9`` — the same clock as ``time.monotonic_ns`` — so Python can compute
-    deadlines. ``on_write(timer)`` runs (on the vCPU thread, inside the CPU) after
-    the guest writes a CTL/CVAL/TVAL register.
+    emulated natively on MRS/MSR by the hooks of the engine whose native state holds
+    ``state``. The counter is ``(monotonic_ns - base_ns) * freq / 1e9`` — the same
+    clock as ``time.monotonic_ns`` — so Python can compute deadlines.
+    ``on_write(timer)`` runs (on the vCPU thread, inside the CPU) after the guest
+    writes a CTL/CVAL/TVAL register.
     """
 
-    def __init__(self, uc: Uc, freq: int, base_ns: int,
+    def __init__(self, state: _TimerState, freq: int, base_ns: int,
                  on_write: Callable[[int], None] | None) -> None:
-        st = self._state = _TimerState()
+        st = self._state = state
         st.base_ns = base_ns
         st.freq = freq
         st.reg_write = ctypes.cast(_uclib.uc_reg_write, ctypes.c_void_p).value
         self._cb = _ON_WRITE(on_write) if on_write is not None else _ON_WRITE()
         st.on_write = self._cb
-        mrs, msr = _hooks.timer_hook_addresses()
-        ptr = ctypes.pointer(st)
-        self._hooks = (_add_hook(uc, UC_HOOK_INSN, mrs, ptr, UC_ARM64_INS_MRS),
-                       _add_hook(uc, UC_HOOK_INSN, msr, ptr, UC_ARM64_INS_MSR))
 
     @property
     def freq(self) -> int:

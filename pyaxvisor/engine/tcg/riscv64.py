@@ -12,7 +12,8 @@ every trap that is not delegated to S-mode ends in pyaxvisor. The engine:
   faults, breakpoints, misaligned accesses, ``ecall`` from U-mode) to its S-mode
   trap vector with QEMU's own trap entry, without leaving the CPU;
 * hands the other traps to :attr:`Riscv64Tcg.on_trap` *inside* the CPU, which
-  answers :class:`TrapAction` RESUME (at the PC it set), DELIVER (to the guest's
+  answers :class:`TrapAction` RESUME (at the PC it set, also after entering a trap of
+  its own choosing with :meth:`Riscv64Tcg.enter_guest_trap`), DELIVER (to the guest's
   vector) or STOP; an SBI call handled there costs no CPU exit at all;
 * keeps guest-physical memory: RAM mapped zero-copy at its guest-physical
   address (:meth:`Riscv64Tcg.set_ram`, host virtual addresses of the HAL arena),
@@ -81,6 +82,9 @@ from pyaxvisor.engine.tcg.native import (
     uc_function,
 )
 from pyaxvisor.engine.tcg.riscv64_isa import (
+    MSTATUS_SIE,
+    MSTATUS_SPIE,
+    MSTATUS_SPP,
     PMP_NAPOT,
     PMP_R,
     PMP_TOR,
@@ -328,6 +332,35 @@ class Riscv64Tcg:
     def request_stop(self) -> None:
         """Make the running CPU stop at its next basic block (any thread)."""
         self._preempt.request()
+
+    def stop_if_requested(self) -> None:
+        """Inside ``on_trap``: if a stop was requested, stop the CPU once this trap is
+        handled (where it resumes, e.g. at the guest's vector); :meth:`run` then returns
+        :data:`PREEMPTED`. Needed where a trap can repeat before any block runs: a fetch
+        fault at the very vector it is delivered to never reaches the block hook, which
+        is where stop requests are otherwise honoured."""
+        if self._st.preempt.request:
+            self._uc.emu_stop()
+
+    def enter_guest_trap(self, cause: int, tval: int) -> None:
+        """Inside ``on_trap``, then answer RESUME: the guest takes exception ``cause``
+        at its S-mode vector with trap value ``tval``, as the architecture's trap entry
+        to S-mode does: scause = ``cause``, sepc = the trapping PC, stval = ``tval``,
+        sstatus.SPIE = SIE, SPP = the mode trapped from, SIE = 0; S-mode (which drops
+        the LR reservation, as QEMU's trap entry does); PC = stvec's base. Unlike
+        DELIVER, the cause and trap value are the caller's: the software CPU raises an
+        AMO's fault as its load part's, and the memory hook's fault address is
+        guest-physical."""
+        old_priv = self.priv
+        status = self.csr(Csr.SSTATUS)
+        self.csr_rmw(Csr.SSTATUS, (MSTATUS_SPIE if status & MSTATUS_SIE else 0)
+                     | (MSTATUS_SPP if old_priv == Priv.S else 0),
+                     MSTATUS_SPIE | MSTATUS_SPP | MSTATUS_SIE)
+        self.set_csr(Csr.SCAUSE, cause)
+        self.set_csr(Csr.SEPC, self.pc)
+        self.set_csr(Csr.STVAL, tval)
+        self.priv = Priv.S
+        self.pc = self.csr(Csr.STVEC) & ~3
 
     @property
     def guest_causes(self) -> frozenset[int]:

@@ -97,6 +97,7 @@ S_INTERRUPTS = MIP_SSIP | MIP_STIP | MIP_SEIP
 
 # mstatus / sstatus fields (TW: the QEMU 5.0 position, the specification's is bit 21)
 MSTATUS_SIE, MSTATUS_FS, MSTATUS_TW = 1 << 1, 3 << 13, 1 << 29
+MSTATUS_SPIE, MSTATUS_SPP = 1 << 5, 1 << 8
 
 # misa: the hypervisor extension, supervisor and user modes (letters H, S, U)
 MISA_H, MISA_S, MISA_U = 1 << 7, 1 << 18, 1 << 20
