@@ -27,6 +27,7 @@ from bench_common import (
     median_of,
     row,
     run_benchmarks,
+    three_way,
     time_until,
 )
 
@@ -45,9 +46,9 @@ def bench_loops(runs: int, work: Path) -> None:
     for name, label in (("alu_loop", "ALU loop (10^9 iterations)"),
                         ("store_loop", "store loop (10^8 stores)")):
         binary = str(build_guest("aarch64", name, LOAD, work))
-        ours = median_of(runs, lambda b=binary: time_until([*PYAXVISOR, "-kernel", b], None))
-        qemu = median_of(runs, lambda b=binary: time_until([*QEMU_BASE, "-kernel", b], None))
-        row(label, ours, qemu)
+        ours, stock, qemu = three_way(runs, [*PYAXVISOR, "-kernel", binary],
+                                      [*QEMU_BASE, "-kernel", binary], None)
+        row(label, ours, qemu, stock=stock)
         print(f"{'':<34}(throughput ratio QEMU/pyaxvisor: {qemu / ours:.2f})")
 
 

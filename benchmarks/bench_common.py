@@ -33,11 +33,17 @@ def build_guest(arch: str, name: str, load: int, out: Path) -> Path:
     return binary
 
 
-def time_until(argv: list[str], marker: bytes | None, timeout: float = 300) -> float:
+#: The environment that runs pyaxvisor on the unicorn wheel's stock library instead of
+#: the patched build ``pip install .`` made (pyaxvisor.engine.tcg.unicorn_select).
+STOCK = {**os.environ, "PYAXVISOR_STOCK_UNICORN": "1"}
+
+
+def time_until(argv: list[str], marker: bytes | None, timeout: float = 300,
+               env: dict[str, str] | None = None) -> float:
     """Seconds from start until ``marker`` appears on stdout (or until exit if None)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     seen = b""
     try:
@@ -65,9 +71,25 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
-def row(name: str, ours: float, qemu: float, unit: str = "s") -> None:
-    print(f"{name:<34}{ours:>10.3f} {unit:<3}{qemu:>10.3f} {unit:<3}{ours / qemu:>8.2f}x",
+def row(name: str, ours: float, qemu: float, unit: str = "s",
+        stock: float | None = None) -> None:
+    """One table row: pyaxvisor (patched engine), the stock wheel's engine when measured,
+    QEMU, and the ratio pyaxvisor / QEMU."""
+    mid = f"{stock:>10.3f} {unit:<3}" if stock is not None else f"{'':>14}"
+    print(f"{name:<34}{ours:>10.3f} {unit:<3}{mid}{qemu:>10.3f} {unit:<3}{ours / qemu:>8.2f}x",
           flush=True)
+
+
+def three_way(runs: int, ours: list[str], qemu: list[str], marker: bytes | None
+              ) -> tuple[float, float, float]:
+    """Medians of ``ours`` (patched engine), ``ours`` on the stock library and ``qemu``,
+    until ``marker`` (or their end), measured alternately run by run."""
+    times: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for _ in range(runs):
+        times[0].append(time_until(ours, marker))
+        times[1].append(time_until(ours, marker, env=STOCK))
+        times[2].append(time_until(qemu, marker))
+    return tuple(statistics.median(t) for t in times)  # type: ignore[return-value]
 
 
 def run_benchmarks(description: str, tools: tuple[str, ...], packages: str,
@@ -84,7 +106,7 @@ def run_benchmarks(description: str, tools: tuple[str, ...], packages: str,
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install {packages}")
     print(f"{'benchmark (median of ' + str(args.runs) + ')':<34}{'pyaxvisor':>14}"
-          f"{'QEMU TCG':>14}{'ratio':>9}")
+          f"{'stock wheel':>14}{'QEMU TCG':>14}{'ratio':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, bench in benches.items():
             if args.only in (None, name):
@@ -93,11 +115,10 @@ def run_benchmarks(description: str, tools: tuple[str, ...], packages: str,
 
 def compare(runs: int, label: str, ours: list[str], qemu: list[str], args: list[str],
             marker: bytes | None) -> tuple[float, float]:
-    """Median seconds of ``ours + args`` and ``qemu + args`` until ``marker`` (or their
-    end), printed as one table row; returns both."""
-    mine = median_of(runs, lambda: time_until([*ours, *args], marker))
-    theirs = median_of(runs, lambda: time_until([*qemu, *args], marker))
-    row(label, mine, theirs)
+    """Median seconds of ``ours + args`` (patched and stock engine) and ``qemu + args``
+    until ``marker`` (or their end), printed as one table row; returns ours and QEMU's."""
+    mine, stock, theirs = three_way(runs, [*ours, *args], [*qemu, *args], marker)
+    row(label, mine, theirs, stock=stock)
     return mine, theirs
 
 

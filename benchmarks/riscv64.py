@@ -29,6 +29,7 @@ from bench_common import (
     median_of,
     row,
     run_benchmarks,
+    three_way,
     time_until,
 )
 
@@ -46,9 +47,9 @@ def bench_boot(runs: int) -> None:
 
 def bench_loops(runs: int, work: Path) -> None:
     binary = str(build_guest("riscv64", "alu_loop", LOAD, work))
-    ours = median_of(runs, lambda: time_until([*PYAXVISOR, "-kernel", binary], None))
-    qemu = median_of(runs, lambda: time_until([*QEMU_BASE, "-kernel", binary], None))
-    row("ALU loop (10^9 iterations)", ours, qemu)
+    ours, stock, qemu = three_way(runs, [*PYAXVISOR, "-kernel", binary],
+                                  [*QEMU_BASE, "-kernel", binary], None)
+    row("ALU loop (10^9 iterations)", ours, qemu, stock=stock)
     print(f"{'':<34}(throughput ratio QEMU/pyaxvisor: {qemu / ours:.2f})")
 
 

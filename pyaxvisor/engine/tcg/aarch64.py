@@ -85,6 +85,7 @@ from pyaxvisor.engine.tcg.common import (
     UNICORN_VERSION,
     EngineError,
     SelfTestFailed,
+    check_build,
     self_test_failure,
 )
 from pyaxvisor.engine.tcg.native import (
@@ -215,6 +216,7 @@ def self_test() -> _Layout:
     global _layout
     with _layout_lock:
         if _layout is None:
+            check_build()
             _layout = _run_self_test()
         return _layout
 

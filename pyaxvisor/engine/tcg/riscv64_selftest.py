@@ -50,7 +50,7 @@ from unicorn import (
 )
 from unicorn import riscv_const as rv
 
-from pyaxvisor.engine.tcg.common import SelfTestFailed, self_test_failure
+from pyaxvisor.engine.tcg.common import SelfTestFailed, check_build, self_test_failure
 from pyaxvisor.engine.tcg.native import ContextView, ProcessMemory, uc_function
 from pyaxvisor.engine.tcg.riscv64_isa import (
     INSN_ECALL,
@@ -121,6 +121,7 @@ def self_test() -> RiscvLayout:
     global _layout
     with _lock:
         if _layout is None:
+            check_build()
             layout = _locate()
             _check(layout)
             _layout = layout
