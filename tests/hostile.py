@@ -4,6 +4,7 @@ end (:func:`run_to_end`) and what it left behind (:class:`Run`)."""
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,9 +71,13 @@ def check_stopped_in_loop(run: Run, vcpus: dict[int, int], spin: int, end: int) 
     assert all(spin <= pc < end for pc in vcpus.values()), run.result.state
 
 
-def check_storm_exits(run: Run, count: int, trap_mmio: bool) -> None:
-    """The MMIO-storm guests: ``count`` reads and ``count`` + 1 writes to the UART
-    (the last one the newline), as exits or served inside the CPU."""
+def check_storm(run: Run, count: int, trap_mmio: bool) -> None:
+    """The MMIO-storm guests: they printed ``count`` dots and a newline and powered off,
+    after ``count`` reads and ``count`` + 1 writes to the UART, as exits or served
+    inside the CPU."""
+    assert run.result.reason == "poweroff", run.result
+    assert run.result.status == 0
+    assert run.output == b"." * count + b"\n"
     exits = run.result.exits
     if trap_mmio:
         assert (exits["MmioWrite"], exits["MmioRead"]) == (count + 1, count)
@@ -80,3 +85,23 @@ def check_storm_exits(run: Run, count: int, trap_mmio: bool) -> None:
     else:
         assert exits["MmioWrite"] == exits["MmioRead"] == 0
         assert run.result.in_cpu_accesses == (count, count + 1)
+
+
+def check_start_abuse(run: Run, rounds: int, refusals: list[int], again: set[int],
+                      mark: int) -> list[int]:
+    """The CPU_ON / HSM abuse guests: their answers (at RESULTS, the count at 0x7F8) are
+    ``refusals`` for three bad calls, then per round a start that succeeds (0) and an
+    immediate second start answered with one of ``again``; at ``mark`` (an offset into
+    RESULTS) the last round and how often CPU 1 ran, once per successful start.
+    Returns the answers."""
+    assert run.result.reason == "poweroff", run.result
+    slots = [run.s64(8 * i) for i in range(run.u64(0x7F8))]
+    assert len(slots) == 3 + 2 * rounds
+    assert slots[:3] == refusals
+    assert slots[3::2] == [0] * rounds
+    assert set(slots[4::2]) <= again
+    last_round, starts = struct.unpack("<2Q", run.memory[mark:mark + 16])
+    assert last_round == rounds
+    assert starts == slots[3:].count(0)  # each success started CPU 1 once
+    assert run.result.exits["CpuDown"] == starts
+    return slots
