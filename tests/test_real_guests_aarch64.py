@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from screen import Screen
 
 from pyaxvisor import images
 from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
@@ -18,25 +19,6 @@ from pyaxvisor.boards.aarch64_virt.layout import RAM_BASE
 from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
 
 pytestmark = pytest.mark.slow
-
-
-class Screen:
-    """What the guest printed, with waiting for text to appear."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.cond = threading.Condition()
-
-    def write(self, b: bytes) -> None:
-        with self.cond:
-            self.data += b
-            self.cond.notify_all()
-
-    def wait_for(self, text: bytes, start: int = 0, timeout: float = 120) -> int:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.data.find(text, start) >= 0, timeout)
-            assert ok, f"{text!r} did not appear; the guest printed:\n{self.data[-2000:]!r}"
-            return self.data.find(text, start) + len(text)
 
 
 def test_u_boot_reaches_its_prompt_answers_version_and_resets():

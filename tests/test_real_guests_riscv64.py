@@ -11,30 +11,12 @@ import sys
 import threading
 
 import pytest
+from screen import Screen
 
 from pyaxvisor import images
 from pyaxvisor.boards.quick import boot, config_for
 
 pytestmark = pytest.mark.slow
-
-
-class Screen:
-    """What the guest printed, with waiting for text to appear."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.cond = threading.Condition()
-
-    def write(self, b: bytes) -> None:
-        with self.cond:
-            self.data += b
-            self.cond.notify_all()
-
-    def wait_for(self, text: bytes, start: int = 0, timeout: float = 120) -> int:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.data.find(text, start) >= 0, timeout)
-            assert ok, f"{text!r} did not appear; the guest printed:\n{self.data[-2000:]!r}"
-            return self.data.find(text, start) + len(text)
 
 
 def test_u_boot_s_mode_reaches_its_prompt_answers_version_and_resets():

@@ -622,9 +622,8 @@ class X86VCpu(ArchVCpu):
             return Hypercall(xen.hcall.input,
                              (regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9))
         if reason == KVM_EXIT_SHUTDOWN:
-            on_triple_fault = getattr(self, "_on_triple_fault", None)
-            if on_triple_fault is not None:
-                on_triple_fault(self)
+            if self._on_triple_fault is not None:
+                self._on_triple_fault(self)
             return SystemDown(reset=True)
         if reason == KVM_EXIT_SYSTEM_EVENT:
             return SystemDown(reset=kvm.system_event.type == KVM_SYSTEM_EVENT_RESET)
