@@ -66,3 +66,40 @@ def test_the_engine_runs_on_the_patched_build_with_every_patch():
     build = common.unicorn_build()
     assert build.patched, f"the engine runs on the stock library {build.path}"
     assert build.patches == unicorn_select.expected_patches()
+
+
+def _tar(path, members):
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tar.addfile(info)
+            else:
+                info.size = len(target.encode())
+                tar.addfile(info, io.BytesIO(target.encode()))
+
+
+@pytest.mark.parametrize("members", [
+    [("../evil", "file", "x")],
+    [("/abs", "file", "x")],
+    [("src/link", "sym", "../../outside")],
+])
+def test_the_sdist_is_unpacked_only_below_its_directory_without_the_data_filter(
+        monkeypatch, tmp_path, members):
+    # Debian 12's Python 3.11.2 has no tarfile data filter: members are checked by hand
+    import tarfile
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    _tar(tmp_path / "bad.tar.gz", members)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with tarfile.open(tmp_path / "bad.tar.gz") as tar, \
+            pytest.raises(RuntimeError, match="unsafe member"):
+        build_unicorn._extract(tar, dest)
+    assert list(dest.iterdir()) == []
+    _tar(tmp_path / "good.tar.gz", [("src/a.c", "file", "int a;"), ("src/l", "sym", "a.c")])
+    with tarfile.open(tmp_path / "good.tar.gz") as tar:
+        build_unicorn._extract(tar, dest)
+    assert (dest / "src" / "l").read_text() == "int a;"
