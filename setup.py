@@ -43,7 +43,9 @@ class BuildExt(build_ext):
 setup(
     cmdclass={"build_ext": BuildExt},
     ext_modules=[
-        Extension("pyaxvisor.engine.tcg._hooks", ["pyaxvisor/engine/tcg/_hooks.c"]),
+        Extension("pyaxvisor.engine.tcg._hooks",
+                  ["pyaxvisor/engine/tcg/_hooks.c", "pyaxvisor/engine/tcg/xsync.c"],
+                  depends=["pyaxvisor/engine/tcg/xsync.h"]),
         Extension("pyaxvisor.engine.kvm._native", ["pyaxvisor/engine/kvm/_native.c"]),
     ],
 )

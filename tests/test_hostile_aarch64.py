@@ -83,6 +83,19 @@ def check_storm_registers(run: Run, count: int) -> None:
     assert run.u64(16) & 0x20 == 0  # UARTFR.TXFF: the UART kept up, never full
 
 
+# -- exclusives to a device ------------------------------------------------------------------
+
+def test_exclusives_to_a_device_run_serially_in_a_parallel_vm(alongside):
+    """A store-exclusive to the UART in a VM of two vCPUs (code translated for parallel
+    CPUs, where it would be a host atomic a device register cannot be) runs once
+    serially, as in QEMU's multi-threaded TCG: every one succeeds and reaches the UART,
+    and the VM powers off; nothing loops."""
+    run = alongside(lambda: run_hostile("hostile_exclusive_mmio", smp=2), bystander)
+    assert run.result.reason == "poweroff", run.result
+    assert run.output == b"x" * 64 + b"\n"
+    assert (run.u64(0), run.u64(8), run.u64(16)) == (64, 0, 0)
+
+
 # -- accesses outside RAM --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("case", "what"), [(0, "load"), (1, "store"), (2, "fetch")])

@@ -184,6 +184,9 @@ class _Hart:
     def flush_local(self) -> None:
         return
 
+    def fence_all(self, code: bool) -> bool:
+        return False
+
     def check_guest(self, gpa: int, size: int, write: bool) -> None:
         return
 

@@ -1,11 +1,17 @@
 """What QEMU-``virt``-style boards on the software CPU share (AArch64 and RISC-V 64).
 
 Their RAM may sit anywhere their devices leave free (one region at the board's RAM
-base by default); guest code of a VM executes on one vCPU thread at a time (an
-:class:`~pyaxvisor.engine.tcg.exec_lock.ExecLock`: the software CPU's exclusive
-accesses are not atomic between host threads); and their fast devices (interrupt
-controller, UART) are served inside the CPU unless the configuration asks every
-access to exit (``--trap-mmio``).
+base by default), and their fast devices (interrupt controller, UART) are served
+inside the CPU unless the configuration asks every access to exit (``--trap-mmio``).
+
+The vCPUs of a VM with several run guest code at the same time, each on its own
+thread, as QEMU's multi-threaded TCG does: the patched libunicorn translates the
+guest's exclusive accesses and atomics into host atomics on the shared guest RAM
+(:func:`~pyaxvisor.engine.tcg.native.set_tcg_parallel`), and the CPUs' broadcast
+TLB and cache maintenance reaches the others through a
+:class:`~pyaxvisor.engine.tcg.xsync.SyncGroup`. On the stock library, whose
+exclusives are not atomic between threads, guest code of a VM executes on one vCPU
+thread at a time instead (an :class:`~pyaxvisor.engine.tcg.exec_lock.ExecLock`).
 
 A load, store or instruction fetch where there is no RAM and no device is the
 guest's to handle, as on QEMU's ``virt`` boards: the vCPUs make it take the
@@ -21,7 +27,9 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.devices.bus import Device
+from pyaxvisor.engine.tcg.common import unicorn_build
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
+from pyaxvisor.engine.tcg.xsync import SyncGroup
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
 from pyaxvisor.vm.board import Board
@@ -81,7 +89,13 @@ class SoftVirtBoard(Board):
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.exec_lock = ExecLock()
+        cpus = config.cpu_num
+        #: The vCPUs run guest code at the same time (the library translates for it);
+        #: else one at a time, under :attr:`exec_lock`.
+        self.parallel = cpus > 1 and unicorn_build().parallel
+        self.exec_lock = ExecLock() if cpus > 1 and not self.parallel else None
+        #: The CPUs that broadcast TLB and cache maintenance reaches.
+        self.xsync = SyncGroup() if cpus > 1 else None
         self.vm: Vm | None = None
         self._in_cpu: list[InCpuWindow] = []
 

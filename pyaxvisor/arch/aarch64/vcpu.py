@@ -113,6 +113,7 @@ from pyaxvisor.engine.tcg.aarch64 import (
 )
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
+from pyaxvisor.engine.tcg.xsync import SyncGroup
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.memory import HostMemory
 from pyaxvisor.hal.vcpu_hal import VCpuHal
@@ -169,7 +170,9 @@ class Aarch64VCpuCreateConfig:
     ``hal`` for host IRQs; ``psci`` answers AFFINITY_INFO; ``cntvoff``: the virtual
     counter offset (share one per VM so all its vCPUs agree on time); ``exec_lock``:
     shared by the vCPUs of one VM so only one executes guest code at a time (see
-    :mod:`pyaxvisor.engine.tcg.exec_lock`)."""
+    :mod:`pyaxvisor.engine.tcg.exec_lock`); ``xsync``: the VM's CPUs, which its
+    broadcast TLB and cache maintenance reaches (:mod:`pyaxvisor.engine.tcg.xsync`);
+    ``parallel``: the CPUs run guest code at the same time (no ``exec_lock``)."""
 
     mpidr_el1: int
     dtb_addr: int
@@ -178,6 +181,8 @@ class Aarch64VCpuCreateConfig:
     psci: PsciPlatform | None = None
     cntvoff: int = 0
     exec_lock: ExecLock | None = None
+    xsync: SyncGroup | None = None
+    parallel: bool = False
 
 
 @dataclass
@@ -277,6 +282,7 @@ class Aarch64VCpu(SoftVCpu):
     def bind(self) -> None:
         engine = current_percpu().engine
         engine.attach_memory(self.config.memory)
+        engine.join(self.config.xsync, self.config.parallel)
         for name in _EL2_REGS:
             engine.write_sysreg(name, self._el2.get(name, 0))
         for name, enc in _SAVED.items():
@@ -317,6 +323,7 @@ class Aarch64VCpu(SoftVCpu):
                                    for t in (TIMER_VIRT, TIMER_PHYS))  # type: ignore[assignment]
         engine.on_timer_write = None
         engine.on_pmu_change = None
+        engine.leave()
         with self._lock:
             self._engine = None
 

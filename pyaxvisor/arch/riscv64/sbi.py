@@ -227,6 +227,13 @@ class SbiHart(Protocol):
         """Drop this hart's cached translations (TLB and translated code)."""
         ...
 
+    def fence_all(self, code: bool) -> bool:
+        """Make every hart of the VM, this one included, drop its cached address
+        translations (``code``: and its translated code) before it runs again, waiting
+        for the running ones; False when the hart cannot (the platform's
+        ``remote_fence`` then reaches the others)."""
+        ...
+
     def check_guest(self, gpa: int, size: int, write: bool) -> None:
         """Raise :class:`GuestAccessError` unless ``[gpa, gpa + size)`` is guest RAM
         the guest may read (``write``: write)."""
@@ -362,7 +369,11 @@ class Sbi:
         return _ok(exit=SendIPI(target_cpu=base, target_cpu_aux=mask,
                                 send_to_all=base == ALL_HARTS, send_to_self=False, vector=0))
 
-    def _fence(self, mask: int, base: int) -> None:
+    def _fence(self, mask: int, base: int, code: bool) -> None:
+        # A hart that reaches all harts itself (CPUs running at the same time) fences
+        # them all, the named ones among them: an extra flush is harmless.
+        if self.hart.fence_all(code):
+            return
         if self._names_me(mask, base):
             self.hart.flush_local()
         self.platform.remote_fence(mask, base)
@@ -372,7 +383,7 @@ class Sbi:
             return None  # HFENCE.* need the H extension, which guests do not have
         if not self._harts_valid(a[0], a[1]):
             return _INVALID_PARAM
-        self._fence(a[0], a[1])
+        self._fence(a[0], a[1], code=fid == 0)
         return _ok()
 
     # -- HSM --------------------------------------------------------------------------------
@@ -473,7 +484,7 @@ class Sbi:
                     return _legacy(0, SendIPI(target_cpu=base, target_cpu_aux=mask,
                                               send_to_all=base == ALL_HARTS,
                                               send_to_self=False, vector=0))
-                self._fence(mask, base)
+                self._fence(mask, base, code=eid == Eid.LEGACY_REMOTE_FENCE_I)
                 return _legacy(0)
             case Eid.LEGACY_SHUTDOWN:
                 return _legacy(0, SystemDown(reset=False))

@@ -293,6 +293,9 @@ class TrapHandler:
         # block (the ecall ended this one) and the vCPU flushes before re-entering.
         self.vcpu.request_tlb_flush()
 
+    def fence_all(self, code: bool) -> bool:
+        return self._engine.fence_all(code)
+
     def check_guest(self, gpa: int, size: int, write: bool) -> None:
         space = self.vcpu.config.space
         table = space.page_table

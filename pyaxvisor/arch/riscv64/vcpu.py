@@ -74,6 +74,7 @@ from pyaxvisor.engine.tcg.riscv64_isa import (
     XLEN_MASK,
     Csr,
 )
+from pyaxvisor.engine.tcg.xsync import SyncGroup
 from pyaxvisor.errors import BadState, InvalidInput
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
@@ -93,7 +94,9 @@ class RISCVVCpuCreateConfig:
     ``space``: the VM's address space (its G-stage table is the memory map the engine
     follows); ``hal`` for host IRQs; ``platform``: the machine's SBI side (default: a
     lone hart, :class:`~pyaxvisor.arch.riscv64.sbi.LoneHart`); ``exec_lock``: shared
-    by the vCPUs of one VM so only one executes guest code at a time; the ``time``
+    by the vCPUs of one VM so only one executes guest code at a time; ``xsync``: the
+    VM's CPUs, which its remote fences reach (:mod:`pyaxvisor.engine.tcg.xsync`);
+    ``parallel``: the CPUs run guest code at the same time (no ``exec_lock``); the ``time``
     CSR counts at ``timebase_freq`` Hz from host monotonic time ``time_base_ns``
     (share one base per VM so all its harts agree)."""
 
@@ -103,6 +106,8 @@ class RISCVVCpuCreateConfig:
     hal: VCpuHal | None = None
     platform: SbiPlatform | None = None
     exec_lock: ExecLock | None = None
+    xsync: SyncGroup | None = None
+    parallel: bool = False
     timebase_freq: int = 10_000_000
     time_base_ns: int = BOOT_NS
 
@@ -188,6 +193,7 @@ class RISCVVCpu(SoftVCpu):
         engine.time_freq = self.config.timebase_freq
         engine.time_base_ns = self.config.time_base_ns
         engine.set_ram(ram_mappings(self.config.space))
+        engine.join(self.config.xsync, self.config.parallel)
         for gpa, _size in engine.mmio_windows():
             engine.detach_mmio(gpa)
         self._attach_windows(engine)
@@ -215,6 +221,7 @@ class RISCVVCpu(SoftVCpu):
         self.ctx.save(engine)
         self._seen_mip, self._seen_sie = self.ctx.mip, self.ctx.csrs.get(Csr.SIE, 0)
         engine.on_trap = None
+        engine.leave()
         self.traps.engine = None
 
     # -- ArchVCpu: running ---------------------------------------------------------------

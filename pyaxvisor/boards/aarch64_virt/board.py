@@ -28,9 +28,9 @@ Devices: the GIC and the UART are served inside the CPU (their windows are
 mapped by the stage-2 table onto the engine's in-CPU MMIO window, as KVM serves
 its in-kernel devices) unless the configuration asks every access to exit
 (``--trap-mmio``). Flash bank 1 is a CFI flash run as a ROM device: mapped
-read-only while in read-array mode, trapping otherwise. Guest code of one VM
-executes on one vCPU thread at a time (an :class:`ExecLock`), because the
-software CPU's exclusive loads and stores are not atomic between threads.
+read-only while in read-array mode, trapping otherwise. The vCPUs of a VM run guest
+code at the same time, each on its thread (see
+:mod:`pyaxvisor.boards.soft_virt`).
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ class VirtBoard(SoftVirtBoard):
         return Aarch64VCpuCreateConfig(
             mpidr_el1=MPIDR_RES1 | self.config.cpu_ids[cpu],
             dtb_addr=start.gprs.get(0, 0) if start is not None else 0, memory=vm.hal.memory,
-            hal=vm.hal, psci=self, cntvoff=self.cntvoff, exec_lock=self.exec_lock)
+            hal=vm.hal, psci=self, cntvoff=self.cntvoff, exec_lock=self.exec_lock,
+            xsync=self.xsync, parallel=self.parallel)
 
     def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:
         assert self._timers is not None

@@ -20,9 +20,8 @@ of the ``pyaxvisor`` logger, which Python prints on standard error when the prog
 configured no logging.
 
 Devices: the PLIC and the UART are served inside the CPU unless the configuration
-asks every access to exit (``--trap-mmio``). Guest code of one VM executes on one
-hart's thread at a time (an :class:`ExecLock`): the software CPU's LR/SC and AMOs
-are not atomic between threads.
+asks every access to exit (``--trap-mmio``). The harts of a VM run guest code at
+the same time, each on its thread (see :mod:`pyaxvisor.boards.soft_virt`).
 """
 
 from __future__ import annotations
@@ -134,7 +133,8 @@ class RiscvVirtBoard(SoftVirtBoard):
         return RISCVVCpuCreateConfig(
             hart_id=self.config.cpu_ids[cpu],
             dtb_addr=start.gprs.get(A1, 0) if start is not None else 0, space=vm.space,
-            hal=vm.hal, platform=self.sbi, exec_lock=self.exec_lock,
+            hal=vm.hal, platform=self.sbi, exec_lock=self.exec_lock, xsync=self.xsync,
+            parallel=self.parallel,
             timebase_freq=L.TIMEBASE_FREQ, time_base_ns=self.time_base_ns)
 
     def prepare_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], start: BootState) -> None:

@@ -5,11 +5,13 @@
  * functions they call are handed over as pointers in the shared structs, which
  * Python owns (ctypes) and reads directly.
  *
- * 1. preempt_block_hook (UC_HOOK_BLOCK): a safe preemption point. Unicorn can be
- *    stopped cleanly only at a block boundary; uc_emu_stop from another thread or
- *    a timeout may cut an instruction after its load and replay it. At the start
- *    of each block the hook checks a request word any host thread may set and, if
- *    set, stops the CPU before the block runs (PC = block start).
+ * 1. preempt_block_hook (UC_HOOK_BLOCK): a safe preemption point on the stock
+ *    library. Stock Unicorn can be stopped cleanly only at a block boundary;
+ *    uc_emu_stop from another thread or a timeout may cut an instruction after its
+ *    load and replay it. At the start of each block the hook checks a request word
+ *    any host thread may set and, if set, stops the CPU before the block runs (PC =
+ *    block start). pyaxvisor's patched build stops at block starts by itself
+ *    (uc_emu_stop_at_block), so the engines install no such hook there.
  *
  * 2. timer_access (called by the AArch64 MRS/MSR hooks of (4)): the Arm generic
  *    timer. Unicorn's own timer does not work (CNTV_CTL/CVAL writes read back 0, the
@@ -39,6 +41,8 @@
  *      (no memory there, or against the mapping's permissions) becomes the
  *      architectural access fault at the faulting instruction, so it reaches
  *      riscv_intr_hook as a trap to M;
+ *    - riscv_fence_i_hook (UC_HOOK_INSN FENCE.I, the patched build): in an SMP VM,
+ *      drops the hart's translated code at its next block (xsync.h);
  *    - riscv_rdtime: the time CSR, (CLOCK_MONOTONIC - base) * freq / 1e9 with the
  *      base and frequency the calling thread set (QEMU's callback has no argument,
  *      so they are per host thread: the thread that runs the CPU sets them).
@@ -52,19 +56,12 @@
 #include <stdint.h>
 #include <time.h>
 
-struct preempt_state {
-    volatile int32_t request;   /* set non-zero by any thread to stop the CPU */
-    int32_t pad;
-    int (*emu_stop)(void *uc);  /* uc_emu_stop */
-    uint64_t stops;
-};
+#include "xsync.h"
 
 static inline void preempt_check(void *uc, struct preempt_state *st)
 {
-    if (st->request) {
-        st->stops++;
+    if (st->request)
         st->emu_stop(uc);
-    }
 }
 
 static void preempt_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
@@ -166,16 +163,23 @@ static uint32_t timer_access(void *uc, int reg, const struct cp_reg *cp,
 /*
  * 4. The AArch64 CPU's native state (struct a64_state; Python's ctypes _A64State in
  *    aarch64.py has the same fields in the same order) and its hooks:
- *    - a64_block_hook (UC_HOOK_BLOCK): the preemption point of (1); while `work` is
- *      set it also follows the guest's exception level, counts instructions for the
- *      PMU and re-translates watched addresses;
+ *    - a64_block_hook (UC_HOOK_BLOCK): while `work` is set it follows the guest's
+ *      exception level, counts instructions for the PMU and re-translates watched
+ *      addresses; on the stock library it is also the preemption point of (1). On
+ *      the patched build Python installs it only while there is work (`hooked`);
+ *      when a PMU access makes work appear without it, the MRS/MSR hook stops the
+ *      CPU at the next block so that Python installs it;
  *    - a64_mrs_hook / a64_msr_hook (UC_HOOK_INSN MRS, MSR): the generic timer of (2),
  *      the PMU (every PMUv3 register but PMUSERENR_EL0, which Unicorn keeps: its
  *      value decides EL0 accesses, which Unicorn traps when they are not allowed),
  *      and the watchpoint registers (DBGWVRn_EL1/DBGWCRn_EL1: Unicorn stores them
  *      but never fires a watchpoint, its cpu_check_watchpoint is empty);
- *    - a64_sys_hook (UC_HOOK_INSN SYS) and a64_watch_hook (UC_HOOK_MEM_READ and
- *      UC_HOOK_MEM_WRITE), installed by Python only while a watchpoint is armed.
+ *    - a64_sys_hook (UC_HOOK_INSN SYS): while a watchpoint is armed, TLBIs make the
+ *      block hook translate the watched pages again; while the CPU runs a vCPU of a
+ *      VM with other CPUs (`group`), broadcast TLBIs and instruction-cache
+ *      maintenance reach those CPUs (xsync.h). Python installs it while either holds;
+ *    - a64_watch_hook (UC_HOOK_MEM_READ and UC_HOOK_MEM_WRITE), installed by Python
+ *      only while a watchpoint is armed.
  *
  *    PMU (a Cortex-A72's PMUv3 with four 32-bit event counters, not its six: this
  *    Unicorn's QEMU defines PMEVCNTRn/PMEVTYPERn for n < 4 only, and a hook cannot
@@ -280,6 +284,9 @@ struct a64_state {
     uint64_t reg_cp, reg_pstate;        /* UC_ARM64_REG_CP_REG, UC_ARM64_REG_PSTATE */
     uint64_t work;                      /* A64_WORK_*: the block hook's work besides preempting */
     uint64_t last_el;                   /* 0 (EL0) or 1 (EL1) of the last block, while work */
+    uint64_t hooked;                    /* a64_block_hook is installed (Python sets it) */
+    struct xsync_group *group;          /* the CPUs of the bound vCPU's VM, or NULL */
+    struct xsync_peer *peer;            /* this CPU's place in such groups */
     struct a64_pmu pmu;
     struct a64_watch watch;
 };
@@ -685,13 +692,42 @@ static void watch_translate(void *uc, struct a64_state *st)
     w->translations++;
 }
 
+/* The SYS operations other CPUs must hear of (op0 = 1): the TLBI broadcast forms of
+ * EL1 (op1 0, CRn 8, CRm 3: VMALLE1IS, VAE1IS, ASIDE1IS, VAAE1IS, VALE1IS, VAALE1IS),
+ * IC IALLUIS (op1 0, CRn 7, CRm 1, op2 0), IC IALLU (op1 0, CRn 7, CRm 5, op2 0: this
+ * CPU only) and IC IVAU (op1 3, CRn 7, CRm 5, op2 1, Xt = the virtual address; its
+ * page is found through this CPU's translation, as a read; one it cannot translate
+ * drops all code). Each engine caches its own translations, so these reach the other
+ * CPUs of the VM through xsync (xsync.h). */
+static void a64_xsync(void *uc, struct a64_state *st, const struct cp_reg *cp)
+{
+    if (cp->crn == 8) {
+        if (cp->op1 == 0 && cp->crm == 3)
+            xsync_broadcast(st->group, st->peer, XSYNC_TLB, 0);
+    } else if (cp->crn == 7) {
+        if (cp->op1 == 0 && cp->op2 == 0 && (cp->crm == 1 || cp->crm == 5)) {
+            if (cp->crm == 1)
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0);
+            else
+                xsync_local(st->peer, XSYNC_CODE_ALL, 0);
+        } else if (cp->op1 == 3 && cp->crm == 5 && cp->op2 == 1) {
+            uint64_t pa = 0;
+            if (st->vmem_translate(uc, cp->val, UC_PROT_READ_, &pa) == 0)
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_PAGE, pa);
+            else
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0);
+        }
+    }
+}
+
 static uint32_t a64_sys_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
 {
     struct a64_state *st = user_data;
-    (void)uc;
     (void)reg;
     if (cp->crn == 8 && (st->work & A64_WORK_WATCH))
         st->work |= A64_WORK_XLATE;             /* TLBI: the next block translates again */
+    if (st->group != NULL && cp->op0 == 1)
+        a64_xsync(uc, st, cp);
     return 0;
 }
 
@@ -777,15 +813,27 @@ static uint32_t a64_sysreg(void *uc, int reg, const struct cp_reg *cp, struct a6
     return 0;
 }
 
+/* Block-hook work appeared (a PMU access started counting) while the block hook is
+ * not installed: stop at the next block so Python installs it. */
+static inline void a64_want_block_hook(void *uc, struct a64_state *st)
+{
+    if (st->work && !st->hooked)
+        st->preempt.emu_stop(uc);
+}
+
 /* MRS: ``reg`` is the destination register; MSR: ``cp->val`` is the value written. */
 static uint32_t a64_mrs_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
 {
-    return a64_sysreg(uc, reg, cp, user_data, 1);
+    uint32_t skip = a64_sysreg(uc, reg, cp, user_data, 1);
+    a64_want_block_hook(uc, user_data);
+    return skip;
 }
 
 static uint32_t a64_msr_hook(void *uc, int reg, const struct cp_reg *cp, void *user_data)
 {
-    return a64_sysreg(uc, reg, cp, user_data, 0);
+    uint32_t skip = a64_sysreg(uc, reg, cp, user_data, 0);
+    a64_want_block_hook(uc, user_data);
+    return skip;
 }
 
 /* ------------------------------------------------------------------ RISC-V 64 */
@@ -832,6 +880,8 @@ struct rv_state {
     uint64_t trap_stop;             /* the CPU stopped at the recorded trap */
     /* statistics */
     uint64_t traps, delivered, breakpoints, mem_faults, line_updates;
+    struct xsync_peer *peer;        /* this hart's, while it runs a hart of an SMP VM */
+    uint64_t fences_i;              /* FENCE.I instructions seen (riscv_fence_i_hook) */
 };
 
 static void rv_apply_lines(struct rv_state *st)
@@ -895,6 +945,19 @@ static void riscv_intr_hook(void *uc, uint32_t intno, void *user_data)
         st->trap_stop = 1;
         st->preempt.emu_stop(uc);
     }
+}
+
+/* FENCE.I (UC_HOOK_INSN UC_RISCV_INS_FENCE_I, installed while the hart runs a hart of
+ * an SMP VM): another hart may have written the code this one runs next, and this
+ * engine's translations do not see other engines' stores, so it drops them all at its
+ * next block start (xsync.h). */
+static void riscv_fence_i_hook(void *uc, void *user_data)
+{
+    struct rv_state *st = user_data;
+    (void)uc;
+    st->fences_i++;
+    if (st->peer != NULL)
+        xsync_local(st->peer, XSYNC_CODE_ALL, 0);
 }
 
 static bool riscv_insn_invalid_hook(void *uc, void *user_data)
@@ -977,11 +1040,12 @@ static PyObject *riscv_hook_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NNNNN)", PyLong_FromVoidPtr((void *)riscv_block_hook),
+    return Py_BuildValue("(NNNNNN)", PyLong_FromVoidPtr((void *)riscv_block_hook),
                          PyLong_FromVoidPtr((void *)riscv_intr_hook),
                          PyLong_FromVoidPtr((void *)riscv_insn_invalid_hook),
                          PyLong_FromVoidPtr((void *)riscv_mem_invalid_hook),
-                         PyLong_FromVoidPtr((void *)riscv_rdtime));
+                         PyLong_FromVoidPtr((void *)riscv_rdtime),
+                         PyLong_FromVoidPtr((void *)riscv_fence_i_hook));
 }
 
 static PyObject *riscv_set_time(PyObject *self, PyObject *args)
@@ -1104,6 +1168,39 @@ static PyObject *a64_set_work(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ xsync (xsync.h) */
+
+static PyObject *py_xsync_layout(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(nn)", (Py_ssize_t)sizeof(struct xsync_peer),
+                         (Py_ssize_t)sizeof(struct xsync_group));
+}
+
+static PyObject *py_xsync_drain(PyObject *self, PyObject *args)
+{
+    unsigned long long peer;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "K", &peer))
+        return NULL;
+    return PyBool_FromLong(xsync_drain((struct xsync_peer *)(uintptr_t)peer));
+}
+
+static PyObject *py_xsync_broadcast(PyObject *self, PyObject *args)
+{
+    unsigned long long group, peer, page;
+    int kind;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKiK", &group, &peer, &kind, &page))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    xsync_broadcast((struct xsync_group *)(uintptr_t)group, (struct xsync_peer *)(uintptr_t)peer,
+                    kind, page);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
@@ -1132,6 +1229,14 @@ static PyMethodDef methods[] = {
     {"riscv_csr", riscv_csr, METH_VARARGS,
      "riscv_csr(state, csrno, value, mask) -> old value or None: CSR read-modify-write "
      "with M-mode rights (mask 0 reads)."},
+    {"xsync_layout", py_xsync_layout, METH_NOARGS,
+     "(sizeof struct xsync_peer, sizeof struct xsync_group)."},
+    {"xsync_drain", py_xsync_drain, METH_VARARGS,
+     "xsync_drain(peer) -> bool: do the work other CPUs queued (between runs); True: "
+     "dropping all translated code is left to the caller."},
+    {"xsync_broadcast", py_xsync_broadcast, METH_VARARGS,
+     "xsync_broadcast(group, peer, kind, page): what this CPU's maintenance owes the "
+     "group's CPUs (GIL released while it waits for them)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,9 +17,12 @@ arena: :meth:`Aarch64Tcg.attach_memory` maps an arena zero-copy at its
 table (VTTBR_EL2) translates IPAs into it, and IPAs it does not map fault to
 EL2 — that is how MMIO reaches the hypervisor.
 
-Preemption: :meth:`request_stop` (any thread) makes the CPU stop at its next
-basic block via the native hook; ``run`` then returns a ``Trap`` of kind
-``PREEMPTED``.
+Preemption: :meth:`request_stop` (any thread) makes the CPU stop at the start of its
+next translation block (:class:`~pyaxvisor.engine.tcg.native.Preemptor`); ``run`` then
+returns a ``Trap`` of kind ``PREEMPTED``. The native block hook runs only while it has
+work (the PMU counts instructions or follows the exception level, a watchpoint is
+armed): a block hook costs a call on every block. On the stock library it is always
+installed, being also where stop requests are polled.
 
 Generic timer: the EL0 timer registers are emulated by native MRS/MSR hooks
 (:class:`~pyaxvisor.engine.tcg.native.NativeTimer`) at ``timer_freq`` Hz; the
@@ -100,6 +103,7 @@ from pyaxvisor.engine.tcg.native import (
     uc_function,
 )
 from pyaxvisor.engine.tcg.riscv64_selftest import _MAGIC, _chains
+from pyaxvisor.engine.tcg.xsync import Membership, SyncGroup, SyncPeer
 from pyaxvisor.hal.memory import HostMemory
 
 __all__ = ["BOOT_NS", "IN_CPU_MMIO_BASE", "PMU_COUNTERS", "PSTATE_SS", "UNICORN_VERSION",
@@ -367,6 +371,7 @@ class _A64State(ctypes.Structure):
                 ("pstate_off", _U64), ("vaddress_off", _U64), ("reg_read", ctypes.c_void_p),
                 ("vmem_translate", ctypes.c_void_p), ("raise_exception", ctypes.c_void_p),
                 ("reg_cp", _U64), ("reg_pstate", _U64), ("work", _U64), ("last_el", _U64),
+                ("hooked", _U64), ("group", ctypes.c_void_p), ("peer", ctypes.c_void_p),
                 ("pmu", _A64Pmu), ("watch", _A64Watch))
 
 
@@ -472,7 +477,7 @@ class Aarch64Tcg:
         self._ctx = ContextView(uc)
         self._st = st = _A64State()
         self._attach_state(uc, st)
-        self._preempt = Preemptor(uc, state=st.preempt, hook=False)
+        self._preempt = Preemptor(uc, state=st.preempt, block_hook=False)
         self.on_timer_write: Callable[[int], None] | None = None
         self.timer = NativeTimer(st.timer, timer_freq, timer_base_ns, self._timer_written)
         #: Called (on the vCPU thread, inside the CPU) when the PMU's interrupt request
@@ -483,10 +488,20 @@ class Aarch64Tcg:
         self.pmu = NativePmu(st)
         ptr = ctypes.pointer(st)
         self._ptr = ptr
-        self._hooks = (add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr),
-                       add_hook(uc, UC_HOOK_INSN, _HOOK_MRS, ptr, a64.UC_ARM64_INS_MRS),
+        self._hooks = (add_hook(uc, UC_HOOK_INSN, _HOOK_MRS, ptr, a64.UC_ARM64_INS_MRS),
                        add_hook(uc, UC_HOOK_INSN, _HOOK_MSR, ptr, a64.UC_ARM64_INS_MSR))
-        self._watch_hooks: tuple[Any, Any] | None = None
+        self._block_hook: Any = None
+        #: Times the block hook was installed or removed (each drops translated code).
+        self.block_hook_changes = 0
+        if self._preempt.polled:
+            self._block_hook = add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr)
+            st.hooked = 1
+        self._watch_hook: Any = None
+        self._sys_hook: Any = None
+        #: This CPU's place in the sync group of the VM whose vCPU is bound here.
+        self.xsync = SyncPeer(uc._uch.value, self._cpu, st.preempt, st.preempt.emu_stop,
+                              "aarch64")
+        self._member = Membership(uc, self.xsync)
         self._trap: Trap | None = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self._hcr = 0
@@ -503,6 +518,7 @@ class Aarch64Tcg:
             raise EngineError("the AArch64 CPU state could not be reached through the offsets "
                               "the self-test located")
         st.env = env
+        self._cpu = cpu
         st.pstate_off = lay.pstate - lay.header
         st.vaddress_off = lay.record + 8 - lay.header
         st.reg_read = uc_function("uc_reg_read")
@@ -526,6 +542,37 @@ class Aarch64Tcg:
                 raise EngineError(f"host memory at {base:#x} overlaps an arena already mapped")
         self._uc.mem_map_ptr(base, size, UC_PROT_ALL, int(memory.virt_base))
         self._mapped[id(memory)] = memory
+        self.xsync.set_ram([(int(m.phys_base), m.size, int(m.virt_base))
+                            for m in self._mapped.values()])
+
+    def join(self, group: SyncGroup | None, parallel: bool) -> None:
+        """Run a vCPU of the VM whose CPUs ``group`` holds (``None``: a VM of one CPU),
+        translating for CPUs that run at the same time when ``parallel``; CPU stopped."""
+        if self._member.join(group, parallel):
+            st = self._st
+            st.group = group.address if group is not None else None
+            st.peer = self.xsync.address if group is not None else None
+            self._hook_sys()
+
+    def leave(self) -> None:
+        """Leave the sync group joined last (at unbind); CPU stopped."""
+        if self._member.leave():
+            self._st.group = self._st.peer = None
+            self._hook_sys()
+
+    def _hook_sys(self) -> None:
+        """The SYS hook while a watchpoint is armed or the CPU is in a sync group."""
+        want = self._watch_hook is not None or self._member.group is not None
+        if want == (self._sys_hook is not None):
+            return
+        uc = self._uc
+        if want:
+            self._sys_hook = add_hook(uc, UC_HOOK_INSN, _HOOK_SYS, self._ptr,
+                                      a64.UC_ARM64_INS_SYS)
+        else:
+            del_hook(uc, self._sys_hook)
+            self._sys_hook = None
+        uc.ctl_flush_tb()
 
     def attach_mmio(self, paddr: int, size: int, read: Callable[[int, int], int],
                     write: Callable[[int, int, int], None]) -> None:
@@ -575,23 +622,55 @@ class Aarch64Tcg:
         register stops the CPU too: the watchpoints are armed again and the CPU goes
         on from where it stopped."""
         self._trap = None
-        if self._preempt.take():
+        preempt = self._preempt
+        if preempt.take():
             return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, pc)
-        watch = self._st.watch
+        st = self._st
+        watch = st.watch
         while True:
             if watch.rehook:
                 self._arm_watchpoints()
+            if not preempt.polled and bool(st.work) != bool(st.hooked):
+                self._hook_blocks(bool(st.work))
+            if not preempt.begin():
+                preempt.take()
+                return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, pc)
+            if self.xsync.drain():
+                self._uc.ctl_flush_tb()
+            group = self._member.group
+            if group is not None:
+                group.run_begins()
             try:
                 self._uc.emu_start(pc, -1)
             except UcError as exc:
                 raise EngineError(f"software CPU stopped with {exc} at PC {self.pc:#x}") \
                     from exc
+            finally:
+                preempt.end()
+                if group is not None:
+                    group.run_ends()
             trap = self._trap
             if trap is not None:
                 return trap
-            if self._preempt.take() or not watch.rehook:
+            if preempt.take() or not (watch.rehook or (st.work and not st.hooked)
+                                      or self.xsync.pending()):
                 return Trap(TrapKind.PREEMPTED, 0, 0, 2, 0, self.pc)
             pc = self.pc
+
+    def _hook_blocks(self, on: bool) -> None:
+        """Install (``on``) or remove the native block hook, dropping the translated
+        code (which calls the hook or not). The CPU is stopped."""
+        uc = self._uc
+        if on and self._block_hook is None:
+            self._block_hook = add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, self._ptr)
+        elif not on and self._block_hook is not None:
+            del_hook(uc, self._block_hook)
+            self._block_hook = None
+        else:
+            return
+        self._st.hooked = int(on)
+        self.block_hook_changes += 1
+        uc.ctl_flush_tb()
 
     def _arm_watchpoints(self) -> None:
         """Arm the watchpoints DBGWVR/DBGWCR describe now: their ranges and pages for the
@@ -614,15 +693,15 @@ class Aarch64Tcg:
             enabled |= 1 << n
         watch.enabled = enabled
         uc = self._uc
-        if enabled and self._watch_hooks is None:
-            self._watch_hooks = (
-                add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, _HOOK_WATCH, self._ptr),
-                add_hook(uc, UC_HOOK_INSN, _HOOK_SYS, self._ptr, a64.UC_ARM64_INS_SYS))
+        if enabled and self._watch_hook is None:
+            self._watch_hook = add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, _HOOK_WATCH,
+                                        self._ptr)
+            self._hook_sys()
             uc.ctl_flush_tb()
-        elif not enabled and self._watch_hooks is not None:
-            for handle in self._watch_hooks:
-                del_hook(uc, handle)
-            self._watch_hooks = None
+        elif not enabled and self._watch_hook is not None:
+            del_hook(uc, self._watch_hook)
+            self._watch_hook = None
+            self._hook_sys()
             uc.ctl_flush_tb()
         addr = ctypes.addressof(self._st)
         if enabled:
@@ -752,6 +831,15 @@ class Aarch64Tcg:
     @property
     def preempt_stops(self) -> int:
         return self._preempt.stops
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: stop requests taken, watchpoint exceptions, PMU interrupt-state
+        changes, block-hook installs and removals, and the cross-CPU
+        synchronisation's figures (:attr:`~pyaxvisor.engine.tcg.xsync.SyncPeer.stats`)."""
+        return {"preempt_stops": self._preempt.stops, "watch_hits": self._st.watch.hits,
+                "pmu_notifications": self._st.pmu.notifications,
+                "block_hook_changes": self.block_hook_changes, **self.xsync.stats}
 
     def close(self) -> None:
         self._ctx = None  # type: ignore[assignment]

@@ -51,6 +51,13 @@ class UnicornBuild:
     #: Whether it is pyaxvisor's patched build (installed by build_unicorn).
     patched: bool
 
+    @property
+    def parallel(self) -> bool:
+        """Whether CPUs may run guest code at the same time: the library translates for
+        parallel execution (``tcg-parallel``) and stops a CPU from another thread at a
+        block start without losing the request (``stop-requests``)."""
+        return "tcg-parallel" in self.patches and "stop-requests" in self.patches
+
     def describe(self) -> str:
         if self.patched:
             names = ", ".join(self.patches) or "no patches"

@@ -1,8 +1,7 @@
 """Low-level access to libunicorn that the Python binding does not offer.
 
-* :class:`Preemptor` installs the native basic-block hook from ``_hooks.c``:
-  any thread calls :meth:`Preemptor.request` and the CPU stops at the start of
-  its next translation block (a safe point: nothing is half executed).
+* :class:`Preemptor`: any thread calls :meth:`Preemptor.request` and the CPU stops at
+  the start of its next translation block (a safe point: nothing is half executed).
 * :class:`NativeTimer` is the Python side of the Arm generic timer's EL0 registers,
   which the AArch64 engine's native MRS/MSR hooks emulate (its state is part of the
   engine's native state).
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, Uc
+from unicorn.unicorn_const import UC_CTL_IO_WRITE
 from unicorn.unicorn_py3 import unicorn as _ucm
 
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
@@ -35,33 +35,78 @@ _uclib: Any = _ucm.uclib
 
 
 class _PreemptState(ctypes.Structure):
-    _fields_ = (("request", ctypes.c_int32), ("pad", ctypes.c_int32),
+    """``struct preempt_state`` of ``_hooks.c``."""
+
+    _fields_ = (("request", ctypes.c_int32), ("running", ctypes.c_int32),
                 ("emu_stop", ctypes.c_void_p), ("stops", ctypes.c_uint64))
 
 
-class Preemptor:
-    """A stop request that the CPU honours at its next basic block.
+_stop_at_block: Any = getattr(_uclib, "uc_emu_stop_at_block", None)
+if _stop_at_block is not None:
+    _stop_at_block.restype = ctypes.c_int
+    _stop_at_block.argtypes = (ctypes.c_void_p,)
 
-    By default it installs its own block hook. An engine whose block hook does more
-    passes ``state`` (a :class:`_PreemptState` inside its own native state, whose
-    hook calls the shared check) and ``hook=False``: the request word is then that
-    one.
+
+class Preemptor:
+    """A stop request that the CPU honours at the start of its next translation block.
+
+    No hook polls for it: :meth:`request` asks libunicorn to stop the CPU
+    (``uc_emu_stop_at_block``, from the patched build: never mid-instruction, never lost
+    against a run that is starting) when the CPU runs, and leaves a request word that
+    the thread running the CPU reads around each run (:meth:`begin` and :meth:`end`).
+
+    Call order on the CPU's thread: ``begin()`` (False: a stop is pending: do not
+    run), ``uc_emu_start``, ``end()``; :meth:`take` takes the request when the run is
+    over. The word and the running flag are read and written under the GIL, which
+    orders them between threads; a request that lands between the run's end and
+    :meth:`end` may leave one spurious stop to the next run, which then returns before
+    its first block.
+
+    On the stock library (no ``uc_emu_stop_at_block``), ``block_hook=True`` installs a
+    native block hook that polls the word instead (the hook costs a call per block).
+    An engine whose own block hook polls it passes its ``state`` and ``block_hook=False``.
     """
 
-    def __init__(self, uc: Uc, state: _PreemptState | None = None, hook: bool = True) -> None:
+    def __init__(self, uc: Uc, state: _PreemptState | None = None,
+                 block_hook: bool = True) -> None:
         self._state = state if state is not None else _PreemptState()
-        self._state.emu_stop = uc_function("uc_emu_stop")
+        self._uch = uc._uch
+        self.polled = _stop_at_block is None
+        #: What the native hooks call to stop the CPU: at the next block start where
+        #: the library can (never replaying an access), else uc_emu_stop.
+        self._state.emu_stop = uc_function("uc_emu_stop" if self.polled
+                                           else "uc_emu_stop_at_block")
         self._hook = (_add_hook(uc, UC_HOOK_BLOCK, _hooks.preempt_hook_address(),
-                                ctypes.pointer(self._state)) if hook else None)
+                                ctypes.pointer(self._state))
+                      if block_hook and self.polled else None)
 
     def request(self) -> None:
-        """Ask the CPU to stop (any thread). A plain aligned int32 store."""
-        self._state.request = 1
+        """Ask the CPU to stop (any thread, also a callback inside the CPU)."""
+        st = self._state
+        st.request = 1
+        if st.running and not self.polled:
+            _stop_at_block(self._uch)
+
+    def begin(self) -> bool:
+        """Before a run (the CPU's thread): mark the CPU running; False (and not
+        running) when a stop is pending, which :meth:`take` then takes."""
+        st = self._state
+        st.running = 1
+        if st.request:
+            st.running = 0
+            return False
+        return True
+
+    def end(self) -> None:
+        """After a run (the CPU's thread)."""
+        self._state.running = 0
 
     def take(self) -> bool:
         """Whether a stop was requested since the last call; clears the request."""
-        if self._state.request:
-            self._state.request = 0
+        st = self._state
+        if st.request:
+            st.request = 0
+            st.stops += 1
             return True
         return False
 
@@ -86,6 +131,18 @@ class ContextView:
 
     def snapshot_bytes(self) -> bytes:
         return bytes(self.refresh())
+
+
+#: ``uc_ctl`` number of UC_CTL_TCG_PARALLEL (pyaxvisor's tcg-parallel patch).
+UC_CTL_TCG_PARALLEL = 15
+
+
+def set_tcg_parallel(uc: Uc, on: bool) -> None:
+    """Translate guest code for CPUs that run at the same time (host atomics for the
+    guest's atomic and exclusive accesses, host barriers for its barriers), or not;
+    drops the translated code when the setting changes. Raises ``UcError`` on a library
+    without the control (check :attr:`~pyaxvisor.engine.tcg.common.UnicornBuild.parallel`)."""
+    uc.ctl(UC_CTL_TCG_PARALLEL, UC_CTL_IO_WRITE, ctypes.c_int(int(on)))
 
 
 def uc_function(name: str) -> int:

@@ -25,8 +25,10 @@ every trap that is not delegated to S-mode ends in pyaxvisor. The engine:
   same architectural access fault at the faulting instruction. The guest never
   reaches host memory that is not its RAM;
 * drives the supervisor interrupt lines STIP/SEIP/SSIP from any thread
-  (:meth:`Riscv64Tcg.set_lines`); the native block hook writes them to ``mip``, so
-  the CPU takes them at the next block boundary;
+  (:meth:`Riscv64Tcg.set_lines`): written to ``mip`` at once on the CPU's own thread;
+  from another thread the CPU stops at its next block start to write them (on the
+  stock library a native block hook writes them instead), so the CPU takes them at
+  the next block boundary;
 * gives the ``time`` CSR a native source: ``(CLOCK_MONOTONIC - time_base_ns) *
   time_freq / 1e9``, the same clock as ``time.monotonic_ns``.
 
@@ -55,12 +57,14 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from unicorn import (
     UC_ARCH_RISCV,
     UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
@@ -73,11 +77,12 @@ from unicorn import riscv_const as rv
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION
 
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
-from pyaxvisor.engine.tcg.common import BOOT_NS, EngineError
+from pyaxvisor.engine.tcg.common import BOOT_NS, EngineError, unicorn_build
 from pyaxvisor.engine.tcg.native import (
     Preemptor,
     _add_hook,
     _PreemptState,
+    del_hook,
     map_mmio,
     uc_function,
 )
@@ -99,6 +104,7 @@ from pyaxvisor.engine.tcg.riscv64_isa import (
     insn_length,
 )
 from pyaxvisor.engine.tcg.riscv64_selftest import RiscvLayout, self_test
+from pyaxvisor.engine.tcg.xsync import CODE_ALL, TLB, Membership, SyncGroup, SyncPeer
 
 __all__ = ["PREEMPTED", "RamMapping", "Riscv64Tcg", "RiscvLayout", "Trap", "TrapAction",
            "pmp_entries", "self_test"]
@@ -118,8 +124,11 @@ _vmem_translate = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint6
     uc_function("uc_vmem_translate"))
 _set_rdtime_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(
     uc_function("riscv_cpu_set_rdtime_fn_riscv64"))
-_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME = (
+_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I = (
     _hooks.riscv_hook_addresses())
+#: UC_RISCV_INS_FENCE_I (the riscv-fence-i-hook patch; not in the binding's constants).
+UC_RISCV_INS_FENCE_I = 1
+_FENCE_I_HOOKABLE = "riscv-fence-i-hook" in unicorn_build().patches
 
 
 class TrapAction(enum.IntEnum):
@@ -177,7 +186,8 @@ class _RvState(ctypes.Structure):
         ("mem_pending", ctypes.c_uint64), ("trap_stop", ctypes.c_uint64),
         ("traps", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
         ("breakpoints", ctypes.c_uint64), ("mem_faults", ctypes.c_uint64),
-        ("line_updates", ctypes.c_uint64),
+        ("line_updates", ctypes.c_uint64), ("peer", ctypes.c_void_p),
+        ("fences_i", ctypes.c_uint64),
     )
 
 
@@ -245,9 +255,18 @@ class Riscv64Tcg:
         st.raise_exception = uc_function("riscv_raise_exception_riscv64")
         st.cpu_exit = uc_function("cpu_exit")
         self._st_addr = ctypes.addressof(st)
-        self._preempt = Preemptor(uc, state=st.preempt, hook=False)
+        self._preempt = Preemptor(uc, state=st.preempt, block_hook=False)
+        self._thread: int | None = None  # the host thread that runs the CPU
+        #: This CPU's place in the sync group of the VM whose vCPU is bound here.
+        self.xsync = SyncPeer(self._uch, cpu, st.preempt, st.preempt.emu_stop, "riscv64")
+        self._member = Membership(uc, self.xsync)
+        self._fence_i_hook: Any = None
         ptr = ctypes.pointer(st)
-        self._hooks = (_add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr),
+        # The block hook applies interrupt lines and polls stop requests: needed on the
+        # stock library only (the patched build stops at a block start by itself).
+        block = (_add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr),) if self._preempt.polled \
+            else ()
+        self._hooks = (*block,
                        _add_hook(uc, UC_HOOK_INTR, _HOOK_INTR, ptr),
                        _add_hook(uc, UC_HOOK_INSN_INVALID, _HOOK_INSN_INVALID, ptr),
                        _add_hook(uc, UC_HOOK_MEM_INVALID, _HOOK_MEM_INVALID, ptr))
@@ -298,10 +317,25 @@ class Riscv64Tcg:
         request ends the run (``cause`` :data:`PREEMPTED`). An exception raised by
         ``on_trap`` stops the CPU and is re-raised here."""
         st = self._st
-        if self._preempt.take():
+        preempt = self._preempt
+        if preempt.take():
             return Trap(PREEMPTED, self.pc, 0, self.priv, 0)
+        self._thread = threading.get_ident()
+        if not preempt.begin():
+            preempt.take()
+            return Trap(PREEMPTED, self.pc, 0, self.priv, 0)
+        if self.xsync.drain():
+            self._uc.ctl_flush_tb()
         breakpoints = st.breakpoints
-        err = _hooks.riscv_run(self._st_addr)
+        group = self._member.group
+        if group is not None:
+            group.run_begins()
+        try:
+            err = _hooks.riscv_run(self._st_addr)
+        finally:
+            preempt.end()
+            if group is not None:
+                group.run_ends()
         if err and not (err == UC_ERR_EXCEPTION and st.breakpoints != breakpoints):
             # A delivered EBREAK leaves Unicorn's "exception" error set until the run
             # ends (it reports EBREAK as invalid instead of as an exception); others
@@ -378,11 +412,14 @@ class Riscv64Tcg:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: traps seen, exceptions delivered to the guest (of them EBREAKs),
-        faults raised by the memory hook, interrupt-line updates, stop requests taken."""
+        faults raised by the memory hook, interrupt-line updates, stop requests taken,
+        FENCE.I instructions seen in an SMP VM and the cross-CPU synchronisation's
+        figures (:attr:`~pyaxvisor.engine.tcg.xsync.SyncPeer.stats`)."""
         st = self._st
         return {"traps": st.traps, "delivered": st.delivered, "breakpoints": st.breakpoints,
                 "mem_faults": st.mem_faults, "line_updates": st.line_updates,
-                "preempt_stops": self._preempt.stops}
+                "preempt_stops": self._preempt.stops, "fences_i": st.fences_i,
+                **self.xsync.stats}
 
     # -- registers --------------------------------------------------------------------
     def gprs(self) -> list[int]:
@@ -462,10 +499,18 @@ class Riscv64Tcg:
     # -- interrupt lines ----------------------------------------------------------------
     def set_lines(self, mask: int, level: bool) -> None:
         """Drive the ``mip`` bits of ``mask`` (within SSIP|STIP|SEIP) to ``level`` (any
-        thread). A running CPU writes them at its next block and takes an enabled one
-        there; a stopped one on its next run. Setting a bit again re-raises it even if
+        thread). On the thread that runs the CPU (inside it, from a callback, or between
+        runs) they are written at once; from another thread a running CPU is stopped at
+        its next block to write them, and a stopped one writes them on its next run. An
+        enabled one is taken at the next block. Setting a bit again re-raises it even if
         the guest cleared it meanwhile (SSIP)."""
         _hooks.riscv_set_lines(self._st_addr, mask & S_INTERRUPTS, level)
+        if self._preempt.polled:
+            return  # the block hook writes them
+        if threading.get_ident() == self._thread:
+            _hooks.riscv_apply_lines(self._st_addr)
+        else:
+            self._preempt.request()
 
     @property
     def lines(self) -> int:
@@ -487,6 +532,43 @@ class Riscv64Tcg:
         """Drop every cached translation (after the memory map or PMP changed, and for
         remote SFENCE.VMA)."""
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def join(self, group: SyncGroup | None, parallel: bool) -> None:
+        """Run a hart of the VM whose CPUs ``group`` holds (``None``: a VM of one hart),
+        translating for CPUs that run at the same time when ``parallel``; CPU stopped.
+        In a group, FENCE.I drops the hart's translated code (other harts' stores to
+        code are not seen by this engine's translations)."""
+        if self._member.join(group, parallel):
+            self._st.peer = self.xsync.address if group is not None else None
+            self._hook_fence_i()
+
+    def leave(self) -> None:
+        """Leave the sync group joined last (at unbind); CPU stopped."""
+        if self._member.leave():
+            self._st.peer = None
+            self._hook_fence_i()
+
+    def _hook_fence_i(self) -> None:
+        want = self._member.group is not None and _FENCE_I_HOOKABLE
+        if want == (self._fence_i_hook is not None):
+            return
+        if want:
+            self._fence_i_hook = _add_hook(self._uc, UC_HOOK_INSN, _HOOK_FENCE_I,
+                                           ctypes.pointer(self._st), UC_RISCV_INS_FENCE_I)
+        else:
+            del_hook(self._uc, self._fence_i_hook)
+            self._fence_i_hook = None
+        self._uc.ctl_flush_tb()
+
+    def fence_all(self, code: bool) -> bool:
+        """Inside the CPU (an SBI remote fence): every hart of the group, this one
+        included, drops its cached address translations (``code``: its translated code,
+        at its next stop) before it runs again; returns False, doing nothing, without a
+        group. Waits (GIL released) until the running harts dropped their translations."""
+        if self._member.group is None:
+            return False
+        self._member.broadcast(CODE_ALL if code else TLB)
+        return True
 
     def flush_code(self) -> None:
         """Drop translated code (after code was written behind the CPU's back, e.g. by
