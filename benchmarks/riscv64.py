@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from bench_common import (
+    OURS,
     bench_linux_guests,
     build_guest,
     median_of,
@@ -55,7 +56,7 @@ def bench_loops(runs: int, work: Path) -> None:
 
 def bench_sbi(runs: int, work: Path) -> None:
     binary = str(build_guest("riscv64", "sbi_loop", LOAD, work))
-    ours = median_of(runs, lambda: time_until([*PYAXVISOR, "-kernel", binary], None))
+    ours = median_of(runs, lambda: time_until([*PYAXVISOR, "-kernel", binary], None, env=OURS))
     qemu = median_of(runs, lambda: time_until([*QEMU_BASE, "-kernel", binary], None))
     row("SBI call round trip", ours / SBI_CALLS * 1e6, qemu / SBI_CALLS * 1e6, "us")
     print(f"{'':<34}(whole runs / {SBI_CALLS}: start-up included, an upper bound)")

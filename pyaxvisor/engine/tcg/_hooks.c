@@ -703,19 +703,19 @@ static void a64_xsync(void *uc, struct a64_state *st, const struct cp_reg *cp)
 {
     if (cp->crn == 8) {
         if (cp->op1 == 0 && cp->crm == 3)
-            xsync_broadcast(st->group, st->peer, XSYNC_TLB, 0);
+            xsync_broadcast(st->group, st->peer, XSYNC_TLB, 0, 0);  /* own TLB: QEMU's */
     } else if (cp->crn == 7) {
         if (cp->op1 == 0 && cp->op2 == 0 && (cp->crm == 1 || cp->crm == 5)) {
             if (cp->crm == 1)
-                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0);
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0, XSYNC_CODE_ALL);
             else
                 xsync_local(st->peer, XSYNC_CODE_ALL, 0);
         } else if (cp->op1 == 3 && cp->crm == 5 && cp->op2 == 1) {
             uint64_t pa = 0;
             if (st->vmem_translate(uc, cp->val, UC_PROT_READ_, &pa) == 0)
-                xsync_broadcast(st->group, st->peer, XSYNC_CODE_PAGE, pa);
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_PAGE, pa, XSYNC_CODE_PAGE);
             else
-                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0);
+                xsync_broadcast(st->group, st->peer, XSYNC_CODE_ALL, 0, XSYNC_CODE_ALL);
         }
     }
 }
@@ -1196,7 +1196,7 @@ static PyObject *py_xsync_broadcast(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     xsync_broadcast((struct xsync_group *)(uintptr_t)group, (struct xsync_peer *)(uintptr_t)peer,
-                    kind, page);
+                    kind, page, kind);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

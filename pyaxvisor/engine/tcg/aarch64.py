@@ -99,6 +99,7 @@ from pyaxvisor.engine.tcg.native import (
     _TimerState,
     add_hook,
     del_hook,
+    exit_at_blocks_only,
     map_mmio,
     uc_function,
 )
@@ -471,6 +472,7 @@ class Aarch64Tcg:
     def __init__(self, timer_freq: int = 62_500_000, timer_base_ns: int = BOOT_NS) -> None:
         self._layout = self_test()
         self._uc = uc = _new_uc()
+        exit_at_blocks_only(uc)
         self._mapped: dict[int, HostMemory] = {}
         self._mmio: dict[int, tuple[object, object]] = {}
         self.current_vcpu_id = 0  # the vCPU bound here, for in-CPU MMIO callbacks

@@ -25,7 +25,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from unicorn import UC_HOOK_BLOCK, Uc
+from unicorn import UC_HOOK_BLOCK, Uc, UcError
 from unicorn.unicorn_const import UC_CTL_IO_WRITE
 from unicorn.unicorn_py3 import unicorn as _ucm
 
@@ -133,8 +133,10 @@ class ContextView:
         return bytes(self.refresh())
 
 
-#: ``uc_ctl`` number of UC_CTL_TCG_PARALLEL (pyaxvisor's tcg-parallel patch).
+#: ``uc_ctl`` numbers of UC_CTL_TCG_PARALLEL and UC_CTL_EXIT_AT_BLOCKS_ONLY (pyaxvisor's
+#: tcg-parallel and exit-at-blocks-only patches).
 UC_CTL_TCG_PARALLEL = 15
+UC_CTL_EXIT_AT_BLOCKS_ONLY = 16
 
 
 def set_tcg_parallel(uc: Uc, on: bool) -> None:
@@ -143,6 +145,18 @@ def set_tcg_parallel(uc: Uc, on: bool) -> None:
     drops the translated code when the setting changes. Raises ``UcError`` on a library
     without the control (check :attr:`~pyaxvisor.engine.tcg.common.UnicornBuild.parallel`)."""
     uc.ctl(UC_CTL_TCG_PARALLEL, UC_CTL_IO_WRITE, ctypes.c_int(int(on)))
+
+
+def exit_at_blocks_only(uc: Uc) -> bool:
+    """Where the library can (the exit-at-blocks-only patch), honour stop requests only
+    at block starts: no helper call after every guest load and store. The engines'
+    callbacks never need a stop right after an access (they stop at the next block, or
+    raise the guest's exception themselves). Returns whether it is on."""
+    try:
+        uc.ctl(UC_CTL_EXIT_AT_BLOCKS_ONLY, UC_CTL_IO_WRITE, ctypes.c_int(1))
+    except UcError:
+        return False
+    return True
 
 
 def uc_function(name: str) -> int:

@@ -83,6 +83,7 @@ from pyaxvisor.engine.tcg.native import (
     _add_hook,
     _PreemptState,
     del_hook,
+    exit_at_blocks_only,
     map_mmio,
     uc_function,
 )
@@ -233,6 +234,7 @@ class Riscv64Tcg:
         self._layout = lay = layout if layout is not None else self_test()
         self._uc = uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV64)
         uc.ctl_set_cpu_model(rv.UC_CPU_RISCV64_SIFIVE_U54)
+        exit_at_blocks_only(uc)
         uc.reg_read(rv.UC_RISCV_REG_PC)  # Unicorn builds the CPU on first use
         self._uch = uc._uch.value
         cpu = ctypes.c_uint64.from_address(self._uch + lay.uc_cpu).value

@@ -125,7 +125,7 @@ void xsync_local(struct xsync_peer *self, int kind, uint64_t page)
 }
 
 void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kind,
-                     uint64_t page)
+                     uint64_t page, int own)
 {
     uint64_t gens[XSYNC_PEERS];
     uint64_t n = group->n < XSYNC_PEERS ? group->n : XSYNC_PEERS;
@@ -144,7 +144,7 @@ void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kin
             wait |= gens[i] != 0;
         }
     }
-    xsync_local(self, kind, page);
+    xsync_local(self, own, page);
     if (!wait)
         return;
     int64_t start = now_ns();

@@ -76,10 +76,10 @@ struct xsync_group {
 
 /* Queue `kind` (XSYNC_*; `page`: the physical address for XSYNC_CODE_PAGE) in every peer
  * of `group` but `self`, stopping the running ones; with XSYNC_TLB or XSYNC_CODE_PAGE,
- * wait until they have done it. `self` does its own part: TLB and page at once, all
- * code at its next stop (it is stopped at its next block start for that). */
+ * wait until they have done it. `self` does `own` (what the instruction did not do to
+ * its own CPU already) as xsync_local does. */
 void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kind,
-                     uint64_t page);
+                     uint64_t page, int own);
 
 /* `self`'s own part of `kind`, inside its CPU: TLB and page at once, all code at its
  * next stop (it is stopped at its next block start for that). */
