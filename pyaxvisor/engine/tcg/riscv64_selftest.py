@@ -73,6 +73,7 @@ __all__ = ["RiscvLayout", "self_test"]
 
 _SCAN_UC = 0x1000      # bytes of Unicorn's handle searched for the CPU pointer
 _SCAN_CPU = 0x1000     # bytes of the CPU object searched for the state pointer
+_NEAR = 0x40000        # how far into the CPU object its state is looked for first
 _MAX_PMP = 16
 _CODE = 0x8000_0000    # where the probes' code lives (guest physical)
 _DENIED = (0x1234_5670, 0x2345_6780)   # addresses no probe maps
@@ -141,7 +142,13 @@ def _u64(addr: int) -> int:
 
 def _chains(uc: Uc, view: bytes, x1: int) -> set[tuple[int, int, int]]:
     """(handle offset, CPU offset, context header size) of every pointer chain from
-    ``uc``'s handle to memory that equals the snapshot ``view``."""
+    ``uc``'s handle to memory that equals the snapshot ``view``. The chains whose state
+    lies inside the CPU object (QEMU keeps ``env`` in the CPU's own structure) are
+    looked for first, which is quick; only if there are none, every chain."""
+    return _scan(uc, view, x1, near=True) or _scan(uc, view, x1, near=False)
+
+
+def _scan(uc: Uc, view: bytes, x1: int, near: bool) -> set[tuple[int, int, int]]:
     pattern = struct.pack("<31Q", *_MAGIC[1:])
     handle = uc._uch.value
     found: set[tuple[int, int, int]] = set()
@@ -152,11 +159,11 @@ def _chains(uc: Uc, view: bytes, x1: int) -> set[tuple[int, int, int]]:
         cpu = _u64(handle + u)
         if not cpu or not readable(cpu, _SCAN_CPU):
             continue
-        cpu_bytes = ctypes.string_at(cpu, _SCAN_CPU)
-        for k in range(0, _SCAN_CPU, 8):
-            env = struct.unpack_from("<Q", cpu_bytes, k)[0]
-            if not env or not readable(env, len(view)):
+        words = struct.unpack(f"<{_SCAN_CPU // 8}Q", ctypes.string_at(cpu, _SCAN_CPU))
+        for k, env in enumerate(words):
+            if not env or (near and not 0 < env - cpu < _NEAR) or not readable(env, len(view)):
                 continue
+            k *= 8
             mem = ctypes.string_at(env, len(view))
             at = mem.find(pattern)
             header = x1 - at
