@@ -950,14 +950,14 @@ static void riscv_intr_hook(void *uc, uint32_t intno, void *user_data)
 /* FENCE.I (UC_HOOK_INSN UC_RISCV_INS_FENCE_I, installed while the hart runs a hart of
  * an SMP VM): another hart may have written the code this one runs next, and this
  * engine's translations do not see other engines' stores, so it drops them all at its
- * next block start (xsync.h). */
+ * next block start when another hart ran since it last did (xsync_fence_i). */
 static void riscv_fence_i_hook(void *uc, void *user_data)
 {
     struct rv_state *st = user_data;
     (void)uc;
     st->fences_i++;
     if (st->peer != NULL)
-        xsync_local(st->peer, XSYNC_CODE_ALL, 0);
+        xsync_fence_i(st->peer);
 }
 
 static bool riscv_insn_invalid_hook(void *uc, void *user_data)

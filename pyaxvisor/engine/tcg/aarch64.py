@@ -641,7 +641,7 @@ class Aarch64Tcg:
                 self._uc.ctl_flush_tb()
             group = self._member.group
             if group is not None:
-                group.run_begins()
+                group.run_begins(self.xsync)
             try:
                 self._uc.emu_start(pc, -1)
             except UcError as exc:

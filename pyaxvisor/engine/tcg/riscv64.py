@@ -331,7 +331,7 @@ class Riscv64Tcg:
         breakpoints = st.breakpoints
         group = self._member.group
         if group is not None:
-            group.run_begins()
+            group.run_begins(self.xsync)
         try:
             err = _hooks.riscv_run(self._st_addr)
         finally:

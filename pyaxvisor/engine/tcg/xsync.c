@@ -71,6 +71,35 @@ int xsync_service(struct xsync_peer *self)
     return do_work(self);
 }
 
+/* The runs the other peers of `self`'s group began, or ~0 when one runs now. */
+static uint64_t others_runs(struct xsync_peer *self)
+{
+    struct xsync_group *group = self->group;
+    uint64_t sum = 0;
+    if (group == NULL)
+        return 0;
+    uint64_t n = group->n < XSYNC_PEERS ? group->n : XSYNC_PEERS;
+    for (uint64_t i = 0; i < n; i++) {
+        struct xsync_peer *p = group->peer[i];
+        if (p == NULL || p == self)
+            continue;
+        if (__atomic_load_n(&p->preempt->running, __ATOMIC_ACQUIRE))
+            return UINT64_MAX;
+        sum += __atomic_load_n(&p->runs, __ATOMIC_ACQUIRE);
+    }
+    return sum;
+}
+
+void xsync_fence_i(struct xsync_peer *self)
+{
+    uint64_t others = others_runs(self);
+    if (others != UINT64_MAX && others == self->seen_others) {
+        self->fences_skipped++;
+        return;
+    }
+    xsync_local(self, XSYNC_CODE_ALL, 0);
+}
+
 int xsync_drain(struct xsync_peer *self)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* after `running` was set: see xsync.h */
@@ -80,6 +109,8 @@ int xsync_drain(struct xsync_peer *self)
         self->code_all = 0;
         unlock(self);
         self->code_flushes++;
+        /* the caller drops the code now: what others do from here on is news */
+        self->seen_others = others_runs(self);
     }
     return all;
 }

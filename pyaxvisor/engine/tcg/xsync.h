@@ -67,6 +67,11 @@ struct xsync_peer {
     uint64_t ram_pa[XSYNC_RAM], ram_size[XSYNC_RAM], ram_host[XSYNC_RAM];
     /* statistics */
     uint64_t tlb_flushes, code_pages, code_flushes, stops_sent, waits, wait_ns, timeouts;
+    /* FENCE.I (xsync_fence_i) */
+    struct xsync_group *group;  /* the group the peer is in (Python sets it), or NULL */
+    uint64_t runs;              /* runs the engine began (Python counts them) */
+    uint64_t seen_others;       /* the other peers' runs at the last code drop, or ~0 */
+    uint64_t fences_skipped;
 };
 
 struct xsync_group {
@@ -84,6 +89,13 @@ void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kin
 /* `self`'s own part of `kind`, inside its CPU: TLB and page at once, all code at its
  * next stop (it is stopped at its next block start for that). */
 void xsync_local(struct xsync_peer *self, int kind, uint64_t page);
+
+/* A local instruction-cache invalidation (RISC-V FENCE.I) inside `self`'s CPU: drop
+ * its translated code at its next stop, unless no other CPU of its group ran guest
+ * code since its code was last dropped (nobody else can have written code: its own
+ * stores keep its translations coherent) — Linux runs FENCE.I tens of thousands of
+ * times while it patches its own code on the boot hart alone. */
+void xsync_fence_i(struct xsync_peer *self);
 
 /* Do the work queued for `self` that can be done inside its running CPU (TLB flush,
  * code pages); returns whether dropping all code is still queued. */

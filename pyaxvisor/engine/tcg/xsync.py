@@ -42,7 +42,8 @@ class _Peer(ctypes.Structure):
                 ("ram_size", _U64 * RAM_REGIONS), ("ram_host", _U64 * RAM_REGIONS),
                 ("tlb_flushes", _U64), ("code_pages", _U64), ("code_flushes", _U64),
                 ("stops_sent", _U64), ("waits", _U64), ("wait_ns", _U64),
-                ("timeouts", _U64))
+                ("timeouts", _U64), ("group", _P), ("runs", _U64), ("seen_others", _U64),
+                ("fences_skipped", _U64))
 
 
 class _Group(ctypes.Structure):
@@ -108,7 +109,7 @@ class SyncPeer:
         return {"xsync_tlb_flushes": p.tlb_flushes, "xsync_code_pages": p.code_pages,
                 "xsync_code_flushes": p.code_flushes, "xsync_stops_sent": p.stops_sent,
                 "xsync_waits": p.waits, "xsync_wait_us": p.wait_ns // 1000,
-                "xsync_timeouts": p.timeouts}
+                "xsync_timeouts": p.timeouts, "xsync_fences_i_skipped": p.fences_skipped}
 
 
 class SyncGroup:
@@ -123,7 +124,9 @@ class SyncGroup:
         self.running = 0
         self.max_running = 0
 
-    def run_begins(self) -> None:
+    def run_begins(self, peer: SyncPeer) -> None:
+        """``peer``'s engine begins a run (its thread)."""
+        peer._peer.runs += 1
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
@@ -145,6 +148,7 @@ class SyncGroup:
             else:
                 raise EngineError(f"more than {PEERS} CPUs in one VM")
             g.peer[i] = ctypes.pointer(peer._peer)
+            peer._peer.group = self.address
             self._members[peer.address] = peer
             if i == g.n:
                 g.n = i + 1
@@ -157,6 +161,7 @@ class SyncGroup:
             for i in range(g.n):
                 if g.peer[i] and ctypes.addressof(g.peer[i].contents) == peer.address:
                     g.peer[i] = None
+            peer._peer.group = None
 
 
 class Membership:
