@@ -253,6 +253,7 @@ class Aarch64VCpu(SoftVCpu):
         self._smccc_conduit = False
         self._served: Counter[str] = Counter()
         self._in_guest = False
+        self._run_thread: int | None = None  # the host thread the vCPU is bound on
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -309,6 +310,7 @@ class Aarch64VCpu(SoftVCpu):
         engine.flush_tlb()
         with self._lock:
             self._engine = engine
+            self._run_thread = threading.get_ident()
 
     def unbind(self) -> None:
         engine = self._require_engine()
@@ -326,6 +328,7 @@ class Aarch64VCpu(SoftVCpu):
         engine.leave()
         with self._lock:
             self._engine = None
+            self._run_thread = None
 
     # -- ArchVCpu: running ---------------------------------------------------------------
     def run(self) -> ExitReason:
@@ -446,10 +449,18 @@ class Aarch64VCpu(SoftVCpu):
         self.controller = controller
 
     def set_irq_line(self, level: bool) -> None:
-        """Drive the virtual IRQ input (HCR_EL2.VI) from any thread."""
+        """Drive the virtual IRQ input (HCR_EL2.VI) from any thread. On the thread that
+        runs the vCPU (inside the CPU, from a device or timer callback, or between
+        runs) HCR_EL2.VI is written at once and the CPU takes the interrupt at its next
+        block; from another thread the CPU stops at its next block and run() enters it
+        again with the new level."""
         if level != self._irq_level:
             self._irq_level = level
-            self._stop_cpu()  # run() re-enters with the new level applied
+            engine = self._engine
+            if engine is not None and threading.get_ident() == self._run_thread:
+                engine.set_virtual_irq(level)
+            else:
+                self._stop_cpu()
 
     @property
     def irq_line(self) -> bool:

@@ -377,6 +377,8 @@ class _A64State(ctypes.Structure):
 
 
 _HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH = _hooks.a64_hook_addresses()
+#: QEMU's cpu_exit(CPUState *): the CPU leaves its chained blocks at the next block start.
+_cpu_exit = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(uc_function("cpu_exit"))
 if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset) != \
         _hooks.a64_layout():
     raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
@@ -817,11 +819,16 @@ class Aarch64Tcg:
             watch.rehook = 1
 
     def set_virtual_irq(self, asserted: bool) -> None:
-        """Drive the virtual IRQ line: HCR_EL2.VI (bit 7)."""
+        """Drive the virtual IRQ line: HCR_EL2.VI (bit 7); on the CPU's thread only, also
+        from a callback inside the running CPU, which then takes an unmasked interrupt at
+        its next block start (Unicorn's cpu_interrupt only notes the request, so the CPU
+        is made to leave its chained blocks)."""
         vi = 1 << 7
         new = (self._hcr | vi) if asserted else (self._hcr & ~vi)
         if new != self._hcr:
             self.write_sysreg("HCR_EL2", new)
+            if asserted:
+                _cpu_exit(self._cpu)
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (needed after a stage-2 entry changes)."""
