@@ -96,6 +96,30 @@ def test_exclusives_to_a_device_run_serially_in_a_parallel_vm(alongside):
     assert (run.u64(0), run.u64(8), run.u64(16)) == (64, 0, 0)
 
 
+def test_both_cpus_storming_broadcast_maintenance_neither_waits_for_ever(alongside):
+    """Two CPUs that issue TLBI ...IS, IC IVAU and IC IALLUIS at the same time each wait
+    for the other to drop what they name; each does the other's request while it
+    waits, so both finish their 20 000 rounds, no wait ever runs into the 0.2 s
+    bail-out, and the VM powers off."""
+    def storm() -> tuple[Run, dict[str, int]]:
+        output = bytearray()
+        vm = aarch64_vm(ram_size=64 << 20, smp=2, console_write=output.extend)
+        try:
+            vm.write_guest(LOAD, build("aarch64", "hostile_maintenance_storm", LOAD))
+            result = vm.run(LOAD, dtb_addr=0, timeout=120)
+            memory = vm.read_guest(RESULTS, 16)
+            stats = vm.board.xsync.stats
+        finally:
+            vm.close()
+        return Run(result, bytes(output), memory, {}), stats
+
+    run, stats = alongside(storm, bystander)
+    assert run.result.reason == "poweroff", run.result
+    assert (run.u64(0), run.u64(8)) == (20000, 20000)
+    assert stats["xsync_timeouts"] == 0, stats
+    assert stats["xsync_waits"] > 0, stats  # the CPUs did wait for each other
+
+
 # -- accesses outside RAM --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("case", "what"), [(0, "load"), (1, "store"), (2, "fetch")])

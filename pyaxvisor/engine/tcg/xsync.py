@@ -119,6 +119,7 @@ class SyncGroup:
         self._group = _Group()
         self.address = ctypes.addressof(self._group)
         self._members: dict[int, SyncPeer] = {}
+        self._ever: dict[int, SyncPeer] = {}  # every peer that was a member, for stats
         self._lock = threading.Lock()
         #: CPUs of the group inside a run now, and the most there ever were at once.
         self.running = 0
@@ -150,8 +151,21 @@ class SyncGroup:
             g.peer[i] = ctypes.pointer(peer._peer)
             peer._peer.group = self.address
             self._members[peer.address] = peer
+            self._ever[peer.address] = peer
             if i == g.n:
                 g.n = i + 1
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The figures of :attr:`SyncPeer.stats` summed over every engine that was in
+        the group (an engine's counters run over all the VMs it served)."""
+        with self._lock:
+            peers = list(self._ever.values())
+        total: dict[str, int] = {}
+        for peer in peers:
+            for key, value in peer.stats.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def remove(self, peer: SyncPeer) -> None:
         with self._lock:
