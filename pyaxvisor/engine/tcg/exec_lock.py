@@ -1,8 +1,11 @@
-"""One guest CPU executing at a time per VM (QEMU's round-robin TCG).
+"""One guest CPU executing at a time per VM (QEMU's round-robin TCG), on the stock
+library only.
 
-Unicorn runs QEMU's TCG without its parallel mode, so a store-exclusive is a
+Stock Unicorn runs QEMU's TCG without its parallel mode, so a store-exclusive is a
 plain compare-then-store and not atomic against another CPU running at the
-same moment on another host thread: two vCPUs could both win a spinlock. Every
+same moment on another host thread: two vCPUs could both win a spinlock. (pyaxvisor's
+patched build translates for parallel CPUs, and its VMs' vCPUs need no such lock:
+:mod:`pyaxvisor.boards.soft_virt`.) On the stock library every
 vCPU of a VM therefore holds this lock while its CPU executes guest code (its
 host thread remains its own; only execution is serialised). A TB never spans a
 preemption point, so an LDXR/STXR sequence in one block is atomic.

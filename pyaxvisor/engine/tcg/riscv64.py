@@ -372,9 +372,10 @@ class Riscv64Tcg:
     def stop_if_requested(self) -> None:
         """Inside ``on_trap``: if a stop was requested, stop the CPU once this trap is
         handled (where it resumes, e.g. at the guest's vector); :meth:`run` then returns
-        :data:`PREEMPTED`. Needed where a trap can repeat before any block runs: a fetch
-        fault at the very vector it is delivered to never reaches the block hook, which
-        is where stop requests are otherwise honoured."""
+        :data:`PREEMPTED`. Needed on the stock library, where a trap that repeats before
+        any block runs (a fetch fault at the very vector it is delivered to) never
+        reaches the block hook that polls stop requests there; the patched build
+        honours a request at the next block start by itself."""
         if self._st.preempt.request:
             self._uc.emu_stop()
 
