@@ -99,7 +99,7 @@ def test_exclusives_to_a_device_run_serially_in_a_parallel_vm(alongside):
 def test_both_cpus_storming_broadcast_maintenance_neither_waits_for_ever(alongside):
     """Two CPUs that issue TLBI ...IS, IC IVAU and IC IALLUIS at the same time each wait
     for the other to drop what they name; each does the other's request while it
-    waits, so both finish their 20 000 rounds, no wait ever runs into the 0.2 s
+    waits, so both finish their 20 000 rounds, no wait ever runs into the 2 s
     bail-out, and the VM powers off."""
     def storm() -> tuple[Run, dict[str, int]]:
         output = bytearray()

@@ -179,6 +179,7 @@ void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kin
     if (!wait)
         return;
     int64_t start = now_ns();
+    unsigned spins = 0;
     self->waits++;
     for (uint64_t i = 0; i < n; i++) {
         struct xsync_peer *p = group->peer[i];
@@ -194,7 +195,15 @@ void xsync_broadcast(struct xsync_group *group, struct xsync_peer *self, int kin
                 self->timeouts++;
                 goto out;
             }
-            sched_yield();
+            if (spins < XSYNC_SPINS) {
+                spins++;
+                sched_yield();
+            } else {
+                /* leave the core to the CPU we wait for (a host with fewer cores than
+                 * busy threads) */
+                struct timespec nap = {0, 20000};
+                nanosleep(&nap, NULL);
+            }
         }
     }
 out:

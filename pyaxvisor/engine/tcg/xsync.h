@@ -34,7 +34,9 @@
 #define XSYNC_PEERS 64          /* CPUs of one VM that one group can reach */
 #define XSYNC_PAGES 32          /* code pages queued before "drop all code" instead */
 #define XSYNC_RAM 8             /* RAM regions of a peer (for physical -> ram_addr) */
-#define XSYNC_WAIT_NS 200000000LL   /* give up waiting for a peer after 0.2 s */
+#define XSYNC_WAIT_NS 2000000000LL  /* give up waiting for a peer after 2 s (a hang guard:
+                                       a loaded host can hold a thread off for a while) */
+#define XSYNC_SPINS 64              /* yields before a waiting CPU sleeps between looks */
 
 enum { XSYNC_TLB = 1, XSYNC_CODE_PAGE = 2, XSYNC_CODE_ALL = 4 };
 
