@@ -53,6 +53,7 @@
  *   VA 0x4000_0000 + 4 KiB * i: the test pages V_i (leaf entries in l0)
  *   VA 0x8000_0000 + 1 GiB: 1:1 gigapage, read/write/execute (RAM) */
 .include "sbi.inc"
+.include "uart.inc"
 .option norelax                         /* data (strings) sits between code and its
                                         * alignments: no linker relaxation */
 .equ UART, 0x10000000                   /* ns16550a: THR at 0, LSR at 5 */
@@ -374,50 +375,7 @@ go_off:
     SBI EXT_HSM, 1                      /* hart_stop: does not return */
     j unexpected
 
-/* The UART routines use only a0 and t0-t3 (and ra to return). */
-putc:                                   /* a0: a byte */
-    li t0, UART
-1:  lbu t1, 5(t0)                       /* LSR.THRE */
-    andi t1, t1, 0x20
-    beqz t1, 1b
-    sb a0, 0(t0)
-    ret
-
-puts:                                   /* a0: NUL-terminated string */
-    mv t3, ra
-    mv t2, a0
-1:  lbu a0, 0(t2)
-    beqz a0, 2f
-    call putc
-    addi t2, t2, 1
-    j 1b
-2:  mv ra, t3
-    ret
-
-puthex:                                 /* a0: as 16 hex digits */
-    li t0, UART
-    li t2, 60
-1:  lbu t1, 5(t0)
-    andi t1, t1, 0x20
-    beqz t1, 1b
-    srl t1, a0, t2
-    andi t1, t1, 0xf
-    addi t1, t1, '0'
-    li t3, '9'
-    ble t1, t3, 2f
-    addi t1, t1, 'a' - '0' - 10
-2:  sb t1, 0(t0)
-    addi t2, t2, -4
-    bgez t2, 1b
-    ret
-
-newline:
-    mv t3, ra
-    li a0, '\n'
-    call putc
-    mv ra, t3
-    ret
-
+UART_ROUTINES
 bad_count:
     mv s1, a1
     la a0, msg_bad_count
