@@ -44,8 +44,10 @@ setup(
     cmdclass={"build_ext": BuildExt},
     ext_modules=[
         Extension("pyaxvisor.engine.tcg._hooks",
-                  ["pyaxvisor/engine/tcg/_hooks.c", "pyaxvisor/engine/tcg/xsync.c"],
-                  depends=["pyaxvisor/engine/tcg/xsync.h"]),
+                  ["pyaxvisor/engine/tcg/_hooks.c", "pyaxvisor/engine/tcg/xsync.c",
+                   "pyaxvisor/engine/tcg/mmio_mirror.c"],
+                  depends=["pyaxvisor/engine/tcg/xsync.h",
+                           "pyaxvisor/engine/tcg/mmio_mirror.h"]),
         Extension("pyaxvisor.engine.kvm._native", ["pyaxvisor/engine/kvm/_native.c"]),
     ],
 )

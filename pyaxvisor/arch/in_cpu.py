@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from pyaxvisor.engine.tcg.native import MappedMmio
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
 from pyaxvisor.vcpu.width import AccessWidth
 
@@ -34,6 +35,8 @@ class InCpuMmio:
         self._stop_cpu = stop_cpu
         self.windows: list[InCpuWindow] = []
         self.counts = [0, 0]  # reads, writes
+        #: Per mapped window, the reads its mirror answered (``attach``).
+        self._mapped: list[MappedMmio] = []
         self._error: Exception | None = None
 
     def set_windows(self, windows: Sequence[InCpuWindow]) -> bool:
@@ -41,6 +44,17 @@ class InCpuMmio:
         software CPU); returns whether there is any."""
         self.windows = [w for w in windows if w.space == "mmio"]
         return bool(self.windows)
+
+    def attach(self, attach_mmio: Callable[..., MappedMmio], base: int,
+               vcpu_id: Callable[[], int]) -> None:
+        """Map every window with the engine's ``attach_mmio(paddr, size, read, write,
+        mirror)``, window ``i`` at ``base + window.base``; ``vcpu_id()`` names the vCPU
+        the device sees (asked at each access: an engine may serve several vCPUs in
+        turn)."""
+        self._mapped = [
+            attach_mmio(base + w.base, w.size, *self.callbacks(w, vcpu_id),
+                        None if w.mirror is None else (*w.mirror.addresses, w.mirror.size))
+            for w in self.windows]
 
     def callbacks(self, window: InCpuWindow,
                   vcpu_id: Callable[[], int]) -> tuple[EngineRead, EngineWrite]:
@@ -79,4 +93,5 @@ class InCpuMmio:
 
     @property
     def accesses(self) -> tuple[int, int]:
-        return self.counts[0], self.counts[1]
+        """Reads and writes served, those the mirrors answered included."""
+        return self.counts[0] + sum(m.mirror_reads for m in self._mapped), self.counts[1]

@@ -135,7 +135,8 @@ class SoftVirtBoard(Board):
         vm.devices.mmio.attach(base, size, device)
         if not self.config.in_cpu_devices:
             return False
-        self._in_cpu.append(InCpuWindow("mmio", base, size, device.read, device.write))
+        self._in_cpu.append(InCpuWindow("mmio", base, size, device.read, device.write,
+                                        device.mirror))
         return True
 
     def in_cpu_windows(self, vm: Vm) -> list[InCpuWindow]:

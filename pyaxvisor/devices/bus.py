@@ -40,6 +40,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from pyaxvisor.errors import AlreadyExists, InvalidInput, NotFound
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 __all__ = [
@@ -78,6 +79,9 @@ class Device(abc.ABC):
     """
 
     name: str = "device"
+    #: The registers a software CPU may read without calling :meth:`read` (a device
+    #: that publishes them keeps them current under its lock; see RegisterMirror).
+    mirror: RegisterMirror | None = None
 
     @abc.abstractmethod
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int: ...

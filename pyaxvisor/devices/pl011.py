@@ -56,6 +56,7 @@ from collections.abc import Callable
 from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 #: Size of the register window.
@@ -111,6 +112,10 @@ _CR_MASK = 0xFF87  # bits 6:3 are reserved
 _INT_MASK = 0x7FF
 _RX_TRIGGERS = {0: 4, 1: 8, 2: 16, 3: 24, 4: 28}
 
+#: The registers :meth:`Pl011._publish_all` publishes (reads of UARTDR take a character).
+_MIRRORED = (UARTRSR, UARTFR, UARTILPR, UARTIBRD, UARTFBRD, UARTLCR_H, UARTCR, UARTIFLS,
+             UARTIMSC, UARTRIS, UARTMIS, UARTDMACR)
+
 # UARTPeriphID0-3 then UARTPCellID0-3, at 0xFE0..0xFFC.
 _ID_BASE = 0xFE0
 _ID_BYTES = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
@@ -139,7 +144,11 @@ class Pl011(HostInput, Device):
         self._tx = tx
         self._irq = irq
         self._init_host_input()
+        self.mirror = RegisterMirror(MMIO_SIZE)
         self._reset_registers()
+        for i, byte in enumerate(_ID_BYTES):
+            self.mirror.publish(_ID_BASE + 4 * i, 4, byte)
+        self._publish_all()
 
     # ------------------------------------------------------------------ host side
 
@@ -158,6 +167,7 @@ class Pl011(HostInput, Device):
             self._reset_registers()
             self._fill()
             self._update_irq()
+            self._publish_all()
 
     # ------------------------------------------------------------------ MMIO
 
@@ -185,6 +195,7 @@ class Pl011(HostInput, Device):
                 lane = width.mask << shift
                 old = self._peek_reg(reg)
                 self._write_reg(reg, (old & ~lane) | (value << shift))
+                self._publish_all()
 
     # ------------------------------------------------------------------ internals
 
@@ -240,8 +251,19 @@ class Pl011(HostInput, Device):
         return bool(self._cr & CR_LBE)  # the receiver listens to the transmitter only
 
     def _update_irq(self) -> None:
+        """Drive the interrupt line and publish what a change of the FIFO or the
+        interrupt state moves (every such change ends here)."""
         if self._irq is not None:
             self._irq.set_level(bool(self._ris & self._imsc))
+        assert self.mirror is not None
+        self.mirror.publish_words({UARTFR: self._flags(), UARTRIS: self._ris,
+                                   UARTMIS: self._ris & self._imsc, UARTRSR: self._rsr})
+
+    def _publish_all(self) -> None:
+        """Publish every register a read has no side effect on (all but UARTDR) in
+        :attr:`mirror`, as it is now (after a register write or a reset)."""
+        assert self.mirror is not None
+        self.mirror.publish_words({reg: self._peek_reg(reg) for reg in _MIRRORED})
 
     def _transmit(self, byte: int) -> None:
         if self._tx is not None:

@@ -80,6 +80,7 @@ from collections.abc import Callable
 from pyaxvisor.devices.bus import BadAccess, Device
 from pyaxvisor.devices.host_input import HostInput
 from pyaxvisor.devices.irq import IrqLine
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 #: Standard PC COM ports and their ISA IRQs.
@@ -180,8 +181,13 @@ class Uart16550(HostInput, Device):
         *,
         name: str = "uart16550",
         out2_gates_irq: bool = True,
+        mirrored: bool = False,
     ) -> None:
         self.name = name
+        #: ``mirrored``: a software CPU reads the registers without read side effects
+        #: from a table (IER or DLM, LCR, MCR, SCR always; LSR, MSR, IIR and DLL while
+        #: reading them changes nothing), kept current after every change.
+        self.mirror = RegisterMirror(PORT_COUNT) if mirrored else None
         self._tx = tx
         self._irq = irq
         self._irq_gate = MCR_OUT2 if out2_gates_irq else 0
@@ -189,6 +195,7 @@ class Uart16550(HostInput, Device):
         self._modem_inputs = MSR_CTS | MSR_DSR | MSR_DCD
         self._divisor = _DIVISOR_RESET
         self._reset_registers()
+        self._publish()
 
     # ------------------------------------------------------------------ host side
 
@@ -202,6 +209,12 @@ class Uart16550(HostInput, Device):
                 | (MSR_RI if ri else 0) | (MSR_DCD if dcd else 0))
             self._update_msr()
             self._update_irq()
+            self._publish()
+
+    def receive(self, data: bytes) -> None:
+        with self._lock:
+            super().receive(data)
+            self._publish()
 
     @property
     def irq_level(self) -> bool:
@@ -230,18 +243,22 @@ class Uart16550(HostInput, Device):
             self._reset_registers()
             self._fill()
             self._update_irq()
+            self._publish()
 
     # ------------------------------------------------------------------ port I/O
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")
         with self._lock:
-            return self._read(offset)
+            value = self._read(offset)
+            self._publish()
+            return value
 
     def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         self._check(offset, width, "write")
         with self._lock:
             self._write(offset, value & 0xFF)
+            self._publish()
 
     # ------------------------------------------------------------------ internals
 
@@ -358,6 +375,26 @@ class Uart16550(HostInput, Device):
     def _update_irq(self) -> None:
         if self._irq is not None:
             self._irq.set_level(self._irq_out())
+
+    # --- the mirror
+
+    def _publish(self) -> None:
+        """Put the registers a read would not change in :attr:`mirror` (if any)."""
+        mirror = self.mirror
+        if mirror is None:
+            return
+        dlab = self._dlab()
+        iid = self._iir_id()
+        low = ((self._divisor & 0xFF if dlab else 0)
+               | (self._divisor >> 8 if dlab else self._ier) << 8
+               | (iid | (IIR_FIFO if self._fifo_enabled() else 0)) << 16 | self._lcr << 24)
+        low_mask = (0b0001 if dlab else 0) | 0b1010 | (0 if iid == IIR_THRI else 0b0100)
+        high = (self._mcr | self._lsr() << 8 | (self._msr_state | self._msr_delta) << 16
+                | self._scr << 24)
+        high_mask = (0b1001 | (0 if self._lsr_err else 0b0010)
+                     | (0 if self._msr_delta else 0b0100))
+        mirror.set_word(0, low, low_mask)
+        mirror.set_word(4, high, high_mask)
 
     # --- register access
 

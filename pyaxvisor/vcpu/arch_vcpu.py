@@ -51,6 +51,7 @@ from pyaxvisor.vcpu.exit import (
     SysRegRead,
     read_register_value,
 )
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 
@@ -58,13 +59,15 @@ class InCpuWindow(NamedTuple):
     """A device window a vCPU may serve inside its run: ``space`` is "mmio" (guest
     physical addresses) or "port" (x86 I/O ports); ``read(offset, width, vcpu_id)``
     and ``write(offset, width, value, vcpu_id)`` are the device's calls, the offset
-    counted from ``base``."""
+    counted from ``base``; ``mirror``, when the device has one, holds the registers a
+    software CPU may read without calling it."""
 
     space: Literal["mmio", "port"]
     base: int
     size: int
     read: Callable[[int, AccessWidth, int], int]
     write: Callable[[int, AccessWidth, int, int], None]
+    mirror: RegisterMirror | None = None
 
 
 class Served(NamedTuple):

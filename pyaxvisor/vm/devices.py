@@ -53,5 +53,6 @@ class VmDevices:
         """Every device window on the ``"mmio"`` or ``"port"`` bus as it is now, in the
         form a vCPU serves inside its run (``ArchVCpu.serve_in_cpu``)."""
         bus = self.mmio if space == "mmio" else self.ports
-        return [InCpuWindow(space, base, size, dev.read, dev.write)  # type: ignore[arg-type]
+        return [InCpuWindow(space, base, size, dev.read, dev.write,  # type: ignore[arg-type]
+                            dev.mirror)
                 for base, size, dev in bus.devices]

@@ -418,9 +418,8 @@ class Aarch64VCpu(SoftVCpu):
         return serving
 
     def _attach_windows(self, engine: Aarch64Tcg) -> None:
-        for window in self.in_cpu.windows:
-            engine.attach_mmio(IN_CPU_MMIO_BASE + window.base, window.size,
-                               *self.in_cpu.callbacks(window, lambda: engine.current_vcpu_id))
+        self.in_cpu.attach(engine.attach_mmio, IN_CPU_MMIO_BASE,
+                           lambda: engine.current_vcpu_id)
 
     def served_counts(self) -> Served:
         return Served(exits=dict(self._served), accesses=self.in_cpu.accesses)

@@ -298,9 +298,7 @@ class RISCVVCpu(SoftVCpu):
         return serving
 
     def _attach_windows(self, engine: Riscv64Tcg) -> None:
-        for window in self.in_cpu.windows:
-            engine.attach_mmio(window.base, window.size,
-                               *self.in_cpu.callbacks(window, lambda: self.vcpu_id))
+        self.in_cpu.attach(engine.attach_mmio, 0, lambda: self.vcpu_id)
 
     def served_counts(self) -> Served:
         """``SbiCall``: SBI calls completed inside the CPU (timed when asked);

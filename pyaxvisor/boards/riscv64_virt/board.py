@@ -104,7 +104,7 @@ class RiscvVirtBoard(SoftVirtBoard):
         self.plic = Plic(num_sources=L.PLIC_SOURCES, num_contexts=2 * harts,
                          priorities=L.PLIC_PRIORITIES, on_context_irq=self._context_irq)
         self.uart = Uart16550(tx=vm.console_write, irq=IrqLine(self.plic, L.UART_IRQ),
-                              out2_gates_irq=False)
+                              out2_gates_irq=False, mirrored=True)
         # The windows take whole 4 KiB pages (the software CPU serves pages): the UART's
         # 0x100 bytes of registers get the rest of its page, where nothing else lives.
         for base, size, device in ((L.PLIC_BASE, L.plic_size(harts), self.plic),

@@ -48,6 +48,9 @@
  *      so they are per host thread: the thread that runs the CPU sets them).
  *
  * 4. The AArch64 CPU: see the comment at its section below.
+ *
+ * 5. mirror_read (mmio_mirror.c): the read callback of device windows whose
+ *    side-effect-free registers the device publishes in a table.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +59,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "mmio_mirror.h"
 #include "xsync.h"
 
 static inline void preempt_check(void *uc, struct preempt_state *st)
@@ -1168,6 +1172,16 @@ static PyObject *a64_set_work(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------- mirrored windows (mmio_mirror.h) */
+
+static PyObject *py_mirror_read(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(Nn)", PyLong_FromVoidPtr((void *)mirror_read),
+                         (Py_ssize_t)sizeof(struct mmio_mirror));
+}
+
 /* ------------------------------------------------------------------ xsync (xsync.h) */
 
 static PyObject *py_xsync_layout(PyObject *self, PyObject *args)
@@ -1229,6 +1243,9 @@ static PyMethodDef methods[] = {
     {"riscv_csr", riscv_csr, METH_VARARGS,
      "riscv_csr(state, csrno, value, mask) -> old value or None: CSR read-modify-write "
      "with M-mode rights (mask 0 reads)."},
+    {"mirror_read", py_mirror_read, METH_NOARGS,
+     "(address of mirror_read, sizeof struct mmio_mirror): the read callback of mirrored "
+     "in-CPU windows; user_data: struct mmio_mirror*."},
     {"xsync_layout", py_xsync_layout, METH_NOARGS,
      "(sizeof struct xsync_peer, sizeof struct xsync_group)."},
     {"xsync_drain", py_xsync_drain, METH_VARARGS,

@@ -93,6 +93,7 @@ from pyaxvisor.engine.tcg.common import (
 )
 from pyaxvisor.engine.tcg.native import (
     ContextView,
+    MappedMmio,
     NativeTimer,
     Preemptor,
     _PreemptState,
@@ -476,7 +477,7 @@ class Aarch64Tcg:
         self._uc = uc = _new_uc()
         exit_at_blocks_only(uc)
         self._mapped: dict[int, HostMemory] = {}
-        self._mmio: dict[int, tuple[object, object]] = {}
+        self._mmio: dict[int, MappedMmio] = {}
         self.current_vcpu_id = 0  # the vCPU bound here, for in-CPU MMIO callbacks
         self._ctx = ContextView(uc)
         self._st = st = _A64State()
@@ -579,17 +580,22 @@ class Aarch64Tcg:
         uc.ctl_flush_tb()
 
     def attach_mmio(self, paddr: int, size: int, read: Callable[[int, int], int],
-                    write: Callable[[int, int, int], None]) -> None:
+                    write: Callable[[int, int, int], None],
+                    mirror: tuple[int, int, int] | None = None) -> MappedMmio:
         """Serve physical ``[paddr, paddr + size)`` from Python callbacks inside the CPU
         (``read(offset, size)``, ``write(offset, size, value)``): no exit, no restart.
-        The callbacks must not stop the CPU or write its PC (Unicorn would replay the
-        access); they may request a stop, which takes effect at the next block."""
+        ``mirror``: the table of published registers, read in C (``map_mmio``). The
+        callbacks must not stop the CPU or write its PC (Unicorn would replay the
+        access); they may request a stop, which takes effect at the next block.
+        Returns the mapping (already there: the one made first)."""
         if paddr in self._mmio:
-            return
+            return self._mmio[paddr]
         try:
-            self._mmio[paddr] = map_mmio(self._uc, paddr, size, read, write)  # kept alive
+            mapped = map_mmio(self._uc, paddr, size, read, write, mirror)
         except RuntimeError as exc:
             raise EngineError(f"cannot map in-CPU MMIO at {paddr:#x}: {exc}") from exc
+        self._mmio[paddr] = mapped  # kept alive with the mapping
+        return mapped
 
     def _timer_written(self, timer: int) -> None:
         # Called from C inside the CPU loop: an exception here would be printed and

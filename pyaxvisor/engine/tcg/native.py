@@ -190,20 +190,62 @@ _MMIO_READ = _ucm.MMIO_READ_CFUNC
 _MMIO_WRITE = _ucm.MMIO_WRITE_CFUNC
 
 
+_MIRROR_READ, _MIRROR_SIZE = _hooks.mirror_read()
+
+
+class MirrorMap(ctypes.Structure):
+    """``struct mmio_mirror`` of ``mmio_mirror.h``: one mapping of a mirrored window."""
+
+    _fields_ = (("data", ctypes.c_void_p), ("valid", ctypes.c_void_p),
+                ("size", ctypes.c_uint64), ("read", ctypes.c_void_p),
+                ("read_ud", ctypes.c_void_p), ("served", ctypes.c_uint64))
+
+
+if ctypes.sizeof(MirrorMap) != _MIRROR_SIZE:
+    raise ImportError("pyaxvisor's native struct mmio_mirror and its Python mirror disagree: "
+                      "rebuild the extension (python setup.py build_ext --inplace)")
+
+
+class MappedMmio:
+    """What :func:`map_mmio` made: the C callbacks (kept alive as long as the mapping)
+    and, for a mirrored window, its :class:`MirrorMap`."""
+
+    def __init__(self, read: Any, write: Any, mirror: MirrorMap | None) -> None:
+        self.keep = (read, write)
+        self.mirror = mirror
+
+    @property
+    def mirror_reads(self) -> int:
+        """Reads answered from the mirror's table."""
+        return 0 if self.mirror is None else self.mirror.served
+
+
 def map_mmio(uc: Uc, paddr: int, size: int, read: Callable[[int, int], int],
-             write: Callable[[int, int, int], None]) -> tuple[Any, Any]:
+             write: Callable[[int, int, int], None],
+             mirror: tuple[int, int, int] | None = None) -> MappedMmio:
     """Serve physical ``[paddr, paddr + size)`` from ``read(offset, size)`` and
-    ``write(offset, size, value)`` inside the CPU; returns the C callbacks, which the
-    caller keeps alive as long as the mapping. The callbacks must not raise (ctypes
-    would print and drop the exception), stop the CPU or write its PC (Unicorn would
-    replay the access); they may request a stop at the next block. Raises
-    ``RuntimeError`` with Unicorn's error number when libunicorn refuses."""
+    ``write(offset, size, value)`` inside the CPU; the caller keeps the result as long
+    as the mapping. ``mirror`` (the words' and byte masks' addresses and the table's
+    size, ``RegisterMirror``) answers reads of published registers in C without
+    ``read``. The callbacks must not raise (ctypes would print and drop the exception),
+    stop the CPU or write its PC (Unicorn would replay the access); they may request a
+    stop at the next block. Raises ``RuntimeError`` with Unicorn's error number when
+    libunicorn refuses."""
     rd = _MMIO_READ(lambda _h, off, sz, _ud: read(off, sz))
     wr = _MMIO_WRITE(lambda _h, off, sz, val, _ud: write(off, sz, val))
-    err = _uclib.uc_mmio_map(uc._uch, paddr, size, rd, None, wr, None)
+    table: MirrorMap | None = None
+    read_cb: Any = rd
+    read_ud: Any = None
+    if mirror is not None:
+        data, valid, table_size = mirror
+        table = MirrorMap(data, valid, min(table_size, size),
+                          ctypes.cast(rd, ctypes.c_void_p).value, None, 0)
+        read_cb = ctypes.c_void_p(_MIRROR_READ)
+        read_ud = ctypes.addressof(table)
+    err = _uclib.uc_mmio_map(uc._uch, paddr, size, read_cb, read_ud, wr, None)
     if err != 0:
         raise RuntimeError(f"uc_mmio_map({paddr:#x}, {size:#x}) failed with unicorn error {err}")
-    return rd, wr
+    return MappedMmio(rd, wr, table)
 
 
 def add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> Any:

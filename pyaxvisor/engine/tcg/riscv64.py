@@ -79,6 +79,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCE
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
 from pyaxvisor.engine.tcg.common import BOOT_NS, EngineError, unicorn_build
 from pyaxvisor.engine.tcg.native import (
+    MappedMmio,
     Preemptor,
     _add_hook,
     _PreemptState,
@@ -281,7 +282,7 @@ class Riscv64Tcg:
         self._record = _RvState.cause.offset
         self._callback_error: BaseException | None = None
         self._ram: dict[int, RamMapping] = {}
-        self._mmio: dict[int, tuple[int, tuple[Any, Any]]] = {}
+        self._mmio: dict[int, tuple[int, MappedMmio]] = {}
         self.pmp_exact = True  # PMP admits exactly RAM and in-CPU windows
 
     # -- running --------------------------------------------------------------------
@@ -644,23 +645,28 @@ class Riscv64Tcg:
         return None
 
     def attach_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
-                    write: Callable[[int, int, int], None]) -> None:
+                    write: Callable[[int, int, int], None],
+                    mirror: tuple[int, int, int] | None = None) -> MappedMmio:
         """Serve guest-physical ``[gpa, gpa + size)`` (4 KiB aligned) from the device
         callbacks ``read(offset, size)`` and ``write(offset, size, value)`` inside the
-        CPU (see :func:`~pyaxvisor.engine.tcg.native.map_mmio` for what they may do)."""
+        CPU, and reads of the registers ``mirror`` publishes from its table (see
+        :func:`~pyaxvisor.engine.tcg.native.map_mmio`). Returns the mapping (already
+        there with this size: the one made first)."""
         if gpa in self._mmio:
             if self._mmio[gpa][0] == size:
-                return
+                return self._mmio[gpa][1]
             self.detach_mmio(gpa)
         if gpa % 0x1000 or size <= 0 or size % 0x1000:
             raise EngineError(f"in-CPU device window [{gpa:#x}, +{size:#x}) is not 4 KiB "
                               "aligned")
         self._check_free(gpa, size)
         try:
-            self._mmio[gpa] = (size, map_mmio(self._uc, gpa, size, read, write))
+            mapped = map_mmio(self._uc, gpa, size, read, write, mirror)
         except RuntimeError as exc:
             raise EngineError(f"cannot serve a device window at {gpa:#x}: {exc}") from exc
+        self._mmio[gpa] = (size, mapped)
         self._memory_changed()
+        return mapped
 
     def detach_mmio(self, gpa: int) -> None:
         size, _callbacks = self._mmio.pop(gpa)
