@@ -95,6 +95,11 @@ class SoftVCpu(ArchVCpu):
         if engine is not None:
             engine.request_stop()
 
+    @property
+    def engine(self) -> Any:
+        """The engine bound to this vCPU (``BadState`` while unbound)."""
+        return self._require_engine()
+
     def _require_engine(self) -> Any:
         engine = self._engine
         if engine is None:

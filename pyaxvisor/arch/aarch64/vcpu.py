@@ -26,7 +26,9 @@ guest takes itself (SVC, its own page faults, undefined instructions) are
 delivered to its EL1 vectors without leaving ``run()``, as are traps that
 decode to ``Nothing``. ``kick()`` (any thread) ends ``run()`` with ``Nothing``,
 or ``ExternalInterrupt`` when the HAL has a host IRQ pending; a change of the IRQ
-line stops the CPU only to re-enter it with the new level.
+line never ends ``run()``: the running CPU writes the new level itself (at once on
+its own thread, after a kick from another; on the stock library, which cannot be
+kicked, it stops only to re-enter with the new level).
 
 Devices served inside the CPU (``serve_in_cpu``, MMIO windows only): each window's
 guest addresses must be mapped by the VM's stage-2 table onto
@@ -306,11 +308,13 @@ class Aarch64VCpu(SoftVCpu):
         engine.pmu.restore(self._saved.pmu)
         engine.current_vcpu_id = self.vcpu_id
         self._attach_windows(engine)
-        engine.set_virtual_irq(self._irq_level)
         engine.flush_tlb()
         with self._lock:
             self._engine = engine
             self._run_thread = threading.get_ident()
+        # after the engine is visible: a set_irq_line from now on reaches it itself
+        engine.want_virtual_irq(self._irq_level)
+        engine.apply_virtual_irq()
 
     def unbind(self) -> None:
         engine = self._require_engine()
@@ -336,7 +340,7 @@ class Aarch64VCpu(SoftVCpu):
         ctx = self.ctx
         while True:
             self._write_back(engine)
-            engine.set_virtual_irq(self._irq_level)
+            engine.apply_virtual_irq()
             if self._flush:
                 self._flush = False
                 engine.flush_tlb()
@@ -451,14 +455,18 @@ class Aarch64VCpu(SoftVCpu):
         """Drive the virtual IRQ input (HCR_EL2.VI) from any thread. On the thread that
         runs the vCPU (inside the CPU, from a device or timer callback, or between
         runs) HCR_EL2.VI is written at once and the CPU takes the interrupt at its next
-        block; from another thread the CPU stops at its next block and run() enters it
-        again with the new level."""
+        block; from another thread the running CPU is kicked: it writes the new level
+        itself before its next block and goes on (on the stock library, which cannot,
+        it stops and run() enters it again with the new level)."""
         if level != self._irq_level:
             self._irq_level = level
             engine = self._engine
-            if engine is not None and threading.get_ident() == self._run_thread:
-                engine.set_virtual_irq(level)
-            else:
+            if engine is None:
+                return  # bind() writes it
+            engine.want_virtual_irq(level)
+            if threading.get_ident() == self._run_thread:
+                engine.apply_virtual_irq()
+            elif not engine.kick_virtual_irq():
                 self._stop_cpu()
 
     @property

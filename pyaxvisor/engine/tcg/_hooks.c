@@ -293,6 +293,13 @@ struct a64_state {
     struct xsync_peer *peer;            /* this CPU's place in such groups */
     struct a64_pmu pmu;
     struct a64_watch watch;
+    /* The virtual IRQ line, HCR_EL2.VI (a64_set_virq, on the CPU's thread only). */
+    void *uc;
+    void *cpu;                          /* its CPUState */
+    void (*cpu_exit)(void *cpu);        /* leave the chain of translated blocks */
+    uint64_t virq;                      /* the level HCR_EL2.VI has */
+    uint64_t virq_want;                 /* the level another thread asked for (a64_kick) */
+    uint64_t virq_kicked;               /* kicks that changed the line */
 };
 
 static int64_t mono_ns(void)
@@ -312,6 +319,40 @@ static void a64_work_on(struct a64_state *st, uint64_t bits)
     if (!st->work)
         st->last_el = a64_el(st) ? 1 : 0;
     st->work |= bits;
+}
+
+/* -- the virtual IRQ line */
+
+#define HCR_VI (1ULL << 7)
+
+/* HCR_EL2.VI = level, on the CPU's own thread (between runs, in a callback inside the
+ * CPU, or in a64_kick). QEMU's HCR_EL2 write raises or drops the CPU's VIRQ request;
+ * ``leave``: make a running CPU leave its chained blocks so that it looks at it (not
+ * needed in a64_kick, which runs where the CPU looks next). */
+static void a64_set_virq(struct a64_state *st, uint64_t level, int leave)
+{
+    if (level == st->virq)
+        return;
+    struct cp_reg hcr = {1, 1, 3, 4, 0, 0};
+    st->reg_read(st->uc, (int)st->reg_cp, &hcr);
+    hcr.val = level ? hcr.val | HCR_VI : hcr.val & ~HCR_VI;
+    st->timer.reg_write(st->uc, (int)st->reg_cp, &hcr);
+    st->virq = level;
+    if (level && leave)
+        st->cpu_exit(st->cpu);
+}
+
+/* uc_set_kick_callback: runs on the CPU's thread between two blocks after another
+ * thread asked for a new line level (virq_want) and called uc_kick (patch cpu-kick). */
+static void a64_kick(void *uc, void *user_data)
+{
+    struct a64_state *st = user_data;
+    (void)uc;
+    uint64_t want = __atomic_load_n(&st->virq_want, __ATOMIC_SEQ_CST);
+    if (want != st->virq) {
+        a64_set_virq(st, want, 0);
+        st->virq_kicked++;
+    }
 }
 
 /* -- PMU */
@@ -888,7 +929,10 @@ struct rv_state {
     uint64_t fences_i;              /* FENCE.I instructions seen (riscv_fence_i_hook) */
 };
 
-static void rv_apply_lines(struct rv_state *st)
+/* Write the changed interrupt lines to mip (the CPU's thread). ``leave``: make a running
+ * CPU leave its chained blocks to look at them (not from riscv_kick, which runs where the
+ * CPU looks next). */
+static void rv_apply_lines(struct rv_state *st, int leave)
 {
     uint64_t dirty = __atomic_exchange_n(&st->line_dirty, 0, __ATOMIC_SEQ_CST);
     if (dirty) {
@@ -897,7 +941,8 @@ static void rv_apply_lines(struct rv_state *st)
         st->csrrw(st->env, RV_CSR_MIP, &old, level & dirty, dirty);
         /* Unicorn's cpu_interrupt() only notes the request: without leaving the
          * chained blocks the CPU would not look at it until something else stops it. */
-        st->cpu_exit(st->cpu);
+        if (leave)
+            st->cpu_exit(st->cpu);
         st->line_updates++;
     }
 }
@@ -919,8 +964,15 @@ static void riscv_block_hook(void *uc, uint64_t address, uint32_t size, void *us
     (void)address;
     (void)size;
     if (__atomic_load_n(&st->line_dirty, __ATOMIC_RELAXED))
-        rv_apply_lines(st);
+        rv_apply_lines(st, 1);
     preempt_check(uc, &st->preempt);
+}
+
+/* uc_set_kick_callback (patch cpu-kick): another thread changed lines and called uc_kick. */
+static void riscv_kick(void *uc, void *user_data)
+{
+    (void)uc;
+    rv_apply_lines(user_data, 0);
 }
 
 static void riscv_intr_hook(void *uc, uint32_t intno, void *user_data)
@@ -1034,7 +1086,7 @@ static PyObject *riscv_run(PyObject *self, PyObject *args)
     st->trap_stop = 0;
     Py_BEGIN_ALLOW_THREADS
     if (__atomic_load_n(&st->line_dirty, __ATOMIC_RELAXED))
-        rv_apply_lines(st);
+        rv_apply_lines(st, 1);
     err = st->emu_start(st->uc, pc, UINT64_MAX, 0, 0);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(err);
@@ -1044,12 +1096,13 @@ static PyObject *riscv_hook_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NNNNNN)", PyLong_FromVoidPtr((void *)riscv_block_hook),
+    return Py_BuildValue("(NNNNNNN)", PyLong_FromVoidPtr((void *)riscv_block_hook),
                          PyLong_FromVoidPtr((void *)riscv_intr_hook),
                          PyLong_FromVoidPtr((void *)riscv_insn_invalid_hook),
                          PyLong_FromVoidPtr((void *)riscv_mem_invalid_hook),
                          PyLong_FromVoidPtr((void *)riscv_rdtime),
-                         PyLong_FromVoidPtr((void *)riscv_fence_i_hook));
+                         PyLong_FromVoidPtr((void *)riscv_fence_i_hook),
+                         PyLong_FromVoidPtr((void *)riscv_kick));
 }
 
 static PyObject *riscv_set_time(PyObject *self, PyObject *args)
@@ -1093,7 +1146,7 @@ static PyObject *riscv_apply_lines(PyObject *self, PyObject *args)
     (void)self;
     if (!PyArg_ParseTuple(args, "K", &addr))
         return NULL;
-    rv_apply_lines((struct rv_state *)(uintptr_t)addr);
+    rv_apply_lines((struct rv_state *)(uintptr_t)addr, 1);
     Py_RETURN_NONE;
 }
 
@@ -1122,11 +1175,12 @@ static PyObject *a64_hook_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NNNNN)", PyLong_FromVoidPtr((void *)a64_block_hook),
+    return Py_BuildValue("(NNNNNN)", PyLong_FromVoidPtr((void *)a64_block_hook),
                          PyLong_FromVoidPtr((void *)a64_mrs_hook),
                          PyLong_FromVoidPtr((void *)a64_msr_hook),
                          PyLong_FromVoidPtr((void *)a64_sys_hook),
-                         PyLong_FromVoidPtr((void *)a64_watch_hook));
+                         PyLong_FromVoidPtr((void *)a64_watch_hook),
+                         PyLong_FromVoidPtr((void *)a64_kick));
 }
 
 /* The PMU brought up to now (fold), or its sources taken as they are now without counting
@@ -1153,9 +1207,24 @@ static PyObject *a64_layout(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(nnn)", (Py_ssize_t)sizeof(struct a64_state),
+    return Py_BuildValue("(nnnn)", (Py_ssize_t)sizeof(struct a64_state),
                          (Py_ssize_t)offsetof(struct a64_state, pmu),
-                         (Py_ssize_t)offsetof(struct a64_state, watch));
+                         (Py_ssize_t)offsetof(struct a64_state, watch),
+                         (Py_ssize_t)offsetof(struct a64_state, virq));
+}
+
+/* HCR_EL2.VI = level; the CPU's thread only (CPU stopped, or from a callback inside it). */
+static PyObject *py_a64_set_virq(PyObject *self, PyObject *args)
+{
+    unsigned long long addr;
+    int level;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Kp", &addr, &level))
+        return NULL;
+    struct a64_state *st = (struct a64_state *)(uintptr_t)addr;
+    __atomic_store_n(&st->virq_want, (uint64_t)level, __ATOMIC_SEQ_CST);
+    a64_set_virq(st, (uint64_t)level, 1);
+    Py_RETURN_NONE;
 }
 
 /* Set (on) or clear (off) block-hook work bits; CPU stopped. */
@@ -1219,16 +1288,20 @@ static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
     {"a64_hook_addresses", a64_hook_addresses, METH_NOARGS,
-     "(block, MRS, MSR, SYS, memory hooks) of the AArch64 CPU; user_data: struct a64_state*."},
+     "(block, MRS, MSR, SYS, memory hooks, kick callback) of the AArch64 CPU; user_data: "
+     "struct a64_state*."},
     {"a64_pmu_sync", a64_pmu_sync, METH_VARARGS,
      "a64_pmu_sync(state, resnap): fold the PMU's counters to now (or take their sources "
      "afresh) and re-evaluate it; CPU stopped."},
     {"a64_layout", a64_layout, METH_NOARGS,
      "(sizeof, offsetof pmu, offsetof watch) of struct a64_state."},
+    {"a64_set_virq", py_a64_set_virq, METH_VARARGS,
+     "a64_set_virq(state, level): HCR_EL2.VI = level, on the CPU's thread only."},
     {"a64_set_work", a64_set_work, METH_VARARGS,
      "a64_set_work(state, on, off): set and clear the block hook's work bits; CPU stopped."},
     {"riscv_hook_addresses", riscv_hook_addresses, METH_NOARGS,
-     "(block, intr, insn_invalid, mem_invalid hooks; rdtime callback); user_data: "
+     "(block, intr, insn_invalid, mem_invalid hooks; rdtime callback; FENCE.I hook; kick "
+     "callback); user_data: "
      "struct rv_state*."},
     {"riscv_run", riscv_run, METH_VARARGS,
      "riscv_run(state) -> unicorn error: run the CPU from its PC (GIL released)."},

@@ -93,6 +93,7 @@ from pyaxvisor.engine.tcg.common import (
 )
 from pyaxvisor.engine.tcg.native import (
     ContextView,
+    Kicker,
     MappedMmio,
     NativeTimer,
     Preemptor,
@@ -374,14 +375,14 @@ class _A64State(ctypes.Structure):
                 ("vmem_translate", ctypes.c_void_p), ("raise_exception", ctypes.c_void_p),
                 ("reg_cp", _U64), ("reg_pstate", _U64), ("work", _U64), ("last_el", _U64),
                 ("hooked", _U64), ("group", ctypes.c_void_p), ("peer", ctypes.c_void_p),
-                ("pmu", _A64Pmu), ("watch", _A64Watch))
+                ("pmu", _A64Pmu), ("watch", _A64Watch), ("uc", ctypes.c_void_p),
+                ("cpu", ctypes.c_void_p), ("cpu_exit", ctypes.c_void_p), ("virq", _U64),
+                ("virq_want", _U64), ("virq_kicked", _U64))
 
 
-_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH = _hooks.a64_hook_addresses()
-#: QEMU's cpu_exit(CPUState *): the CPU leaves its chained blocks at the next block start.
-_cpu_exit = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(uc_function("cpu_exit"))
-if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset) != \
-        _hooks.a64_layout():
+_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH, _KICK = _hooks.a64_hook_addresses()
+if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset,
+        _A64State.virq.offset) != _hooks.a64_layout():
     raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
                       "rebuild the extension (python setup.py build_ext --inplace)")
 
@@ -501,6 +502,11 @@ class Aarch64Tcg:
         if self._preempt.polled:
             self._block_hook = add_hook(uc, UC_HOOK_BLOCK, _HOOK_BLOCK, ptr)
             st.hooked = 1
+        st.uc, st.cpu, st.cpu_exit = uc._uch.value, self._cpu, uc_function("cpu_exit")
+        self._st_addr = ctypes.addressof(st)
+        #: How another thread changes the virtual IRQ line of the running CPU: a kick
+        #: (patch cpu-kick), or None (then it stops the CPU, see kick_virtual_irq).
+        self._kicker = Kicker(uc, _KICK, ptr) if Kicker.available else None
         self._watch_hook: Any = None
         self._sys_hook: Any = None
         #: This CPU's place in the sync group of the VM whose vCPU is bound here.
@@ -509,7 +515,6 @@ class Aarch64Tcg:
         self._member = Membership(uc, self.xsync)
         self._trap: Trap | None = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        self._hcr = 0
         self._rec = struct.Struct("<IIQI")
         self._xregs = struct.Struct("<31Q")
 
@@ -809,7 +814,7 @@ class Aarch64Tcg:
     def write_sysreg(self, name: str, value: int) -> None:
         self._uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SYSREG[name], value))
         if name == "HCR_EL2":
-            self._hcr = value
+            self._st.virq = value >> 7 & 1
 
     def read_cp(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
         """A system register by its encoding (the MRS operands)."""
@@ -824,17 +829,39 @@ class Aarch64Tcg:
             (watch.wvr if op2 == 6 else watch.wcr)[crm] = value
             watch.rehook = 1
 
-    def set_virtual_irq(self, asserted: bool) -> None:
-        """Drive the virtual IRQ line: HCR_EL2.VI (bit 7); on the CPU's thread only, also
-        from a callback inside the running CPU, which then takes an unmasked interrupt at
-        its next block start (Unicorn's cpu_interrupt only notes the request, so the CPU
-        is made to leave its chained blocks)."""
-        vi = 1 << 7
-        new = (self._hcr | vi) if asserted else (self._hcr & ~vi)
-        if new != self._hcr:
-            self.write_sysreg("HCR_EL2", new)
-            if asserted:
-                _cpu_exit(self._cpu)
+    # -- the virtual IRQ line, HCR_EL2.VI (bit 7) ----------------------------------------
+    # Who drives it says what it wants (want_virtual_irq, any thread); the CPU's thread
+    # writes HCR_EL2 (apply_virtual_irq: between runs or from a callback inside the CPU;
+    # a64_kick: inside the running CPU after another thread's kick_virtual_irq). The
+    # wanted level is the only input, so a kick and a run entry never undo each other.
+
+    def want_virtual_irq(self, asserted: bool) -> None:
+        """The level the line should have (any thread); takes effect at the next
+        :meth:`apply_virtual_irq` or kick."""
+        self._st.virq_want = int(asserted)
+
+    def apply_virtual_irq(self) -> None:
+        """Write the wanted level to HCR_EL2.VI; on the CPU's thread only, also from a
+        callback inside the running CPU, which then takes an unmasked interrupt at its
+        next block start (Unicorn's cpu_interrupt only notes the request, so the CPU is
+        made to leave its chained blocks)."""
+        _hooks.a64_set_virq(self._st_addr, self._st.virq_want)
+
+    def kick_virtual_irq(self) -> bool:
+        """From another thread: make the running CPU write the wanted level before its
+        next block and take the interrupt if it is unmasked, without stopping it (a
+        stopped CPU writes it when it next runs). False: the library cannot (no cpu-kick
+        patch); the caller must stop the CPU instead."""
+        kicker = self._kicker
+        if kicker is None:
+            return False
+        kicker.kick()
+        return True
+
+    @property
+    def virtual_irq_kicks(self) -> int:
+        """Kicks that changed the line inside the running CPU."""
+        return self._st.virq_kicked
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (needed after a stage-2 entry changes)."""
@@ -850,11 +877,13 @@ class Aarch64Tcg:
     @property
     def stats(self) -> dict[str, int]:
         """Counters: stop requests taken, watchpoint exceptions, PMU interrupt-state
-        changes, block-hook installs and removals, and the cross-CPU
+        changes, block-hook installs and removals, kicks that changed the virtual IRQ
+        line inside the running CPU, and the cross-CPU
         synchronisation's figures (:attr:`~pyaxvisor.engine.tcg.xsync.SyncPeer.stats`)."""
         return {"preempt_stops": self._preempt.stops, "watch_hits": self._st.watch.hits,
                 "pmu_notifications": self._st.pmu.notifications,
-                "block_hook_changes": self.block_hook_changes, **self.xsync.stats}
+                "block_hook_changes": self.block_hook_changes,
+                "virq_kicks": self._st.virq_kicked, **self.xsync.stats}
 
     def close(self) -> None:
         self._ctx = None  # type: ignore[assignment]

@@ -159,6 +159,31 @@ def exit_at_blocks_only(uc: Uc) -> bool:
     return True
 
 
+_set_kick: Any = getattr(_uclib, "uc_set_kick_callback", None)
+_kick: Any = getattr(_uclib, "uc_kick", None)
+if _set_kick is not None and _kick is not None:
+    _set_kick.restype = _kick.restype = ctypes.c_int
+    _set_kick.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    _kick.argtypes = (ctypes.c_void_p,)
+
+
+class Kicker:
+    """Another thread's way into a running CPU without stopping it (the cpu-kick patch):
+    :meth:`kick` makes the CPU leave its translated code, call the native ``callback``
+    (with ``user_data``) on its own thread and look at its pending interrupts before its
+    next block, and go on. A kick while the CPU is stopped is taken when it next runs.
+    ``available`` is False on a library without the patch (callers then stop the CPU)."""
+
+    available = _set_kick is not None and _kick is not None
+
+    def __init__(self, uc: Uc, callback: int, user_data: Any) -> None:
+        self._uch = uc._uch
+        err = _set_kick(self._uch, callback, ctypes.cast(user_data, ctypes.c_void_p))
+        if err != 0:
+            raise RuntimeError(f"uc_set_kick_callback failed with unicorn error {err}")
+        self.kick: Callable[[], int] = lambda: _kick(self._uch)
+
+
 def uc_function(name: str) -> int:
     """The address of an exported libunicorn function (``uc_*`` or one of QEMU's
     ``*_riscv64``/``*_aarch64`` symbols)."""

@@ -79,6 +79,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCE
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
 from pyaxvisor.engine.tcg.common import BOOT_NS, EngineError, unicorn_build
 from pyaxvisor.engine.tcg.native import (
+    Kicker,
     MappedMmio,
     Preemptor,
     _add_hook,
@@ -126,8 +127,8 @@ _vmem_translate = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint6
     uc_function("uc_vmem_translate"))
 _set_rdtime_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(
     uc_function("riscv_cpu_set_rdtime_fn_riscv64"))
-_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I = (
-    _hooks.riscv_hook_addresses())
+(_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I,
+ _KICK) = _hooks.riscv_hook_addresses()
 #: UC_RISCV_INS_FENCE_I (the riscv-fence-i-hook patch; not in the binding's constants).
 UC_RISCV_INS_FENCE_I = 1
 _FENCE_I_HOOKABLE = "riscv-fence-i-hook" in unicorn_build().patches
@@ -274,6 +275,10 @@ class Riscv64Tcg:
                        _add_hook(uc, UC_HOOK_INSN_INVALID, _HOOK_INSN_INVALID, ptr),
                        _add_hook(uc, UC_HOOK_MEM_INVALID, _HOOK_MEM_INVALID, ptr))
         _set_rdtime_fn(env, _RDTIME)
+        #: How another thread writes interrupt lines into the running CPU: a kick (patch
+        #: cpu-kick; the CPU writes them before its next block and goes on), or None
+        #: (the stock library: the CPU is stopped at its next block to write them).
+        self._kicker = Kicker(uc, _KICK, ptr) if Kicker.available else None
         self.time_freq = time_freq
         self.time_base_ns = time_base_ns
         self._handler: Callable[[Trap], int] | None = None
@@ -504,15 +509,18 @@ class Riscv64Tcg:
     def set_lines(self, mask: int, level: bool) -> None:
         """Drive the ``mip`` bits of ``mask`` (within SSIP|STIP|SEIP) to ``level`` (any
         thread). On the thread that runs the CPU (inside it, from a callback, or between
-        runs) they are written at once; from another thread a running CPU is stopped at
-        its next block to write them, and a stopped one writes them on its next run. An
-        enabled one is taken at the next block. Setting a bit again re-raises it even if
-        the guest cleared it meanwhile (SSIP)."""
+        runs) they are written at once; from another thread a running CPU is kicked and
+        writes them itself before its next block (on a library without the cpu-kick
+        patch it is stopped at its next block to write them), and a stopped one writes
+        them on its next run. An enabled one is taken at the next block. Setting a bit
+        again re-raises it even if the guest cleared it meanwhile (SSIP)."""
         _hooks.riscv_set_lines(self._st_addr, mask & S_INTERRUPTS, level)
         if self._preempt.polled:
             return  # the block hook writes them
         if threading.get_ident() == self._thread:
             _hooks.riscv_apply_lines(self._st_addr)
+        elif self._kicker is not None:
+            self._kicker.kick()
         else:
             self._preempt.request()
 
