@@ -184,10 +184,11 @@ class Uart16550(HostInput, Device):
         mirrored: bool = False,
     ) -> None:
         self.name = name
-        #: ``mirrored``: a software CPU reads the registers without read side effects
-        #: from a table (IER or DLM, LCR, MCR, SCR always; LSR, MSR, IIR and DLL while
-        #: reading them changes nothing), kept current after every change.
+        #: ``mirrored``: a software CPU reads LSR, the register polling loops read, from
+        #: a table while reading it changes nothing, kept current after every change
+        #: (publishing more registers cost more on every access than it saved).
         self.mirror = RegisterMirror(PORT_COUNT) if mirrored else None
+        self._published_lsr = -1
         self._tx = tx
         self._irq = irq
         self._irq_gate = MCR_OUT2 if out2_gates_irq else 0
@@ -379,22 +380,19 @@ class Uart16550(HostInput, Device):
     # --- the mirror
 
     def _publish(self) -> None:
-        """Put the registers a read would not change in :attr:`mirror` (if any)."""
+        """Keep LSR in :attr:`mirror` (if any) while reading it changes nothing (no error
+        bits, which a read clears): the register polling loops read. Called after every
+        change; writes the table only when the value does."""
         mirror = self.mirror
         if mirror is None:
             return
-        dlab = self._dlab()
-        iid = self._iir_id()
-        low = ((self._divisor & 0xFF if dlab else 0)
-               | (self._divisor >> 8 if dlab else self._ier) << 8
-               | (iid | (IIR_FIFO if self._fifo_enabled() else 0)) << 16 | self._lcr << 24)
-        low_mask = (0b0001 if dlab else 0) | 0b1010 | (0 if iid == IIR_THRI else 0b0100)
-        high = (self._mcr | self._lsr() << 8 | (self._msr_state | self._msr_delta) << 16
-                | self._scr << 24)
-        high_mask = (0b1001 | (0 if self._lsr_err else 0b0010)
-                     | (0 if self._msr_delta else 0b0100))
-        mirror.set_word(0, low, low_mask)
-        mirror.set_word(4, high, high_mask)
+        lsr = -1 if self._lsr_err else self._lsr()
+        if lsr != self._published_lsr:
+            self._published_lsr = lsr
+            if lsr < 0:
+                mirror.hide(LSR, 1)
+            else:
+                mirror.publish(LSR, 1, lsr)
 
     # --- register access
 
