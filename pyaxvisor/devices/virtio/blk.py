@@ -1,0 +1,208 @@
+"""virtio-blk (virtio 1.2 §5.2) over a raw image file: device ID 2, one queue.
+
+Features offered: VIRTIO_BLK_F_SIZE_MAX (1), VIRTIO_BLK_F_SEG_MAX (2),
+VIRTIO_BLK_F_BLK_SIZE (6), VIRTIO_BLK_F_FLUSH (9), and VIRTIO_BLK_F_RO (5) for a
+read-only image.
+
+Configuration space (``struct virtio_blk_config``, little-endian, 60 bytes):
+capacity (le64, 512-byte sectors) at 0x00, size_max (le32) at 0x08, seg_max (le32)
+at 0x0c, blk_size (le32, 512) at 0x14; every other field (geometry, topology,
+writeback, num_queues, discard, write zeroes) is 0: their features are not offered.
+
+Requests: a chain's device-readable bytes start with the 16-byte header ``{le32
+type, le32 reserved, le64 sector}``, OUT data follows it; the device-writable bytes
+hold IN / GET_ID data and end with the one status byte. The framing does not
+depend on how the driver split them into descriptors. Outcomes:
+
+* ``VIRTIO_BLK_T_IN`` (0) / ``VIRTIO_BLK_T_OUT`` (1): the data length must be a
+  multiple of 512, at most :data:`MAX_REQUEST_BYTES` (seg_max x size_max), and the
+  sectors inside the capacity; OUT on a read-only image is refused: otherwise
+  VIRTIO_BLK_S_IOERR with no data moved. A host I/O error is IOERR too.
+  Data moves in pieces of at most 1 MiB, so one request never holds more host
+  memory than that.
+* ``VIRTIO_BLK_T_FLUSH`` (4): ``fsync`` of the image, then the completion.
+* ``VIRTIO_BLK_T_GET_ID`` (8): the serial, padded with NULs to 20 bytes (cut to the
+  data area if the driver gave less).
+* any other type: VIRTIO_BLK_S_UNSUPP.
+
+The used length is the bytes written to the writable buffers: data plus the status
+byte. A chain with less than 16 readable bytes or no writable byte has nowhere to
+put a status: that is a guest error (DEVICE_NEEDS_RESET).
+
+I/O runs synchronously in :meth:`VirtioBlk.queue_notify` (the vCPU thread that
+notified). Each request is carried out by :meth:`VirtioBlk.handle`, which only
+needs the chain and guest RAM and returns the used length, so the work can move to
+a worker thread by calling ``handle`` there and ``queue.push`` after it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from pyaxvisor.devices.virtio.backend import QueueHandle, VirtioBackend
+from pyaxvisor.devices.virtio.blk_image import SECTOR_SIZE, RawImage
+from pyaxvisor.devices.virtio.chain import DescriptorChain
+from pyaxvisor.devices.virtio.errors import BadRequest
+from pyaxvisor.devices.virtio.memory import GuestRam
+from pyaxvisor.devices.virtio.spec import DEVICE_ID_BLOCK
+from pyaxvisor.errors import InvalidInput
+
+# Feature bits.
+F_SIZE_MAX = 1
+F_SEG_MAX = 2
+F_RO = 5
+F_BLK_SIZE = 6
+F_FLUSH = 9
+
+# Request types.
+T_IN = 0
+T_OUT = 1
+T_FLUSH = 4
+T_GET_ID = 8
+
+# Status byte values.
+S_OK = 0
+S_IOERR = 1
+S_UNSUPP = 2
+
+#: QueueNumMax of the request queue.
+QUEUE_SIZE = 256
+#: Data segments per request the driver may use: the queue size less the header
+#: and status descriptors.
+SEG_MAX = QUEUE_SIZE - 2
+#: Largest data segment the driver may use.
+SIZE_MAX = 1 << 20
+#: Largest data transfer of one request.
+MAX_REQUEST_BYTES = SEG_MAX * SIZE_MAX
+#: Largest piece of data moved between the image and guest RAM at once.
+IO_CHUNK = 1 << 20
+#: Length of the GET_ID answer.
+ID_BYTES = 20
+#: Size of the configuration space.
+CONFIG_SIZE = 60
+
+_HEADER = struct.Struct("<IIQ")
+
+
+def _default_serial(path: str) -> bytes:
+    name = os.path.basename(path).encode("ascii", "replace")
+    return name[:ID_BYTES]
+
+
+class VirtioBlk(VirtioBackend):
+    """A block device backed by the raw image at ``path`` (see
+    :class:`~pyaxvisor.devices.virtio.blk_image.RawImage` for how it is opened and
+    locked, and the errors that name the file). ``serial`` is what GET_ID returns
+    (at most 20 ASCII bytes; default: the file's base name, cut to 20 bytes).
+    ``close()`` releases the image. Thread-safe: requests share no state but the
+    image, whose calls are thread-safe.
+    """
+
+    name = "virtio-blk"
+    device_id = DEVICE_ID_BLOCK
+    queue_max_sizes = (QUEUE_SIZE,)
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
+                 serial: str | None = None) -> None:
+        if serial is None:
+            ident = _default_serial(os.fspath(path))
+        else:
+            try:
+                ident = serial.encode("ascii")
+            except UnicodeEncodeError:
+                raise InvalidInput(f"virtio-blk serial {serial!r} is not ASCII") from None
+            if len(ident) > ID_BYTES:
+                raise InvalidInput(f"virtio-blk serial {serial!r} is longer than {ID_BYTES} "
+                                   "bytes")
+        self.image = RawImage(path, read_only=read_only)
+        self.read_only = read_only
+        self.serial = ident
+        self._config = self._build_config()
+
+    def _build_config(self) -> bytes:
+        cfg = bytearray(CONFIG_SIZE)
+        struct.pack_into("<QII", cfg, 0, self.image.sectors, SIZE_MAX, SEG_MAX)
+        struct.pack_into("<I", cfg, 0x14, SECTOR_SIZE)
+        return bytes(cfg)
+
+    def device_features(self) -> int:
+        features = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH)
+        return features | (1 << F_RO) if self.read_only else features
+
+    def config_space(self) -> bytes:
+        return self._config
+
+    def close(self) -> None:
+        self.image.close()
+
+    # -- requests ------------------------------------------------------------------------
+    def queue_notify(self, queue: QueueHandle) -> None:
+        while (chain := queue.pop()) is not None:
+            queue.push(chain, self.handle(chain, queue.ram))
+
+    def handle(self, chain: DescriptorChain, ram: GuestRam) -> int:
+        """Carry out one request; the bytes written to its writable buffers.
+        Raises :class:`BadRequest` if the chain has no room for header or status."""
+        what = f"{self.name} request {chain.head}"
+        if chain.readable.total < _HEADER.size:
+            raise BadRequest(f"{what}: {chain.readable.total} device-readable bytes, the "
+                             f"header needs {_HEADER.size}")
+        if chain.writable.total < 1:
+            raise BadRequest(f"{what}: no device-writable byte for the status")
+        kind, _reserved, sector = _HEADER.unpack(
+            chain.readable.read(ram, 0, _HEADER.size, f"{what} header"))
+        data_len = chain.writable.total - 1
+        status, written = S_UNSUPP, 0
+        if kind == T_IN:
+            status, written = self._read(chain, ram, sector, data_len, what)
+        elif kind == T_OUT:
+            status = self._write(chain, ram, sector, chain.readable.total - _HEADER.size, what)
+        elif kind == T_FLUSH:
+            status = self._flush()
+        elif kind == T_GET_ID:
+            ident = self.serial.ljust(ID_BYTES, b"\0")[:min(ID_BYTES, data_len)]
+            written = chain.writable.write(ram, 0, ident, f"{what} id")
+            status = S_OK
+        chain.writable.write(ram, data_len, bytes((status,)), f"{what} status")
+        return written + 1
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        return (length % SECTOR_SIZE == 0 and length <= MAX_REQUEST_BYTES
+                and sector * SECTOR_SIZE + length <= self.image.sectors * SECTOR_SIZE)
+
+    def _read(self, chain: DescriptorChain, ram: GuestRam, sector: int, length: int,
+              what: str) -> tuple[int, int]:
+        if not self._in_range(sector, length):
+            return S_IOERR, 0
+        offset, written = sector * SECTOR_SIZE, 0
+        for addr, n in chain.writable.segments(0, length, IO_CHUNK):
+            try:
+                data = self.image.read(offset, n)
+            except OSError:
+                return S_IOERR, written
+            ram.write(addr, data, f"{what} data")
+            offset += n
+            written += n
+        return S_OK, written
+
+    def _write(self, chain: DescriptorChain, ram: GuestRam, sector: int, length: int,
+               what: str) -> int:
+        if self.read_only or not self._in_range(sector, length):
+            return S_IOERR
+        offset = sector * SECTOR_SIZE
+        for addr, n in chain.readable.segments(_HEADER.size, length, IO_CHUNK):
+            data = ram.read(addr, n, f"{what} data")
+            try:
+                self.image.write(offset, data)
+            except OSError:
+                return S_IOERR
+            offset += n
+        return S_OK
+
+    def _flush(self) -> int:
+        try:
+            self.image.flush()
+        except OSError:
+            return S_IOERR
+        return S_OK

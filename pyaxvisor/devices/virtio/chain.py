@@ -1,0 +1,100 @@
+"""Descriptor chains: what a device gets from one available-ring entry.
+
+A chain (virtio 1.2 §2.7.5) is a list of guest buffers, the device-readable ones
+first, then the device-writable ones. :class:`DescriptorChain` keeps the two
+lists as :class:`BufferList` objects, each of which a device reads or writes as
+one byte stream: virtio 1.x devices may not assume how the driver split a
+request across descriptors (§2.6.4, message framing), so a 16-byte header may
+arrive as one descriptor or as four.
+
+Every buffer in a chain was checked to lie inside guest RAM when the chain was
+popped (:mod:`pyaxvisor.devices.virtio.queue`); reads and writes still go
+through :class:`~pyaxvisor.devices.virtio.memory.GuestRam`, so a chain can never
+reach anything else. Chains are immutable and may be handed to another thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pyaxvisor.devices.virtio.memory import GuestRam
+from pyaxvisor.errors import InvalidInput
+
+
+class Buffer(NamedTuple):
+    """One guest buffer: ``length`` bytes at guest-physical ``addr``."""
+
+    addr: int
+    length: int
+
+
+class BufferList:
+    """Guest buffers in chain order, seen as one byte stream of :attr:`total` bytes."""
+
+    __slots__ = ("buffers", "total")
+
+    def __init__(self, buffers: tuple[Buffer, ...] = ()) -> None:
+        self.buffers = buffers
+        self.total = sum(b.length for b in buffers)
+
+    def __len__(self) -> int:
+        return len(self.buffers)
+
+    def segments(self, offset: int, length: int, chunk: int | None = None
+                 ) -> Iterator[tuple[int, int]]:
+        """The ``(guest address, byte count)`` pieces that make up stream bytes
+        ``[offset, offset + length)``, in order; none longer than ``chunk`` if given.
+        A range past :attr:`total` is a device bug: :class:`InvalidInput`."""
+        if offset < 0 or length < 0 or offset + length > self.total:
+            raise InvalidInput(f"virtio: stream range [{offset}, +{length}) is outside "
+                               f"{self.total} bytes of buffers")
+        if chunk is not None and chunk <= 0:
+            raise InvalidInput(f"virtio: chunk size {chunk} must be positive")
+        pos = 0
+        for buf in self.buffers:
+            if length == 0:
+                return
+            end = pos + buf.length
+            if offset < end:
+                start = offset - pos
+                n = min(buf.length - start, length)
+                addr = buf.addr + start
+                while n:
+                    piece = n if chunk is None else min(n, chunk)
+                    yield addr, piece
+                    addr += piece
+                    n -= piece
+                    offset += piece
+                    length -= piece
+            pos = end
+
+    def read(self, ram: GuestRam, offset: int, length: int, what: str) -> bytes:
+        """Stream bytes ``[offset, offset + length)``, gathered from the buffers."""
+        return b"".join(ram.read(addr, n, what) for addr, n in self.segments(offset, length))
+
+    def write(self, ram: GuestRam, offset: int, data: bytes, what: str) -> int:
+        """Scatter ``data`` to stream bytes ``[offset, offset + len(data))``; returns
+        the byte count written."""
+        view = memoryview(data)
+        pos = 0
+        for addr, n in self.segments(offset, len(data)):
+            ram.write(addr, bytes(view[pos:pos + n]), what)
+            pos += n
+        return pos
+
+
+@dataclass(frozen=True)
+class DescriptorChain:
+    """One popped chain: the head descriptor index (the used-ring ``id``), its
+    device-readable then device-writable buffers, and how many descriptors the
+    device walked to collect them (indirect tables included)."""
+
+    head: int
+    readable: BufferList
+    writable: BufferList
+    descriptors: int
+    #: The queue instance the chain came from; a completion for a queue that was
+    #: reset or re-created since is dropped (see ``VirtioMmio``).
+    owner: object = field(default=None, compare=False, repr=False)

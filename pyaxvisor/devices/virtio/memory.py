@@ -1,0 +1,135 @@
+"""Guest memory as the virtio devices see it, and the bounds check every
+guest-supplied range goes through.
+
+The devices layer may not import ``pyaxvisor.mm``; it reaches guest RAM through
+the :class:`GuestMemory` protocol instead (plain ``int`` addresses). The VM's
+``AddrSpace`` takes ``GuestPhysAddr`` objects rather than ints: wrap it in
+:class:`AddressedMemory` with ``GuestPhysAddr`` as the address type.
+
+Every address a device takes from the guest (queue rings, descriptor tables,
+buffers) goes through :class:`GuestRam`, which knows the guest RAM ranges
+``[(base, size), ...]`` and refuses any range that does not lie entirely inside
+one of them with :class:`~pyaxvisor.devices.virtio.errors.GuestRangeError`,
+*before* the underlying memory is touched: a hostile driver cannot make a device
+read or write MMIO windows, holes, or host memory past RAM. A range spanning two
+adjacent RAM ranges is refused too (real guests never build one: each buffer is
+one contiguous piece of one RAM bank).
+
+Thread-safety: :class:`GuestRam` is immutable after construction; it adds no
+locking of its own, so it is as thread-safe as the memory it wraps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from pyaxvisor.devices.virtio.errors import GuestRangeError
+from pyaxvisor.errors import AxError, InvalidInput
+
+#: Largest guest-physical address + 1.
+ADDR_LIMIT = 1 << 64
+
+
+class GuestMemory(Protocol):
+    """Byte access to guest-physical memory."""
+
+    def read(self, gpa: int, length: int) -> bytes: ...
+
+    def write(self, gpa: int, data: bytes) -> None: ...
+
+
+class _TypedAddressMemory(Protocol):
+    def read(self, gpa: object, length: int) -> bytes: ...
+
+    def write(self, gpa: object, data: bytes) -> None: ...
+
+
+class AddressedMemory:
+    """A :class:`GuestMemory` over a memory whose methods want an address object
+    (the VM's ``AddrSpace`` wants a ``GuestPhysAddr``): each ``int`` address is
+    converted with ``address_type`` before the call."""
+
+    __slots__ = ("_address_type", "_inner")
+
+    def __init__(self, inner: _TypedAddressMemory, address_type: Callable[[int], object]) -> None:
+        self._inner = inner
+        self._address_type = address_type
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return self._inner.read(self._address_type(gpa), length)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._inner.write(self._address_type(gpa), data)
+
+
+class GuestRam:
+    """Bounds-checked access to guest RAM.
+
+    ``ranges`` are the guest RAM ranges as ``(base, size)``: sizes positive, inside
+    the 64-bit address space, not overlapping (checked, :class:`InvalidInput`).
+    :meth:`check`, :meth:`read` and :meth:`write` refuse any range not inside one of
+    them (:class:`GuestRangeError`, naming ``what``). An error the wrapped memory
+    raises itself (for example a region the VM has unmapped since) becomes a
+    :class:`GuestRangeError` too.
+    """
+
+    __slots__ = ("_bases", "_ends", "memory", "ranges")
+
+    def __init__(self, memory: GuestMemory, ranges: Iterable[tuple[int, int]]) -> None:
+        checked = sorted((int(base), int(size)) for base, size in ranges)
+        if not checked:
+            raise InvalidInput("virtio: no guest RAM ranges given")
+        for base, size in checked:
+            if size <= 0 or base < 0 or base + size > ADDR_LIMIT:
+                raise InvalidInput(f"virtio: guest RAM range ({base:#x}, {size:#x}) is empty "
+                                   "or leaves the 64-bit address space")
+        for (b1, s1), (b2, _s2) in itertools.pairwise(checked):
+            if b1 + s1 > b2:
+                raise InvalidInput(f"virtio: guest RAM ranges at {b1:#x} and {b2:#x} overlap")
+        self.memory = memory
+        self.ranges: tuple[tuple[int, int], ...] = tuple(checked)
+        self._bases = [b for b, _ in checked]
+        self._ends = [b + s for b, s in checked]
+
+    def contains(self, addr: int, length: int) -> bool:
+        """Whether ``[addr, addr + length)`` lies inside one RAM range (a zero-length
+        range must start inside a range or at its end)."""
+        if addr < 0 or length < 0:
+            return False
+        i = bisect.bisect_right(self._bases, addr) - 1
+        return i >= 0 and addr + length <= self._ends[i]
+
+    def check(self, addr: int, length: int, what: str) -> None:
+        """Raise :class:`GuestRangeError` unless ``[addr, addr + length)`` is RAM."""
+        if not self.contains(addr, length):
+            raise GuestRangeError(what, addr, length)
+
+    def read(self, addr: int, length: int, what: str) -> bytes:
+        self.check(addr, length, what)
+        if length == 0:
+            return b""
+        try:
+            data = self.memory.read(addr, length)
+        except AxError as exc:
+            raise GuestRangeError(what, addr, length) from exc
+        if len(data) != length:
+            raise GuestRangeError(what, addr, length)
+        return data
+
+    def write(self, addr: int, data: bytes, what: str) -> None:
+        self.check(addr, len(data), what)
+        if not data:
+            return
+        try:
+            self.memory.write(addr, data)
+        except AxError as exc:
+            raise GuestRangeError(what, addr, len(data)) from exc
+
+    def read_u16(self, addr: int, what: str) -> int:
+        return int.from_bytes(self.read(addr, 2, what), "little")
+
+    def write_u16(self, addr: int, value: int, what: str) -> None:
+        self.write(addr, (value & 0xFFFF).to_bytes(2, "little"), what)
