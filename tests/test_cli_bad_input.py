@@ -190,7 +190,18 @@ def test_bad_memory_sizes(value, status, message):
     (("-M", "raspi3"), USAGE, "machine 'raspi3' is not supported: only 'virt'"),
     (("-cpu", "cortex-a53"), USAGE, "CPU model 'cortex-a53' is not supported"),
     (("-initrd", "x.cpio"), USAGE, "-initrd needs -kernel"),
-    (("-device", "isa-debug-exit"), USAGE, "-device is not supported on aarch64"),
+    (("-device", "isa-debug-exit"), USAGE,
+     "-device 'isa-debug-exit' is not supported on the aarch64 virt board (its devices are "
+     "virtio-blk-device, virtio-rng-device"),
+    (("-drive", "file=d.img,if=scsi"), USAGE, "-drive file=d.img,if=scsi: if=scsi is not "
+                                              "supported: only if=virtio"),
+    (("-drive", "if=virtio"), USAGE, "-drive if=virtio: no file= (the disk image)"),
+    (("-drive", "file=d.img,format=vmdk"), USAGE, "format=vmdk is not supported: only raw"),
+    (("-drive", "file=d.img,snapshot=on"), USAGE, "unknown property 'snapshot'"),
+    (("-drive", "file=d.img,if=none,id=a", "-device", "virtio-blk-device,drive=b"), USAGE,
+     "-device virtio-blk-device,drive=b: no -drive with id 'b' (ids: 'a')"),
+    (("-drive", "file=/nonexistent/d.img"), ERROR, "disk image '/nonexistent/d.img': no such "
+                                                   "file"),
     (("--arch", "x86_64", "--trap-mmio"), USAGE, "--trap-mmio is for aarch64"),
     (("--arch", "x86_64", "-bios", "u-boot.bin"), USAGE, "-bios is not supported on x86_64"),
     (("--arch", "x86_64", "-device", "isa-debug-exit,iobase=zz"), USAGE,

@@ -118,10 +118,36 @@ def test_top_level_nodes(tmp_path):
     tree = parse(blob)
     assert sorted(node_names(tree)) == sorted([
         "psci", "memory@40000000", "pl011@9000000", "intc@8000000", "cpus", "timer",
-        "pmu", "apb-pclk", "chosen"])
+        "pmu", "apb-pclk", "chosen", *(n[1:] for n in VIRTIO)])
     dts = dts_props(dtc_decode(blob, tmp_path))
     assert set(dts) == {"/", "/psci", "/memory@40000000", UART, GIC, "/cpus", "/cpus/cpu@0",
-                        "/cpus/cpu@1", "/timer", "/pmu", "/apb-pclk", "/chosen"}
+                        "/cpus/cpu@1", "/timer", "/pmu", "/apb-pclk", "/chosen", *VIRTIO}
+
+
+#: The 32 virtio-mmio transports QEMU's virt board always has, lowest address first.
+VIRTIO = [f"/virtio_mmio@{0x0A00_0000 + 0x200 * i:x}" for i in range(32)]
+
+
+def test_virtio_mmio_nodes_are_qemus(tmp_path):
+    blob = build()
+    dts = dts_props(dtc_decode(blob, tmp_path))
+    # in the tree lowest address first, as QEMU's (it adds them in reverse order)
+    assert [n for n in node_names(parse(blob)) if n.startswith("virtio")] == \
+        [n[1:] for n in VIRTIO]
+    for i, path in enumerate(VIRTIO):
+        props = dts[path]
+        assert set(props) == {"compatible", "reg", "interrupts", "dma-coherent"}
+        assert strings(props["compatible"]) == ["virtio,mmio"]
+        assert cells(props["reg"]) == [0, 0x0A00_0000 + 0x200 * i, 0, 0x200]
+        # GIC_SPI, SPI 16 + i (INTID 48 + i), IRQ_TYPE_EDGE_RISING: QEMU's specifier
+        assert cells(props["interrupts"]) == [0, 16 + i, 1]
+        assert props["dma-coherent"] is None
+    assert VIRTIO[0] == "/virtio_mmio@a000000" and VIRTIO[-1] == "/virtio_mmio@a003e00"
+
+
+def test_ram_over_the_virtio_transports_is_refused():
+    with pytest.raises(InvalidInput, match="virtio-mmio transports"):
+        build(memory=[(0x0A00_0000, 0x10_0000)])
 
 
 def test_root_properties_and_interrupt_parent_resolves_to_the_gic(tmp_path):

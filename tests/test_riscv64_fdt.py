@@ -72,7 +72,26 @@ def test_nodes(tmp_path):
         "/", "/memory@80000000", "/cpus", "/cpus/cpu@0", "/cpus/cpu@0/interrupt-controller",
         "/cpus/cpu@1", "/cpus/cpu@1/interrupt-controller", "/cpus/cpu-map",
         "/cpus/cpu-map/cluster0", "/cpus/cpu-map/cluster0/core0",
-        "/cpus/cpu-map/cluster0/core1", "/soc", PLIC, UART, "/chosen"}
+        "/cpus/cpu-map/cluster0/core1", "/soc", PLIC, UART, "/chosen", *VIRTIO}
+
+
+#: QEMU's 8 virtio-mmio transports, always there.
+VIRTIO = [f"/soc/virtio_mmio@{0x1000_1000 + 0x1000 * i:x}" for i in range(8)]
+
+
+def test_virtio_mmio_nodes_are_qemus(tmp_path):
+    blob = build()
+    dts = decode(blob, tmp_path)
+    # in the tree highest address first, as QEMU's (each node it adds goes first)
+    assert [n for n in node_names(parse(blob), "/soc") if n.startswith("virtio")] == \
+        [n.rpartition("/")[2] for n in reversed(VIRTIO)]
+    for i, path in enumerate(VIRTIO):
+        props = dts[path]
+        assert set(props) == {"compatible", "reg", "interrupts", "interrupt-parent"}
+        assert strings(props["compatible"]) == ["virtio,mmio"]
+        assert cells(props["reg"]) == [0, 0x1000_1000 + 0x1000 * i, 0, 0x1000]
+        assert cells(props["interrupts"]) == [1 + i]
+        assert cells(props["interrupt-parent"]) == cells(dts[PLIC]["phandle"])
 
 
 def test_root_and_soc(tmp_path):
@@ -235,6 +254,7 @@ def test_excluded_nodes_are_left_out(tmp_path):
     dts = decode(build(exclude=[UART, "/cpus/cpu-map/", "/pcie@30000000",
                                 "/soc/virtio_mmio@10008000"]), tmp_path)
     assert UART not in dts and "/cpus/cpu-map" not in dts
+    assert "/soc/virtio_mmio@10008000" not in dts and "/soc/virtio_mmio@10007000" in dts
     assert PLIC in dts and "/cpus/cpu@0" in dts
 
 
@@ -286,7 +306,9 @@ def test_shaped_like_qemus_virt_tree(tmp_path, smp):
                        ("/cpus/cpu@0", "mmu-type"), ("/cpus/cpu@0", "reg"),
                        ("/soc", "compatible"), (PLIC, "compatible"), (UART, "reg"),
                        (UART, "interrupts"), (UART, "clock-frequency"),
-                       ("/memory@80000000", "reg"), ("/chosen", "stdout-path")]:
+                       ("/memory@80000000", "reg"), ("/chosen", "stdout-path"),
+                       *((path, prop) for path in VIRTIO
+                         for prop in ("reg", "interrupts", "compatible"))]:
         assert ours[path][prop] == qemu[path][prop], (path, prop)
 
 

@@ -359,7 +359,7 @@ def _check_board_devices(draft: _Draft, cls: type[Board]) -> None:
         return any(b <= base and base + length <= b + s
                    for b, s in cls.device_windows.values())
 
-    ports = "device" not in cls.refused_options
+    ports = DEBUG_EXIT in cls.device_types
     kept, described = [], []
     for i, dev in enumerate(f["devices"]):
         key = draft.key("devices", "emu_devices")[i]

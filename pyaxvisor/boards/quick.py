@@ -17,7 +17,7 @@ from pathlib import Path
 from pyaxvisor.boards import board_class
 from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.boot import boot as boot_on
-from pyaxvisor.vm.config import DeviceSpec, ImageSpec, VmConfig
+from pyaxvisor.vm.config import DeviceSpec, ImageSpec, VirtioDeviceSpec, VmConfig
 from pyaxvisor.vm.result import VmResult
 from pyaxvisor.vm.vm import Vm
 
@@ -30,7 +30,7 @@ def config_for(arch: str, *, machine: str | None = None, cpu_model: str | None =
                initrd: Path | None = None, append: str = "", bios: Path | None = None,
                devices: Sequence[DeviceSpec] = (), timeout: float | None = None,
                stats: bool = False, in_cpu_devices: bool = True, vm_id: int = 1,
-               name: str = "vm") -> VmConfig:
+               name: str = "vm", virtio: Sequence[VirtioDeviceSpec] = ()) -> VmConfig:
     """A configuration for ``arch``'s board ``machine`` (its default without one)."""
     board = board_class(arch, machine)
     board.check_machine(machine, cpu_model)
@@ -43,20 +43,22 @@ def config_for(arch: str, *, machine: str | None = None, cpu_model: str | None =
         kernel=ImageSpec(Path(kernel)) if kernel is not None else None,
         initrd=ImageSpec(Path(initrd)) if initrd is not None else None,
         bios=ImageSpec(Path(bios)) if bios is not None else None,
-        cmdline=append, devices=tuple(devices), timeout=timeout, stats=stats,
+        cmdline=append, devices=tuple(devices), virtio=tuple(virtio), timeout=timeout,
+        stats=stats,
         in_cpu_devices=in_cpu_devices)
 
 
 def new_vm(arch: str, *, ram_size: int | None = None, smp: int = 1, vm_id: int = 1,
            console_write: Callable[[bytes], None] | None = None, cmdline: str = "",
            debug_exits: Sequence[tuple[int, int]] = (), exit_times: bool = False,
-           in_cpu_mmio: bool = True) -> Vm:
+           in_cpu_mmio: bool = True, virtio: Sequence[VirtioDeviceSpec] = ()) -> Vm:
     """A VM on ``arch``'s default board with nothing loaded: the caller writes its
-    guest with ``write_guest`` and starts it with ``run(entry, ...)``."""
+    guest with ``write_guest`` and starts it with ``run(entry, ...)``; ``virtio`` its
+    virtio devices (the boards that have virtio-mmio transports)."""
     config = config_for(arch, memory=ram_size, smp=smp, append=cmdline, vm_id=vm_id,
                         devices=[DeviceSpec("isa-debug-exit", base, size)
                                  for base, size in debug_exits],
-                        stats=exit_times, in_cpu_devices=in_cpu_mmio)
+                        stats=exit_times, in_cpu_devices=in_cpu_mmio, virtio=virtio)
     return Vm(config, board_class(config.arch, config.machine)(config),
               console_write=console_write)
 

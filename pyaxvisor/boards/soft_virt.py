@@ -1,8 +1,12 @@
 """What QEMU-``virt``-style boards on the software CPU share (AArch64 and RISC-V 64).
 
 Their RAM may sit anywhere their devices leave free (one region at the board's RAM
-base by default), and their fast devices (interrupt controller, UART) are served
-inside the CPU unless the configuration asks every access to exit (``--trap-mmio``).
+base by default); they have a row of virtio-mmio transports where QEMU's board has
+them, all always present, the configured virtio devices plugged in in QEMU's order
+(:mod:`pyaxvisor.boards.virtio_slots`: exit devices on the MMIO bus, whose disk
+images :meth:`SoftVirtBoard.close` releases); and their fast devices (interrupt
+controller, UART) are served inside the CPU unless the configuration asks every
+access to exit (``--trap-mmio``).
 
 The vCPUs of a VM with several run guest code at the same time, each on its own
 thread, as QEMU's multi-threaded TCG does: the patched libunicorn translates the
@@ -26,6 +30,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pyaxvisor.boards.virtio_slots import VirtioSlots, VirtioTransports
 from pyaxvisor.devices.bus import Device
 from pyaxvisor.engine.tcg.common import unicorn_build
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
@@ -86,6 +91,9 @@ class SoftVirtBoard(Board):
     ram_align: ClassVar[int]
     max_ram: ClassVar[int]
     address_bits: ClassVar[int]
+    #: The board's virtio-mmio transports.
+    virtio_slots: ClassVar[VirtioSlots]
+    device_types: ClassVar[tuple[str, ...]] = ("virtio-blk-device", "virtio-rng-device")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -98,6 +106,8 @@ class SoftVirtBoard(Board):
         self.xsync = SyncGroup() if cpus > 1 else None
         self.vm: Vm | None = None
         self._in_cpu: list[InCpuWindow] = []
+        #: The VM's virtio-mmio transports (built by the board's ``create``).
+        self.virtio = VirtioTransports(self.virtio_slots)
 
     @classmethod
     def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:
@@ -109,6 +119,7 @@ class SoftVirtBoard(Board):
         naming the memory regions key."""
         super().check()
         config = self.config
+        self.virtio_slots.check(config, f"{self.arch} {self.machines[0]} board")
         ram = config.ram_size
         key = config.prefix("[kernel] memory_regions")
         if ram < self.min_ram or ram % self.ram_align:
@@ -127,6 +138,10 @@ class SoftVirtBoard(Board):
                 raise InvalidInput(f"{key}RAM ending at {region.end:#x} is beyond the "
                                    f"{self.address_bits}-bit guest physical addresses of this "
                                    "board")
+
+    def close(self) -> None:
+        """Release the virtio devices' disk images."""
+        self.virtio.close()
 
     def attach_fast(self, vm: Vm, base: int, size: int, device: Device) -> bool:
         """Put ``device`` on the MMIO bus at ``[base, base + size)`` and, unless every

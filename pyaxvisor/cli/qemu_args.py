@@ -292,12 +292,16 @@ def choose_accel(asked: Sequence[str], board_accel: str, board: str) -> str:
 @dataclass(frozen=True)
 class DeviceType:
     """A device ``-device`` can add: its bus (as ``-device help`` says it), a
-    description, and its properties with their defaults (QEMU's)."""
+    description, its numeric properties with their defaults (QEMU's; what ``-global``
+    may set), the heading ``-device help`` lists it under, and its other properties
+    with what they take (``-device NAME,help``)."""
 
     name: str
     bus: str
     description: str
     props: Mapping[str, int]
+    category: str = "Misc devices"
+    text_props: Mapping[str, str] = field(default_factory=dict)
 
 
 def _debug_exit_type() -> DeviceType:
@@ -309,8 +313,24 @@ def _debug_exit_type() -> DeviceType:
                       {"iobase": DEFAULT_IOBASE, "iosize": DEFAULT_IOSIZE})
 
 
-#: The devices ``-device`` adds on boards that take devices: name → its description.
-DEVICE_TYPES: dict[str, Callable[[], DeviceType]] = {"isa-debug-exit": _debug_exit_type}
+def _virtio_blk_type() -> DeviceType:
+    return DeviceType("virtio-blk-device", "virtio-bus",
+                      "virtio block device (virtio-mmio) over a -drive", {},
+                      "Storage devices", {"drive": "<str>  (the id of an if=none -drive)",
+                                          "id": "<str>"})
+
+
+def _virtio_rng_type() -> DeviceType:
+    return DeviceType("virtio-rng-device", "virtio-bus",
+                      "virtio entropy device (virtio-mmio), fed from the host", {},
+                      "Misc devices", {"id": "<str>"})
+
+
+#: The devices ``-device`` adds on boards that take them (each board says which of
+#: them: ``Board.device_types``): name → its description.
+DEVICE_TYPES: dict[str, Callable[[], DeviceType]] = {
+    "isa-debug-exit": _debug_exit_type, "virtio-blk-device": _virtio_blk_type,
+    "virtio-rng-device": _virtio_rng_type}
 
 
 def _device_type(name: str) -> DeviceType:
@@ -360,9 +380,9 @@ def parse_device(spec: str, defaults: Mapping[tuple[str, str], int] | None = Non
     (``(driver, prop)`` → value), else QEMU's default (iobase 0x501, iosize 2). Any
     other device is refused."""
     name, *props = spec.split(",")
-    if name not in DEVICE_TYPES:
-        raise InvalidInput(f"-device {name!r} is not supported: only "
-                           f"{', '.join(DEVICE_TYPES)} (-device help lists them)")
+    if name != "isa-debug-exit":
+        raise InvalidInput(f"-device {name!r} is not supported: only isa-debug-exit "
+                           "(-device help lists the board's devices)")
     kind = _device_type(name)
     values = {key: (defaults or {}).get((name, key), default)
               for key, default in kind.props.items()}
@@ -389,11 +409,14 @@ def device_help(spec: str, offered: Sequence[str], board: str) -> str | None:
     if name in ("help", "?"):
         if not offered:
             return (f"The {board} takes no -device: its devices are built in.\n")
-        lines = ["Misc devices:"]
+        groups: dict[str, list[str]] = {}
         for device in offered:
             kind = _device_type(device)
-            lines.append(f'name "{kind.name}", bus {kind.bus}, desc "{kind.description}"')
-        return "\n".join(lines) + "\n"
+            groups.setdefault(kind.category, []).append(
+                f'name "{kind.name}", bus {kind.bus}, desc "{kind.description}"')
+        blocks = [f"{category}:\n" + "\n".join(lines) + "\n"
+                  for category, lines in sorted(groups.items())]
+        return "\n".join(blocks)
     if not any(item in ("help", "?") for item in rest):
         return None
     if name not in offered:
@@ -402,6 +425,7 @@ def device_help(spec: str, offered: Sequence[str], board: str) -> str | None:
     kind = _device_type(name)
     lines = [f"{name} options:"]
     lines += [f"  {key}=<uint32>  (default: {value:#x})" for key, value in kind.props.items()]
+    lines += [f"  {key}={what}" for key, what in kind.text_props.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """``pyaxvisor run``: boot a guest with its serial console on this terminal.
 
 The VM is described by a :class:`~pyaxvisor.vm.config.VmConfig` built from QEMU's
-spellings (``-kernel -initrd -append -m -smp -M -cpu -bios -device -global``), or
+spellings (``-kernel -initrd -append -m -smp -M -cpu -bios -device -global -drive``), or
 read from an AxVisor VM config file (``pyaxvisor run vm.toml``) with those flags
 overriding the file. Which board runs it comes from ``--arch`` (fixed by the
 ``pyaxvisor-system-ARCH`` commands, :mod:`.system`), else ``-M``, else the kernel
@@ -29,8 +29,8 @@ import click
 
 from pyaxvisor import __version__
 from pyaxvisor.boards import arches, arches_of_machine, board_class
+from pyaxvisor.cli.drives import VIRTIO_DEVICES, DriveSpec, parse_drive, virtio_devices
 from pyaxvisor.cli.qemu_args import (
-    DEVICE_TYPES,
     MAX_TIMEOUT,
     check_machine_props,
     check_none,
@@ -48,7 +48,13 @@ from pyaxvisor.cli.qemu_args import (
     parse_timeout,
 )
 from pyaxvisor.errors import AxError, InvalidInput
-from pyaxvisor.vm.config import ImageSpec, MemoryRegion, VmConfig
+from pyaxvisor.vm.config import (
+    DeviceSpec,
+    ImageSpec,
+    MemoryRegion,
+    VirtioDeviceSpec,
+    VmConfig,
+)
 from pyaxvisor.vm.result import STATUS
 
 if TYPE_CHECKING:
@@ -151,7 +157,24 @@ def _from_file(config: VmConfig, path: Path, kernel: Path | None, initrd: Path |
 
 def _board_devices(cls: type[Board]) -> tuple[str, ...]:
     """The devices ``-device`` can add to the board (none if it refuses ``-device``)."""
-    return () if "device" in cls.refused_options else tuple(DEVICE_TYPES)
+    return () if "device" in cls.refused_options else cls.device_types
+
+
+def _devices(cls: type[Board], board: str, devices: tuple[str, ...],
+             drives: tuple[DriveSpec, ...], defaults: dict[tuple[str, str], int]
+             ) -> tuple[tuple[DeviceSpec, ...], tuple[VirtioDeviceSpec, ...]]:
+    """The ``-device`` and ``-drive`` options as the board's emulated devices and its
+    virtio devices; a device the board does not have is refused by name."""
+    offered = _board_devices(cls)
+    for spec in devices:
+        name = spec.split(",")[0]
+        if name not in offered:
+            has = f"its devices are {', '.join(offered)}" if offered else "it takes no -device"
+            raise InvalidInput(f"-device {name!r} is not supported on the {board} ({has}; "
+                               "-device help lists them)")
+    added = tuple(parse_device(d, defaults) for d in devices
+                  if d.split(",")[0] not in VIRTIO_DEVICES)
+    return added, virtio_devices(devices, drives)
 
 
 def _help_probe(cls: type[Board], board: str, machine: str | None, cpu: str | None,
@@ -250,8 +273,13 @@ def _interrupted() -> NoReturn:
 @click.option("--device", "-device", "devices", multiple=True,
               help="x86_64: isa-debug-exit[,iobase=N][,iosize=N] (repeatable); without them "
                    "it sits at QEMU's default ports 0x501-0x502 (test kernels usually want "
-                   "iobase=0xf4,iosize=4). 'help' lists the board's devices, "
-                   "'isa-debug-exit,help' their properties.")
+                   "iobase=0xf4,iosize=4). aarch64, riscv64: virtio-blk-device,drive=ID and "
+                   "virtio-rng-device (virtio-mmio). 'help' lists the board's devices, "
+                   "'NAME,help' their properties.")
+@click.option("--drive", "-drive", "drives", multiple=True,
+              help="aarch64, riscv64: file=IMAGE[,format=raw][,if=virtio|none][,readonly=on]"
+                   "[,id=ID]: a raw disk image as a virtio-blk device (if=none: for -device "
+                   "virtio-blk-device,drive=ID). Repeatable.")
 @click.option("--global", "-global", "globals_", multiple=True,
               help="DRIVER.PROP=VALUE: the default of a -device property, e.g. "
                    "isa-debug-exit.iobase=0xf4.")
@@ -289,7 +317,8 @@ def _interrupted() -> NoReturn:
 def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: Path | None,
         initrd: Path | None, append: str | None, bios: Path | None, memory: str | None,
         smp: str | None, machines: tuple[str, ...], accels: tuple[str, ...], cpu: str | None,
-        devices: tuple[str, ...], globals_: tuple[str, ...], name: str | None,
+        devices: tuple[str, ...], drives: tuple[str, ...], globals_: tuple[str, ...],
+        name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
         nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
         timeout: str | None, stats: bool, trap_mmio: bool) -> None:
@@ -320,6 +349,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
                  *(["kvm"] if enable_kvm else [])]
         if initrd is not None and kernel is None and config_file is None:
             raise InvalidInput("-initrd needs -kernel")
+        drive_specs = tuple(parse_drive(d) for d in drives)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -347,19 +377,19 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         check_machine_props(machine.props, arch)
         choose_accel(asked, accelerator(cls), board)
         _refuse_options(cls.refused_options, bios=bios is not None, device=bool(devices),
-                        trap_mmio=trap_mmio)
+                        trap_mmio=trap_mmio, drive=bool(drives))
         defaults: dict[tuple[str, str], int] = {}
         for spec in globals_:
             driver, prop, value = parse_global(spec, _board_devices(cls), board)
             defaults[(driver, prop)] = value
-        added = tuple(parse_device(d, defaults) for d in devices)
+        added, virtio = _devices(cls, board, devices, drive_specs, defaults)
         if file_config is None:
             ncpus = parse_smp(smp) if smp is not None else \
                 2 if kernel is None and bios is None else 1
             config = config_for(arch, machine=machine.type, cpu_model=cpu,
                                 memory=parse_memory_size(memory) if memory else None,
                                 smp=ncpus, kernel=kernel, initrd=initrd, append=append or "",
-                                bios=bios, devices=added)
+                                bios=bios, devices=added, virtio=virtio)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -369,7 +399,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
             config = _from_file(file_config, config_file, kernel, initrd, append, memory, smp)
             if bios is not None:
                 config = config.with_(bios=ImageSpec(bios))
-            config = config.with_(devices=config.devices + added)
+            config = config.with_(devices=config.devices + added,
+                                  virtio=config.virtio + virtio)
         config = config.with_(timeout=seconds if seconds is not None else config.timeout,
                               stats=stats, in_cpu_devices=not trap_mmio,
                               name=vm_name if vm_name is not None else config.name)

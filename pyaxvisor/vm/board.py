@@ -7,11 +7,12 @@ holds a ``layout`` module (its memory map, the single source of those
 constants) and a ``board`` module whose :class:`Board` subclass says:
 
 * what it is: ``arch``, ``machines`` (canonical name first, then aliases),
-  ``cpu_models``, ``default_memory``, ``max_cpus``, the ``vcpu_class`` and
-  ``percpu_class`` it runs, how secondary CPUs start (``starts_all_cpus``: every
-  vCPU is created at boot and the others wait, as x86 APs wait for SIPI; or only
-  vCPU 0, the others started by a ``CpuUp`` exit, as PSCI CPU_ON does), and the
-  default memory map (:meth:`Board.default_memory_regions`) and CPU ids;
+  ``cpu_models``, the ``device_types`` ``-device`` may add, ``default_memory``,
+  ``max_cpus``, the ``vcpu_class`` and ``percpu_class`` it runs, how secondary
+  CPUs start (``starts_all_cpus``: every vCPU is created at boot and the others
+  wait, as x86 APs wait for SIPI; or only vCPU 0, the others started by a
+  ``CpuUp`` exit, as PSCI CPU_ON does), and the default memory map
+  (:meth:`Board.default_memory_regions`) and CPU ids;
 * how to build and boot it, in this order, each once: :meth:`check` (the
   board's rules for a :class:`~pyaxvisor.vm.config.VmConfig`),
   :meth:`host_memory` (the host arena to reserve), :meth:`create` (its devices
@@ -85,6 +86,8 @@ class Board(abc.ABC):
     #: Command-line options (``bios``, ``device``, ``trap_mmio``) the board does not
     #: take, each with the message that says why.
     refused_options: ClassVar[dict[str, str]] = {}
+    #: The device types ``-device`` may add to the board (QEMU's names).
+    device_types: ClassVar[tuple[str, ...]] = ()
     #: The board's device windows by name (``(base, size)``): what a configuration's
     #: passthrough devices and device regions may stand for.
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {}

@@ -29,8 +29,8 @@ from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.flags import MappingFlags
 
 __all__ = [
-    "DEFAULT_FLAGS", "DeviceSpec", "ImageSpec", "MapType", "MemoryRegion", "PassthroughSpec",
-    "VmConfig",
+    "DEFAULT_FLAGS", "VIRTIO_KINDS", "DeviceSpec", "ImageSpec", "MapType", "MemoryRegion",
+    "PassthroughSpec", "VirtioDeviceSpec", "VmConfig",
 ]
 
 PAGE = 0x1000
@@ -90,6 +90,32 @@ class DeviceSpec(NamedTuple):
     cfg: tuple[int, ...] = ()
 
 
+#: The virtio device types a VM may ask for: a block device over a raw image, an
+#: entropy source.
+VIRTIO_KINDS = ("blk", "rng")
+
+
+class VirtioDeviceSpec(NamedTuple):
+    """A virtio device of the VM (QEMU's ``-device virtio-blk-device``/``-drive
+    if=virtio`` and ``-device virtio-rng-device``), on one of the board's virtio-mmio
+    transports: ``kind`` one of :data:`VIRTIO_KINDS`; for ``"blk"``, ``image`` the raw
+    disk image and ``read_only`` whether the guest may only read it (both ``None``/
+    ``False`` for other kinds); ``id`` a name for messages (``""``: none; distinct
+    when given). The order of a VM's specs is the order they were asked for; the
+    board decides which transport each gets."""
+
+    kind: str
+    image: Path | None = None
+    read_only: bool = False
+    id: str = ""
+
+    def describe(self) -> str:
+        """``virtio-blk (disk.img, read-only)``, ``virtio-rng``: for messages."""
+        if self.kind != "blk":
+            return f"virtio-{self.kind}"
+        return f"virtio-blk ({self.image}{', read-only' if self.read_only else ''})"
+
+
 class PassthroughSpec(NamedTuple):
     """A host device asked to be passed through (axvmconfig ``passthrough_devices``).
     ``name`` ``"/"`` means the whole host device tree."""
@@ -126,6 +152,8 @@ class VmConfig:
     entry: int | None = None
     cmdline: str = ""
     devices: tuple[DeviceSpec, ...] = ()
+    #: The virtio devices, in the order asked for (the board places them).
+    virtio: tuple[VirtioDeviceSpec, ...] = ()
     passthrough: tuple[PassthroughSpec, ...] = ()
     passthrough_addresses: tuple[tuple[int, int], ...] = ()
     passthrough_ports: tuple[tuple[int, int], ...] = ()
@@ -197,6 +225,25 @@ class VmConfig:
                 raise InvalidInput(f"{key}regions "
                                    f"[{a.gpa:#x}, {a.end:#x}) and [{b.gpa:#x}, {b.end:#x}) "
                                    "overlap")
+        self._check_virtio()
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidInput(f"timeout must be a positive number of seconds, not "
                                f"{self.timeout!r}")
+
+    def _check_virtio(self) -> None:
+        """Each virtio spec is a known kind with what it needs (a blk its image; no
+        image for others), and the ids given are distinct."""
+        seen: set[str] = set()
+        for spec in self.virtio:
+            what = f"virtio device {spec.id!r}" if spec.id else "a virtio device"
+            if spec.kind not in VIRTIO_KINDS:
+                raise InvalidInput(f"{what}: unknown kind {spec.kind!r} (one of "
+                                   f"{', '.join(VIRTIO_KINDS)})")
+            if spec.kind == "blk" and (spec.image is None or not str(spec.image)):
+                raise InvalidInput(f"{what}: a virtio-blk device needs a disk image")
+            if spec.kind != "blk" and (spec.image is not None or spec.read_only):
+                raise InvalidInput(f"{what}: a virtio-{spec.kind} device has no disk image")
+            if spec.id:
+                if spec.id in seen:
+                    raise InvalidInput(f"virtio device id {spec.id!r} is used twice")
+                seen.add(spec.id)

@@ -24,6 +24,9 @@ nothing here implements:
   ``pyaxvisor`` logger, which Python prints on standard error when the program
   configured no logging.
 
+virtio: 32 virtio-mmio transports at ``0x0a00_0000`` (SPIs 16..47), the configured
+devices in QEMU's slots (see :mod:`pyaxvisor.boards.virtio_slots`); each access exits.
+
 Devices: the GIC and the UART are served inside the CPU (their windows are
 mapped by the stage-2 table onto the engine's in-CPU MMIO window, as KVM serves
 its in-kernel devices) unless the configuration asks every access to exit
@@ -50,6 +53,7 @@ from pyaxvisor.boards.aarch64_virt import boot
 from pyaxvisor.boards.aarch64_virt import layout as L
 from pyaxvisor.boards.aarch64_virt.timer import GenericTimers
 from pyaxvisor.boards.soft_virt import SoftVirtBoard, WildAccessReports
+from pyaxvisor.boards.virtio_slots import VirtioSlots
 from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, GicV2
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pflash import CfiFlash
@@ -97,12 +101,12 @@ class VirtBoard(SoftVirtBoard):
     ram_base, min_ram, ram_align = L.RAM_BASE, L.MIN_RAM, L.RAM_ALIGN
     max_ram, address_bits = L.MAX_RAM, L.IPA_BITS
     #: Command-line options this board does not take, and why.
-    refused_options: ClassVar[dict[str, str]] = {
-        "device": "-device is not supported on aarch64"}
+    virtio_slots: ClassVar[VirtioSlots] = VirtioSlots(L.VIRTIO_BASE, L.VIRTIO_STRIDE,
+                                                      L.VIRTIO_COUNT, 32 + L.VIRTIO_SPI)
     #: Device windows a configuration may name (passthrough devices stand for these).
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "intc": (L.GIC_DIST_BASE, 0x2_0000), "pl011": (L.UART_BASE, UART_SIZE),
-        "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE)}
+        "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE), "virtio": virtio_slots.window}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -156,6 +160,8 @@ class VirtBoard(SoftVirtBoard):
                                on_array_mode=self._flash_array_mode)
         bus.attach(L.FLASH_BASE + L.FLASH_SIZE, L.FLASH_SIZE, self.flash1)
         self._timers = GenericTimers(vm, self.gic)
+        gic = self.gic
+        self.virtio.create(vm, lambda intid: IrqLine(gic, intid))
 
     def load(self, vm: Vm) -> BootState:
         assert vm.space is not None

@@ -5,7 +5,11 @@ QEMU's ``-M virt,gic-version=2 -cpu cortex-a72`` gives a Linux guest
 (``hw/arm/virt.c`` builds the board nodes, ``hw/arm/boot.c`` adds ``/memory``,
 ``/chosen`` and ``/psci``), limited to the devices that exist here: RAM, the
 CPUs, PSCI, a GICv2, the generic timer, the PMU (PMUv3, overflow interrupt on PPI
-7 = INTID 23, as QEMU's ``fdt_add_pmu_nodes``) and one PL011 with its APB clock.
+7 = INTID 23, as QEMU's ``fdt_add_pmu_nodes``), one PL011 with its APB clock, and
+the 32 virtio-mmio transports (``virtio_mmio@a000000`` ... ``@a003e00``, lowest
+address first as in QEMU's tree; each ``compatible = "virtio,mmio"``, 0x200 bytes
+of ``reg``, SPI 16 + slot with QEMU's edge-rising flags, ``dma-coherent``): all of
+them, whatever devices are plugged in, as QEMU describes them.
 The tree is built and serialised (DTB format version 17) with the ``fdt`` package.
 
 Where the result deliberately differs from QEMU's:
@@ -63,7 +67,7 @@ from pyaxvisor.errors import InvalidInput
 __all__ = [
     "APB_PCLK_HZ", "CLOCK_PHANDLE", "DTB_VERSION", "GIC_PHANDLE", "PSCI_0_2_FN_CPU_OFF",
     "PSCI_0_2_FN64_CPU_ON", "PSCI_0_2_FN64_CPU_SUSPEND", "PSCI_0_2_FN64_MIGRATE",
-    "build_aarch64_dtb", "update_chosen",
+    "build_aarch64_dtb", "update_chosen", "virtio_node",
 ]
 
 #: phandles of the two nodes others refer to.
@@ -76,6 +80,7 @@ APB_PCLK_HZ = 24_000_000
 # Interrupt specifier cells (Linux dt-bindings/interrupt-controller/arm-gic.h).
 GIC_SPI = 0
 GIC_PPI = 1
+IRQ_TYPE_EDGE_RISING = 1
 IRQ_TYPE_LEVEL_HIGH = 4
 GIC_PPI_CPU_MASK_SHIFT = 8
 
@@ -131,10 +136,23 @@ def _validate(memory: Sequence[tuple[int, int]], cpus: Sequence[int],
         "GIC distributor": (gic_dist, DIST_SIZE),
         "GIC CPU interface": (gic_cpu, CPU_IF_SIZE),
         "PL011 UART": (uart_base, PL011_SIZE),
+        "virtio-mmio transports": (L.VIRTIO_BASE, L.VIRTIO_COUNT * L.VIRTIO_STRIDE),
     }
     check_windows(devices)
     check_memory(memory, devices)
     check_initrd(initrd, memory)
+
+
+def virtio_node(slot: int) -> fdt.Node:
+    """The node of virtio-mmio transport ``slot`` (0..31)."""
+    base = L.VIRTIO_BASE + slot * L.VIRTIO_STRIDE
+    return node(
+        f"virtio_mmio@{base:x}",
+        strings("compatible", "virtio,mmio"),
+        words("reg", *cells64(base, L.VIRTIO_STRIDE)),
+        words("interrupts", GIC_SPI, L.VIRTIO_SPI + slot, IRQ_TYPE_EDGE_RISING),
+        fdt.Property("dma-coherent"),
+    )
 
 
 def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootargs: str = "",
@@ -188,6 +206,9 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
         words("clocks", CLOCK_PHANDLE, CLOCK_PHANDLE),
         strings("clock-names", "uartclk", "apb_pclk"),
     ))
+
+    for slot in range(L.VIRTIO_COUNT):
+        root.append(virtio_node(slot))
 
     root.append(node(
         f"intc@{gic_dist:x}",

@@ -9,6 +9,8 @@ these constants: the board, its device tree and its loaders read them from here.
 ``0x0800_0000``         GICv2 distributor (4 KiB emulated)
 ``0x0801_0000``         GICv2 CPU interface (8 KiB)
 ``0x0900_0000``         PL011 UART, SPI 1 = INTID 33
+``0x0a00_0000``         32 virtio-mmio transports, 0x200 bytes apart, SPIs 16..47 =
+                        INTIDs 48..79 (all always present; unused ones DeviceID 0)
 ``0x4000_0000``         RAM (the default base; a config file may put RAM at any
                         address the devices leave free)
 ====================== ===========================================================
@@ -29,6 +31,11 @@ GIC_CPU_BASE = 0x0801_0000
 UART_BASE = 0x0900_0000
 UART_SPI = 1
 UART_INTID = 32 + UART_SPI
+VIRTIO_BASE = 0x0A00_0000
+VIRTIO_STRIDE = 0x200
+VIRTIO_COUNT = 32
+#: The first transport's SPI (QEMU's ``VIRT_MMIO`` interrupt base); slot i has SPI 16 + i.
+VIRTIO_SPI = 16
 RAM_BASE = 0x4000_0000
 
 PPI_VTIMER = 27

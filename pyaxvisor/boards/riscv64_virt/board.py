@@ -19,6 +19,10 @@ first :data:`~pyaxvisor.boards.soft_virt.WILD_ACCESS_REPORTS` of a VM) as a warn
 of the ``pyaxvisor`` logger, which Python prints on standard error when the program
 configured no logging.
 
+virtio: 8 virtio-mmio transports at ``0x1000_1000`` (PLIC sources 1..8), the
+configured devices in QEMU's slots (see :mod:`pyaxvisor.boards.virtio_slots`); each
+access exits.
+
 Devices: the PLIC and the UART are served inside the CPU unless the configuration
 asks every access to exit (``--trap-mmio``). The harts of a VM run guest code at
 the same time, each on its thread (see :mod:`pyaxvisor.boards.soft_virt`).
@@ -35,6 +39,7 @@ from pyaxvisor.boards.riscv64_virt import boot
 from pyaxvisor.boards.riscv64_virt import layout as L
 from pyaxvisor.boards.riscv64_virt.platform import SbiBoard, harts_in_mask
 from pyaxvisor.boards.soft_virt import SoftVirtBoard, WildAccessReports
+from pyaxvisor.boards.virtio_slots import VirtioSlots
 from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.plic import Plic
 from pyaxvisor.devices.uart16550 import Uart16550
@@ -73,10 +78,11 @@ class RiscvVirtBoard(SoftVirtBoard):
     vcpu_class = RISCVVCpu
     percpu_class = RISCVPerCpu
     starts_all_cpus = False
-    refused_options: ClassVar[dict[str, str]] = {
-        "device": "-device is not supported on riscv64"}
+    virtio_slots: ClassVar[VirtioSlots] = VirtioSlots(L.VIRTIO_BASE, L.VIRTIO_STRIDE,
+                                                      L.VIRTIO_COUNT, L.VIRTIO_IRQ)
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
-        "plic": (L.PLIC_BASE, L.plic_size(8)), "uart": (L.UART_BASE, L.UART_SIZE)}
+        "plic": (L.PLIC_BASE, L.plic_size(8)), "uart": (L.UART_BASE, L.UART_SIZE),
+        "virtio": virtio_slots.window}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -110,6 +116,8 @@ class RiscvVirtBoard(SoftVirtBoard):
         for base, size, device in ((L.PLIC_BASE, L.plic_size(harts), self.plic),
                                    (L.UART_BASE, L.UART_PAGE, self.uart)):
             self.attach_fast(vm, base, size, device)
+        plic = self.plic
+        self.virtio.create(vm, lambda source: IrqLine(plic, source))
         self.sbi = SbiBoard(vm, self.uart)
 
     def load(self, vm: Vm) -> BootState:

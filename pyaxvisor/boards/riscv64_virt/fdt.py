@@ -4,7 +4,11 @@
 QEMU 7.2's ``-M virt -cpu rv64`` gives a guest (``hw/riscv/virt.c``; compare
 ``qemu-system-riscv64 -M virt,dumpdtb=virt.dtb`` and ``dtc -I dtb virt.dtb``),
 limited to what exists here: RAM, the harts with their local interrupt controllers,
-the PLIC and one ns16550a UART, under ``/soc``; ``/chosen`` as for the arm64 VM.
+the PLIC, one ns16550a UART and the 8 virtio-mmio transports (all of them, whatever
+devices are plugged in, as QEMU describes them: ``virtio_mmio@10001000`` ...
+``@10008000``, highest address first as in QEMU's tree, each ``compatible =
+"virtio,mmio"``, 0x1000 bytes of ``reg``, the PLIC's source 1 + slot), under
+``/soc``; ``/chosen`` as for the arm64 VM.
 
 The hart description is the software CPU's (Unicorn 2's RV64 hart, QEMU 5.0's
 ``target/riscv``), not QEMU 7.2's ``rv64``:
@@ -26,7 +30,7 @@ The hart description is the software CPU's (Unicorn 2's RV64 hart, QEMU 5.0's
 Where the result deliberately differs from QEMU's tree:
 
 * No CLINT/ACLINT node (pyaxvisor plays the SBI firmware: the timer and IPIs are SBI
-  calls), no virtio-mmio, PCIe, flash, fw-cfg, RTC, ``sifive,test`` syscon (reset
+  calls), no PCIe, flash, fw-cfg, RTC, ``sifive,test`` syscon (reset
   and power-off are SBI calls), platform bus or PMU node; no ``rng-seed``.
 * The PLIC ``reg`` is sized for the harts that exist (``layout.plic_size``), where
   QEMU reserves the window of its maximum of 512 harts (0x60_0000).
@@ -58,7 +62,7 @@ from pyaxvisor.errors import InvalidInput
 
 __all__ = [
     "DEFAULT_ISA", "IRQ_M_EXT", "IRQ_S_EXT", "MAX_HARTS", "MMU_TYPES", "PLIC_PHANDLE",
-    "build_riscv64_dtb", "cpu_phandle", "intc_phandle",
+    "build_riscv64_dtb", "cpu_phandle", "intc_phandle", "virtio_node",
 ]
 
 #: What the software CPU implements (misa ``acdfimsu``, plus Zicsr and Zifencei).
@@ -118,8 +122,22 @@ def _validate(memory: Sequence[tuple[int, int]], harts: Sequence[int], bootargs:
             f"timebase_freq {timebase_freq!r} must be a positive 32-bit number of Hz")
     dt.check_printable("bootargs", bootargs)
     dt.check_memory(memory, {"PLIC": (L.PLIC_BASE, L.plic_size(len(harts))),
-                          "UART": (L.UART_BASE, L.UART_SIZE)})
+                             "UART": (L.UART_BASE, L.UART_SIZE),
+                             "virtio-mmio transports": (L.VIRTIO_BASE,
+                                                        L.VIRTIO_COUNT * L.VIRTIO_STRIDE)})
     dt.check_initrd(initrd, memory)
+
+
+def virtio_node(slot: int) -> fdt.Node:
+    """The node of virtio-mmio transport ``slot`` (0..7)."""
+    base = L.VIRTIO_BASE + slot * L.VIRTIO_STRIDE
+    return dt.node(
+        f"virtio_mmio@{base:x}",
+        dt.words("interrupts", L.VIRTIO_IRQ + slot),
+        dt.words("interrupt-parent", PLIC_PHANDLE),
+        dt.words("reg", *dt.cells64(base, L.VIRTIO_STRIDE)),
+        dt.strings("compatible", "virtio,mmio"),
+    )
 
 
 def build_riscv64_dtb(*, memory: list[tuple[int, int]], harts: list[int], bootargs: str = "",
@@ -205,6 +223,7 @@ def build_riscv64_dtb(*, memory: list[tuple[int, int]], harts: list[int], bootar
             dt.words("reg", *dt.cells64(L.UART_BASE, L.UART_SIZE)),
             dt.strings("compatible", "ns16550a"),
         ),
+        *(virtio_node(slot) for slot in reversed(range(L.VIRTIO_COUNT))),
     ))
 
     root.append(dt.chosen_node(bootargs=bootargs, stdout_path=uart_path, initrd=initrd))

@@ -6,6 +6,9 @@ these constants: the board, its device tree and its loaders read them from here.
 ``0x0c00_0000``         PLIC (SiFive-compatible): sources 1..95, two contexts per
                         hart (M-mode, then S-mode); pyaxvisor's guests use the S ones
 ``0x1000_0000``         ns16550a UART, registers one byte apart, PLIC source 10
+``0x1000_1000``         8 virtio-mmio transports, 0x1000 apart (0x200 bytes of registers
+                        each), PLIC sources 1..8 (all always present; unused ones
+                        DeviceID 0)
 ``0x8000_0000``         RAM (the default base; a config file may put RAM elsewhere)
 ====================== ===========================================================
 
@@ -30,6 +33,11 @@ UART_PAGE = 0x1000
 UART_IRQ = 10
 #: The UART's input clock in the device tree (QEMU's ``clock-frequency``, 0x384000).
 UART_CLOCK_HZ = 3_686_400
+VIRTIO_BASE = 0x1000_1000
+VIRTIO_STRIDE = 0x1000
+VIRTIO_COUNT = 8
+#: The first transport's PLIC source; slot i has source 1 + i.
+VIRTIO_IRQ = 1
 RAM_BASE = 0x8000_0000
 
 TIMEBASE_FREQ = 10_000_000

@@ -152,7 +152,10 @@ class PcBoard(Board):
                 "Multiboot, ELF or raw)",
         "trap_mmio": "--trap-mmio is for aarch64: on x86_64 KVM's in-kernel irqchip serves "
                      "the APICs",
+        "drive": "-drive is not supported on x86_64: the pc board has no virtio transport "
+                 "yet (virtio disks are on the aarch64 and riscv64 virt boards)",
     }
+    device_types: ClassVar[tuple[str, ...]] = ("isa-debug-exit",)
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "IO APIC": (L.IOAPIC_ADDR, 0x1000), "Local APIC": (L.LAPIC_ADDR, 0x1000)}
     #: Coalesce COM1's transmit register when KVM can (see the module doc); False
@@ -179,6 +182,10 @@ class PcBoard(Board):
     def check(self) -> None:
         super().check()
         config = self.config
+        if config.virtio:
+            raise InvalidInput(f"{config.virtio[0].describe()}: the x86_64 pc board has no "
+                               "virtio transport yet (virtio devices are on the aarch64 and "
+                               "riscv64 virt boards)")
         ram = config.ram_size
         key = config.prefix("[kernel] memory_regions")
         if ram < L.MIN_RAM:

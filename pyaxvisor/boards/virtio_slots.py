@@ -1,0 +1,138 @@
+"""The virtio-mmio transports of the QEMU-``virt``-style boards.
+
+A board has a fixed row of transport slots (:class:`VirtioSlots`: ``count`` slots,
+``stride`` bytes apart from ``base``, each with its own interrupt) and, like QEMU's
+``virt`` boards, creates *every* slot whatever the configuration asks for: a slot no
+device is plugged into is an :class:`~pyaxvisor.devices.virtio.empty.EmptyTransport`
+(DeviceID 0), and the device tree describes all of them, so a guest sees the same
+tree as under QEMU.
+
+Which slot a device gets is QEMU's order too (:meth:`VirtioSlots.slot_for`): the
+first device asked for goes to the *last* slot (highest address), the next one to
+the slot below, and so on. (QEMU creates the transports in increasing address order,
+its bus list ends up in decreasing order, and each ``-device`` takes the first free
+bus of that list.) So the disk a guest calls ``/dev/vda`` under QEMU is the same one
+here.
+
+:class:`VirtioTransports` builds one VM's transports onto its MMIO bus as exit
+(trapping) devices, each transport's window :data:`~pyaxvisor.devices.virtio.MMIO_SIZE`
+(0x200) bytes, and releases their disk images on :meth:`~VirtioTransports.close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyaxvisor.devices.bus import Device
+from pyaxvisor.devices.irq import IrqLine
+from pyaxvisor.devices.virtio import (
+    MMIO_SIZE,
+    AddressedMemory,
+    VirtioBackend,
+    VirtioBlk,
+    VirtioMmio,
+    VirtioRng,
+)
+from pyaxvisor.devices.virtio.empty import EmptyTransport
+from pyaxvisor.errors import InvalidInput
+from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig
+
+if TYPE_CHECKING:
+    from pyaxvisor.vm.vm import Vm
+
+__all__ = ["VirtioSlots", "VirtioTransports"]
+
+
+@dataclass(frozen=True)
+class VirtioSlots:
+    """A board's row of virtio-mmio transports: slot ``i`` at ``base + i * stride``
+    (its registers the first :data:`MMIO_SIZE` bytes), interrupt ``first_irq + i`` of
+    the board's interrupt controller (its own numbering: a GIC INTID, a PLIC source)."""
+
+    base: int
+    stride: int
+    count: int
+    first_irq: int
+
+    def slot_base(self, slot: int) -> int:
+        return self.base + slot * self.stride
+
+    def slot_irq(self, slot: int) -> int:
+        return self.first_irq + slot
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """``(base, size)`` of the whole row (a board's device window)."""
+        return self.base, self.count * self.stride
+
+    def slot_for(self, index: int) -> int:
+        """The slot of the ``index``-th device asked for (QEMU's order: the last slot
+        first)."""
+        if not 0 <= index < self.count:
+            raise InvalidInput(f"virtio device {index + 1}: the board has {self.count} "
+                               "virtio-mmio transports")
+        return self.count - 1 - index
+
+    def check(self, config: VmConfig, board: str) -> None:
+        """Refuse more virtio devices than slots (:class:`InvalidInput`)."""
+        if len(config.virtio) > self.count:
+            raise InvalidInput(f"{len(config.virtio)} virtio devices asked for: the {board} "
+                               f"has {self.count} virtio-mmio transports")
+
+
+def _backend(spec: VirtioDeviceSpec) -> VirtioBackend:
+    if spec.kind == "blk":
+        assert spec.image is not None
+        return VirtioBlk(spec.image, read_only=spec.read_only)
+    if spec.kind == "rng":
+        return VirtioRng()
+    raise InvalidInput(f"unknown virtio device kind {spec.kind!r}")
+
+
+class VirtioTransports:
+    """One VM's virtio-mmio transports (all of a board's slots)."""
+
+    def __init__(self, slots: VirtioSlots) -> None:
+        self.slots = slots
+        #: The device in each slot (an EmptyTransport where nothing is plugged in).
+        self.devices: list[Device] = []
+        self._backends: list[VirtioBackend] = []
+
+    def create(self, vm: Vm, sink_line: Callable[[int], IrqLine]) -> None:
+        """Open the configured devices (their images: a missing or locked one raises
+        its :class:`~pyaxvisor.errors.AxError` naming the file) and put every slot on
+        the VM's MMIO bus; ``sink_line(irq)`` is the interrupt line of input ``irq``.
+        What was opened before an error is released by :meth:`close`."""
+        assert vm.space is not None
+        memory = AddressedMemory(vm.space, GuestPhysAddr)
+        ram = [(r.gpa, r.size) for r in vm.config.ram_regions]
+        plugged: dict[int, VirtioDeviceSpec] = {
+            self.slots.slot_for(i): spec for i, spec in enumerate(vm.config.virtio)}
+        devices: list[Device] = []
+        for slot in range(self.slots.count):
+            spec = plugged.get(slot)
+            if spec is None:
+                devices.append(EmptyTransport())
+                continue
+            backend = _backend(spec)
+            self._backends.append(backend)
+            devices.append(VirtioMmio(backend, memory, ram, sink_line(self.slots.slot_irq(slot)),
+                                      name=f"virtio-mmio@{self.slots.slot_base(slot):#x} "
+                                           f"({spec.describe()})"))
+        for slot, device in enumerate(devices):
+            vm.devices.mmio.attach(self.slots.slot_base(slot), MMIO_SIZE, device)
+        self.devices = devices
+
+    def device_at(self, slot: int) -> Device:
+        return self.devices[slot]
+
+    def close(self) -> None:
+        """Release the devices' images (idempotent)."""
+        backends, self._backends = self._backends, []
+        for backend in backends:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()

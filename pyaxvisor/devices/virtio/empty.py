@@ -1,0 +1,55 @@
+"""A virtio-mmio transport with no device behind it (DeviceID 0).
+
+QEMU's ``virt`` boards create all their virtio-mmio transports whatever the command
+line asks for, and describe every one in the device tree; a transport nothing is
+plugged into identifies itself (MagicValue, Version 2, VendorID) with DeviceID 0,
+which tells a driver to leave it alone (virtio 1.2 §4.2.3.1.1). :class:`EmptyTransport`
+is that: those four registers, every other register below 0x100 reads as 0 and
+ignores writes, and so does the configuration space.
+
+Accesses follow :class:`~pyaxvisor.devices.virtio.mmio.VirtioMmio`'s rules: aligned
+32-bit accesses below 0x100, 1/2/4/8-byte ones in the configuration space, nothing
+outside the 0x200-byte window (:class:`~pyaxvisor.devices.bus.BadAccess`).
+Stateless, so thread-safe.
+"""
+
+from __future__ import annotations
+
+from pyaxvisor.devices.bus import BadAccess, Device
+from pyaxvisor.devices.virtio.mmio import (
+    CONFIG_OFFSET,
+    DEVICE_ID,
+    MAGIC_VALUE,
+    MMIO_SIZE,
+    VENDOR_ID,
+    VERSION,
+)
+from pyaxvisor.devices.virtio.spec import MMIO_MAGIC, MMIO_VERSION, VENDOR_ID_QEMU
+from pyaxvisor.vcpu.width import AccessWidth
+
+__all__ = ["EmptyTransport"]
+
+_IDENTITY = {MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION, DEVICE_ID: 0,
+             VENDOR_ID: VENDOR_ID_QEMU}
+
+
+class EmptyTransport(Device):
+    """An unused virtio-mmio slot: DeviceID 0, nothing else."""
+
+    def __init__(self, name: str = "virtio-mmio (empty)") -> None:
+        self.name = name
+
+    def _check(self, offset: int, width: AccessWidth, what: str) -> None:
+        if offset < 0 or offset + width.size > MMIO_SIZE:
+            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x} is "
+                            f"outside the {MMIO_SIZE:#x}-byte window")
+        if offset < CONFIG_OFFSET and (width is not AccessWidth.Dword or offset % 4):
+            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x}: registers "
+                            "below 0x100 take aligned 32-bit accesses only")
+
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+        self._check(offset, width, "read")
+        return _IDENTITY.get(offset, 0)
+
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        self._check(offset, width, "write")
