@@ -237,3 +237,13 @@ def test_the_guest_runs_from_the_command_line_and_a_locked_image_is_a_clean_erro
     assert p.returncode == ERROR
     assert f"pyaxvisor: disk image {str(disk)!r}" in p.stderr or str(disk) in p.stderr
     assert "in use" in p.stderr
+
+
+@pytest.mark.parametrize(("arch", "base"), [("aarch64", 0x0A00_0000), ("riscv64", 0x1000_1000)])
+def test_ram_over_the_virtio_transports_is_refused(arch, base):
+    from pyaxvisor.boards import board_class
+    from pyaxvisor.vm.config import MemoryRegion
+
+    config = config_for(arch).with_(memory=(MemoryRegion(base + 0x1000, 32 << 20),))
+    with pytest.raises(InvalidInput, match="overlaps the virtio-mmio window"):
+        board_class(arch, "virt")(config).check()

@@ -128,8 +128,12 @@ class SoftVirtBoard(Board):
         if ram > self.max_ram:
             raise InvalidInput(f"{key}RAM size {ram >> 20} MiB is more than this VM supports "
                                f"({self.max_ram >> 30} GiB)")
+        # the virtio row is not a device window a configuration's passthrough or
+        # emulated devices may stand for (nothing here describes them), but RAM may
+        # not cover it either
+        windows = {**self.device_windows, "virtio-mmio": self.virtio_slots.window}
         for region in config.ram_regions:
-            for name, (base, size) in self.device_windows.items():
+            for name, (base, size) in windows.items():
                 if region.gpa < base + size and base < region.end:
                     raise InvalidInput(f"{key}RAM [{region.gpa:#x}, {region.end:#x}) overlaps "
                                        f"the {name} window at {base:#x} of the "

@@ -106,7 +106,7 @@ class VirtBoard(SoftVirtBoard):
     #: Device windows a configuration may name (passthrough devices stand for these).
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "intc": (L.GIC_DIST_BASE, 0x2_0000), "pl011": (L.UART_BASE, UART_SIZE),
-        "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE), "virtio": virtio_slots.window}
+        "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE)}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -81,8 +81,7 @@ class RiscvVirtBoard(SoftVirtBoard):
     virtio_slots: ClassVar[VirtioSlots] = VirtioSlots(L.VIRTIO_BASE, L.VIRTIO_STRIDE,
                                                       L.VIRTIO_COUNT, L.VIRTIO_IRQ)
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
-        "plic": (L.PLIC_BASE, L.plic_size(8)), "uart": (L.UART_BASE, L.UART_SIZE),
-        "virtio": virtio_slots.window}
+        "plic": (L.PLIC_BASE, L.plic_size(8)), "uart": (L.UART_BASE, L.UART_SIZE)}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
