@@ -15,6 +15,10 @@ taken out of the package's data archive. Results live in the user's cache direct
     linux-riscv64.vmlinuz      Debian stable's riscv64 kernel, as shipped (a RISC-V
                                ``Image`` with an EFI stub; Debian names it ``vmlinux-*``)
     initramfs-riscv64.cpio.gz  busybox initramfs from ``busybox-static:riscv64``
+    initramfs-virtio-arm64.cpio.gz  the arm64 one plus, from ``linux-arm64``'s own
+                               package, the modules of :data:`VIRTIO_MODULES` and
+                               their dependencies (see :mod:`pyaxvisor.image_kmod`),
+                               which its ``/init`` loads first
 
 and next to each a ``<name>.json`` that names the Debian package and version it came
 from (for a kernel also the kernel release, e.g. ``6.1.0-56-arm64``, and whether the
@@ -60,7 +64,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,8 +74,22 @@ from pyaxvisor.errors import ImageFetchError
 from pyaxvisor.image_apt import PrivateApt, parse_control, private_apt
 from pyaxvisor.image_apt import run as _run
 from pyaxvisor.image_apt import tail as _tail
+from pyaxvisor.image_kmod import (
+    MAX_MODULE_SIZE,
+    ModuleInfo,
+    decompress_module,
+    load_order,
+    module_info,
+    module_release,
+)
 
 Log = Callable[[str], None]
+
+#: Modules of Debian's kernel behind QEMU-style virtio-mmio disks and entropy, and ext4
+#: (Debian builds them all as modules; the virtio core and hw_random are built in).
+VIRTIO_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_rng", "ext4")
+#: Most module bytes (uncompressed) one initramfs takes.
+MAX_MODULES_TOTAL = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,11 @@ class ImageSpec:
     #: Name of the image file in :func:`cache_root`.
     filename: str
     description: str
+    #: For an ``initramfs``: kernel modules (names as the kernel spells them) that its
+    #: ``/init`` loads, with their dependencies, before anything else...
+    modules: tuple[str, ...] = ()
+    #: ... taken from the package of this ``kernel`` image (so that they match it).
+    kernel_image: str = ""
 
     @property
     def apt_name(self) -> str:
@@ -128,6 +151,11 @@ IMAGES: dict[str, ImageSpec] = {
         ImageSpec("initramfs-riscv64", "initramfs", "busybox-static", "riscv64",
                   "usr/bin/busybox", "initramfs-riscv64.cpio.gz",  # Debian 13: merged /usr
                   "busybox initramfs (gzip'd newc cpio) whose /init reports and powers off"),
+        ImageSpec("initramfs-virtio-arm64", "initramfs", "busybox-static", "arm64",
+                  "bin/busybox", "initramfs-virtio-arm64.cpio.gz",
+                  "busybox initramfs whose /init loads linux-arm64's virtio-mmio, "
+                  "virtio-blk, virtio-rng and ext4 modules, reports and powers off",
+                  modules=VIRTIO_MODULES, kernel_image="linux-arm64"),
     )
 }
 
@@ -153,7 +181,7 @@ def cache_root() -> Path:
 ALIASES: dict[str, str] = {
     "linux-x86_64": "linux-amd64", "initramfs-x86_64": "initramfs-amd64",
     "linux-aarch64": "linux-arm64", "initramfs-aarch64": "initramfs-arm64",
-    "u-boot-aarch64": "u-boot-arm64",
+    "u-boot-aarch64": "u-boot-arm64", "initramfs-virtio-aarch64": "initramfs-virtio-arm64",
 }
 
 
@@ -218,6 +246,8 @@ def fetch(name: str, *, refresh: bool = False, log: Log = print) -> Path:
         final = root / image.filename
         if not refresh:
             info = metadata(name)
+            if info is not None and _outdated(image, info, log):
+                info = None
             if info is not None:
                 log(f"images: {name}: cached ({info['package']} {info['version']}) at {final}")
                 return final
@@ -273,6 +303,21 @@ def cache_lock(root: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _outdated(image: ImageSpec, info: dict[str, Any], log: Log) -> bool:
+    """Whether a cached initramfs holds modules of another kernel than the one now
+    cached as its ``kernel_image`` (which then needs it rebuilt)."""
+    if not image.kernel_image:
+        return False
+    kernel = metadata(image.kernel_image)
+    if kernel is None or (kernel.get("package"), kernel.get("version")) == \
+            (info.get("kernel_package"), info.get("kernel_version")):
+        return False
+    log(f"images: {image.name}: its modules are from {info.get('kernel_package')} "
+        f"{info.get('kernel_version')}, {image.kernel_image} is now {kernel.get('package')} "
+        f"{kernel.get('version')}; building it again")
+    return True
 
 
 def _remove_leftovers(root: Path, name: str) -> None:
@@ -336,13 +381,93 @@ def _fetch_initramfs(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dic
         if missing:
             log(f"images: {image.name}: busybox has no {', '.join(missing)}; no links for them")
         applets = tuple(a for a in BUSYBOX_APPLETS if a in available)
-    return build_initramfs(busybox, applets), {
+    modules: list[tuple[str, bytes]] = []
+    extra: dict[str, Any] = {}
+    if image.modules:
+        if "insmod" not in applets:
+            raise ImageFetchError(f"{fields.get('Package')} {fields.get('Version')}: busybox "
+                                  "has no insmod applet to load the kernel modules with")
+        modules, extra = _kernel_modules(image, work, log)
+    return build_initramfs(busybox, applets, modules), {
         **_origin(fields),
         "member": image.member,
         "format": "newc cpio, gzip",
         "marker": USERSPACE_MARKER,
         "cmdline_param": CMD_PARAM,
         "applets": list(applets),
+        **extra,
+    }
+
+
+def _kernel_modules(image: ImageSpec, work: Path, log: Log
+                    ) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """``image.modules`` and what they need, in load order, as (name, plain ELF), from
+    the package of the cached ``image.kernel_image`` (fetched first if need be); and
+    the metadata that says so.
+
+    The package is read twice as a stream: once for every module's ``.modinfo`` (the
+    package has no ``modules.dep``), once for the modules wanted.
+    """
+    fetch(image.kernel_image, log=log)
+    kernel = metadata(image.kernel_image)
+    if kernel is None or not kernel.get("package") or not kernel.get("kernel_release"):
+        raise ImageFetchError(f"{image.name}: the {image.kernel_image} image in the cache "
+                              "has no usable metadata (fetch it again with refresh)")
+    package, release = kernel["package"], kernel["kernel_release"]
+    deb = _download(_apt_name(package, image.arch), work, log)
+    fields = _deb_fields(deb)
+    if fields.get("Version") != kernel.get("version"):
+        raise ImageFetchError(
+            f"{image.name}: apt now has {package} {fields.get('Version')}, but the cached "
+            f"{image.kernel_image} is version {kernel.get('version')}; their modules would "
+            f"not load into it; fetch {image.kernel_image} again (refresh) first")
+
+    def ours(path: str) -> bool:
+        return module_release(path) == release
+
+    infos: dict[str, ModuleInfo] = {}
+
+    def read_info(path: str, data: bytes) -> bool:
+        info = module_info(path, decompress_module(path, data))
+        infos.setdefault(info.name, info)
+        return False
+
+    log(f"images: {image.name}: reading the modules of {package} {fields.get('Version')}")
+    _scan_deb(deb, fields, ours, read_info, max_size=MAX_MODULE_SIZE)
+    if not infos:
+        raise ImageFetchError(f"{package} {fields.get('Version')} has no modules for "
+                              f"kernel {release} (under lib/modules/{release}/kernel)")
+    order, unresolved = load_order(image.modules, infos)
+    for name in order:
+        if not infos[name].vermagic.startswith(release + " "):
+            raise ImageFetchError(f"{package}: module {name} is built for "
+                                  f"{infos[name].vermagic!r}, not kernel {release}")
+    paths = {infos[name].path: name for name in order}
+    plain: dict[str, bytes] = {}
+    total = 0
+
+    def keep(path: str, data: bytes) -> bool:
+        nonlocal total
+        plain[paths[path]] = decompress_module(path, data)
+        total += len(plain[paths[path]])
+        if total > MAX_MODULES_TOTAL:
+            raise ImageFetchError(f"{image.name}: the modules {', '.join(order)} come to "
+                                  f"more than {MAX_MODULES_TOTAL} bytes")
+        return len(plain) == len(paths)
+
+    _scan_deb(deb, fields, lambda path: path in paths, keep, max_size=MAX_MODULE_SIZE)
+    missing = [name for name in order if name not in plain]
+    if missing:
+        raise ImageFetchError(f"{package}: the modules {', '.join(missing)} vanished "
+                              "between two reads of the package")
+    log(f"images: {image.name}: modules in load order: {' '.join(order)}")
+    return [(name, plain[name]) for name in order], {
+        "kernel_package": package,
+        "kernel_version": fields.get("Version", ""),
+        "kernel_release": release,
+        "modules": order,
+        "module_files": [infos[name].path for name in order],
+        "unresolved_softdeps": unresolved,
     }
 
 
@@ -472,27 +597,55 @@ def _extract(deb: Path, pattern: str, fields: dict[str, str]) -> tuple[str, byte
     comes, so nothing else of the package (a kernel's modules) is written to disk.
     """
     what = f"{fields.get('Package', deb.name)} {fields.get('Version', '')}".strip()
+    found: list[tuple[str, bytes]] = []
+
+    def take(path: str, data: bytes) -> bool:
+        found.append((path, data))
+        return True  # stop: the rest of the archive is not needed
+
+    _scan_deb(deb, fields, lambda path: fnmatch.fnmatchcase(path, pattern), take)
+    if not found:
+        raise ImageFetchError(f"package {what} has no file /{pattern}")
+    return found[0]
+
+
+def _scan_deb(deb: Path, fields: dict[str, str], wanted: Callable[[str], bool],
+              visit: Callable[[str, bytes], bool], *,
+              max_size: int = 256 << 20) -> None:
+    """Call ``visit(path, data)`` on each regular file of ``deb``'s data whose path
+    (no leading ``/`` or ``./``) is ``wanted``, in archive order, until it returns true.
+
+    The data archive is streamed from ``dpkg-deb --fsys-tarfile``, never written to
+    disk; a wanted member that is not a regular file, or larger than ``max_size``
+    bytes, is an :class:`ImageFetchError`.
+    """
+    what = f"{fields.get('Package', deb.name)} {fields.get('Version', '')}".strip()
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                     stdout=subprocess.PIPE, stderr=err)
         except FileNotFoundError:
             raise ImageFetchError("dpkg-deb not found; images need dpkg") from None
-        found: tuple[str, bytes] | None = None
+        stopped = read_all = False
         try:
             assert proc.stdout is not None
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
                 for entry in tar:
                     path = entry.name.removeprefix("./").lstrip("/")
-                    if not fnmatch.fnmatchcase(path, pattern):
+                    if not wanted(path):
                         continue
                     if not entry.isfile():
                         raise ImageFetchError(
                             f"{what}: {path} is not a regular file in the package")
+                    if entry.size > max_size:
+                        raise ImageFetchError(f"{what}: {path} is {entry.size} bytes, more "
+                                              f"than the {max_size} accepted")
                     handle = tar.extractfile(entry)
                     assert handle is not None
-                    found = (path, handle.read())
-                    break
+                    if visit(path, handle.read()):
+                        stopped = True
+                        break
+            read_all = not stopped
         except tarfile.TarError as exc:
             proc.kill()
             proc.wait()
@@ -501,16 +654,13 @@ def _extract(deb: Path, pattern: str, fields: dict[str, str]) -> tuple[str, byte
                                   f"{_tail(err.read().decode(errors='replace'))}") from exc
         finally:
             proc.stdout.close()  # type: ignore[union-attr]
-            if proc.poll() is None and found is not None:
-                proc.kill()  # the rest of the archive is not needed
+            if not read_all and proc.poll() is None:
+                proc.kill()  # stopped early, or failed: the rest is not needed
             code = proc.wait()
-        if found is not None:
-            return found
-        if code != 0:
+        if code != 0 and not stopped:
             err.seek(0)
             raise ImageFetchError(f"dpkg-deb --fsys-tarfile {deb.name} failed ({code}):\n"
                                   f"{_tail(err.read().decode(errors='replace'))}")
-    raise ImageFetchError(f"package {what} has no file /{pattern}")
 
 
 def kernel_package(depends: str, metapackage: str = "linux-image") -> str:
@@ -701,7 +851,8 @@ BUSYBOX_APPLETS: tuple[str, ...] = (
     "cut", "tr", "ps", "free", "df", "dd", "hexdump", "od", "date", "env", "hostname",
     "id", "kill", "stty", "setsid", "cttyhack", "mdev", "which", "find", "xargs", "nproc",
     "seq", "md5sum", "sha256sum", "touch", "stat", "readlink", "basename", "dirname",
-    "expr", "awk", "vi", "more", "clear", "uptime", "top", "devmem",
+    "expr", "awk", "vi", "more", "clear", "uptime", "top", "devmem", "insmod", "lsmod",
+    "cmp", "blockdev",
 )
 #: Applets ``/init`` itself cannot do without.
 REQUIRED_APPLETS = frozenset({"sh", "mount", "echo", "cat", "grep", "uname", "poweroff"})
@@ -720,7 +871,7 @@ _CMD_FUNCTION = r"""pyaxvisor_cmd() {
 }"""
 
 
-def init_script() -> str:
+def init_script(modules: Sequence[str] = ()) -> str:
     """The initramfs ``/init``: mount, report, run ``pyaxvisor.cmd``, power off.
 
     Output, one item per line: :data:`USERSPACE_MARKER`; ``PYAXVISOR-UNAME: <uname -a>``;
@@ -731,14 +882,28 @@ def init_script() -> str:
     quoted the kernel's way: ``pyaxvisor.cmd="cat /proc/meminfo"`` (it cannot itself
     contain a double quote). The kernel does not hand a dotted parameter to init, so the
     command is read back from ``/proc/cmdline``.
+
+    With ``modules`` (names, in load order: each after those it needs), ``/init`` first
+    loads ``/lib/modules/<name>.ko`` with ``insmod``, one by one, printing
+    ``PYAXVISOR-INSMOD-FAILED: <name>`` for one that does not load, then
+    ``PYAXVISOR-MODULES: <n loaded>/<n>`` before the marker. A name is a kernel
+    module name (letters, digits and ``_``).
     """
+    for name in modules:
+        if not re.fullmatch(r"\w+", name):
+            raise ValueError(f"bad kernel module name {name!r}")
+    load = "".join(f"""if insmod /lib/modules/{name}.ko; then loaded=$((loaded + 1)); \
+else echo "PYAXVISOR-INSMOD-FAILED: {name}"; fi
+""" for name in modules)
+    if modules:
+        load = f"loaded=0\n{load}echo \"PYAXVISOR-MODULES: $loaded/{len(modules)}\"\n"
     return f"""#!/bin/sh
 # pyaxvisor test initramfs: report that userspace runs, run one command, power off.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-{_CMD_FUNCTION}
+{load}{_CMD_FUNCTION}
 echo {USERSPACE_MARKER}
 echo "PYAXVISOR-UNAME: $(uname -a)"
 echo "PYAXVISOR-CPUS: $(grep -c ^processor /proc/cpuinfo)"
@@ -756,10 +921,12 @@ while :; do sleep 3600; done
 """
 
 
-def initramfs_entries(busybox: bytes,
-                      applets: Iterable[str] = BUSYBOX_APPLETS) -> list[CpioEntry]:
-    """The members of the initramfs: directories, device nodes, busybox, links, /init."""
-    entries = [CpioEntry.directory(d) for d in ("bin", "dev", "proc", "sys", "tmp", "root")]
+def initramfs_entries(busybox: bytes, applets: Iterable[str] = BUSYBOX_APPLETS,
+                      modules: Sequence[tuple[str, bytes]] = ()) -> list[CpioEntry]:
+    """The members of the initramfs: directories, device nodes, busybox, links, /init;
+    with ``modules`` ((name, ELF) in load order) also ``/lib/modules/<name>.ko``."""
+    entries = [CpioEntry.directory(d) for d in ("bin", "dev", "proc", "sys", "tmp", "root",
+                                                "mnt")]
     entries += [
         CpioEntry.symlink("sbin", "bin"),
         CpioEntry.char_device("dev/console", 5, 1),
@@ -767,10 +934,17 @@ def initramfs_entries(busybox: bytes,
         CpioEntry.file("bin/busybox", busybox, 0o755),
     ]
     entries += [CpioEntry.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
-    entries.append(CpioEntry.file("init", init_script().encode(), 0o755))
+    if modules:
+        entries += [CpioEntry.directory("lib"), CpioEntry.directory("lib/modules")]
+        entries += [CpioEntry.file(f"lib/modules/{name}.ko", data) for name, data in modules]
+    script = init_script([name for name, _data in modules])
+    entries.append(CpioEntry.file("init", script.encode(), 0o755))
     return entries
 
 
-def build_initramfs(busybox: bytes, applets: Iterable[str] = BUSYBOX_APPLETS) -> bytes:
-    """The gzip-compressed newc initramfs around ``busybox`` (reproducible: mtime 0)."""
-    return gzip.compress(newc_archive(initramfs_entries(busybox, applets)), 9, mtime=0)
+def build_initramfs(busybox: bytes, applets: Iterable[str] = BUSYBOX_APPLETS,
+                    modules: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    """The gzip-compressed newc initramfs around ``busybox`` (reproducible: mtime 0),
+    with ``modules`` as :func:`initramfs_entries` takes them."""
+    return gzip.compress(newc_archive(initramfs_entries(busybox, applets, modules)), 9,
+                         mtime=0)

@@ -54,7 +54,8 @@ ALLOWED = {
     "arch": {"errors", "hal", "mm", "vcpu", "engine"},
     "loaders": {"errors", "mm", "boards.x86_pc.layout"},
     "vm": {"errors", "hal", "mm", "vcpu", "devices"},
-    "images": {"errors", "image_apt", "loaders"},
+    "images": {"errors", "image_apt", "image_kmod", "loaders"},
+    "image_kmod": {"errors"},
     "image_apt": {"errors"},
 }
 
