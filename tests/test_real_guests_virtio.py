@@ -7,23 +7,19 @@ are fetched (and cached) at test time, as for the other real-guest tests. Slow."
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from tools import tool
 
 from pyaxvisor import images
 
 pytestmark = pytest.mark.slow
 
-SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-MKE2FS = shutil.which("mke2fs", path=SBIN_PATH)
-DEBUGFS = shutil.which("debugfs", path=SBIN_PATH)
 RAW_PATTERN = bytes((i * 7 + 3) & 0xFF for i in range(1 << 20))
 RAW_MARK = b"PYAXVISOR-RAW-WRITE\n"
 RAW_OFFSET = 8 * 512
@@ -63,14 +59,12 @@ def _random_line(out: str) -> str:
     return found[1]
 
 
-@pytest.mark.skipif(MKE2FS is None or DEBUGFS is None,
-                    reason="needs mke2fs and debugfs (e2fsprogs)")
 def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(tmp_path):
-    assert MKE2FS is not None and DEBUGFS is not None
+    mke2fs, debugfs = tool("mke2fs"), tool("debugfs")
     files = tmp_path / "files"
     files.mkdir()
     (files / "hello.txt").write_text("hello from the host\n")
-    subprocess.run([MKE2FS, "-q", "-t", "ext4", "-d", str(files), "-F",
+    subprocess.run([mke2fs, "-q", "-t", "ext4", "-d", str(files), "-F",
                     str(tmp_path / "ext4.img"), "16M"], check=True, capture_output=True)
     (tmp_path / "raw.img").write_bytes(RAW_PATTERN)
 
@@ -102,7 +96,7 @@ def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(t
     assert raw[RAW_OFFSET:end] == RAW_MARK
     assert raw[:RAW_OFFSET] == RAW_PATTERN[:RAW_OFFSET]
     assert raw[end:] == RAW_PATTERN[end:]
-    cat = subprocess.run([DEBUGFS, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
+    cat = subprocess.run([debugfs, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
                          capture_output=True, text=True, check=True)
     assert cat.stdout == "written-by-the-guest\n"
 

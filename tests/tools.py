@@ -105,6 +105,8 @@ TOOLS: dict[str, ToolSpec] = {
     "dtc": ToolSpec("device-tree-compiler", "usr/bin/dtc"),
     "cpio": ToolSpec("cpio", "*bin/cpio"),
     "qemu-system-riscv64": ToolSpec("qemu-system-misc", "usr/bin/qemu-system-riscv64"),
+    "mke2fs": ToolSpec("e2fsprogs", "*sbin/mke2fs"),
+    "debugfs": ToolSpec("e2fsprogs", "*sbin/debugfs"),
 }
 
 #: Packages of which only these files are kept (globs).
