@@ -213,6 +213,11 @@ def test_device_help_lists_the_virtio_devices(arch):
     p = pyaxvisor("run", "--arch", arch, "-device", "help")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [
+        "Input devices:",
+        'name "virtio-serial-device", bus virtio-bus, desc "virtio console (virtio-mmio) with '
+        'one port: add a virtconsole"',
+        'name "virtconsole", bus virtio-serial-bus, desc "the console port (hvc0) of a '
+        'virtio-serial-device, on this terminal"', "",
         "Misc devices:",
         'name "virtio-rng-device", bus virtio-bus, desc "virtio entropy device (virtio-mmio), '
         'fed from the host"', "",

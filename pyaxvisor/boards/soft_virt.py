@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.boards.virtio_slots import VirtioSlots, VirtioTransports
@@ -93,7 +94,8 @@ class SoftVirtBoard(Board):
     address_bits: ClassVar[int]
     #: The board's virtio-mmio transports.
     virtio_slots: ClassVar[VirtioSlots]
-    device_types: ClassVar[tuple[str, ...]] = ("virtio-blk-device", "virtio-rng-device")
+    device_types: ClassVar[tuple[str, ...]] = ("virtio-blk-device", "virtio-rng-device",
+                                               "virtio-serial-device", "virtconsole")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -108,6 +110,14 @@ class SoftVirtBoard(Board):
         self._in_cpu: list[InCpuWindow] = []
         #: The VM's virtio-mmio transports (built by the board's ``create``).
         self.virtio = VirtioTransports(self.virtio_slots)
+
+    def console_input(self) -> Callable[[bytes], None]:
+        """Host terminal input goes to the virtio console (the guest's ``hvc0``) when
+        the VM has one: asking for a ``virtconsole`` is asking for the shell there, as
+        QEMU gives stdin to the chardev the virtconsole names. Otherwise it goes to the
+        UART. Output of both always reaches the terminal."""
+        virtio = self.virtio.console
+        return virtio.receive if virtio is not None else super().console_input()
 
     @classmethod
     def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:

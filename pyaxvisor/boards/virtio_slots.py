@@ -17,6 +17,9 @@ here.
 :class:`VirtioTransports` builds one VM's transports onto its MMIO bus as exit
 (trapping) devices, each transport's window :data:`~pyaxvisor.devices.virtio.MMIO_SIZE`
 (0x200) bytes, and releases their disk images on :meth:`~VirtioTransports.close`.
+A virtio console writes to the VM's console output (``vm.console_write``, where the
+UART writes); :attr:`VirtioTransports.console` is the one a VM may have, which the
+board hands the terminal's input to.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pyaxvisor.devices.virtio import (
     AddressedMemory,
     VirtioBackend,
     VirtioBlk,
+    VirtioConsole,
     VirtioMmio,
     VirtioRng,
 )
@@ -83,12 +87,14 @@ class VirtioSlots:
                                f"has {self.count} virtio-mmio transports")
 
 
-def _backend(spec: VirtioDeviceSpec) -> VirtioBackend:
+def _backend(spec: VirtioDeviceSpec, vm: Vm) -> VirtioBackend:
     if spec.kind == "blk":
         assert spec.image is not None
         return VirtioBlk(spec.image, read_only=spec.read_only)
     if spec.kind == "rng":
         return VirtioRng()
+    if spec.kind == "console":
+        return VirtioConsole(vm.console_write)
     raise InvalidInput(f"unknown virtio device kind {spec.kind!r}")
 
 
@@ -117,7 +123,7 @@ class VirtioTransports:
             if spec is None:
                 devices.append(EmptyTransport())
                 continue
-            backend = _backend(spec)
+            backend = _backend(spec, vm)
             self._backends.append(backend)
             devices.append(VirtioMmio(backend, memory, ram, sink_line(self.slots.slot_irq(slot)),
                                       name=f"virtio-mmio@{self.slots.slot_base(slot):#x} "
@@ -125,6 +131,14 @@ class VirtioTransports:
         for slot, device in enumerate(devices):
             vm.devices.mmio.attach(self.slots.slot_base(slot), MMIO_SIZE, device)
         self.devices = devices
+
+    @property
+    def console(self) -> VirtioConsole | None:
+        """The VM's virtio console, if it has one (at most one: ``VmConfig`` checks)."""
+        for backend in self._backends:
+            if isinstance(backend, VirtioConsole):
+                return backend
+        return None
 
     def device_at(self, slot: int) -> Device:
         return self.devices[slot]

@@ -10,6 +10,8 @@ Accepted spellings (QEMU's):
   virtio-blk one). ``format=`` left out means raw (QEMU probes and warns).
 * ``-drive file=F,if=none,id=ID`` with ``-device virtio-blk-device,drive=ID``.
 * ``-device virtio-rng-device``.
+* ``-device virtio-serial-device`` with ``-device virtconsole[,chardev=ID]`` (and
+  ``-chardev stdio,id=ID``): one virtio console, see :mod:`pyaxvisor.cli.virtconsole`.
 
 Both devices also take ``id=``. A property value with a comma writes it twice
 (``file=a,,b.img`` is the file ``a,b.img``), as in QEMU.
@@ -22,17 +24,20 @@ that order into transport slots. Every problem is an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyaxvisor.cli.props import split_props
+from pyaxvisor.cli.virtconsole import BUS, PORT, ConsolePairing
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vm.config import VirtioDeviceSpec
 
 __all__ = ["VIRTIO_DEVICES", "DriveSpec", "parse_drive", "split_props", "virtio_devices"]
 
 #: ``-device`` names of the virtio devices → the kind in :class:`VirtioDeviceSpec`.
-VIRTIO_DEVICES = {"virtio-blk-device": "blk", "virtio-rng-device": "rng"}
+VIRTIO_DEVICES = {"virtio-blk-device": "blk", "virtio-rng-device": "rng", BUS: "console",
+                  PORT: "console"}
 _DRIVE_PROPS = ("file", "format", "if", "readonly", "id", "media")
 _BOOL = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
 
@@ -47,26 +52,6 @@ class DriveSpec:
     read_only: bool
     id: str
     text: str
-
-
-def split_props(value: str) -> list[str]:
-    """``a=1,b=x,,y`` → ``["a=1", "b=x,y"]``: items split at single commas, a doubled
-    comma being a literal one (QEMU's option syntax)."""
-    items, current, i = [], [], 0
-    while i < len(value):
-        ch = value[i]
-        if ch == ",":
-            if value[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    items.append("".join(current))
-    return items
 
 
 def parse_drive(value: str) -> DriveSpec:
@@ -119,13 +104,14 @@ def _device_props(spec: str, allowed: Sequence[str]) -> tuple[str, dict[str, str
     return name, props
 
 
-def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec]
-                   ) -> tuple[VirtioDeviceSpec, ...]:
+def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec],
+                   chardevs: Collection[str] = ()) -> tuple[VirtioDeviceSpec, ...]:
     """The virtio devices of ``-device`` options naming one of :data:`VIRTIO_DEVICES`
     (others are skipped: another parser takes them) and of the ``drives``, in the
     order the module's docstring says. A drive id given twice, a ``drive=`` naming no
     drive, an ``if=virtio`` drive (or one used already) named by a device, an
-    ``if=none`` drive nothing uses is fine (QEMU too)."""
+    ``if=none`` drive nothing uses is fine (QEMU too). ``chardevs``: the ids of the
+    ``-chardev`` options (what ``virtconsole,chardev=`` may name)."""
     by_id: dict[str, DriveSpec] = {}
     for drive in drives:
         if drive.id:
@@ -134,10 +120,17 @@ def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec]
             by_id[drive.id] = drive
     used: set[str] = set()
     out: list[VirtioDeviceSpec] = []
+    consoles = ConsolePairing(chardevs)
     for spec in devices:
         name = split_props(spec)[0]
         kind = VIRTIO_DEVICES.get(name)
         if kind is None:
+            continue
+        if name == BUS:
+            out.append(VirtioDeviceSpec("console", id=consoles.bus(spec)))
+            continue
+        if name == PORT:
+            consoles.port(spec)
             continue
         if kind == "rng":
             _name, props = _device_props(spec, ("id",))
@@ -159,6 +152,7 @@ def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec]
         used.add(drive_id)
         out.append(VirtioDeviceSpec("blk", drive.file, drive.read_only,
                                     props.get("id", "")))
+    consoles.finish()
     for drive in drives:
         if drive.interface == "virtio":
             out.append(VirtioDeviceSpec("blk", drive.file, drive.read_only))

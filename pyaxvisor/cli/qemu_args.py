@@ -326,11 +326,25 @@ def _virtio_rng_type() -> DeviceType:
                       "Misc devices", {"id": "<str>"})
 
 
+def _virtio_serial_type() -> DeviceType:
+    return DeviceType("virtio-serial-device", "virtio-bus",
+                      "virtio console (virtio-mmio) with one port: add a virtconsole", {},
+                      "Input devices", {"id": "<str>"})
+
+
+def _virtconsole_type() -> DeviceType:
+    return DeviceType("virtconsole", "virtio-serial-bus",
+                      "the console port (hvc0) of a virtio-serial-device, on this terminal",
+                      {}, "Input devices",
+                      {"chardev": "<str>  (the id of a -chardev stdio)", "id": "<str>"})
+
+
 #: The devices ``-device`` adds on boards that take them (each board says which of
 #: them: ``Board.device_types``): name → its description.
 DEVICE_TYPES: dict[str, Callable[[], DeviceType]] = {
     "isa-debug-exit": _debug_exit_type, "virtio-blk-device": _virtio_blk_type,
-    "virtio-rng-device": _virtio_rng_type}
+    "virtio-rng-device": _virtio_rng_type, "virtio-serial-device": _virtio_serial_type,
+    "virtconsole": _virtconsole_type}
 
 
 def _device_type(name: str) -> DeviceType:

@@ -47,6 +47,7 @@ from pyaxvisor.cli.qemu_args import (
     parse_smp_topology,
     parse_timeout,
 )
+from pyaxvisor.cli.virtconsole import parse_chardev
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.vm.config import (
     DeviceSpec,
@@ -161,7 +162,8 @@ def _board_devices(cls: type[Board]) -> tuple[str, ...]:
 
 
 def _devices(cls: type[Board], board: str, devices: tuple[str, ...],
-             drives: tuple[DriveSpec, ...], defaults: dict[tuple[str, str], int]
+             drives: tuple[DriveSpec, ...], defaults: dict[tuple[str, str], int],
+             chardevs: tuple[str, ...] = ()
              ) -> tuple[tuple[DeviceSpec, ...], tuple[VirtioDeviceSpec, ...]]:
     """The ``-device`` and ``-drive`` options as the board's emulated devices and its
     virtio devices; a device the board does not have is refused by name."""
@@ -174,7 +176,7 @@ def _devices(cls: type[Board], board: str, devices: tuple[str, ...],
                                "-device help lists them)")
     added = tuple(parse_device(d, defaults) for d in devices
                   if d.split(",")[0] not in VIRTIO_DEVICES)
-    return added, virtio_devices(devices, drives)
+    return added, virtio_devices(devices, drives, chardevs)
 
 
 def _help_probe(cls: type[Board], board: str, machine: str | None, cpu: str | None,
@@ -274,12 +276,17 @@ def _interrupted() -> NoReturn:
               help="x86_64: isa-debug-exit[,iobase=N][,iosize=N] (repeatable); without them "
                    "it sits at QEMU's default ports 0x501-0x502 (test kernels usually want "
                    "iobase=0xf4,iosize=4). aarch64, riscv64: virtio-blk-device,drive=ID and "
-                   "virtio-rng-device (virtio-mmio). 'help' lists the board's devices, "
+                   "virtio-rng-device, virtio-serial-device with virtconsole[,chardev=ID] (a "
+                   "virtio console, hvc0; it then takes the terminal's input) (virtio-mmio). "
+                   "'help' lists the board's devices, "
                    "'NAME,help' their properties.")
 @click.option("--drive", "-drive", "drives", multiple=True,
               help="aarch64, riscv64: file=IMAGE[,format=raw][,if=virtio|none][,readonly=on]"
                    "[,id=ID]: a raw disk image as a virtio-blk device (if=none: for -device "
                    "virtio-blk-device,drive=ID). Repeatable.")
+@click.option("--chardev", "-chardev", "chardevs", multiple=True,
+              help="stdio,id=ID: this terminal, for -device virtconsole,chardev=ID (the only "
+                   "character device).")
 @click.option("--global", "-global", "globals_", multiple=True,
               help="DRIVER.PROP=VALUE: the default of a -device property, e.g. "
                    "isa-debug-exit.iobase=0xf4.")
@@ -317,7 +324,8 @@ def _interrupted() -> NoReturn:
 def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: Path | None,
         initrd: Path | None, append: str | None, bios: Path | None, memory: str | None,
         smp: str | None, machines: tuple[str, ...], accels: tuple[str, ...], cpu: str | None,
-        devices: tuple[str, ...], drives: tuple[str, ...], globals_: tuple[str, ...],
+        devices: tuple[str, ...], drives: tuple[str, ...], chardevs: tuple[str, ...],
+        globals_: tuple[str, ...],
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
         nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
@@ -350,6 +358,9 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         if initrd is not None and kernel is None and config_file is None:
             raise InvalidInput("-initrd needs -kernel")
         drive_specs = tuple(parse_drive(d) for d in drives)
+        chardev_ids = tuple(parse_chardev(c) for c in chardevs)
+        if len(set(chardev_ids)) != len(chardev_ids):
+            raise InvalidInput(f"-chardev: an id is used twice ({', '.join(chardev_ids)})")
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -382,7 +393,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         for spec in globals_:
             driver, prop, value = parse_global(spec, _board_devices(cls), board)
             defaults[(driver, prop)] = value
-        added, virtio = _devices(cls, board, devices, drive_specs, defaults)
+        added, virtio = _devices(cls, board, devices, drive_specs, defaults, chardev_ids)
         if file_config is None:
             ncpus = parse_smp(smp) if smp is not None else \
                 2 if kernel is None and bios is None else 1
@@ -432,7 +443,7 @@ def _boot(config: VmConfig, stats: bool) -> NoReturn:
     console = Console()
 
     def attach(vm: Vm) -> None:
-        console.start_input(vm.uart.receive, vm.quit)
+        console.start_input(vm.board.console_input(), vm.quit)
 
     try:
         result = boot(config, console.write, on_vm=attach)

@@ -35,6 +35,7 @@ the board, which the VM also exposes as its own (``vm.gic``).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -211,6 +212,11 @@ class Board(abc.ABC):
     @abc.abstractmethod
     def console(self) -> Any:
         """The serial device that takes host input (``receive(bytes)``)."""
+
+    def console_input(self) -> Callable[[bytes], None]:
+        """Where host terminal input goes (any thread; never drops): the serial
+        console's ``receive`` unless a board routes it elsewhere."""
+        return self.console.receive
 
     def close(self) -> None:
         """Release the board's engine-level state (after the vCPUs are closed)."""

@@ -91,13 +91,14 @@ class DeviceSpec(NamedTuple):
 
 
 #: The virtio device types a VM may ask for: a block device over a raw image, an
-#: entropy source.
-VIRTIO_KINDS = ("blk", "rng")
+#: entropy source, a console (at most one: its input and output are the VM's console).
+VIRTIO_KINDS = ("blk", "rng", "console")
 
 
 class VirtioDeviceSpec(NamedTuple):
     """A virtio device of the VM (QEMU's ``-device virtio-blk-device``/``-drive
-    if=virtio`` and ``-device virtio-rng-device``), on one of the board's virtio-mmio
+    if=virtio``, ``-device virtio-rng-device``, ``-device virtio-serial-device`` with
+    ``-device virtconsole``), on one of the board's virtio-mmio
     transports: ``kind`` one of :data:`VIRTIO_KINDS`; for ``"blk"``, ``image`` the raw
     disk image and ``read_only`` whether the guest may only read it (both ``None``/
     ``False`` for other kinds); ``id`` a name for messages (``""``: none; distinct
@@ -110,7 +111,8 @@ class VirtioDeviceSpec(NamedTuple):
     id: str = ""
 
     def describe(self) -> str:
-        """``virtio-blk (disk.img, read-only)``, ``virtio-rng``: for messages."""
+        """``virtio-blk (disk.img, read-only)``, ``virtio-rng``, ``virtio-console``: for
+        messages."""
         if self.kind != "blk":
             return f"virtio-{self.kind}"
         return f"virtio-blk ({self.image}{', read-only' if self.read_only else ''})"
@@ -232,8 +234,11 @@ class VmConfig:
 
     def _check_virtio(self) -> None:
         """Each virtio spec is a known kind with what it needs (a blk its image; no
-        image for others), and the ids given are distinct."""
+        image for others), there is at most one console, and the ids given are distinct."""
         seen: set[str] = set()
+        if sum(spec.kind == "console" for spec in self.virtio) > 1:
+            raise InvalidInput("more than one virtio console asked for: a VM has one (its "
+                               "input and output are the VM's console)")
         for spec in self.virtio:
             what = f"virtio device {spec.id!r}" if spec.id else "a virtio device"
             if spec.kind not in VIRTIO_KINDS:

@@ -10,7 +10,8 @@ One concern per module:
 * :mod:`.queue` — the split virtqueue;
 * :mod:`.backend` — :class:`VirtioBackend`, what a device type implements;
 * :mod:`.mmio` — :class:`VirtioMmio`, the transport (a bus ``Device``);
-* :mod:`.rng`, :mod:`.blk` (with :mod:`.blk_image`) — the entropy and block devices.
+* :mod:`.rng`, :mod:`.blk` (with :mod:`.blk_image`), :mod:`.console` — the entropy,
+  block and console devices.
 
 Typical wiring (the VM's side)::
 
@@ -21,11 +22,12 @@ Typical wiring (the VM's side)::
 
 from pyaxvisor.devices.virtio.backend import QueueHandle, VirtioBackend
 from pyaxvisor.devices.virtio.blk import VirtioBlk
+from pyaxvisor.devices.virtio.console import VirtioConsole
 from pyaxvisor.devices.virtio.memory import AddressedMemory, GuestMemory, GuestRam
 from pyaxvisor.devices.virtio.mmio import MMIO_SIZE, VirtioMmio
 from pyaxvisor.devices.virtio.rng import VirtioRng
 
 __all__ = [
     "MMIO_SIZE", "AddressedMemory", "GuestMemory", "GuestRam", "QueueHandle", "VirtioBackend",
-    "VirtioBlk", "VirtioMmio", "VirtioRng",
+    "VirtioBlk", "VirtioConsole", "VirtioMmio", "VirtioRng",
 ]
