@@ -163,7 +163,13 @@ def test_the_initramfs_switches_to_a_root_filesystem_on_vda(tmp_path):
     assert re.search(r"^0 on busybox$", out, re.M), out[-2000:]
     assert re.search(r"^init$", out, re.M)
     assert "PYAXVISOR-CMD-END: status=0" in out
+    # / is remounted read-only before the power-off: the disk is left clean
+    assert "EXT4-fs (vda): re-mounted" in out.split("PYAXVISOR-POWEROFF")[1], out[-2000:]
     assert "reboot: Power down" in out
+    stats = subprocess.run([tool("debugfs"), "-R", "stats", str(disk)], capture_output=True,
+                           text=True, check=True).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", stats, re.M), stats[:2000]
+    assert "needs_recovery" not in stats
 
 
 def test_what_the_guest_synced_survives_a_sigkill_of_the_vm(tmp_path):
