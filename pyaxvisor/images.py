@@ -44,7 +44,10 @@ that leaves the host's sources and dpkg architectures alone and needs no root; s
 The initramfs ``/init`` mounts proc, sysfs and devtmpfs, prints
 :data:`USERSPACE_MARKER`, ``uname -a`` and the CPU count, runs the optional command
 given on the kernel command line as ``pyaxvisor.cmd=...`` (see :func:`init_script`),
-then powers the machine off with ``poweroff -f``.
+then powers the machine off with ``poweroff -f``. The virtio one, given ``root=/dev/vdX``,
+instead mounts that disk and ``switch_root``s to its ``/sbin/init``; such a disk is
+made with :func:`make_root_tree` (a busybox tree whose ``/sbin/init`` reports and runs
+``pyaxvisor.cmd`` the same way) and ``mke2fs -t ext4 -d``.
 """
 
 from __future__ import annotations
@@ -307,9 +310,14 @@ def cache_lock(root: Path, name: str) -> Iterator[None]:
 
 def _outdated(image: ImageSpec, info: dict[str, Any], log: Log) -> bool:
     """Whether a cached initramfs holds modules of another kernel than the one now
-    cached as its ``kernel_image`` (which then needs it rebuilt)."""
+    cached as its ``kernel_image``, or an ``/init`` older than :data:`INIT_VERSION`
+    (either needs it rebuilt)."""
     if not image.kernel_image:
         return False
+    if info.get("init_version") != INIT_VERSION:
+        log(f"images: {image.name}: its /init is version {info.get('init_version', 1)}, "
+            f"now {INIT_VERSION}; building it again")
+        return True
     kernel = metadata(image.kernel_image)
     if kernel is None or (kernel.get("package"), kernel.get("version")) == \
             (info.get("kernel_package"), info.get("kernel_version")):
@@ -388,6 +396,7 @@ def _fetch_initramfs(image: ImageSpec, work: Path, log: Log) -> tuple[bytes, dic
             raise ImageFetchError(f"{fields.get('Package')} {fields.get('Version')}: busybox "
                                   "has no insmod applet to load the kernel modules with")
         modules, extra = _kernel_modules(image, work, log)
+        extra["init_version"] = INIT_VERSION
     return build_initramfs(busybox, applets, modules), {
         **_origin(fields),
         "member": image.member,
@@ -852,7 +861,7 @@ BUSYBOX_APPLETS: tuple[str, ...] = (
     "id", "kill", "stty", "setsid", "cttyhack", "mdev", "which", "find", "xargs", "nproc",
     "seq", "md5sum", "sha256sum", "touch", "stat", "readlink", "basename", "dirname",
     "expr", "awk", "vi", "more", "clear", "uptime", "top", "devmem", "insmod", "lsmod",
-    "cmp", "blockdev",
+    "cmp", "blockdev", "switch_root",
 )
 #: Applets ``/init`` itself cannot do without.
 REQUIRED_APPLETS = frozenset({"sh", "mount", "echo", "cat", "grep", "uname", "poweroff"})
@@ -869,6 +878,37 @@ _CMD_FUNCTION = r"""pyaxvisor_cmd() {
 	esac
 	printf '%s\n' "$v"
 }"""
+
+#: Version of the ``/init`` of an initramfs with modules; a cached one of another
+#: version is built again (see ``_outdated``).
+INIT_VERSION = 2
+
+# Switches to root=<device> when the kernel command line asks for it (see init_script).
+_ROOT_SWITCH = r"""c=" $(cat /proc/cmdline) "
+case "$c" in
+*' pyaxvisor.cmd="'*) post=${c#* pyaxvisor.cmd=\"}; c="${c%% pyaxvisor.cmd=\"*} ${post#*\"}" ;;
+esac
+root= newinit=/sbin/init rw=ro
+for w in $c; do
+	case "$w" in
+	root=*) root=${w#root=} ;;
+	init=*) newinit=${w#init=} ;;
+	rw|ro) rw=$w ;;
+	esac
+done
+if [ -n "$root" ]; then
+	echo "PYAXVISOR-ROOT: $root"
+	i=0
+	while [ ! -b "$root" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	mkdir -p /newroot
+	if mount -t ext4 -o "$rw" "$root" /newroot && [ -x "/newroot$newinit" ]; then
+		umount /sys /proc /dev
+		exec switch_root /newroot "$newinit"
+	fi
+	umount /newroot 2>/dev/null
+	echo "PYAXVISOR-ROOT-FAILED: $root"
+fi
+"""
 
 
 def init_script(modules: Sequence[str] = ()) -> str:
@@ -888,6 +928,16 @@ def init_script(modules: Sequence[str] = ()) -> str:
     ``PYAXVISOR-INSMOD-FAILED: <name>`` for one that does not load, then
     ``PYAXVISOR-MODULES: <n loaded>/<n>`` before the marker. A name is a kernel
     module name (letters, digits and ``_``).
+
+    With modules, ``/init`` can also switch to a root filesystem on a disk those modules
+    drive: when the kernel command line has ``root=<device>`` (e.g. ``root=/dev/vda``;
+    the kernel itself ignores it once an initramfs has ``/init``), it prints
+    ``PYAXVISOR-ROOT: <device>``, waits up to 5 s for the device node, mounts it as
+    ext4 on ``/newroot`` (read-only unless the command line says ``rw``, as the kernel
+    would) and ``switch_root``s to ``init=<path>`` (default ``/sbin/init``), which then
+    owns the machine. If that fails it prints ``PYAXVISOR-ROOT-FAILED: <device>`` and
+    carries on as without ``root=``. ``root=`` and ``init=`` inside a quoted
+    ``pyaxvisor.cmd`` are not taken for the kernel's.
     """
     for name in modules:
         if not re.fullmatch(r"\w+", name):
@@ -897,6 +947,7 @@ else echo "PYAXVISOR-INSMOD-FAILED: {name}"; fi
 """ for name in modules)
     if modules:
         load = f"loaded=0\n{load}echo \"PYAXVISOR-MODULES: $loaded/{len(modules)}\"\n"
+        load += _ROOT_SWITCH
     return f"""#!/bin/sh
 # pyaxvisor test initramfs: report that userspace runs, run one command, power off.
 export PATH=/bin
@@ -948,3 +999,97 @@ def build_initramfs(busybox: bytes, applets: Iterable[str] = BUSYBOX_APPLETS,
     with ``modules`` as :func:`initramfs_entries` takes them."""
     return gzip.compress(newc_archive(initramfs_entries(busybox, applets, modules)), 9,
                          mtime=0)
+
+
+def newc_files(archive: bytes) -> dict[str, bytes]:
+    """The regular files of a newc cpio archive (as :func:`newc_archive` writes them),
+    by name; other members are skipped. A malformed archive is a :class:`ValueError`."""
+    files: dict[str, bytes] = {}
+    pos = 0
+    while True:
+        header = archive[pos:pos + 110]
+        if len(header) < 110 or header[:6] != NEWC_MAGIC:
+            raise ValueError(f"no newc cpio header at offset {pos}")
+        fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_end = pos + 110 + namesize
+        name = archive[pos + 110:name_end - 1].decode()
+        start = name_end + _pad4(name_end)
+        if name == NEWC_TRAILER:
+            return files
+        if start + size > len(archive):
+            raise ValueError(f"cpio member {name!r} runs past the end of the archive")
+        if stat.S_ISREG(mode):
+            files[name] = archive[start:start + size]
+        pos = start + size + _pad4(size)
+
+
+# ---------------------------------------------------------------------------
+# A busybox root filesystem tree, for a disk made with ``mke2fs -d``
+
+#: The line the root filesystem's ``/sbin/init`` prints once it runs.
+ROOT_MARKER = "PYAXVISOR-ROOT-OK"
+
+
+def root_init_script() -> str:
+    """``/sbin/init`` of :func:`make_root_tree`: mount proc, sysfs and devtmpfs, print
+    :data:`ROOT_MARKER`, ``PYAXVISOR-ROOT-MOUNTS-BEGIN``, ``/proc/mounts`` and
+    ``PYAXVISOR-ROOT-MOUNTS-END``, run ``pyaxvisor.cmd`` as the initramfs ``/init``
+    does (``PYAXVISOR-CMD-BEGIN``/``-END`` lines, see :func:`init_script`), then
+    ``sync``, remount ``/`` read-only (so the next mount needs no journal recovery)
+    and ``poweroff -f``."""
+    return f"""#!/bin/sh
+# pyaxvisor test root filesystem: report, run one command, power off.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+{_CMD_FUNCTION}
+echo {ROOT_MARKER}
+echo PYAXVISOR-ROOT-MOUNTS-BEGIN
+cat /proc/mounts
+echo PYAXVISOR-ROOT-MOUNTS-END
+cmd=$(pyaxvisor_cmd "$(cat /proc/cmdline)")
+if [ -n "$cmd" ]; then
+	echo "PYAXVISOR-CMD-BEGIN: $cmd"
+	sh -c "$cmd"
+	echo "PYAXVISOR-CMD-END: status=$?"
+fi
+echo PYAXVISOR-POWEROFF
+sync
+mount -o remount,ro /
+poweroff -f
+reboot -f
+while :; do sleep 3600; done
+"""
+
+
+def make_root_tree(dest: Path, initramfs: str = "initramfs-virtio-arm64", *,
+                   log: Log = print) -> Path:
+    """Fill the empty or missing directory ``dest`` with a small root filesystem for
+    ``mke2fs -d``: ``/bin/busybox`` with a link per applet, ``/sbin/init`` (see
+    :func:`root_init_script`) and empty ``dev proc sys tmp root mnt``.
+
+    The busybox binary and its applet list come from the cached (fetched if need be)
+    busybox initramfs image ``initramfs``, so nothing is downloaded twice and the
+    binary is of that image's architecture. Returns ``dest``.
+    """
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest}: not empty")
+    path = fetch(initramfs, log=log)
+    info = metadata(initramfs) or {}
+    try:
+        busybox = newc_files(gzip.decompress(path.read_bytes()))["bin/busybox"]
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ImageFetchError(f"{path}: no busybox to take ({exc!r}); "
+                              f"fetch {initramfs} again (refresh)") from exc
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "mnt"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    (dest / "bin/busybox").write_bytes(busybox)
+    (dest / "bin/busybox").chmod(0o755)
+    for applet in info.get("applets", BUSYBOX_APPLETS):
+        if applet != "busybox":
+            (dest / "bin" / applet).symlink_to("busybox")
+    (dest / "sbin/init").write_text(root_init_script())
+    (dest / "sbin/init").chmod(0o755)
+    return dest

@@ -117,9 +117,20 @@ def test_a_virtio_initramfs_of_another_kernel_counts_as_outdated(monkeypatch):
     kernel = {"package": "linux-image-6.1.0-57-arm64", "version": "6.1.192-3"}
     monkeypatch.setattr(images, "metadata", lambda name: dict(kernel))
     image = images.spec("initramfs-virtio-arm64")
-    ours = {"kernel_package": "linux-image-6.1.0-57-arm64", "kernel_version": "6.1.192-3"}
+    ours = {"kernel_package": "linux-image-6.1.0-57-arm64", "kernel_version": "6.1.192-3",
+            "init_version": images.INIT_VERSION}
     said: list[str] = []
     assert not images._outdated(image, ours, said.append)
     assert images._outdated(image, {**ours, "kernel_version": "6.1.190-1"}, said.append)
     assert "building it again" in said[-1]
     assert not images._outdated(images.spec("initramfs-arm64"), {}, said.append)
+
+
+def test_a_virtio_initramfs_with_an_older_init_counts_as_outdated(monkeypatch):
+    kernel = {"package": "linux-image-6.1.0-57-arm64", "version": "6.1.192-3"}
+    monkeypatch.setattr(images, "metadata", lambda name: dict(kernel))
+    image = images.spec("initramfs-virtio-arm64")
+    old = {"kernel_package": "linux-image-6.1.0-57-arm64", "kernel_version": "6.1.192-3"}
+    said: list[str] = []
+    assert images._outdated(image, old, said.append)
+    assert "its /init is version 1" in said[-1]

@@ -1006,3 +1006,17 @@ def test_fetch_real_riscv64_initramfs_through_private_apt(monkeypatch, tmp_path)
     assert info["architecture"] == "riscv64" and info["apt_source"].startswith(
         "deb [arch=riscv64")
     assert (tmp_path / "pyaxvisor" / "apt-riscv64" / "updated").exists()
+
+
+def test_the_virtio_init_switches_root_only_when_asked_and_reads_the_cpio_back():
+    script = images.init_script(["virtio_blk"])
+    assert "switch_root /newroot" in script and 'root=*) root=${w#root=}' in script
+    assert "switch_root" not in images.init_script()
+    files = images.newc_files(images.newc_archive([
+        images.CpioEntry.directory("bin"),
+        images.CpioEntry.file("bin/busybox", b"\x7fELF..."),
+        images.CpioEntry.symlink("bin/sh", "busybox"),
+        images.CpioEntry.file("init", images.root_init_script().encode(), 0o755)]))
+    assert files["bin/busybox"] == b"\x7fELF..."
+    assert set(files) == {"bin/busybox", "init"}
+    assert images.ROOT_MARKER in files["init"].decode()

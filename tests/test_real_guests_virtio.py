@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -121,3 +123,116 @@ def test_the_virtio_initramfs_holds_the_running_kernels_modules():
     assert info["modules"][:3] == ["virtio_mmio", "virtio_blk", "virtio_rng"]
     assert info["modules"][-1] == "ext4"
     assert {"jbd2", "mbcache", "crc16", "crc32c_generic"} <= set(info["modules"])
+
+
+# ---------------------------------------------------------------------------
+# A root filesystem on /dev/vda
+
+def _root_disk(tmp: Path) -> Path:
+    """A 32 MiB ext4 image made with ``mke2fs -d`` from :func:`images.make_root_tree`."""
+    tree = images.make_root_tree(tmp / "root-tree")
+    disk = tmp / "root.img"
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-d", str(tree), "-F", str(disk),
+                    "32M"], check=True, capture_output=True)
+    return disk
+
+
+def _run_argv(disk: Path, append: str) -> list[str]:
+    return [sys.executable, "-m", "pyaxvisor.cli", "run",
+            "-kernel", str(images.fetch("linux-arm64")),
+            "-initrd", str(images.fetch("initramfs-virtio-arm64")),
+            "-append", f"console=ttyAMA0 {append}", "-m", "512M", "--timeout", "300",
+            "-drive", f"file={disk},format=raw,if=virtio"]
+
+
+def test_the_initramfs_switches_to_a_root_filesystem_on_vda(tmp_path):
+    disk = _root_disk(tmp_path)
+    r = subprocess.run(_run_argv(disk, 'root=/dev/vda rw pyaxvisor.cmd="echo $(id -u) '
+                                       'on $(readlink /bin/sh); ls /sbin"'),
+                       capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
+    out = r.stdout
+    assert r.returncode == 0, out[-3000:] + r.stderr
+    assert "PYAXVISOR-MODULES: 8/8" in out, out[-3000:]
+    assert "PYAXVISOR-ROOT: /dev/vda" in out
+    assert "PYAXVISOR-ROOT-FAILED" not in out
+    # the initramfs' /init hands over before reporting: only the root's init runs
+    assert images.USERSPACE_MARKER not in out
+    assert re.search(rf"^{images.ROOT_MARKER}$", out, re.M), out[-3000:]
+    mounts = out.split("PYAXVISOR-ROOT-MOUNTS-BEGIN\n")[1].split("PYAXVISOR-ROOT-MOUNTS-END")[0]
+    assert re.search(r"^/dev/vda / ext4 rw[, ]", mounts, re.M), mounts
+    assert re.search(r"^0 on busybox$", out, re.M), out[-2000:]
+    assert re.search(r"^init$", out, re.M)
+    assert "PYAXVISOR-CMD-END: status=0" in out
+    # / is remounted read-only before the power-off: the disk is left clean
+    assert "EXT4-fs (vda): re-mounted" in out.split("PYAXVISOR-POWEROFF")[1], out[-2000:]
+    assert "reboot: Power down" in out
+    stats = subprocess.run([tool("debugfs"), "-R", "stats", str(disk)], capture_output=True,
+                           text=True, check=True).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", stats, re.M), stats[:2000]
+    assert "needs_recovery" not in stats
+
+
+def test_what_the_guest_synced_survives_a_sigkill_of_the_vm(tmp_path):
+    disk = _root_disk(tmp_path)
+    token = secrets.token_hex(8)
+    cmd = (f"cat /sys/block/vda/queue/write_cache; echo content-{token} > /synced.txt; "
+           f"sync; echo SYNCED-{token}; sleep 600")
+    proc = subprocess.Popen(_run_argv(disk, f'root=/dev/vda rw pyaxvisor.cmd="{cmd}"'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:
+            seen.append(line)
+            if line.rstrip("\r\n") == f"SYNCED-{token}":
+                proc.send_signal(signal.SIGKILL)  # at once: no orderly shutdown at all
+                break
+            assert time.monotonic() < deadline, "".join(seen[-50:])
+        else:
+            pytest.fail("the VM ended without the marker:\n" + "".join(seen[-50:]))
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    out = "".join(seen)
+    assert proc.returncode == -signal.SIGKILL
+    # the guest's kernel sees a write-back cache, so ext4's sync sends FLUSH requests
+    assert re.search(r"^write back$", out, re.M), out[-3000:]
+    # the guest's sync committed the journal; replay it as the next mount would
+    fsck = subprocess.run([tool("e2fsck"), "-fy", str(disk)], capture_output=True, text=True)
+    assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
+    cat = subprocess.run([tool("debugfs"), "-R", "cat /synced.txt", str(disk)],
+                         capture_output=True, text=True, check=True)
+    assert cat.stdout == f"content-{token}\n", cat.stdout + cat.stderr
+
+
+def test_a_second_vm_cannot_take_an_image_the_first_writes(tmp_path):
+    disk = _root_disk(tmp_path)
+    argv = _run_argv(disk, 'pyaxvisor.cmd="sleep 120"')
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert first.stdout is not None
+        seen: list[str] = []
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("PYAXVISOR-CMD-BEGIN"):
+                break
+        else:
+            pytest.fail("the first VM ended early:\n" + "".join(seen[-50:]))
+        t0 = time.monotonic()
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+        took = time.monotonic() - t0
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert second.returncode == 4, second.stdout[-2000:] + second.stderr
+    assert second.stdout == ""
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1, second.stderr
+    assert str(disk) in lines[0] and "in use" in lines[0], lines[0]
+    assert "Traceback" not in second.stderr
+    assert took < 30
