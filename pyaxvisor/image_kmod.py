@@ -11,6 +11,13 @@ Debian 12 ships modules uncompressed (``.ko``); later releases compress them wit
 so :func:`decompress_module` unpacks them, never past :data:`MAX_MODULE_SIZE`.
 Modules cannot be zstd here (no zstd in Python's standard library): that is an error.
 
+A driver may be built into the kernel (``=y`` in its ``/boot/config-*``) on one
+architecture and a module (``=m``) on another: Debian's riscv64 kernel has
+``virtio_console`` built in, its arm64 one a module. The package's
+``lib/modules/<release>/modules.builtin`` lists the built-in ones (as
+``kernel/.../name.ko``); :func:`load_order` skips a wanted module or dependency found
+there instead of failing, and says which it skipped.
+
 Nothing here imports from the rest of pyaxvisor except :mod:`pyaxvisor.errors`.
 """
 
@@ -19,7 +26,7 @@ from __future__ import annotations
 import lzma
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from pyaxvisor.errors import ImageFetchError
@@ -33,6 +40,12 @@ MAX_MODINFO = 64 << 10
 SUFFIXES = (".ko.xz", ".ko.gz", ".ko.zst", ".ko")
 
 _MODULE_PATH = re.compile(r"(?:usr/)?lib/modules/([^/]+)/kernel/.+\.ko(?:\.xz|\.gz|\.zst)?")
+_BUILTIN_PATH = re.compile(r"(?:usr/)?lib/modules/([^/]+)/modules\.builtin")
+
+
+class ModuleTooLargeError(ImageFetchError):
+    """A module larger than :data:`MAX_MODULE_SIZE` once decompressed (riscv64's
+    ``amdgpu.ko.xz``): never one an initramfs wants, so a scan may pass it by."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,19 @@ def module_release(path: str) -> str | None:
     (``usr/lib`` too), or ``None`` when ``path`` is no module."""
     found = _MODULE_PATH.fullmatch(path)
     return found[1] if found else None
+
+
+def builtin_list_release(path: str) -> str | None:
+    """The kernel release of ``lib/modules/<release>/modules.builtin`` (``usr/lib``
+    too), or ``None`` when ``path`` is not such a list."""
+    found = _BUILTIN_PATH.fullmatch(path)
+    return found[1] if found else None
+
+
+def parse_builtin(text: bytes) -> frozenset[str]:
+    """The module names of a ``modules.builtin`` file: one ``kernel/.../name.ko`` a line."""
+    lines = text.decode("utf-8", "replace").splitlines()
+    return frozenset(module_name(line.strip()) for line in lines if line.strip())
 
 
 def module_name(path: str) -> str:
@@ -93,7 +119,8 @@ def decompress_module(path: str, data: bytes) -> bytes:
     except (lzma.LZMAError, zlib.error) as exc:
         raise ImageFetchError(f"{path}: does not decompress: {exc}") from exc
     if len(plain) > MAX_MODULE_SIZE:
-        raise ImageFetchError(f"{path}: larger than {MAX_MODULE_SIZE} bytes uncompressed")
+        raise ModuleTooLargeError(f"{path}: larger than {MAX_MODULE_SIZE} bytes "
+                                  "uncompressed")
     return plain
 
 
@@ -169,13 +196,16 @@ def module_info(path: str, data: bytes) -> ModuleInfo:
         vermagic=(fields.get("vermagic") or [""])[0])
 
 
-def load_order(roots: Iterable[str], modules: Mapping[str, ModuleInfo]
-               ) -> tuple[list[str], list[str]]:
+def load_order(roots: Iterable[str], modules: Mapping[str, ModuleInfo],
+               builtin: Collection[str] = frozenset()) -> tuple[list[str], list[str]]:
     """The modules to load for ``roots``, each after what it needs; and the soft
     dependencies that no module of ``modules`` provides (built in, or absent).
 
     ``depends`` must all be found (a missing one is an error); a ``softdep`` name is a
     module name or an alias, and every module answering to it is loaded first.
+    A root or dependency that is no module of ``modules`` but is in ``builtin`` (the
+    names of ``modules.builtin``, see :func:`parse_builtin`) is built into the kernel:
+    it needs no loading and is left out (:func:`builtin_roots` names such roots).
     A dependency cycle is an error.
     """
     by_alias: dict[str, list[str]] = {}
@@ -193,13 +223,19 @@ def load_order(roots: Iterable[str], modules: Mapping[str, ModuleInfo]
             raise ImageFetchError(f"kernel modules depend on each other in a cycle: "
                                   f"{' -> '.join((*chain, name))}")
         info = modules.get(name)
+        if info is None and name in builtin:
+            state[name] = "done"  # built into the kernel: nothing to load
+            return
         if info is None:
             needed_by = f" (needed by {chain[-1]})" if chain else ""
-            raise ImageFetchError(f"kernel module {name}{needed_by} is not in the package")
+            raise ImageFetchError(f"kernel module {name}{needed_by} is not in the "
+                                  "package and not built into the kernel (modules.builtin)")
         state[name] = "active"
         for soft in info.pre:
             providers = [normalise(soft)] if normalise(soft) in modules else \
                 sorted(by_alias.get(soft, []))
+            if not providers and normalise(soft) in builtin:
+                continue
             if not providers and soft not in unresolved:
                 unresolved.append(soft)
             for provider in providers:
@@ -212,3 +248,10 @@ def load_order(roots: Iterable[str], modules: Mapping[str, ModuleInfo]
     for root in roots:
         visit(normalise(root), ())
     return order, unresolved
+
+
+def builtin_roots(roots: Iterable[str], modules: Mapping[str, ModuleInfo],
+                  builtin: Collection[str]) -> list[str]:
+    """Those of ``roots`` that :func:`load_order` leaves out as built into the kernel."""
+    names = [normalise(root) for root in roots]
+    return [name for name in names if name not in modules and name in builtin]

@@ -19,6 +19,8 @@ taken out of the package's data archive. Results live in the user's cache direct
                                package, the modules of :data:`VIRTIO_MODULES` and
                                their dependencies (see :mod:`pyaxvisor.image_kmod`),
                                which its ``/init`` loads first
+    initramfs-virtio-riscv64.cpio.gz  the same for riscv64, with ``linux-riscv64``'s
+                               modules (``.ko.xz`` in the package, unpacked here)
 
 and next to each a ``<name>.json`` that names the Debian package and version it came
 from (for a kernel also the kernel release, e.g. ``6.1.0-56-arm64``, and whether the
@@ -80,17 +82,25 @@ from pyaxvisor.image_apt import tail as _tail
 from pyaxvisor.image_kmod import (
     MAX_MODULE_SIZE,
     ModuleInfo,
+    ModuleTooLargeError,
+    builtin_list_release,
+    builtin_roots,
     decompress_module,
     load_order,
     module_info,
     module_release,
+    parse_builtin,
 )
 
 Log = Callable[[str], None]
 
-#: Modules of Debian's kernel behind QEMU-style virtio-mmio disks and entropy, and ext4
-#: (Debian builds them all as modules; the virtio core and hw_random are built in).
-VIRTIO_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_rng", "ext4")
+#: Modules of Debian's kernel behind QEMU-style virtio-mmio disks, entropy and console
+#: (``hvc0``), and ext4. Debian's arm64 (6.1) and riscv64 (6.12) kernels build them as
+#: modules, except riscv64's ``virtio_console`` (built in); the virtio core and
+#: hw_random are built in on both. A built-in one is left out of the initramfs (its
+#: metadata lists it under ``builtin_modules``), see :mod:`pyaxvisor.image_kmod`.
+VIRTIO_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_rng",
+                                   "virtio_console", "ext4")
 #: Most module bytes (uncompressed) one initramfs takes.
 MAX_MODULES_TOTAL = 64 << 20
 
@@ -159,6 +169,11 @@ IMAGES: dict[str, ImageSpec] = {
                   "busybox initramfs whose /init loads linux-arm64's virtio-mmio, "
                   "virtio-blk, virtio-rng and ext4 modules, reports and powers off",
                   modules=VIRTIO_MODULES, kernel_image="linux-arm64"),
+        ImageSpec("initramfs-virtio-riscv64", "initramfs", "busybox-static", "riscv64",
+                  "usr/bin/busybox", "initramfs-virtio-riscv64.cpio.gz",
+                  "busybox initramfs whose /init loads linux-riscv64's virtio-mmio, "
+                  "virtio-blk, virtio-rng and ext4 modules, reports and powers off",
+                  modules=VIRTIO_MODULES, kernel_image="linux-riscv64"),
     )
 }
 
@@ -310,13 +325,18 @@ def cache_lock(root: Path, name: str) -> Iterator[None]:
 
 def _outdated(image: ImageSpec, info: dict[str, Any], log: Log) -> bool:
     """Whether a cached initramfs holds modules of another kernel than the one now
-    cached as its ``kernel_image``, or an ``/init`` older than :data:`INIT_VERSION`
-    (either needs it rebuilt)."""
+    cached as its ``kernel_image``, was built for another list of wanted modules than
+    ``image.modules``, or has an ``/init`` older than :data:`INIT_VERSION` (each needs
+    it rebuilt)."""
     if not image.kernel_image:
         return False
     if info.get("init_version") != INIT_VERSION:
         log(f"images: {image.name}: its /init is version {info.get('init_version', 1)}, "
             f"now {INIT_VERSION}; building it again")
+        return True
+    if info.get("wanted_modules") != list(image.modules):
+        log(f"images: {image.name}: built for the modules {info.get('wanted_modules')}, "
+            f"now {list(image.modules)}; building it again")
         return True
     kernel = metadata(image.kernel_image)
     if kernel is None or (kernel.get("package"), kernel.get("version")) == \
@@ -432,12 +452,20 @@ def _kernel_modules(image: ImageSpec, work: Path, log: Log
             f"not load into it; fetch {image.kernel_image} again (refresh) first")
 
     def ours(path: str) -> bool:
-        return module_release(path) == release
+        return release in (module_release(path), builtin_list_release(path))
 
     infos: dict[str, ModuleInfo] = {}
+    builtin: set[str] = set()
 
     def read_info(path: str, data: bytes) -> bool:
-        info = module_info(path, decompress_module(path, data))
+        if builtin_list_release(path) is not None:
+            builtin.update(parse_builtin(data))
+            return False
+        try:
+            info = module_info(path, decompress_module(path, data))
+        except ModuleTooLargeError as exc:
+            log(f"images: {image.name}: passing by {exc}")
+            return False
         infos.setdefault(info.name, info)
         return False
 
@@ -446,7 +474,11 @@ def _kernel_modules(image: ImageSpec, work: Path, log: Log
     if not infos:
         raise ImageFetchError(f"{package} {fields.get('Version')} has no modules for "
                               f"kernel {release} (under lib/modules/{release}/kernel)")
-    order, unresolved = load_order(image.modules, infos)
+    order, unresolved = load_order(image.modules, infos, builtin)
+    built_in = builtin_roots(image.modules, infos, builtin)
+    if built_in:
+        log(f"images: {image.name}: built into {release}, no module needed: "
+            f"{' '.join(built_in)}")
     for name in order:
         if not infos[name].vermagic.startswith(release + " "):
             raise ImageFetchError(f"{package}: module {name} is built for "
@@ -474,7 +506,9 @@ def _kernel_modules(image: ImageSpec, work: Path, log: Log
         "kernel_package": package,
         "kernel_version": fields.get("Version", ""),
         "kernel_release": release,
+        "wanted_modules": list(image.modules),
         "modules": order,
+        "builtin_modules": built_in,
         "module_files": [infos[name].path for name in order],
         "unresolved_softdeps": unresolved,
     }

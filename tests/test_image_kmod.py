@@ -13,12 +13,15 @@ from pyaxvisor import images
 from pyaxvisor.errors import ImageFetchError
 from pyaxvisor.image_kmod import (
     ModuleInfo,
+    builtin_list_release,
+    builtin_roots,
     decompress_module,
     elf_section,
     load_order,
     module_info,
     module_name,
     module_release,
+    parse_builtin,
     parse_modinfo,
 )
 
@@ -91,6 +94,26 @@ def test_load_order_puts_dependencies_and_soft_dependencies_first():
         load_order(["a"], loop)
 
 
+def test_built_in_modules_are_skipped_not_missing():
+    """riscv64's Debian kernel has virtio_console built in (=y), arm64's as a module."""
+    builtin = parse_builtin(b"kernel/drivers/char/virtio_console.ko\n"
+                            b"kernel/crypto/crc32c_generic.ko\n\n")
+    assert builtin == {"virtio_console", "crc32c_generic"}
+    mods = {m.name: m for m in (
+        ModuleInfo("ext4", "ext4.ko", ("crc32c_generic",), ("crc32c",)),
+        ModuleInfo("virtio_mmio", "virtio_mmio.ko"),
+    )}
+    roots = ["virtio-mmio", "virtio-console", "ext4"]
+    assert load_order(roots, mods, builtin) == (["virtio_mmio", "ext4"], ["crc32c"])
+    assert builtin_roots(roots, mods, builtin) == ["virtio_console"]
+    with pytest.raises(ImageFetchError, match="not built into the kernel"):
+        load_order(["virtio_console"], mods)
+    assert builtin_list_release("usr/lib/modules/6.12.1-riscv64/modules.builtin") == \
+        "6.12.1-riscv64"
+    assert builtin_list_release("lib/modules/6.1.0-arm64/modules.builtin") == "6.1.0-arm64"
+    assert builtin_list_release("lib/modules/6.1.0-arm64/modules.builtin.modinfo") is None
+
+
 def test_the_init_loads_the_modules_in_order_before_reporting():
     script = images.init_script(["virtio_mmio", "ext4"])
     first = script.index("insmod /lib/modules/virtio_mmio.ko")
@@ -118,11 +141,15 @@ def test_a_virtio_initramfs_of_another_kernel_counts_as_outdated(monkeypatch):
     monkeypatch.setattr(images, "metadata", lambda name: dict(kernel))
     image = images.spec("initramfs-virtio-arm64")
     ours = {"kernel_package": "linux-image-6.1.0-57-arm64", "kernel_version": "6.1.192-3",
-            "init_version": images.INIT_VERSION}
+            "init_version": images.INIT_VERSION, "wanted_modules": list(image.modules)}
     said: list[str] = []
     assert not images._outdated(image, ours, said.append)
     assert images._outdated(image, {**ours, "kernel_version": "6.1.190-1"}, said.append)
     assert "building it again" in said[-1]
+    # built before virtio_console joined the list (no wanted_modules): built again
+    old_list = {k: v for k, v in ours.items() if k != "wanted_modules"}
+    assert images._outdated(image, old_list, said.append)
+    assert "now ['virtio_mmio'" in said[-1]
     assert not images._outdated(images.spec("initramfs-arm64"), {}, said.append)
 
 

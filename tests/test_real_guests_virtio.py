@@ -1,8 +1,9 @@
-"""Debian's arm64 Linux on virtio-mmio: the kernel's own virtio-mmio, virtio-blk,
-virtio-rng and ext4 modules (loaded by the ``initramfs-virtio-arm64`` image from the
-same ``linux-image`` package) drive pyaxvisor's devices; the guest reads an ext4 disk
-and a raw disk made here, writes to both, and a second boot reads that back. Images
-are fetched (and cached) at test time, as for the other real-guest tests. Slow."""
+"""Debian's arm64 and riscv64 Linux on virtio-mmio: the kernel's own virtio-mmio,
+virtio-blk, virtio-rng, virtio-console and ext4 modules (loaded by the
+``initramfs-virtio-<arch>`` image from the same ``linux-image`` package) drive
+pyaxvisor's devices; the guest reads an ext4 disk and a raw disk made here, writes to
+both, and a second boot reads that back; hvc0 carries output and input. Images are
+fetched (and cached) at test time, as for the other real-guest tests. Slow."""
 
 from __future__ import annotations
 
@@ -27,18 +28,29 @@ RAW_MARK = b"PYAXVISOR-RAW-WRITE\n"
 RAW_OFFSET = 8 * 512
 
 
-def _boot(tmp: Path, cmd: str) -> str:
+#: Per Debian architecture: pyaxvisor's --arch, the serial console, how many modules
+#: the virtio initramfs loads (riscv64 has virtio_console built in).
+ARCHES = {"arm64": ("aarch64", "ttyAMA0", 9), "riscv64": ("riscv64", "ttyS0", 8)}
+
+
+def _modules_line(arch: str) -> str:
+    n = ARCHES[arch][2]
+    return f"PYAXVISOR-MODULES: {n}/{n}"
+
+
+def _boot(tmp: Path, cmd: str, arch: str = "arm64") -> str:
     """Boot with the ext4 disk, the raw disk and an entropy device; run ``cmd`` with
     ``$R`` naming the raw disk's device and ``$E`` the ext4 one's (told apart by their
     sizes, so the test does not depend on which slot each device is plugged in); return
     the guest's output."""
     cmd = ("for d in vda vdb; do [ $(cat /sys/block/$d/size) = 2048 ] && R=/dev/$d "
            "|| E=/dev/$d; done; echo raw=$R ext4=$E; " + cmd)
-    kernel = images.fetch("linux-arm64")
-    initrd = images.fetch("initramfs-virtio-arm64")
+    kernel = images.fetch(f"linux-{arch}")
+    initrd = images.fetch(f"initramfs-virtio-{arch}")
+    pyarch, console, _n = ARCHES[arch]
     r = subprocess.run(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "-kernel", str(kernel),
-         "-initrd", str(initrd), "-append", f'console=ttyAMA0 pyaxvisor.cmd="{cmd}"',
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "--arch", pyarch, "-kernel", str(kernel),
+         "-initrd", str(initrd), "-append", f'console={console} pyaxvisor.cmd="{cmd}"',
          "-m", "512M", "--timeout", "300",
          "-drive", f"file={tmp / 'ext4.img'},format=raw,if=virtio",
          "-drive", f"file={tmp / 'raw.img'},if=none,id=hd1",
@@ -47,7 +59,7 @@ def _boot(tmp: Path, cmd: str) -> str:
         capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     out = r.stdout
-    assert "PYAXVISOR-MODULES: 8/8" in out, out[-3000:]
+    assert _modules_line(arch) in out, out[-3000:]
     assert "PYAXVISOR-INSMOD-FAILED" not in out
     assert "PYAXVISOR-CMD-END: status=0" in out, out[-3000:]
     assert "reboot: Power down" in out
@@ -112,17 +124,106 @@ def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(t
     assert _random_line(out) != first_random
 
 
-def test_the_virtio_initramfs_holds_the_running_kernels_modules():
-    info = images.metadata("initramfs-virtio-arm64") or {}
-    if not info:
-        images.fetch("initramfs-virtio-arm64")
-        info = images.metadata("initramfs-virtio-arm64") or {}
-    kernel = images.metadata("linux-arm64") or {}
+@pytest.mark.parametrize("arch", ["arm64", "riscv64"])
+def test_the_virtio_initramfs_holds_the_running_kernels_modules(arch):
+    images.fetch(f"initramfs-virtio-{arch}")  # cached, or rebuilt when outdated
+    info = images.metadata(f"initramfs-virtio-{arch}") or {}
+    kernel = images.metadata(f"linux-{arch}") or {}
     assert info["kernel_package"] == kernel["package"]
     assert info["kernel_release"] == kernel["kernel_release"]
+    assert info["wanted_modules"] == list(images.VIRTIO_MODULES)
     assert info["modules"][:3] == ["virtio_mmio", "virtio_blk", "virtio_rng"]
     assert info["modules"][-1] == "ext4"
     assert {"jbd2", "mbcache", "crc16", "crc32c_generic"} <= set(info["modules"])
+    assert len(info["modules"]) == ARCHES[arch][2]
+    # Debian's riscv64 kernel has CONFIG_VIRTIO_CONSOLE=y, arm64's =m
+    console_built_in = arch == "riscv64"
+    assert ("virtio_console" in info["builtin_modules"]) == console_built_in
+    assert ("virtio_console" in info["modules"]) != console_built_in
+    if arch == "riscv64":  # Debian 13: merged /usr, xz-compressed modules
+        assert all(f.startswith("usr/lib/modules/") and f.endswith(".ko.xz")
+                   for f in info["module_files"])
+
+
+def test_debian_riscv64_kernel_modules_drive_virtio_disks_and_entropy(tmp_path):
+    mke2fs, debugfs = tool("mke2fs"), tool("debugfs")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "hello.txt").write_text("hello from the host to riscv64\n")
+    subprocess.run([mke2fs, "-q", "-t", "ext4", "-d", str(files), "-F",
+                    str(tmp_path / "ext4.img"), "16M"], check=True, capture_output=True)
+    (tmp_path / "raw.img").write_bytes(RAW_PATTERN)
+    out = _boot(tmp_path, (
+        "cat /sys/bus/virtio/devices/*/device; "
+        "dd if=$R bs=512 count=1 | md5sum; "
+        f"echo PYAXVISOR-RAW-WRITE | dd of=$R bs=512 seek={RAW_OFFSET // 512} "
+        "conv=notrunc; "
+        "mount -t ext4 $E /mnt && cat /mnt/hello.txt && "
+        "echo written-by-riscv64 > /mnt/guest.txt && umount /mnt; sync; "
+        "dd if=/dev/hwrng bs=16 count=1 | od -x"), arch="riscv64")
+    assert "riscv64 GNU/Linux" in out
+    assert re.search(r"\] virtio_blk virtio\d: \[vd[ab]\] 2048 512-byte logical", out)
+    assert re.search(r"\] virtio_blk virtio\d: \[vd[ab]\] 32768 512-byte logical", out)
+    assert re.search(r"^raw=/dev/vd[ab] ext4=/dev/vd[ab]$", out, re.M), out[-2000:]
+    assert sorted(re.findall(r"^0x000(\d)$", out, re.M)) == ["2", "2", "4"], out[-2000:]
+    assert f"{hashlib.md5(RAW_PATTERN[:512]).hexdigest()}  -" in out
+    assert "hello from the host to riscv64" in out
+    _random_line(out)
+    raw = (tmp_path / "raw.img").read_bytes()
+    end = RAW_OFFSET + len(RAW_MARK)
+    assert raw[RAW_OFFSET:end] == RAW_MARK
+    assert raw[:RAW_OFFSET] == RAW_PATTERN[:RAW_OFFSET]
+    assert raw[end:] == RAW_PATTERN[end:]
+    cat = subprocess.run([debugfs, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
+                         capture_output=True, text=True, check=True)
+    assert cat.stdout == "written-by-riscv64\n"
+
+
+# ---------------------------------------------------------------------------
+# hvc0: the virtio console of Debian's kernel
+
+
+def test_debian_arm64_kernel_talks_over_hvc0_both_ways():
+    """``console=ttyAMA0 console=hvc0``: early messages go to the UART until the
+    virtio_console module loads; then /dev/console is hvc0. Both reach stdout. The guest
+    writes to /dev/hvc0 and reads a line the test writes to pyaxvisor's stdin (a pipe;
+    with a virtconsole present, input goes to hvc0 and not to the UART)."""
+    token = secrets.token_hex(6)
+    cmd = ("echo via-hvc0 > /dev/hvc0; cat /sys/class/tty/console/active; "
+           "exec 3<>/dev/hvc0; echo ready-for-input >&3; read line <&3; echo got=$line")
+    argv = [sys.executable, "-m", "pyaxvisor.cli", "run",
+            "-kernel", str(images.fetch("linux-arm64")),
+            "-initrd", str(images.fetch("initramfs-virtio-arm64")),
+            "-append", f'console=ttyAMA0 console=hvc0 pyaxvisor.cmd="{cmd}"',
+            "-m", "512M", "--timeout", "300",
+            "-device", "virtio-serial-device", "-device", "virtconsole"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    seen: list[bytes] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if line.rstrip(b"\r\n") == b"ready-for-input":
+                proc.stdin.write(f"{token}\n".encode())
+                proc.stdin.flush()
+                break
+        else:
+            pytest.fail("no ready-for-input line:\n" + b"".join(seen[-50:]).decode())
+        rest, _ = proc.communicate(timeout=300)
+        seen.append(rest)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    out = b"".join(seen).decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    assert _modules_line("arm64") in out, out[-3000:]
+    assert re.search(r"^via-hvc0\r?$", out, re.M), out[-3000:]
+    # both consoles are active; the last one listed (hvc0) is /dev/console
+    assert re.search(r"^ttyAMA0 hvc0\r?$", out, re.M), out[-3000:]
+    assert re.search(rf"^got={token}\r?$", out, re.M), out[-3000:]
+    assert "PYAXVISOR-CMD-END: status=0" in out
+    assert "reboot: Power down" in out
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +253,7 @@ def test_the_initramfs_switches_to_a_root_filesystem_on_vda(tmp_path):
                        capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     out = r.stdout
     assert r.returncode == 0, out[-3000:] + r.stderr
-    assert "PYAXVISOR-MODULES: 8/8" in out, out[-3000:]
+    assert _modules_line("arm64") in out, out[-3000:]
     assert "PYAXVISOR-ROOT: /dev/vda" in out
     assert "PYAXVISOR-ROOT-FAILED" not in out
     # the initramfs' /init hands over before reporting: only the root's init runs
