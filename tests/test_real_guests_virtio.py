@@ -1,5 +1,5 @@
 """Debian's arm64 Linux on virtio-mmio: the kernel's own virtio-mmio, virtio-blk,
-virtio-rng and ext4 modules (loaded by the ``initramfs-virtio-arm64`` image from the
+virtio-rng, virtio-net and ext4 modules (loaded by the ``initramfs-virtio-arm64`` image from the
 same ``linux-image`` package) drive pyaxvisor's devices; the guest reads an ext4 disk
 and a raw disk made here, writes to both, and a second boot reads that back. Images
 are fetched (and cached) at test time, as for the other real-guest tests. Slow."""
@@ -47,7 +47,7 @@ def _boot(tmp: Path, cmd: str) -> str:
         capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     out = r.stdout
-    assert "PYAXVISOR-MODULES: 8/8" in out, out[-3000:]
+    assert "PYAXVISOR-MODULES: 11/11" in out, out[-3000:]
     assert "PYAXVISOR-INSMOD-FAILED" not in out
     assert "PYAXVISOR-CMD-END: status=0" in out, out[-3000:]
     assert "reboot: Power down" in out
@@ -123,6 +123,7 @@ def test_the_virtio_initramfs_holds_the_running_kernels_modules():
     assert info["modules"][:3] == ["virtio_mmio", "virtio_blk", "virtio_rng"]
     assert info["modules"][-1] == "ext4"
     assert {"jbd2", "mbcache", "crc16", "crc32c_generic"} <= set(info["modules"])
+    assert {"virtio_net", "net_failover", "failover"} <= set(info["modules"])
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_the_initramfs_switches_to_a_root_filesystem_on_vda(tmp_path):
                        capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     out = r.stdout
     assert r.returncode == 0, out[-3000:] + r.stderr
-    assert "PYAXVISOR-MODULES: 8/8" in out, out[-3000:]
+    assert "PYAXVISOR-MODULES: 11/11" in out, out[-3000:]
     assert "PYAXVISOR-ROOT: /dev/vda" in out
     assert "PYAXVISOR-ROOT-FAILED" not in out
     # the initramfs' /init hands over before reporting: only the root's init runs
@@ -236,3 +237,76 @@ def test_a_second_vm_cannot_take_an_image_the_first_writes(tmp_path):
     assert str(disk) in lines[0] and "in use" in lines[0], lines[0]
     assert "Traceback" not in second.stderr
     assert took < 30
+
+
+# ---------------------------------------------------------------------------
+# virtio-net on a TAP interface, inside a network namespace of its own
+
+IP = "/usr/sbin/ip"
+GUEST_TO_HOST, HOST_TO_GUEST = 5555, 5556
+# Runs in the namespace: prints the line a guest sends to GUEST_TO_HOST, sends a line
+# to whoever connects to HOST_TO_GUEST; both connections then closed by the host.
+_HOST_SIDE = f"""
+import socket, sys
+a = socket.create_server(('0.0.0.0', {GUEST_TO_HOST}))
+b = socket.create_server(('0.0.0.0', {HOST_TO_GUEST}))
+print('HOST-LISTENING', flush=True)
+conn, _ = a.accept()
+print('HOST-GOT:', conn.makefile().readline().strip(), flush=True)
+conn.close()
+conn, _ = b.accept()
+conn.sendall(b'hello-from-host\\n')
+conn.close()
+print('HOST-SENT', flush=True)
+"""
+
+
+def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
+    ns = f"pyax-{secrets.token_hex(4)}"
+    subprocess.run([IP, "netns", "add", ns], check=True)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        host = subprocess.Popen([IP, "netns", "exec", ns, sys.executable, "-c", _HOST_SIDE],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(host)
+        assert host.stdout is not None and host.stdout.readline().strip() == "HOST-LISTENING"
+        cmd = ("ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; "
+               "cat /sys/class/net/eth0/address; ping -c 3 -w 30 10.0.2.2; "
+               f"echo hello-from-guest | nc 10.0.2.2 {GUEST_TO_HOST}; "
+               f"sleep 10 | nc 10.0.2.2 {HOST_TO_GUEST}")
+        vm = subprocess.Popen(
+            [IP, "netns", "exec", ns, sys.executable, "-m", "pyaxvisor.cli", "run",
+             "-kernel", str(images.fetch("linux-arm64")),
+             "-initrd", str(images.fetch("initramfs-virtio-arm64")),
+             "-append", f'console=ttyAMA0 pyaxvisor.cmd="{cmd}"', "-m", "512M",
+             "--timeout", "300",
+             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+             "-device", "virtio-net-device,netdev=n0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        procs.append(vm)
+        deadline = time.monotonic() + 120
+        while subprocess.run([IP, "-n", ns, "link", "show", "tap0"],
+                             capture_output=True).returncode != 0:  # pyaxvisor creates it
+            assert vm.poll() is None, vm.communicate()
+            assert time.monotonic() < deadline, "tap0 never appeared"
+            time.sleep(0.1)
+        subprocess.run([IP, "-n", ns, "addr", "add", "10.0.2.2/24", "dev", "tap0"], check=True)
+        subprocess.run([IP, "-n", ns, "link", "set", "tap0", "up"], check=True)
+        out, err = vm.communicate(timeout=400)
+        host_out, _ = host.communicate(timeout=30)
+        assert vm.returncode == 0, out[-3000:] + err
+        assert "PYAXVISOR-MODULES: 11/11" in out, out[-3000:]
+        assert "52:54:00:12:34:56" in out  # QEMU's default MAC, from the config space
+        received = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+        assert received is not None and int(received[2]) >= 1, out[-3000:]
+        assert "HOST-GOT: hello-from-guest" in host_out, host_out + out[-3000:]
+        assert "HOST-SENT" in host_out
+        assert "hello-from-host" in out, out[-3000:]
+        assert "PYAXVISOR-CMD-END: status=0" in out, out[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        subprocess.run([IP, "netns", "del", ns], check=False)
