@@ -94,13 +94,14 @@ from pyaxvisor.image_kmod import (
 
 Log = Callable[[str], None]
 
-#: Modules of Debian's kernel behind QEMU-style virtio-mmio disks, entropy and console
-#: (``hvc0``), and ext4. Debian's arm64 (6.1) and riscv64 (6.12) kernels build them as
-#: modules, except riscv64's ``virtio_console`` (built in); the virtio core and
-#: hw_random are built in on both. A built-in one is left out of the initramfs (its
-#: metadata lists it under ``builtin_modules``), see :mod:`pyaxvisor.image_kmod`.
+#: Modules of Debian's kernel behind QEMU-style virtio-mmio disks, entropy, console
+#: (``hvc0``) and network cards (virtio_net pulls in net_failover and failover), and
+#: ext4. Debian's arm64 (6.1) and riscv64 (6.12) kernels build them as modules, except
+#: riscv64's ``virtio_console`` (built in); the virtio core and hw_random are built in
+#: on both. A built-in one is left out of the initramfs (its metadata lists it under
+#: ``builtin_modules``), see :mod:`pyaxvisor.image_kmod`.
 VIRTIO_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_rng",
-                                   "virtio_console", "ext4")
+                                   "virtio_console", "virtio_net", "ext4")
 #: Most module bytes (uncompressed) one initramfs takes.
 MAX_MODULES_TOTAL = 64 << 20
 
@@ -167,7 +168,7 @@ IMAGES: dict[str, ImageSpec] = {
         ImageSpec("initramfs-virtio-arm64", "initramfs", "busybox-static", "arm64",
                   "bin/busybox", "initramfs-virtio-arm64.cpio.gz",
                   "busybox initramfs whose /init loads linux-arm64's virtio-mmio, "
-                  "virtio-blk, virtio-rng and ext4 modules, reports and powers off",
+                  "virtio-blk, virtio-rng, virtio-net and ext4 modules, reports and powers off",
                   modules=VIRTIO_MODULES, kernel_image="linux-arm64"),
         ImageSpec("initramfs-virtio-riscv64", "initramfs", "busybox-static", "riscv64",
                   "usr/bin/busybox", "initramfs-virtio-riscv64.cpio.gz",
@@ -895,7 +896,7 @@ BUSYBOX_APPLETS: tuple[str, ...] = (
     "id", "kill", "stty", "setsid", "cttyhack", "mdev", "which", "find", "xargs", "nproc",
     "seq", "md5sum", "sha256sum", "touch", "stat", "readlink", "basename", "dirname",
     "expr", "awk", "vi", "more", "clear", "uptime", "top", "devmem", "insmod", "lsmod",
-    "cmp", "blockdev", "switch_root",
+    "cmp", "blockdev", "switch_root", "ip", "ping", "nc",
 )
 #: Applets ``/init`` itself cannot do without.
 REQUIRED_APPLETS = frozenset({"sh", "mount", "echo", "cat", "grep", "uname", "poweroff"})
@@ -914,8 +915,9 @@ _CMD_FUNCTION = r"""pyaxvisor_cmd() {
 }"""
 
 #: Version of the ``/init`` of an initramfs with modules; a cached one of another
-#: version is built again (see ``_outdated``).
-INIT_VERSION = 2
+#: version is built again (see ``_outdated``). Bumped too when :data:`VIRTIO_MODULES` or
+#: :data:`BUSYBOX_APPLETS` change (3: virtio_net; ip, ping, nc), so cached images get them.
+INIT_VERSION = 3
 
 # Switches to root=<device> when the kernel command line asks for it (see init_script).
 _ROOT_SWITCH = r"""c=" $(cat /proc/cmdline) "

@@ -302,7 +302,7 @@ def test_global_on_the_command_line():
     usage_error(pyaxvisor("run", "-global", "isa-debug-exit.iobase=0xf4"),
                 "-global isa-debug-exit.iobase=0xf4: the aarch64 virt board has no device "
                 "'isa-debug-exit' with properties to set (its devices are virtio-blk-device, "
-                "virtio-rng-device)")
+                "virtio-rng-device, virtio-serial-device, virtconsole, virtio-net-device)")
     usage_error(pyaxvisor("run", "--arch", "x86_64", "-global", "ICH9-LPC.disable_s3=1"),
                 "the x86_64 pc board has no device 'ICH9-LPC'")
 

@@ -1,9 +1,10 @@
 """Debian's arm64 and riscv64 Linux on virtio-mmio: the kernel's own virtio-mmio,
-virtio-blk, virtio-rng, virtio-console and ext4 modules (loaded by the
+virtio-blk, virtio-rng, virtio-console, virtio-net and ext4 modules (loaded by the
 ``initramfs-virtio-<arch>`` image from the same ``linux-image`` package) drive
 pyaxvisor's devices; the guest reads an ext4 disk and a raw disk made here, writes to
-both, and a second boot reads that back; hvc0 carries output and input. Images are
-fetched (and cached) at test time, as for the other real-guest tests. Slow."""
+both, and a second boot reads that back; hvc0 carries output and input; a guest talks to
+the host over a tap in a network namespace the test makes. Images are fetched (and
+cached) at test time, as for the other real-guest tests. Slow."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ RAW_OFFSET = 8 * 512
 
 #: Per Debian architecture: pyaxvisor's --arch, the serial console, how many modules
 #: the virtio initramfs loads (riscv64 has virtio_console built in).
-ARCHES = {"arm64": ("aarch64", "ttyAMA0", 9), "riscv64": ("riscv64", "ttyS0", 8)}
+ARCHES = {"arm64": ("aarch64", "ttyAMA0", 12), "riscv64": ("riscv64", "ttyS0", 11)}
 
 
 def _modules_line(arch: str) -> str:
@@ -136,6 +137,7 @@ def test_the_virtio_initramfs_holds_the_running_kernels_modules(arch):
     assert info["modules"][-1] == "ext4"
     assert {"jbd2", "mbcache", "crc16", "crc32c_generic"} <= set(info["modules"])
     assert len(info["modules"]) == ARCHES[arch][2]
+    assert {"virtio_net", "net_failover", "failover"} <= set(info["modules"])
     # Debian's riscv64 kernel has CONFIG_VIRTIO_CONSOLE=y, arm64's =m
     console_built_in = arch == "riscv64"
     assert ("virtio_console" in info["builtin_modules"]) == console_built_in
@@ -337,3 +339,76 @@ def test_a_second_vm_cannot_take_an_image_the_first_writes(tmp_path):
     assert str(disk) in lines[0] and "in use" in lines[0], lines[0]
     assert "Traceback" not in second.stderr
     assert took < 30
+
+
+# ---------------------------------------------------------------------------
+# virtio-net on a TAP interface, inside a network namespace of its own
+
+IP = "/usr/sbin/ip"
+GUEST_TO_HOST, HOST_TO_GUEST = 5555, 5556
+# Runs in the namespace: prints the line a guest sends to GUEST_TO_HOST, sends a line
+# to whoever connects to HOST_TO_GUEST; both connections then closed by the host.
+_HOST_SIDE = f"""
+import socket, sys
+a = socket.create_server(('0.0.0.0', {GUEST_TO_HOST}))
+b = socket.create_server(('0.0.0.0', {HOST_TO_GUEST}))
+print('HOST-LISTENING', flush=True)
+conn, _ = a.accept()
+print('HOST-GOT:', conn.makefile().readline().strip(), flush=True)
+conn.close()
+conn, _ = b.accept()
+conn.sendall(b'hello-from-host\\n')
+conn.close()
+print('HOST-SENT', flush=True)
+"""
+
+
+def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
+    ns = f"pyax-{secrets.token_hex(4)}"
+    subprocess.run([IP, "netns", "add", ns], check=True)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        host = subprocess.Popen([IP, "netns", "exec", ns, sys.executable, "-c", _HOST_SIDE],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(host)
+        assert host.stdout is not None and host.stdout.readline().strip() == "HOST-LISTENING"
+        cmd = ("ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; "
+               "cat /sys/class/net/eth0/address; ping -c 3 -w 30 10.0.2.2; "
+               f"echo hello-from-guest | nc 10.0.2.2 {GUEST_TO_HOST}; "
+               f"sleep 10 | nc 10.0.2.2 {HOST_TO_GUEST}")
+        vm = subprocess.Popen(
+            [IP, "netns", "exec", ns, sys.executable, "-m", "pyaxvisor.cli", "run",
+             "-kernel", str(images.fetch("linux-arm64")),
+             "-initrd", str(images.fetch("initramfs-virtio-arm64")),
+             "-append", f'console=ttyAMA0 pyaxvisor.cmd="{cmd}"', "-m", "512M",
+             "--timeout", "300",
+             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+             "-device", "virtio-net-device,netdev=n0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        procs.append(vm)
+        deadline = time.monotonic() + 120
+        while subprocess.run([IP, "-n", ns, "link", "show", "tap0"],
+                             capture_output=True).returncode != 0:  # pyaxvisor creates it
+            assert vm.poll() is None, vm.communicate()
+            assert time.monotonic() < deadline, "tap0 never appeared"
+            time.sleep(0.1)
+        subprocess.run([IP, "-n", ns, "addr", "add", "10.0.2.2/24", "dev", "tap0"], check=True)
+        subprocess.run([IP, "-n", ns, "link", "set", "tap0", "up"], check=True)
+        out, err = vm.communicate(timeout=400)
+        host_out, _ = host.communicate(timeout=30)
+        assert vm.returncode == 0, out[-3000:] + err
+        assert _modules_line("arm64") in out, out[-3000:]
+        assert "52:54:00:12:34:56" in out  # QEMU's default MAC, from the config space
+        received = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+        assert received is not None and int(received[2]) >= 1, out[-3000:]
+        assert "HOST-GOT: hello-from-guest" in host_out, host_out + out[-3000:]
+        assert "HOST-SENT" in host_out
+        assert "hello-from-host" in out, out[-3000:]
+        assert "PYAXVISOR-CMD-END: status=0" in out, out[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        subprocess.run([IP, "netns", "del", ns], check=False)

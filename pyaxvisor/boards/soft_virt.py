@@ -95,7 +95,8 @@ class SoftVirtBoard(Board):
     #: The board's virtio-mmio transports.
     virtio_slots: ClassVar[VirtioSlots]
     device_types: ClassVar[tuple[str, ...]] = ("virtio-blk-device", "virtio-rng-device",
-                                               "virtio-serial-device", "virtconsole")
+                                               "virtio-serial-device", "virtconsole",
+                                               "virtio-net-device")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -16,7 +16,8 @@ here.
 
 :class:`VirtioTransports` builds one VM's transports onto its MMIO bus as exit
 (trapping) devices, each transport's window :data:`~pyaxvisor.devices.virtio.MMIO_SIZE`
-(0x200) bytes, and releases their disk images on :meth:`~VirtioTransports.close`.
+(0x200) bytes, and releases their disk images and TAP interfaces (a virtio-net's
+reader thread stops) on :meth:`~VirtioTransports.close`.
 A virtio console writes to the VM's console output (``vm.console_write``, where the
 UART writes); :attr:`VirtioTransports.console` is the one a VM may have, which the
 board hands the terminal's input to.
@@ -37,12 +38,14 @@ from pyaxvisor.devices.virtio import (
     VirtioBlk,
     VirtioConsole,
     VirtioMmio,
+    VirtioNet,
     VirtioRng,
 )
 from pyaxvisor.devices.virtio.empty import EmptyTransport
+from pyaxvisor.devices.virtio.tap import TapBackend
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
-from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig
+from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig, parse_mac
 
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
@@ -95,6 +98,9 @@ def _backend(spec: VirtioDeviceSpec, vm: Vm) -> VirtioBackend:
         return VirtioRng()
     if spec.kind == "console":
         return VirtioConsole(vm.console_write)
+    if spec.kind == "net":
+        mac = parse_mac(spec.mac)
+        return VirtioNet(TapBackend(spec.ifname), mac)
     raise InvalidInput(f"unknown virtio device kind {spec.kind!r}")
 
 
@@ -144,7 +150,7 @@ class VirtioTransports:
         return self.devices[slot]
 
     def close(self) -> None:
-        """Release the devices' images (idempotent)."""
+        """Release the devices' images and TAP interfaces (idempotent)."""
         backends, self._backends = self._backends, []
         for backend in backends:
             close = getattr(backend, "close", None)

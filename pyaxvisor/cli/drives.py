@@ -12,6 +12,8 @@ Accepted spellings (QEMU's):
 * ``-device virtio-rng-device``.
 * ``-device virtio-serial-device`` with ``-device virtconsole[,chardev=ID]`` (and
   ``-chardev stdio,id=ID``): one virtio console, see :mod:`pyaxvisor.cli.virtconsole`.
+* ``-device virtio-net-device,netdev=ID[,mac=MAC]`` with ``-netdev tap,id=ID,ifname=TAP``:
+  a network card on a host TAP interface, see :mod:`pyaxvisor.cli.netdev`.
 
 Both devices also take ``id=``. A property value with a comma writes it twice
 (``file=a,,b.img`` is the file ``a,b.img``), as in QEMU.
@@ -28,6 +30,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyaxvisor.cli.netdev import DEVICE as NET_DEVICE
+from pyaxvisor.cli.netdev import NetdevSpec, NetPairing
 from pyaxvisor.cli.props import split_props
 from pyaxvisor.cli.virtconsole import BUS, PORT, ConsolePairing
 from pyaxvisor.errors import InvalidInput
@@ -37,7 +41,7 @@ __all__ = ["VIRTIO_DEVICES", "DriveSpec", "parse_drive", "split_props", "virtio_
 
 #: ``-device`` names of the virtio devices → the kind in :class:`VirtioDeviceSpec`.
 VIRTIO_DEVICES = {"virtio-blk-device": "blk", "virtio-rng-device": "rng", BUS: "console",
-                  PORT: "console"}
+                  PORT: "console", NET_DEVICE: "net"}
 _DRIVE_PROPS = ("file", "format", "if", "readonly", "id", "media")
 _BOOL = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
 
@@ -105,13 +109,15 @@ def _device_props(spec: str, allowed: Sequence[str]) -> tuple[str, dict[str, str
 
 
 def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec],
-                   chardevs: Collection[str] = ()) -> tuple[VirtioDeviceSpec, ...]:
+                   chardevs: Collection[str] = (), netdevs: Sequence[NetdevSpec] = ()
+                   ) -> tuple[VirtioDeviceSpec, ...]:
     """The virtio devices of ``-device`` options naming one of :data:`VIRTIO_DEVICES`
     (others are skipped: another parser takes them) and of the ``drives``, in the
     order the module's docstring says. A drive id given twice, a ``drive=`` naming no
     drive, an ``if=virtio`` drive (or one used already) named by a device, an
     ``if=none`` drive nothing uses is fine (QEMU too). ``chardevs``: the ids of the
-    ``-chardev`` options (what ``virtconsole,chardev=`` may name)."""
+    ``-chardev`` options (what ``virtconsole,chardev=`` may name); ``netdevs`` the
+    ``-netdev`` options (what ``virtio-net-device,netdev=`` may name)."""
     by_id: dict[str, DriveSpec] = {}
     for drive in drives:
         if drive.id:
@@ -121,6 +127,7 @@ def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec],
     used: set[str] = set()
     out: list[VirtioDeviceSpec] = []
     consoles = ConsolePairing(chardevs)
+    nics = NetPairing(netdevs)
     for spec in devices:
         name = split_props(spec)[0]
         kind = VIRTIO_DEVICES.get(name)
@@ -131,6 +138,9 @@ def virtio_devices(devices: Sequence[str], drives: Sequence[DriveSpec],
             continue
         if name == PORT:
             consoles.port(spec)
+            continue
+        if kind == "net":
+            out.append(nics.device(spec))
             continue
         if kind == "rng":
             _name, props = _device_props(spec, ("id",))

@@ -339,11 +339,19 @@ def _virtconsole_type() -> DeviceType:
                       {"chardev": "<str>  (the id of a -chardev stdio)", "id": "<str>"})
 
 
+def _virtio_net_type() -> DeviceType:
+    return DeviceType("virtio-net-device", "virtio-bus",
+                      "virtio network card (virtio-mmio) on a -netdev tap", {},
+                      "Network devices", {"netdev": "<str>  (the id of a -netdev tap)",
+                                          "mac": "<macaddr>", "id": "<str>"})
+
+
 #: The devices ``-device`` adds on boards that take them (each board says which of
 #: them: ``Board.device_types``): name → its description.
 DEVICE_TYPES: dict[str, Callable[[], DeviceType]] = {
     "isa-debug-exit": _debug_exit_type, "virtio-blk-device": _virtio_blk_type,
     "virtio-rng-device": _virtio_rng_type, "virtio-serial-device": _virtio_serial_type,
+    "virtio-net-device": _virtio_net_type,
     "virtconsole": _virtconsole_type}
 
 

@@ -30,6 +30,7 @@ import click
 from pyaxvisor import __version__
 from pyaxvisor.boards import arches, arches_of_machine, board_class
 from pyaxvisor.cli.drives import VIRTIO_DEVICES, DriveSpec, parse_drive, virtio_devices
+from pyaxvisor.cli.netdev import NetdevSpec, parse_netdev
 from pyaxvisor.cli.qemu_args import (
     MAX_TIMEOUT,
     check_machine_props,
@@ -163,7 +164,7 @@ def _board_devices(cls: type[Board]) -> tuple[str, ...]:
 
 def _devices(cls: type[Board], board: str, devices: tuple[str, ...],
              drives: tuple[DriveSpec, ...], defaults: dict[tuple[str, str], int],
-             chardevs: tuple[str, ...] = ()
+             chardevs: tuple[str, ...] = (), netdevs: tuple[NetdevSpec, ...] = ()
              ) -> tuple[tuple[DeviceSpec, ...], tuple[VirtioDeviceSpec, ...]]:
     """The ``-device`` and ``-drive`` options as the board's emulated devices and its
     virtio devices; a device the board does not have is refused by name."""
@@ -176,7 +177,7 @@ def _devices(cls: type[Board], board: str, devices: tuple[str, ...],
                                "-device help lists them)")
     added = tuple(parse_device(d, defaults) for d in devices
                   if d.split(",")[0] not in VIRTIO_DEVICES)
-    return added, virtio_devices(devices, drives, chardevs)
+    return added, virtio_devices(devices, drives, chardevs, netdevs)
 
 
 def _help_probe(cls: type[Board], board: str, machine: str | None, cpu: str | None,
@@ -287,6 +288,10 @@ def _interrupted() -> NoReturn:
 @click.option("--chardev", "-chardev", "chardevs", multiple=True,
               help="stdio,id=ID: this terminal, for -device virtconsole,chardev=ID (the only "
                    "character device).")
+@click.option("--netdev", "-netdev", "netdevs", multiple=True,
+              help="aarch64, riscv64: tap,id=ID,ifname=TAP[,script=no,downscript=no]: the host "
+                   "TAP interface TAP (attached to, or created: needs CAP_NET_ADMIN; bring it "
+                   "up on the host) for -device virtio-net-device,netdev=ID[,mac=MAC].")
 @click.option("--global", "-global", "globals_", multiple=True,
               help="DRIVER.PROP=VALUE: the default of a -device property, e.g. "
                    "isa-debug-exit.iobase=0xf4.")
@@ -325,7 +330,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         initrd: Path | None, append: str | None, bios: Path | None, memory: str | None,
         smp: str | None, machines: tuple[str, ...], accels: tuple[str, ...], cpu: str | None,
         devices: tuple[str, ...], drives: tuple[str, ...], chardevs: tuple[str, ...],
-        globals_: tuple[str, ...],
+        netdevs: tuple[str, ...], globals_: tuple[str, ...],
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
         nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
@@ -361,6 +366,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         chardev_ids = tuple(parse_chardev(c) for c in chardevs)
         if len(set(chardev_ids)) != len(chardev_ids):
             raise InvalidInput(f"-chardev: an id is used twice ({', '.join(chardev_ids)})")
+        netdev_specs = tuple(parse_netdev(n) for n in netdevs)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -388,12 +394,14 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         check_machine_props(machine.props, arch)
         choose_accel(asked, accelerator(cls), board)
         _refuse_options(cls.refused_options, bios=bios is not None, device=bool(devices),
-                        trap_mmio=trap_mmio, drive=bool(drives))
+                        trap_mmio=trap_mmio, drive=bool(drives),
+                        netdev=bool(netdevs))
         defaults: dict[tuple[str, str], int] = {}
         for spec in globals_:
             driver, prop, value = parse_global(spec, _board_devices(cls), board)
             defaults[(driver, prop)] = value
-        added, virtio = _devices(cls, board, devices, drive_specs, defaults, chardev_ids)
+        added, virtio = _devices(cls, board, devices, drive_specs, defaults, chardev_ids,
+                                 netdev_specs)
         if file_config is None:
             ncpus = parse_smp(smp) if smp is not None else \
                 2 if kernel is None and bios is None else 1

@@ -30,7 +30,7 @@ from pyaxvisor.mm.flags import MappingFlags
 
 __all__ = [
     "DEFAULT_FLAGS", "VIRTIO_KINDS", "DeviceSpec", "ImageSpec", "MapType", "MemoryRegion",
-    "PassthroughSpec", "VirtioDeviceSpec", "VmConfig",
+    "PassthroughSpec", "VirtioDeviceSpec", "VmConfig", "parse_mac",
 ]
 
 PAGE = 0x1000
@@ -91,8 +91,26 @@ class DeviceSpec(NamedTuple):
 
 
 #: The virtio device types a VM may ask for: a block device over a raw image, an
-#: entropy source, a console (at most one: its input and output are the VM's console).
-VIRTIO_KINDS = ("blk", "rng", "console")
+#: entropy source, a console (at most one: its input and output are the VM's console),
+#: a network card on a host TAP interface.
+VIRTIO_KINDS = ("blk", "rng", "console", "net")
+
+
+def parse_mac(text: str) -> bytes:
+    """``52:54:00:12:34:56`` (or with ``-``) → its 6 bytes; a malformed address or a
+    multicast one (a NIC's own address is unicast) is :class:`InvalidInput`."""
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise InvalidInput(f"MAC address {text!r}: six hex byte pairs expected "
+                           "(52:54:00:12:34:56)")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise InvalidInput(f"MAC address {text!r}: not hexadecimal") from None
+    if mac[0] & 1:
+        raise InvalidInput(f"MAC address {text!r} is a multicast address: a NIC's must be "
+                           "unicast (even first byte)")
+    return mac
 
 
 class VirtioDeviceSpec(NamedTuple):
@@ -102,17 +120,23 @@ class VirtioDeviceSpec(NamedTuple):
     transports: ``kind`` one of :data:`VIRTIO_KINDS`; for ``"blk"``, ``image`` the raw
     disk image and ``read_only`` whether the guest may only read it (both ``None``/
     ``False`` for other kinds); ``id`` a name for messages (``""``: none; distinct
-    when given). The order of a VM's specs is the order they were asked for; the
+    when given); for ``"net"``, ``ifname`` the host TAP interface and ``mac`` the
+    card's address (``52:54:00:12:34:56``), both ``""`` for other kinds. The order of
+    a VM's specs is the order they were asked for; the
     board decides which transport each gets."""
 
     kind: str
     image: Path | None = None
     read_only: bool = False
     id: str = ""
+    ifname: str = ""
+    mac: str = ""
 
     def describe(self) -> str:
-        """``virtio-blk (disk.img, read-only)``, ``virtio-rng``, ``virtio-console``: for
-        messages."""
+        """``virtio-blk (disk.img, read-only)``, ``virtio-rng``, ``virtio-console``,
+        ``virtio-net (tap tap0, 52:54:00:12:34:56)``: for messages."""
+        if self.kind == "net":
+            return f"virtio-net (tap {self.ifname}, {self.mac})"
         if self.kind != "blk":
             return f"virtio-{self.kind}"
         return f"virtio-blk ({self.image}{', read-only' if self.read_only else ''})"
@@ -248,6 +272,13 @@ class VmConfig:
                 raise InvalidInput(f"{what}: a virtio-blk device needs a disk image")
             if spec.kind != "blk" and (spec.image is not None or spec.read_only):
                 raise InvalidInput(f"{what}: a virtio-{spec.kind} device has no disk image")
+            if spec.kind == "net":
+                if not spec.ifname:
+                    raise InvalidInput(f"{what}: a virtio-net device needs a tap interface")
+                parse_mac(spec.mac)
+            elif spec.ifname or spec.mac:
+                raise InvalidInput(f"{what}: a virtio-{spec.kind} device has no network "
+                                   "interface or MAC address")
             if spec.id:
                 if spec.id in seen:
                     raise InvalidInput(f"virtio device id {spec.id!r} is used twice")

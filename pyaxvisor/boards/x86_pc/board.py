@@ -154,6 +154,8 @@ class PcBoard(Board):
                      "the APICs",
         "drive": "-drive is not supported on x86_64: the pc board has no virtio transport "
                  "yet (virtio disks are on the aarch64 and riscv64 virt boards)",
+        "netdev": "-netdev is not supported on x86_64: the pc board has no virtio transport "
+                  "yet (virtio-net is on the aarch64 and riscv64 virt boards)",
     }
     device_types: ClassVar[tuple[str, ...]] = ("isa-debug-exit",)
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {

@@ -10,8 +10,9 @@ One concern per module:
 * :mod:`.queue` — the split virtqueue;
 * :mod:`.backend` — :class:`VirtioBackend`, what a device type implements;
 * :mod:`.mmio` — :class:`VirtioMmio`, the transport (a bus ``Device``);
-* :mod:`.rng`, :mod:`.blk` (with :mod:`.blk_image`), :mod:`.console` — the entropy,
-  block and console devices.
+* :mod:`.rng`, :mod:`.blk` (with :mod:`.blk_image`), :mod:`.console`, :mod:`.net`
+  (with :mod:`.net_backend` and :mod:`.tap`) — the entropy, block, console and
+  network devices.
 
 Typical wiring (the VM's side)::
 
@@ -25,9 +26,10 @@ from pyaxvisor.devices.virtio.blk import VirtioBlk
 from pyaxvisor.devices.virtio.console import VirtioConsole
 from pyaxvisor.devices.virtio.memory import AddressedMemory, GuestMemory, GuestRam
 from pyaxvisor.devices.virtio.mmio import MMIO_SIZE, VirtioMmio
+from pyaxvisor.devices.virtio.net import VirtioNet
 from pyaxvisor.devices.virtio.rng import VirtioRng
 
 __all__ = [
     "MMIO_SIZE", "AddressedMemory", "GuestMemory", "GuestRam", "QueueHandle", "VirtioBackend",
-    "VirtioBlk", "VirtioConsole", "VirtioMmio", "VirtioRng",
+    "VirtioBlk", "VirtioConsole", "VirtioMmio", "VirtioNet", "VirtioRng",
 ]

@@ -10,6 +10,9 @@ Two families:
 * :class:`BlockImageError` and its subclasses: the *host* configuration is wrong
   (a missing image, a read-only file asked read-write, an image another user
   holds). Raised when the device is built, each naming the file.
+* :class:`NetBackendError` and its subclasses: a network back-end cannot be set up
+  (no ``/dev/net/tun``, TUNSETIFF refused). Raised when the device is built, each
+  naming the interface.
 """
 
 from __future__ import annotations
@@ -62,3 +65,19 @@ class ImageReadOnly(BlockImageError, InvalidInput):
 
 class ImageLocked(BlockImageError, AlreadyExists):
     """Another user (a device in this or another process) holds a conflicting lock."""
+
+
+class NetBackendError(AxError):
+    """A virtio-net back-end (a TAP interface) cannot be set up."""
+
+    def __init__(self, ifname: str, problem: str) -> None:
+        super().__init__(f"tap interface {ifname!r}: {problem}")
+        self.ifname = ifname
+
+
+class TapUnavailable(NetBackendError, NotFound):
+    """The host has no TUN/TAP driver (``/dev/net/tun`` is missing)."""
+
+
+class TapSetupError(NetBackendError, InvalidInput):
+    """The kernel refused the interface (no permission, a bad or busy name)."""

@@ -21,6 +21,7 @@ F_EVENT_IDX = 29
 F_VERSION_1 = 32
 
 # -- device IDs (§5) ----------------------------------------------------------------------
+DEVICE_ID_NET = 1
 DEVICE_ID_BLOCK = 2
 DEVICE_ID_CONSOLE = 3
 DEVICE_ID_ENTROPY = 4
