@@ -136,7 +136,7 @@ def test_a_vm_whose_second_image_fails_releases_the_first(tmp_path):
 
 
 @pytest.mark.parametrize(("specs", "message"), [
-    ([VirtioDeviceSpec("net")], "unknown kind 'net'"),
+    ([VirtioDeviceSpec("tape")], "unknown kind 'tape'"),
     ([VirtioDeviceSpec("blk")], "needs a disk image"),
     ([VirtioDeviceSpec("rng", Path("x.img"))], "has no disk image"),
     ([VirtioDeviceSpec("rng", id="a"), VirtioDeviceSpec("rng", id="a")], "'a' is used twice"),
@@ -221,6 +221,9 @@ def test_device_help_lists_the_virtio_devices(arch):
         "Misc devices:",
         'name "virtio-rng-device", bus virtio-bus, desc "virtio entropy device (virtio-mmio), '
         'fed from the host"', "",
+        "Network devices:",
+        'name "virtio-net-device", bus virtio-bus, desc "virtio network card (virtio-mmio) on '
+        'a -netdev tap"', "",
         "Storage devices:",
         'name "virtio-blk-device", bus virtio-bus, desc "virtio block device (virtio-mmio) '
         'over a -drive"']
