@@ -31,6 +31,7 @@ from pyaxvisor.vm.config import (
     MapType,
     MemoryRegion,
     PassthroughSpec,
+    VirtioDeviceSpec,
     VmConfig,
 )
 
@@ -513,15 +514,9 @@ BAD_ARM = [
     ({"kernel.enable_bios": "true"},
      f"[kernel] enable_bios: {FIRMWARE} (enable_bios = false, or leave it out)"),
     # what pyaxvisor cannot provide
-    ({"kernel.disk_path": '"disk.img"'}, "[kernel] disk_path: pyaxvisor cannot provide a disk: "
-                                        "it has no block device yet (remove disk_path)"),
     ({"kernel.bios_path": '"u-boot.bin"'}, "[kernel] bios_path: bios_path and kernel_path "
                                           "together are not supported: the firmware loads "
                                           "the kernel itself"),
-    ({"devices.emu_devices": '[["blk", 0x0a00_0000, 0x200, 48, 0xe1, []]]'},
-     "[devices] emu_devices[0]: pyaxvisor cannot provide the virtio block 'blk' at "
-     f"[0xa000000, 0xa000200): the virt board has {VIRT_WINDOWS} (a console or interrupt "
-     "controller there describes it)"),
     ({"devices.emu_devices": '[["gppt-gicd", 0x0800_0000, 0x1_0000, 0, 0x21, []]]'},
      "[devices] emu_devices[0]: pyaxvisor cannot provide the GIC partial-passthrough "
      f"distributor 'gppt-gicd' at [0x8000000, 0x8010000): the virt board has {VIRT_WINDOWS} "
@@ -859,6 +854,7 @@ entry: 0x40080000
 cmdline: 'console=ttyAMA0'
 devices:
   uart at [0x9000000, 0x9001000), irq 33, console: the board's own, already there
+virtio: (none)
 passthrough:
   / (the whole host device tree): the board's emulated devices stand in
   gic [0x8000000, 0x8010000) (host 0x8000000, irq 0): the board's emulated device stands in
@@ -881,3 +877,93 @@ def test_describe_an_x86_config_with_a_debug_exit_device(tmp_path):
     assert "cmdline: 'exit=5'\n" in text
     assert "dtb" not in text
     assert text.endswith("interrupt mode: no_irq\n")
+
+
+# -- virtio devices (emu_type 0xE1 block, 0xE3 console; 0xE2 net refused) -------------------
+
+#: The aarch64 virt board's last two virtio-mmio slots: where the first and second
+#: virtio devices go (QEMU's order), and their interrupts (GIC INTIDs).
+SLOT31, IRQ31 = 0x0A00_3E00, 32 + 16 + 31
+SLOT30, IRQ30 = 0x0A00_3C00, 32 + 16 + 30
+DISK = '[["vda", 0x0A00_3E00, 0x200, 79, 0xE1, []]]'
+
+
+def test_a_virtio_blk_entry_with_disk_path_is_a_virtio_device_in_its_slot(arm_dir):
+    config = arm(arm_dir, {"kernel.disk_path": '"disks/root.img"',
+                           "devices.emu_devices": DISK[:-1] +
+                           ', ["hvc", 0x0A00_3C00, 0x200, 0, 0xE3, []]]'})
+    assert config.virtio == (
+        VirtioDeviceSpec("blk", image=arm_dir / "disks" / "root.img", id="vda"),
+        VirtioDeviceSpec("console", id="hvc"))
+    assert config.devices == ()
+    slots = board_class("aarch64").virtio_slots
+    assert [(slots.slot_base(slots.slot_for(i)), slots.slot_irq(slots.slot_for(i)))
+            for i in range(2)] == [(SLOT31, IRQ31), (SLOT30, IRQ30)]
+
+
+BAD_VIRTIO = [
+    ({"kernel.disk_path": '"disk.img"'},
+     "[kernel] disk_path: no virtio block device (emu_type 0xE1) in [devices] emu_devices "
+     "to hold the disk"),
+    ({"devices.emu_devices": DISK},
+     "[kernel] disk_path: missing; the virtio block device 'vda' ([devices] emu_devices[0]) "
+     "needs its disk image"),
+    ({"kernel.disk_path": '"d.img"',
+      "devices.emu_devices": DISK[:-1] + ', ["vdb", 0x0A00_3C00, 0x200, 0, 0xE1, []]]'},
+     "[devices] emu_devices[1]: a second virtio block device: [kernel] disk_path gives one "
+     "disk"),
+    ({"kernel.disk_path": '"d.img"',
+      "devices.emu_devices": '[["vda", 0x0A00_0000, 0x200, 0, 0xE1, []]]'},
+     "[devices] emu_devices[0]: base_gpa 0xa000000: pyaxvisor puts virtio device 1 in the "
+     "slot at 0xa003e00 (irq 79); the virt board's virtio-mmio slots are 32 at 0xa000000 + "
+     "n * 0x200, filled from the last (QEMU's order)"),
+    ({"kernel.disk_path": '"d.img"',
+      "devices.emu_devices": '[["vda", 0x0A00_3E00, 0x1000, 0, 0xE1, []]]'},
+     "[devices] emu_devices[0]: length 0x1000: a virtio-mmio slot of the virt board is "
+     "0x200 bytes"),
+    ({"kernel.disk_path": '"d.img"',
+      "devices.emu_devices": '[["vda", 0x0A00_3E00, 0x200, 5, 0xE1, []]]'},
+     "[devices] emu_devices[0]: irq_id 5: the slot at 0xa003e00 has irq 79 (or write 0)"),
+    ({"kernel.disk_path": '"d.img"',
+      "devices.emu_devices": '[["vda", 0x0A00_3E00, 0x200, 0, 0xE1, [1]]]'},
+     "[devices] emu_devices[0]: cfg_list: a virtio device takes no cfg words (write [])"),
+    ({"devices.emu_devices": '[["eth0", 0x0A00_3E00, 0x200, 0, 0xE2, []]]'},
+     "[devices] emu_devices[0]: a virtio-net device needs a host TAP interface, which "
+     "AxVisor's layout cannot name: give it on the command line instead (-netdev "
+     "tap,id=n0,ifname=TAP -device virtio-net-device,netdev=n0)"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD_VIRTIO)
+def test_bad_virtio_entries_are_refused_naming_the_key(arm_dir, changes, message):
+    assert refused(arm_dir, ARM, changes) == message
+
+
+def test_a_board_without_virtio_slots_refuses_a_virtio_entry(tmp_path):
+    assert refused(tmp_path, X86, {
+        "devices.emu_devices": '[["hvc", 0x0A00_3E00, 0x200, 0, 0xE3, []]]'}) == (
+        "[devices] emu_devices[0]: the pc board has no virtio-mmio transports")
+
+
+def test_describe_and_render_show_the_virtio_devices(arm_dir):
+    config = arm(arm_dir, {"kernel.disk_path": '"root.img"',
+                           "devices.emu_devices": DISK[:-1] +
+                           ', ["hvc", 0x0A00_3C00, 0x200, 78, 0xE3, []]]'})
+    text = describe(config)
+    assert (f"virtio:\n  vda virtio-blk ({arm_dir / 'root.img'}) at [0xa003e00, 0xa004000), "
+            "irq 79\n  hvc virtio-console at [0xa003c00, 0xa003e00), irq 78\n") in text
+    assert describe(arm(arm_dir)).count("virtio: (none)\n") == 1
+    written = render(config)
+    assert f'disk_path = "{arm_dir / "root.img"}"\n' in written
+    assert '  ["vda", 0xa00_3e00, 0x200, 0x4f, 0xe1, []], # virtio block\n' in written
+    round_trip(config, arm_dir)
+
+
+@pytest.mark.parametrize("spec", [VirtioDeviceSpec("rng"),
+                                  VirtioDeviceSpec("blk", image=Path("/d.img"), read_only=True),
+                                  VirtioDeviceSpec("net", ifname="tap0",
+                                                   mac="52:54:00:12:34:56")])
+def test_render_refuses_virtio_devices_the_layout_cannot_hold(arm_dir, spec):
+    config = arm(arm_dir).with_(virtio=(spec,))
+    with pytest.raises(InvalidInput, match="AxVisor's VM config layout cannot hold it"):
+        render(config)

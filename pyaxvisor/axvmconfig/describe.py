@@ -18,6 +18,7 @@ from typing import cast
 from pyaxvisor.axvmconfig.reader import DEBUG_EXIT
 from pyaxvisor.axvmconfig.schema import EMU_TYPES, MAP_TYPE_NAMES, VM_TYPES, span
 from pyaxvisor.axvmconfig.writer import CPU_ID_NAMES, flag_letters, size_text
+from pyaxvisor.boards import board_class
 from pyaxvisor.vm.config import DeviceSpec, VmConfig
 
 __all__ = ["cpu_list", "describe"]
@@ -78,6 +79,8 @@ def describe(config: VmConfig) -> str:
     lines.append("devices:" if config.devices or described else "devices: (none asked for)")
     lines += [_device(d) for d in config.devices]
     lines += [_device(d, ": the board's own, already there") for d in described]
+    lines.append("virtio:" if config.virtio else "virtio: (none)")
+    lines += _virtio(config)
     lines.append("passthrough:" if config.passthrough else "passthrough: (none)")
     for p in config.passthrough:
         if p.name == "/" and not p.length:
@@ -103,3 +106,18 @@ def describe(config: VmConfig) -> str:
                 else str(value).lower() if isinstance(value, bool) else str(value)
             lines.append(f"  {key} = {shown}")
     return "\n".join(lines) + "\n"
+
+
+def _virtio(config: VmConfig) -> list[str]:
+    """A line per virtio device: what it is and the board's slot it gets."""
+    slots = getattr(board_class(config.arch, config.machine), "virtio_slots", None)
+    lines = []
+    for i, spec in enumerate(config.virtio):
+        name = f"{spec.id} " if spec.id else ""
+        where = ""
+        if slots is not None and i < slots.count:
+            slot = slots.slot_for(i)
+            base = slots.slot_base(slot)
+            where = f" at {span(base, base + slots.stride)}, irq {slots.slot_irq(slot)}"
+        lines.append(f"  {name}{spec.describe()}{where}")
+    return lines

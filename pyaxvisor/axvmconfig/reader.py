@@ -6,7 +6,7 @@
 1. the tables and keys, and every value's kind and range (:mod:`.schema`); the
    vCPU ids and masks against ``cpu_num``; the memory regions (4 KiB aligned, not
    overlapping, known flag bits and map type); that ``entry_point`` and the load
-   addresses lie in RAM; no ``disk_path`` (pyaxvisor has no block device yet);
+   addresses lie in RAM;
 2. the architecture: the ``arch`` argument, else ``[pyaxvisor] arch``, else the
    machine's (``machine`` argument or ``[pyaxvisor] machine``), else what the
    kernel file (or the firmware) says it is built for; and the machine, which its
@@ -22,7 +22,11 @@
    passthrough device ``["/"]`` (the whole host device tree) or one whose
    ``[base_gpa, base_gpa + length)`` lies in a device window (the emulated device
    stands in); a memory region with the device flag inside a device window (not
-   RAM). Anything else, and any passthrough address or port range, is refused;
+   RAM); a virtio device (emu_type 0xE1 block, 0xE3 console) in the board's
+   virtio-mmio slot pyaxvisor gives it (see :func:`_virtio`), the block device's
+   image being ``[kernel] disk_path``. Anything else (0xE2 virtio-net too: its TAP
+   interface cannot be named in the file), and any passthrough address or port
+   range, is refused;
 5. the board's own rules (``Board.check``: RAM size and layout, CPU count, ids,
    firmware and a kernel together).
 
@@ -46,7 +50,7 @@ from pyaxvisor.axvmconfig.schema import Key, span
 from pyaxvisor.boards import arches, arches_of_machine, board_class
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vm.board import Board
-from pyaxvisor.vm.config import ImageSpec, MemoryRegion, VmConfig
+from pyaxvisor.vm.config import DeviceSpec, ImageSpec, MemoryRegion, VirtioDeviceSpec, VmConfig
 
 __all__ = ["DEBUG_EXIT", "parse_config", "read_config"]
 
@@ -100,6 +104,7 @@ class _Draft:
     extra: dict[str, object] = field(default_factory=dict)
     own: dict[str, str] = field(default_factory=dict)  # [pyaxvisor]
     cpu_num: int = 1
+    disk: Path | None = None  # [kernel] disk_path: the virtio-blk device's image
 
     def key(self, table: str, name: str = "") -> Key:
         return Key(self.source, f"[{table}] {name}" if name else f"[{table}]")
@@ -216,9 +221,7 @@ def _kernel(t: dict[str, Any], draft: _Draft) -> None:
             else:
                 extra[f"{spec}_load_addr"] = load  # UEFI firmware's place (recorded)
     f["cmdline"] = S.string(t.get("cmdline", ""), draft.key("kernel", "cmdline"))
-    if "disk_path" in paths:
-        raise draft.key("kernel", "disk_path").error(
-            "pyaxvisor cannot provide a disk: it has no block device yet (remove disk_path)")
+    draft.disk = paths.get("disk_path")
     if "uefi_firmware_path" in paths:
         extra["uefi_firmware_path"] = paths["uefi_firmware_path"]
     for name, choices in (("image_location", S.IMAGE_LOCATIONS),
@@ -360,7 +363,7 @@ def _check_board_devices(draft: _Draft, cls: type[Board]) -> None:
                    for b, s in cls.device_windows.values())
 
     ports = DEBUG_EXIT in cls.device_types
-    kept, described = [], []
+    kept, described, virtio = [], [], []
     for i, dev in enumerate(f["devices"]):
         key = draft.key("devices", "emu_devices")[i]
         if ports and dev.name == DEBUG_EXIT:
@@ -371,6 +374,8 @@ def _check_board_devices(draft: _Draft, cls: type[Board]) -> None:
                 raise key.error(f"{DEBUG_EXIT} takes 1, 2 or 4 ports below 0x10000, not "
                                 f"{dev.length} at {dev.base:#x}")
             kept.append(dev)
+        elif dev.emu_type in S.VIRTIO_TYPES:
+            virtio.append(_virtio(draft, cls, dev, key, virtio))
         elif dev.emu_type in (1, 2) and inside(dev.base, dev.length):
             described.append(dev)
         else:
@@ -379,7 +384,10 @@ def _check_board_devices(draft: _Draft, cls: type[Board]) -> None:
                             f"{dev.name!r} at {span(dev.base, dev.base + dev.length)}: "
                             f"{board} has {_windows(cls)} (a console or interrupt "
                             f"controller there describes it){also}")
-    f["devices"] = tuple(kept)
+    f["devices"], f["virtio"] = tuple(kept), tuple(virtio)
+    if draft.disk is not None and not any(spec.kind == "blk" for spec in virtio):
+        raise draft.key("kernel", "disk_path").error(
+            "no virtio block device (emu_type 0xE1) in [devices] emu_devices to hold the disk")
     if described:
         draft.extra["board_devices"] = tuple(described)
     no_host = "it has no host devices"
@@ -403,3 +411,46 @@ def _check_board_devices(draft: _Draft, cls: type[Board]) -> None:
                 f"pyaxvisor cannot map host device memory {span(region.gpa, region.end)}: "
                 f"{no_host}; a region with the device flag (16) must lie in one of "
                 f"{board}'s device windows: {_windows(cls)}")
+
+
+def _virtio(draft: _Draft, cls: type[Board], dev: DeviceSpec, key: Key,
+            before: list[VirtioDeviceSpec]) -> VirtioDeviceSpec:
+    """The virtio device of an ``emu_devices`` row. AxVisor lets the file place it;
+    pyaxvisor's boards have a fixed row of slots, filled in QEMU's order (the first
+    device in the last slot), so the row must name the slot its place in that order
+    gives it: that base, a length within the slot, the slot's interrupt (or 0)."""
+    kind = S.VIRTIO_TYPES[dev.emu_type]
+    board = f"the {cls.machines[0]} board"
+    if kind == "net":
+        raise key.error("a virtio-net device needs a host TAP interface, which AxVisor's "
+                        "layout cannot name: give it on the command line instead (-netdev "
+                        "tap,id=n0,ifname=TAP -device virtio-net-device,netdev=n0)")
+    slots = getattr(cls, "virtio_slots", None)
+    if slots is None:
+        raise key.error(f"{board} has no virtio-mmio transports")
+    if len(before) >= slots.count:
+        raise key.error(f"{board} has {slots.count} virtio-mmio transports, all taken")
+    slot = slots.slot_for(len(before))
+    base, irq = slots.slot_base(slot), slots.slot_irq(slot)
+    if dev.base != base:
+        raise key.error(
+            f"base_gpa {dev.base:#x}: pyaxvisor puts virtio device {len(before) + 1} in the "
+            f"slot at {base:#x} (irq {irq}); {board}'s virtio-mmio slots are "
+            f"{slots.count} at {slots.base:#x} + n * {slots.stride:#x}, filled from the "
+            "last (QEMU's order)")
+    if not 0 < dev.length <= slots.stride:
+        raise key.error(f"length {dev.length:#x}: a virtio-mmio slot of {board} is "
+                        f"{slots.stride:#x} bytes")
+    if dev.irq not in (0, irq):
+        raise key.error(f"irq_id {dev.irq}: the slot at {base:#x} has irq {irq} (or write 0)")
+    if dev.cfg:
+        raise key.error("cfg_list: a virtio device takes no cfg words (write [])")
+    if kind != "blk":
+        return VirtioDeviceSpec(kind, id=dev.name)
+    disk = draft.key("kernel", "disk_path")
+    if draft.disk is None:
+        raise disk.error(f"missing; the virtio block device {dev.name!r} "
+                         f"({key.name}) needs its disk image")
+    if any(spec.kind == "blk" for spec in before):
+        raise key.error("a second virtio block device: [kernel] disk_path gives one disk")
+    return VirtioDeviceSpec("blk", image=draft.disk, id=dev.name)

@@ -99,6 +99,8 @@ EMU_TYPES = {
     0x21: "GIC partial-passthrough distributor", 0x22: "GIC partial-passthrough ITS",
     0x30: "PPPT global", 0xE1: "virtio block", 0xE2: "virtio net", 0xE3: "virtio console",
 }
+#: The virtio EmulatedDeviceType values → pyaxvisor's ``VirtioDeviceSpec`` kinds.
+VIRTIO_TYPES = {0xE1: "blk", 0xE2: "net", 0xE3: "console"}
 #: Accepted spellings → the canonical one.
 INTERRUPT_MODES = {"no_irq": "no_irq", "no": "no_irq", "none": "no_irq", "emu": "emu",
                    "emulated": "emu", "passthrough": "passthrough", "pt": "passthrough"}

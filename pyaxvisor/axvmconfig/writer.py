@@ -7,7 +7,10 @@ every four digits (``0x8000_0000``) as AxVisor's own files have them, small
 numbers in decimal, and a ``[pyaxvisor]`` table with the architecture and the
 machine. Every path is written absolute, so the file means the same wherever it
 is moved. What the layout cannot hold (the CPU model, a timeout, statistics) is
-left out: those are options of a run. The values in ``VmConfig.extra`` that the
+left out: those are options of a run. Virtio devices become ``emu_devices`` rows
+in the board's slots (0xE1 block, its image ``disk_path``; 0xE3 console); one the
+layout cannot hold (virtio-rng, virtio-net, a read-only or second disk) is an
+error. The values in ``VmConfig.extra`` that the
 reader records are written back, so reading what :func:`render` wrote gives an
 equal configuration (apart from ``source``).
 
@@ -161,6 +164,9 @@ def _kernel_table(config: VmConfig) -> list[str]:
             out.append(f"# Where {bare}.")
         if load is not None:
             out.append(f"{key}_load_addr = {hex_address(load)}")
+    disks = [spec.image for spec in config.virtio if spec.kind == "blk" and spec.image]
+    if disks:
+        out += ["# The virtio block device's disk image.", f"disk_path = {_path(disks[0])}"]
     if config.cmdline:
         out += ["# The kernel command line.", f"cmdline = {toml_string(config.cmdline)}"]
     recorded = [f"{k} = {_value(extra[k])}" for k, table in S.EXTRA_KEYS.items()
@@ -177,7 +183,7 @@ def _kernel_table(config: VmConfig) -> list[str]:
 def _devices_table(config: VmConfig) -> list[str]:
     extra = config.extra
     described = cast("tuple[DeviceSpec, ...]", extra.get("board_devices", ()))
-    devices = [*described, *config.devices]
+    devices = [*described, *config.devices, *_virtio_rows(config)]
     out = ["[devices]", "# Emulated devices: [name, base_gpa, length, irq_id, emu_type, "
             "[cfg words]].", *_rows("emu_devices", [_device(d) for d in devices]),
             "# Passed-through devices: [name, base_gpa, base_hpa, length, irq_id], or [\"/\"]",
@@ -197,6 +203,25 @@ def _devices_table(config: VmConfig) -> list[str]:
     if "address_space_policy" in extra:
         out.append(f"address_space_policy = {_value(extra['address_space_policy'])}")
     return out
+
+
+def _virtio_rows(config: VmConfig) -> list[DeviceSpec]:
+    """The virtio devices as ``emu_devices`` rows, each in the slot the board gives it."""
+    types = {kind: emu_type for emu_type, kind in S.VIRTIO_TYPES.items()}
+    slots = getattr(board_class(config.arch, config.machine), "virtio_slots", None)
+    rows = []
+    for i, spec in enumerate(config.virtio):
+        what = f"virtio device {spec.id!r}" if spec.id else spec.describe()
+        blk_again = spec.kind == "blk" and any(s.kind == "blk" for s in config.virtio[:i])
+        if spec.kind not in types or spec.kind == "net" or spec.read_only or blk_again:
+            raise InvalidInput(f"{what}: AxVisor's VM config layout cannot hold it (only a "
+                               "writable virtio-blk with disk_path and a virtio console)")
+        if slots is None or i >= slots.count:
+            raise InvalidInput(f"{what}: the {config.machine} board has no slot for it")
+        slot = slots.slot_for(i)
+        rows.append(DeviceSpec(spec.id or f"virtio-{spec.kind}", slots.slot_base(slot),
+                               slots.stride, slots.slot_irq(slot), types[spec.kind]))
+    return rows
 
 
 def _passthrough(p: PassthroughSpec) -> tuple[str, str]:
