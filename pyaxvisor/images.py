@@ -914,6 +914,18 @@ _CMD_FUNCTION = r"""pyaxvisor_cmd() {
 	printf '%s\n' "$v"
 }"""
 
+# Runs the kernel command line's pyaxvisor.cmd (between PYAXVISOR-CMD-BEGIN/-END lines),
+# then says it powers off and syncs; both inits end with it (after _CMD_FUNCTION).
+_RUN_CMD = r"""cmd=$(pyaxvisor_cmd "$(cat /proc/cmdline)")
+if [ -n "$cmd" ]; then
+	echo "PYAXVISOR-CMD-BEGIN: $cmd"
+	sh -c "$cmd"
+	echo "PYAXVISOR-CMD-END: status=$?"
+fi
+echo PYAXVISOR-POWEROFF
+sync
+"""
+
 #: Version of the ``/init`` of an initramfs with modules; a cached one of another
 #: version is built again (see ``_outdated``). Bumped too when :data:`VIRTIO_MODULES` or
 #: :data:`BUSYBOX_APPLETS` change (3: virtio_net; ip, ping, nc), so cached images get them.
@@ -994,15 +1006,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo {USERSPACE_MARKER}
 echo "PYAXVISOR-UNAME: $(uname -a)"
 echo "PYAXVISOR-CPUS: $(grep -c ^processor /proc/cpuinfo)"
-cmd=$(pyaxvisor_cmd "$(cat /proc/cmdline)")
-if [ -n "$cmd" ]; then
-	echo "PYAXVISOR-CMD-BEGIN: $cmd"
-	sh -c "$cmd"
-	echo "PYAXVISOR-CMD-END: status=$?"
-fi
-echo PYAXVISOR-POWEROFF
-sync
-poweroff -f
+{_RUN_CMD}poweroff -f
 reboot -f
 while :; do sleep 3600; done
 """
@@ -1085,15 +1089,7 @@ echo {ROOT_MARKER}
 echo PYAXVISOR-ROOT-MOUNTS-BEGIN
 cat /proc/mounts
 echo PYAXVISOR-ROOT-MOUNTS-END
-cmd=$(pyaxvisor_cmd "$(cat /proc/cmdline)")
-if [ -n "$cmd" ]; then
-	echo "PYAXVISOR-CMD-BEGIN: $cmd"
-	sh -c "$cmd"
-	echo "PYAXVISOR-CMD-END: status=$?"
-fi
-echo PYAXVISOR-POWEROFF
-sync
-mount -o remount,ro /
+{_RUN_CMD}mount -o remount,ro /
 poweroff -f
 reboot -f
 while :; do sleep 3600; done

@@ -39,6 +39,17 @@ def _modules_line(arch: str) -> str:
     return f"PYAXVISOR-MODULES: {n}/{n}"
 
 
+def _make_disks(tmp: Path, hello: str) -> None:
+    """The disks :func:`_boot` plugs in: ``ext4.img``, a 16 MiB ext4 made with
+    ``mke2fs -d`` holding ``hello.txt`` = ``hello``, and ``raw.img`` = RAW_PATTERN."""
+    files = tmp / "files"
+    files.mkdir()
+    (files / "hello.txt").write_text(hello)
+    subprocess.run([tool("mke2fs"), "-q", "-t", "ext4", "-d", str(files), "-F",
+                    str(tmp / "ext4.img"), "16M"], check=True, capture_output=True)
+    (tmp / "raw.img").write_bytes(RAW_PATTERN)
+
+
 def _boot(tmp: Path, cmd: str, arch: str = "arm64") -> str:
     """Boot with the ext4 disk, the raw disk and an entropy device; run ``cmd`` with
     ``$R`` naming the raw disk's device and ``$E`` the ext4 one's (told apart by their
@@ -75,13 +86,8 @@ def _random_line(out: str) -> str:
 
 
 def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(tmp_path):
-    mke2fs, debugfs = tool("mke2fs"), tool("debugfs")
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "hello.txt").write_text("hello from the host\n")
-    subprocess.run([mke2fs, "-q", "-t", "ext4", "-d", str(files), "-F",
-                    str(tmp_path / "ext4.img"), "16M"], check=True, capture_output=True)
-    (tmp_path / "raw.img").write_bytes(RAW_PATTERN)
+    debugfs = tool("debugfs")
+    _make_disks(tmp_path, "hello from the host\n")
 
     t0 = time.monotonic()
     out = _boot(tmp_path, (
@@ -148,13 +154,8 @@ def test_the_virtio_initramfs_holds_the_running_kernels_modules(arch):
 
 
 def test_debian_riscv64_kernel_modules_drive_virtio_disks_and_entropy(tmp_path):
-    mke2fs, debugfs = tool("mke2fs"), tool("debugfs")
-    files = tmp_path / "files"
-    files.mkdir()
-    (files / "hello.txt").write_text("hello from the host to riscv64\n")
-    subprocess.run([mke2fs, "-q", "-t", "ext4", "-d", str(files), "-F",
-                    str(tmp_path / "ext4.img"), "16M"], check=True, capture_output=True)
-    (tmp_path / "raw.img").write_bytes(RAW_PATTERN)
+    debugfs = tool("debugfs")
+    _make_disks(tmp_path, "hello from the host to riscv64\n")
     out = _boot(tmp_path, (
         "cat /sys/bus/virtio/devices/*/device; "
         "dd if=$R bs=512 count=1 | md5sum; "
@@ -344,7 +345,6 @@ def test_a_second_vm_cannot_take_an_image_the_first_writes(tmp_path):
 # ---------------------------------------------------------------------------
 # virtio-net on a TAP interface, inside a network namespace of its own
 
-IP = "/usr/sbin/ip"
 GUEST_TO_HOST, HOST_TO_GUEST = 5555, 5556
 # Runs in the namespace: prints the line a guest sends to GUEST_TO_HOST, sends a line
 # to whoever connects to HOST_TO_GUEST; both connections then closed by the host.
@@ -365,10 +365,11 @@ print('HOST-SENT', flush=True)
 
 def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
     ns = f"pyax-{secrets.token_hex(4)}"
-    subprocess.run([IP, "netns", "add", ns], check=True)
+    ip = tool("ip")
+    subprocess.run([ip, "netns", "add", ns], check=True)
     procs: list[subprocess.Popen[str]] = []
     try:
-        host = subprocess.Popen([IP, "netns", "exec", ns, sys.executable, "-c", _HOST_SIDE],
+        host = subprocess.Popen([ip, "netns", "exec", ns, sys.executable, "-c", _HOST_SIDE],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(host)
         assert host.stdout is not None and host.stdout.readline().strip() == "HOST-LISTENING"
@@ -377,7 +378,7 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
                f"echo hello-from-guest | nc 10.0.2.2 {GUEST_TO_HOST}; "
                f"sleep 10 | nc 10.0.2.2 {HOST_TO_GUEST}")
         vm = subprocess.Popen(
-            [IP, "netns", "exec", ns, sys.executable, "-m", "pyaxvisor.cli", "run",
+            [ip, "netns", "exec", ns, sys.executable, "-m", "pyaxvisor.cli", "run",
              "-kernel", str(images.fetch("linux-arm64")),
              "-initrd", str(images.fetch("initramfs-virtio-arm64")),
              "-append", f'console=ttyAMA0 pyaxvisor.cmd="{cmd}"', "-m", "512M",
@@ -388,13 +389,13 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
             stdin=subprocess.DEVNULL)
         procs.append(vm)
         deadline = time.monotonic() + 120
-        while subprocess.run([IP, "-n", ns, "link", "show", "tap0"],
+        while subprocess.run([ip, "-n", ns, "link", "show", "tap0"],
                              capture_output=True).returncode != 0:  # pyaxvisor creates it
             assert vm.poll() is None, vm.communicate()
             assert time.monotonic() < deadline, "tap0 never appeared"
             time.sleep(0.1)
-        subprocess.run([IP, "-n", ns, "addr", "add", "10.0.2.2/24", "dev", "tap0"], check=True)
-        subprocess.run([IP, "-n", ns, "link", "set", "tap0", "up"], check=True)
+        subprocess.run([ip, "-n", ns, "addr", "add", "10.0.2.2/24", "dev", "tap0"], check=True)
+        subprocess.run([ip, "-n", ns, "link", "set", "tap0", "up"], check=True)
         out, err = vm.communicate(timeout=400)
         host_out, _ = host.communicate(timeout=30)
         assert vm.returncode == 0, out[-3000:] + err
@@ -411,4 +412,4 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        subprocess.run([IP, "netns", "del", ns], check=False)
+        subprocess.run([ip, "netns", "del", ns], check=False)

@@ -107,6 +107,7 @@ TOOLS: dict[str, ToolSpec] = {
     "qemu-system-riscv64": ToolSpec("qemu-system-misc", "usr/bin/qemu-system-riscv64"),
     "mke2fs": ToolSpec("e2fsprogs", "*sbin/mke2fs"),
     "debugfs": ToolSpec("e2fsprogs", "*sbin/debugfs"),
+    "ip": ToolSpec("iproute2", "*bin/ip"),
     "e2fsck": ToolSpec("e2fsprogs", "*sbin/e2fsck"),
 }
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyaxvisor.cli.props import split_props
+from pyaxvisor.cli.props import parse_props, split_props
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vm.config import VirtioDeviceSpec, parse_mac
 
@@ -42,19 +42,6 @@ class NetdevSpec:
     text: str
 
 
-def _props(option: str, items: Sequence[str], allowed: tuple[str, ...]) -> dict[str, str]:
-    props: dict[str, str] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in allowed:
-            raise InvalidInput(f"{option}: unknown property {item!r} (accepted: "
-                               f"{', '.join(a + '=' for a in allowed)})")
-        if key in props:
-            raise InvalidInput(f"{option}: {key}= given twice")
-        props[key] = raw
-    return props
-
-
 def parse_netdev(value: str) -> NetdevSpec:
     """One ``-netdev`` option (see the module's docstring)."""
     from pyaxvisor.devices.virtio.tap import check_ifname
@@ -67,7 +54,7 @@ def parse_netdev(value: str) -> NetdevSpec:
     if kind != "tap":
         raise InvalidInput(f"{option}: the {kind!r} back-end is not supported: only tap "
                            "(-netdev tap,id=ID,ifname=TAP)")
-    props = _props(option, items, _NETDEV_PROPS)
+    props = parse_props(option, items, _NETDEV_PROPS)
     for key in ("script", "downscript"):
         if props.get(key, "no") != "no":
             raise InvalidInput(f"{option}: {key}={props[key]}: pyaxvisor runs no scripts "
@@ -102,7 +89,7 @@ class NetPairing:
         """One ``-device virtio-net-device,...`` option as its spec."""
         name, *items = split_props(spec)
         option = f"-device {spec}"
-        props = _props(f"-device {name}", items, _DEVICE_PROPS)
+        props = parse_props(f"-device {name}", items, _DEVICE_PROPS)
         netdev_id = props.get("netdev", "")
         if not netdev_id:
             raise InvalidInput(f"{option}: netdev= is required (the id of a -netdev tap)")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["split_props"]
+from collections.abc import Sequence
+
+from pyaxvisor.errors import InvalidInput
+
+__all__ = ["parse_props", "split_props"]
 
 
 def split_props(value: str) -> list[str]:
@@ -23,3 +27,20 @@ def split_props(value: str) -> list[str]:
         i += 1
     items.append("".join(current))
     return items
+
+
+def parse_props(option: str, items: Sequence[str], allowed: tuple[str, ...]
+                ) -> dict[str, str]:
+    """``PROP=VALUE`` items (from :func:`split_props`) → a dict; an item that is not
+    ``PROP=VALUE`` with ``PROP`` in ``allowed``, or a property given twice, is an
+    :class:`InvalidInput` naming ``option`` (the option as typed)."""
+    props: dict[str, str] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in allowed:
+            raise InvalidInput(f"{option}: unknown property {item!r} (accepted: "
+                               f"{', '.join(a + '=' for a in allowed)})")
+        if key in props:
+            raise InvalidInput(f"{option}: {key}= given twice")
+        props[key] = raw
+    return props

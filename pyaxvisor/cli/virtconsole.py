@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from pyaxvisor.cli.props import split_props
+from pyaxvisor.cli.props import parse_props, split_props
 from pyaxvisor.errors import InvalidInput
 
 __all__ = ["BUS", "PORT", "ConsolePairing", "parse_chardev"]
@@ -33,19 +33,6 @@ BUS = "virtio-serial-device"
 PORT = "virtconsole"
 
 
-def _props(option: str, items: list[str], allowed: tuple[str, ...]) -> dict[str, str]:
-    props: dict[str, str] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in allowed:
-            raise InvalidInput(f"{option}: unknown property {item!r} (accepted: "
-                               f"{', '.join(a + '=' for a in allowed)})")
-        if key in props:
-            raise InvalidInput(f"{option}: {key}= given twice")
-        props[key] = raw
-    return props
-
-
 def parse_chardev(value: str) -> str:
     """The id of ``-chardev stdio,id=ID`` (the only back-end: this terminal)."""
     option = f"-chardev {value}"
@@ -53,7 +40,7 @@ def parse_chardev(value: str) -> str:
     if backend != "stdio":
         raise InvalidInput(f"{option}: the {backend!r} back-end is not supported: only stdio "
                            "(this terminal)")
-    chardev_id = _props(option, items, ("id",)).get("id", "")
+    chardev_id = parse_props(option, items, ("id",)).get("id", "")
     if not chardev_id:
         raise InvalidInput(f"{option}: id= is required (what virtconsole,chardev= names)")
     return chardev_id
@@ -72,7 +59,7 @@ class ConsolePairing:
     def bus(self, spec: str) -> str:
         """A ``virtio-serial-device`` option; returns its ``id`` (``""``: none)."""
         name, *items = split_props(spec)
-        props = _props(f"-device {name}", items, ("id",))
+        props = parse_props(f"-device {name}", items, ("id",))
         if self._bus is not None:
             raise InvalidInput(f"-device {spec}: a second {BUS}: a VM has one virtio console "
                                "(its input and output are this terminal)")
@@ -82,7 +69,7 @@ class ConsolePairing:
     def port(self, spec: str) -> None:
         """A ``virtconsole`` option."""
         name, *items = split_props(spec)
-        props = _props(f"-device {name}", items, ("chardev", "id"))
+        props = parse_props(f"-device {name}", items, ("chardev", "id"))
         if self._bus is None:
             raise InvalidInput(f"-device {spec}: no -device {BUS} before it (the virtio-serial "
                                f"bus a {PORT} plugs into)")

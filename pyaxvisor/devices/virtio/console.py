@@ -37,17 +37,16 @@ own lock.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
-from pyaxvisor.devices.virtio.backend import QueueHandle, VirtioBackend
+from pyaxvisor.devices.virtio.backend import QueueHandle
+from pyaxvisor.devices.virtio.chain import DescriptorChain
 from pyaxvisor.devices.virtio.errors import VirtioGuestError
+from pyaxvisor.devices.virtio.rxtx import RECEIVEQ, TRANSMITQ, RxTxBackend
 from pyaxvisor.devices.virtio.spec import DEVICE_ID_CONSOLE
 from pyaxvisor.errors import InvalidInput
 
-#: Queue indices (virtio 1.2 §5.3.2, without multiport).
-RECEIVEQ = 0
-TRANSMITQ = 1
+__all__ = ["RECEIVEQ", "TRANSMITQ", "VirtioConsole"]
 #: QueueNumMax of both queues.
 QUEUE_SIZE = 128
 #: Most bytes one receive chain gets, and the piece size transmit data is read in.
@@ -58,7 +57,7 @@ F_MULTIPORT = 1
 F_EMERG_WRITE = 2
 
 
-class VirtioConsole(VirtioBackend):
+class VirtioConsole(RxTxBackend):
     """A single-port virtio console. ``output(bytes)`` receives what the guest
     transmits (called on a vCPU thread, under the transmit lock); ``size`` is
     ``(cols, rows)`` to offer VIRTIO_CONSOLE_F_SIZE (``None``: not offered).
@@ -73,13 +72,10 @@ class VirtioConsole(VirtioBackend):
         if size is not None and not all(0 <= v <= 0xFFFF for v in size):
             raise InvalidInput(f"{self.name}: size {size[0]}x{size[1]}: cols and rows are "
                                "16-bit values")
+        super().__init__()
         self._output = output
         self._size = size
-        self._rx_lock = threading.Lock()
-        self._tx_lock = threading.Lock()
         self._backlog = bytearray()
-        #: The receive queue's handle, once the transport handed it over.
-        self._rxq: QueueHandle | None = None
 
     # -- identity and configuration ---------------------------------------------------------
     def device_features(self) -> int:
@@ -100,39 +96,18 @@ class VirtioConsole(VirtioBackend):
             self._backlog += data
             self._fill()
 
-    @property
-    def backlog(self) -> int:
-        """Host input bytes not yet delivered to the guest."""
-        with self._rx_lock:
-            return len(self._backlog)
-
     # -- the transport's calls ----------------------------------------------------------------
-    def queue_notify(self, queue: QueueHandle) -> None:
-        if queue.index == RECEIVEQ:
-            with self._rx_lock:
-                self._rxq = queue
-                self._fill()
-        elif queue.index == TRANSMITQ:
-            self._transmit(queue)
-
-    def _fill(self) -> None:
-        """Move backlog into the guest's receive buffers (under ``_rx_lock``)."""
-        queue = self._rxq
-        if queue is None:
-            return
-        while self._backlog:
-            chain = queue.pop()
-            if chain is None:
-                return
-            n = min(chain.writable.total, MAX_REQUEST, len(self._backlog))
-            try:
-                written = chain.writable.write(queue.ram, 0, bytes(self._backlog[:n]),
-                                               f"{self.name}: receive buffer") if n else 0
-            except VirtioGuestError as exc:  # the bytes stay in the backlog
-                queue.fail(exc)
-                return
-            del self._backlog[:written]
-            queue.push(chain, written)
+    def _deliver(self, queue: QueueHandle, chain: DescriptorChain) -> bool:
+        n = min(chain.writable.total, MAX_REQUEST, len(self._backlog))
+        try:
+            written = chain.writable.write(queue.ram, 0, bytes(self._backlog[:n]),
+                                           f"{self.name}: receive buffer") if n else 0
+        except VirtioGuestError as exc:  # the bytes stay in the backlog
+            queue.fail(exc)
+            return False
+        del self._backlog[:written]
+        queue.push(chain, written)
+        return True
 
     def _transmit(self, queue: QueueHandle) -> None:
         with self._tx_lock:

@@ -15,14 +15,13 @@ Stateless, so thread-safe.
 
 from __future__ import annotations
 
-from pyaxvisor.devices.bus import BadAccess, Device
+from pyaxvisor.devices.bus import Device
 from pyaxvisor.devices.virtio.mmio import (
-    CONFIG_OFFSET,
     DEVICE_ID,
     MAGIC_VALUE,
-    MMIO_SIZE,
     VENDOR_ID,
     VERSION,
+    check_access,
 )
 from pyaxvisor.devices.virtio.spec import MMIO_MAGIC, MMIO_VERSION, VENDOR_ID_QEMU
 from pyaxvisor.vcpu.width import AccessWidth
@@ -40,12 +39,7 @@ class EmptyTransport(Device):
         self.name = name
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
-        if offset < 0 or offset + width.size > MMIO_SIZE:
-            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x} is "
-                            f"outside the {MMIO_SIZE:#x}-byte window")
-        if offset < CONFIG_OFFSET and (width is not AccessWidth.Dword or offset % 4):
-            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x}: registers "
-                            "below 0x100 take aligned 32-bit accesses only")
+        check_access(self.name, offset, width, what)
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")

@@ -143,6 +143,18 @@ _QUEUE_ADDR_REGS = {
 }
 
 
+
+def check_access(name: str, offset: int, width: AccessWidth, what: str) -> None:
+    """The transport's access rules (any transport, empty ones too): inside the
+    :data:`MMIO_SIZE` window, aligned 32-bit below :data:`CONFIG_OFFSET`; else
+    :class:`BadAccess` naming device ``name`` and the ``what`` ("read"/"write")."""
+    if offset < 0 or offset + width.size > MMIO_SIZE:
+        raise BadAccess(f"{name}: {width.size}-byte {what} at {offset:#x} is "
+                        f"outside the {MMIO_SIZE:#x}-byte window")
+    if offset < CONFIG_OFFSET and (width is not AccessWidth.Dword or offset % 4):
+        raise BadAccess(f"{name}: {width.size}-byte {what} at {offset:#x}: registers "
+                        "below 0x100 take aligned 32-bit accesses only")
+
 class InterruptLine(Protocol):
     """What the transport drives: a level-triggered line
     (:class:`pyaxvisor.devices.irq.IrqLine` is one)."""
@@ -260,12 +272,7 @@ class VirtioMmio(Device):
 
     # -- MMIO -------------------------------------------------------------------------------
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
-        if offset < 0 or offset + width.size > MMIO_SIZE:
-            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x} is "
-                            f"outside the {MMIO_SIZE:#x}-byte window")
-        if offset < CONFIG_OFFSET and (width is not AccessWidth.Dword or offset % 4):
-            raise BadAccess(f"{self.name}: {width.size}-byte {what} at {offset:#x}: registers "
-                            "below 0x100 take aligned 32-bit accesses only")
+        check_access(self.name, offset, width, what)
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         self._check(offset, width, "read")

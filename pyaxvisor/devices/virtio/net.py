@@ -40,18 +40,17 @@ and must not call back into this device.
 from __future__ import annotations
 
 import struct
-import threading
 from collections import deque
 
-from pyaxvisor.devices.virtio.backend import QueueHandle, VirtioBackend
+from pyaxvisor.devices.virtio.backend import QueueHandle
+from pyaxvisor.devices.virtio.chain import DescriptorChain
 from pyaxvisor.devices.virtio.errors import BadRequest, VirtioGuestError
 from pyaxvisor.devices.virtio.net_backend import NetBackend
+from pyaxvisor.devices.virtio.rxtx import RECEIVEQ, TRANSMITQ, RxTxBackend
 from pyaxvisor.devices.virtio.spec import DEVICE_ID_NET
 from pyaxvisor.errors import InvalidInput
 
-#: Queue indices (virtio 1.2 §5.1.2, one pair, no control queue).
-RECEIVEQ = 0
-TRANSMITQ = 1
+__all__ = ["RECEIVEQ", "TRANSMITQ", "VirtioNet"]
 #: QueueNumMax of both queues.
 QUEUE_SIZE = 256
 #: Feature bits (virtio 1.2 §5.1.3).
@@ -76,7 +75,7 @@ BACKLOG = 256
 RX_HEADER = HDR.pack(0, GSO_NONE, 0, 0, 0, 0, 1)
 
 
-class VirtioNet(VirtioBackend):
+class VirtioNet(RxTxBackend):
     """A virtio NIC on ``backend`` with MAC address ``mac`` (6 bytes) and, if given, an
     MTU offered with VIRTIO_NET_F_MTU (68..65535). The device starts the back-end at
     once (frames arriving before the driver is ready wait in the backlog);
@@ -91,13 +90,11 @@ class VirtioNet(VirtioBackend):
             raise InvalidInput(f"{self.name}: a MAC address has 6 bytes, not {len(mac)}")
         if mtu is not None and not 68 <= mtu <= 65535:
             raise InvalidInput(f"{self.name}: MTU {mtu} is not in 68..65535")
+        super().__init__()
         self.backend = backend
         self.mac = bytes(mac)
         self.mtu = mtu
-        self._rx_lock = threading.Lock()
-        self._tx_lock = threading.Lock()
         self._backlog: deque[bytes] = deque()
-        self._rxq: QueueHandle | None = None
         #: Frames pushed out of a full backlog.
         self.rx_overruns = 0
         #: Frames dropped because they did not fit the guest's receive chain.
@@ -134,43 +131,22 @@ class VirtioNet(VirtioBackend):
             self._backlog.append(bytes(frame))
             self._fill()
 
-    @property
-    def backlog(self) -> int:
-        """Frames waiting for a guest receive buffer."""
-        with self._rx_lock:
-            return len(self._backlog)
-
     # -- the transport's calls ----------------------------------------------------------------
-    def queue_notify(self, queue: QueueHandle) -> None:
-        if queue.index == RECEIVEQ:
-            with self._rx_lock:
-                self._rxq = queue
-                self._fill()
-        elif queue.index == TRANSMITQ:
-            self._transmit(queue)
-
-    def _fill(self) -> None:
-        """Move backlog frames into the guest's receive chains (under ``_rx_lock``)."""
-        queue = self._rxq
-        if queue is None:
-            return
-        while self._backlog:
-            chain = queue.pop()
-            if chain is None:
-                return
-            frame = self._backlog.popleft()
-            if HDR_SIZE + len(frame) > chain.writable.total:
-                self.rx_too_big += 1
-                queue.push(chain, 0)
-                continue
-            try:
-                written = chain.writable.write(queue.ram, 0, RX_HEADER + frame,
-                                               f"{self.name}: receive buffer")
-            except VirtioGuestError as exc:
-                queue.fail(exc)
-                return
-            self.rx_frames += 1
-            queue.push(chain, written)
+    def _deliver(self, queue: QueueHandle, chain: DescriptorChain) -> bool:
+        frame = self._backlog.popleft()
+        if HDR_SIZE + len(frame) > chain.writable.total:
+            self.rx_too_big += 1
+            queue.push(chain, 0)
+            return True
+        try:
+            written = chain.writable.write(queue.ram, 0, RX_HEADER + frame,
+                                           f"{self.name}: receive buffer")
+        except VirtioGuestError as exc:
+            queue.fail(exc)
+            return False
+        self.rx_frames += 1
+        queue.push(chain, written)
+        return True
 
     def _transmit(self, queue: QueueHandle) -> None:
         with self._tx_lock:
