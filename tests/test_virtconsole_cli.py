@@ -16,6 +16,7 @@ from pyaxvisor.cli.virtconsole import parse_chardev
 from pyaxvisor.devices.virtio import VirtioConsole, VirtioMmio
 from pyaxvisor.devices.virtio.console import RECEIVEQ, TRANSMITQ
 from pyaxvisor.errors import InvalidInput
+from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.vcpu.width import AccessWidth as W
 from pyaxvisor.vm.config import VirtioDeviceSpec
 from pyaxvisor.vm.vm import Vm
@@ -36,6 +37,9 @@ class VmRam(FakeRam):
 
     def write(self, gpa: int, data: bytes) -> None:
         self.vm.write_guest(gpa, data)
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        return self.vm.space.view(GuestPhysAddr(gpa), length)
 
 
 def test_the_console_writes_to_the_vm_console_and_takes_the_terminal_input():

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from virtio_driver import VERSION_1, Driver, DriverQueue, FakeRam
+from virtio_driver import VERSION_1, CopyingRam, Driver, DriverQueue, FakeRam
 
 from pyaxvisor.devices.irq import IrqLine, NullIrqSink
 from pyaxvisor.devices.virtio import blk as vb
@@ -50,8 +50,8 @@ def image(tmp_path) -> Path:
 
 
 class Rig:
-    def __init__(self, path: Path, **kw) -> None:
-        self.ram = FakeRam()
+    def __init__(self, path: Path, *, ram: FakeRam | None = None, **kw) -> None:
+        self.ram = FakeRam() if ram is None else ram
         self.sink = NullIrqSink()
         self.blk = VirtioBlk(path, **kw)
         self.dev = VirtioMmio(self.blk, self.ram, self.ram.ranges, IrqLine(self.sink, 7))
@@ -76,9 +76,11 @@ class Rig:
         self.blk.close()
 
 
-@pytest.fixture
-def rig(image):
-    rig = Rig(image)
+@pytest.fixture(params=["views", "copies"])
+def rig(image, request):
+    """A device on guest RAM it moves data to and from zero-copy (``views``), or by
+    copies (``copies``: a memory without views)."""
+    rig = Rig(image, ram=FakeRam() if request.param == "views" else CopyingRam())
     yield rig
     rig.close()
 
@@ -230,7 +232,11 @@ def test_a_host_io_error_is_ioerr(rig, monkeypatch):
         raise OSError(errno.EIO, "media error")
 
     monkeypatch.setattr(rig.blk.image, "read", broken)
+    monkeypatch.setattr(rig.blk.image, "readv", broken)
     assert rig.request(vb.T_IN, 0, data_in=512)[0] == vb.S_IOERR
+    monkeypatch.setattr(rig.blk.image, "write", broken)
+    monkeypatch.setattr(rig.blk.image, "writev", broken)
+    assert rig.request(vb.T_OUT, 0, out=b"x" * 512)[0] == vb.S_IOERR
     monkeypatch.setattr(rig.blk.image, "flush", lambda: broken(0, 0))
     assert rig.request(vb.T_FLUSH)[0] == vb.S_IOERR
 

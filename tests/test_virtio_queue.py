@@ -8,7 +8,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from virtio_driver import RAM_BASE, RAM_SIZE, DriverQueue, FakeRam
+from virtio_driver import RAM_BASE, RAM_SIZE, CopyingRam, DriverQueue, FakeRam
 
 from pyaxvisor.devices.virtio.chain import Buffer, BufferList
 from pyaxvisor.devices.virtio.errors import (
@@ -33,9 +33,9 @@ from pyaxvisor.devices.virtio.spec import (
 from pyaxvisor.errors import InvalidInput, NotFound
 
 
-def make(size: int = 8, *, event_idx: bool = False, indirect: bool = True, start: int = 0
-         ) -> tuple[FakeRam, DriverQueue, SplitQueue]:
-    ram = FakeRam()
+def make(size: int = 8, *, event_idx: bool = False, indirect: bool = True, start: int = 0,
+         ram: FakeRam | None = None) -> tuple[FakeRam, DriverQueue, SplitQueue]:
+    ram = FakeRam() if ram is None else ram
     dq = DriverQueue(ram, size, start=start)
     q = SplitQueue(GuestRam(ram, ram.ranges), QueueLayout(size, dq.desc, dq.avail, dq.used),
                    event_idx=event_idx, indirect=indirect, name="q0")
@@ -193,7 +193,7 @@ def test_a_chain_round_trips():
 
 
 def test_used_element_is_written_before_used_idx():
-    ram, dq, q = make()
+    ram, dq, q = make(ram=CopyingRam())
     req = dq.add([], [4])
     chain = q.pop()
     order = []
@@ -425,7 +425,7 @@ def test_event_idx_publishes_avail_event():
 
 
 def test_event_idx_rechecks_after_publishing_avail_event():
-    ram, dq, q = make(event_idx=True)
+    ram, dq, q = make(event_idx=True, ram=CopyingRam())
     req = dq.add([], [1], publish=False)
     real_write = ram.write
 

@@ -71,6 +71,10 @@ class FakeRam:
         off = self._offset("write", gpa, len(data))
         self.data[off:off + len(data)] = data
 
+    def view(self, gpa: int, length: int) -> memoryview:
+        off = self._offset("view", gpa, length)
+        return memoryview(self.data)[off:off + length]
+
     def alloc(self, size: int, align: int = 16) -> int:
         addr = (self._next + align - 1) & ~(align - 1)
         if addr + size > self.base + self.size:
@@ -83,6 +87,12 @@ class FakeRam:
 
     def set_u16(self, gpa: int, value: int) -> None:
         self.write(gpa, (value & 0xFFFF).to_bytes(2, "little"))
+
+
+class CopyingRam(FakeRam):
+    """Guest RAM without zero-copy views: devices read and write it by copies."""
+
+    view = None
 
 
 @dataclass

@@ -13,6 +13,12 @@ access there faults to the hypervisor — that is how emulated MMIO works.
   nested table (the table is the truth: a page that was unmapped is not
   reachable), chunk by chunk, with the hypervisor's rights (guest permissions
   do not apply). An unmapped address raises :class:`GuestMemoryFault`.
+* ``view(gpa, length)`` is the device (DMA) path: a zero-copy ``memoryview`` of a
+  range inside one RAM region that is mapped now, found from the regions rather
+  than by walking the table (the region list is what the table was built from;
+  a region is mapped or unmapped whole). The lookup table is rebuilt after each
+  change of the map, like a TLB; a view taken before an unmap still reaches the
+  region's memory, as a DMA already under way would.
 * ``destroy()`` frees the table frames and every owned region; using the space
   afterwards raises :class:`~pyaxvisor.errors.BadState`.
 * ``add_listener(callback)``: ``callback()`` runs after every change of the
@@ -71,6 +77,9 @@ class AddrSpace:
         self.mmio_windows: list[tuple[GuestPhysAddr, HostPhysAddr, int]] = []
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
+        #: The mapped RAM regions for :meth:`view`: (starts, [(start, end, view)]),
+        #: ``None`` until needed after a change.
+        self._runs: tuple[list[int], list[tuple[int, int, memoryview]]] | None = None
 
     # -- change notification ------------------------------------------------------
     def add_listener(self, listener: Callable[[], None]) -> None:
@@ -87,6 +96,7 @@ class AddrSpace:
 
     def _changed(self) -> None:
         with self._lock:
+            self._runs = None
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
@@ -225,6 +235,35 @@ class AddrSpace:
         return hpa
 
     # -- guest memory access -------------------------------------------------------------
+    def _mapped_runs(self) -> tuple[list[int], list[tuple[int, int, memoryview]]]:
+        with self._lock:
+            if self._runs is None:
+                runs = []
+                for r in self._regions:
+                    try:
+                        self._pt.translate(r.gpa)
+                    except NotMapped:
+                        continue
+                    runs.append((int(r.gpa), int(r.end), self.hal.view(r.hpa, r.size)))
+                self._runs = ([start for start, _end, _view in runs], runs)
+            return self._runs
+
+    def view(self, gpa: GuestPhysAddr, length: int) -> memoryview:
+        """A zero-copy writable view of guest ``[gpa, gpa + length)``, which must lie
+        inside one mapped RAM region (else :class:`GuestMemoryFault`)."""
+        if not isinstance(gpa, GuestPhysAddr):
+            raise InvalidInput(f"guest address must be a GuestPhysAddr, got {gpa!r}")
+        if length < 0:
+            raise InvalidInput(f"negative length {length}")
+        pos = int(gpa)
+        starts, runs = self._runs or self._mapped_runs()
+        i = bisect.bisect_right(starts, pos) - 1
+        if i >= 0:
+            start, end, mem = runs[i]
+            if pos + length <= end:
+                return mem[pos - start:pos - start + length]
+        raise GuestMemoryFault(pos, length)
+
     def _chunks(self, gpa: GuestPhysAddr, length: int) -> Iterator[tuple[HostPhysAddr, int]]:
         if not isinstance(gpa, GuestPhysAddr):
             raise InvalidInput(f"guest address must be a GuestPhysAddr, got {gpa!r}")

@@ -23,12 +23,13 @@ device-tree address (the arm64 Linux boot protocol).
 ``run()`` enters the guest and decodes traps with
 :func:`~pyaxvisor.arch.aarch64.exception.handle_sync_exception`; exceptions the
 guest takes itself (SVC, its own page faults, undefined instructions) are
-delivered to its EL1 vectors without leaving ``run()``, as are traps that
-decode to ``Nothing``. ``kick()`` (any thread) ends ``run()`` with ``Nothing``,
-or ``ExternalInterrupt`` when the HAL has a host IRQ pending; a change of the IRQ
-line never ends ``run()``: the running CPU writes the new level itself (at once on
-its own thread, after a kick from another; on the stock library, which cannot be
-kicked, it stops only to re-enter with the new level).
+delivered to its EL1 vectors without leaving ``run()``: inside the CPU with QEMU's
+exception entry (``Aarch64Tcg.deliver_in_cpu``), or, when that is off, here with
+``deliver_to_el1``; so are traps that decode to ``Nothing``. ``kick()`` (any thread)
+ends ``run()`` with ``Nothing``, or ``ExternalInterrupt`` when the HAL has a host IRQ
+pending; a change of the IRQ line never ends ``run()``: the running CPU writes the new
+level itself (at once on its own thread, after a kick from another; on the stock
+library, which cannot be kicked, it stops only to re-enter with the new level).
 
 Devices served inside the CPU (``serve_in_cpu``, MMIO windows only): each window's
 guest addresses must be mapped by the VM's stage-2 table onto
@@ -247,7 +248,8 @@ class Aarch64VCpu(SoftVCpu):
         self.on_timer_write: Callable[[int, int], None] | None = None
         #: Device windows served inside the CPU, attached at bind.
         self.in_cpu = InCpuMmio(self._stop_cpu)
-        self.guest_exceptions = 0  # exceptions delivered to the guest's own vectors
+        self._guest_exceptions = 0  # delivered here, and by engines no longer bound
+        self._delivered_base = 0    # the bound engine's in-CPU count at bind
         #: The VM's "no RAM and no device at this IPA" (set before the first run).
         self.unclaimed: Callable[[int], bool] | None = None
         self.on_external_abort: Callable[[ExternalAbort], None] | None = None
@@ -309,6 +311,7 @@ class Aarch64VCpu(SoftVCpu):
         engine.current_vcpu_id = self.vcpu_id
         self._attach_windows(engine)
         engine.flush_tlb()
+        self._delivered_base = engine.exceptions_delivered
         with self._lock:
             self._engine = engine
             self._run_thread = threading.get_ident()
@@ -329,10 +332,19 @@ class Aarch64VCpu(SoftVCpu):
                                    for t in (TIMER_VIRT, TIMER_PHYS))  # type: ignore[assignment]
         engine.on_timer_write = None
         engine.on_pmu_change = None
+        self._guest_exceptions += engine.exceptions_delivered - self._delivered_base
         engine.leave()
         with self._lock:
             self._engine = None
             self._run_thread = None
+
+    @property
+    def guest_exceptions(self) -> int:
+        """Exceptions delivered to the guest's own EL1 vectors so far (inside the CPU
+        and here). Read it on the vCPU's thread or while it is stopped."""
+        engine = self._engine
+        inside = engine.exceptions_delivered - self._delivered_base if engine else 0
+        return self._guest_exceptions + inside
 
     # -- ArchVCpu: running ---------------------------------------------------------------
     def run(self) -> ExitReason:
@@ -372,7 +384,7 @@ class Aarch64VCpu(SoftVCpu):
                 continue  # stopped to apply a new IRQ line level: re-enter
             if trap.target_el == 1:
                 ctx.elr = engine.deliver_to_el1(trap)
-                self.guest_exceptions += 1
+                self._guest_exceptions += 1
                 continue
             ctx.x = engine.gprs_at_trap()
             self._synced = list(ctx.x)
@@ -405,7 +417,7 @@ class Aarch64VCpu(SoftVCpu):
         esr = external_abort_syndrome(trap.syndrome, same_el=(trap.pstate >> 2) & 3 == 1)
         pc = engine.deliver_to_el1(Trap(trap.kind, esr, trap.far, 1, 0, trap.pc))
         self._served["ExternalAbort"] += 1
-        self.guest_exceptions += 1
+        self._guest_exceptions += 1
         report = self.on_external_abort
         if report is not None:
             report(ExternalAbort(self.vcpu_id, fetch, not fetch and bool(esr & (1 << 6)),

@@ -18,7 +18,9 @@ depend on how the driver split them into descriptors. Outcomes:
   multiple of 512, at most :data:`MAX_REQUEST_BYTES` (seg_max x size_max), and the
   sectors inside the capacity; OUT on a read-only image is refused: otherwise
   VIRTIO_BLK_S_IOERR with no data moved. A host I/O error is IOERR too.
-  Data moves in pieces of at most 1 MiB, so one request never holds more host
+  Data moves straight between the image and guest RAM (``preadv``/``pwritev`` on
+  views of the request's buffers) when the guest memory offers views; otherwise it
+  is copied in pieces of at most 1 MiB, so one request never holds more host
   memory than that.
 * ``VIRTIO_BLK_T_FLUSH`` (4): ``fsync`` of the image, then the completion.
 * ``VIRTIO_BLK_T_GET_ID`` (8): the serial, padded with NULs to 20 bytes (cut to the
@@ -175,6 +177,13 @@ class VirtioBlk(VirtioBackend):
               what: str) -> tuple[int, int]:
         if not self._in_range(sector, length):
             return S_IOERR, 0
+        if ram.has_views:
+            views = ram.views(chain.writable.segments(0, length), f"{what} data")
+            try:
+                self.image.readv(sector * SECTOR_SIZE, views)
+            except OSError:
+                return S_IOERR, 0
+            return S_OK, length
         offset, written = sector * SECTOR_SIZE, 0
         for addr, n in chain.writable.segments(0, length, IO_CHUNK):
             try:
@@ -190,6 +199,13 @@ class VirtioBlk(VirtioBackend):
                what: str) -> int:
         if self.read_only or not self._in_range(sector, length):
             return S_IOERR
+        if ram.has_views:
+            views = ram.views(chain.readable.segments(_HEADER.size, length), f"{what} data")
+            try:
+                self.image.writev(sector * SECTOR_SIZE, views)
+            except OSError:
+                return S_IOERR
+            return S_OK
         offset = sector * SECTOR_SIZE
         for addr, n in chain.readable.segments(_HEADER.size, length, IO_CHUNK):
             data = ram.read(addr, n, f"{what} data")

@@ -20,9 +20,12 @@ Every error names the file. The size is the file's (or block device's) size at
 open; :attr:`RawImage.sectors` counts whole 512-byte sectors (a partial last
 sector is not addressable, as in QEMU).
 
-I/O (:meth:`RawImage.read`, :meth:`RawImage.write`, :meth:`RawImage.flush`) is
-synchronous ``pread``/``pwrite``/``fsync`` on one descriptor; the calls are
-thread-safe (no shared file position), so a worker thread may issue them. They raise
+I/O (:meth:`RawImage.read`, :meth:`RawImage.write`, :meth:`RawImage.readv`,
+:meth:`RawImage.writev`, :meth:`RawImage.flush`) is synchronous
+``pread``/``pwrite``/``preadv``/``pwritev``/``fsync`` on one descriptor; the calls are
+thread-safe (no shared file position), so a worker thread may issue them. ``readv``
+and ``writev`` move data straight between the file and the buffers given (guest RAM
+views), at most :data:`IOV_BATCH` buffers per system call. They raise
 ``OSError`` on failure, which the device reports as VIRTIO_BLK_S_IOERR.
 """
 
@@ -44,6 +47,8 @@ from pyaxvisor.devices.virtio.errors import (
 from pyaxvisor.errors import InvalidInput
 
 SECTOR_SIZE = 512
+#: Most buffers handed to one ``preadv``/``pwritev`` (Linux's IOV_MAX is 1024).
+IOV_BATCH = 1024
 
 #: ``struct flock`` on Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid.
 _FLOCK = struct.Struct("hhqqi4x")
@@ -64,6 +69,18 @@ def _lock(fd: int, path: str, exclusive: bool) -> None:
                                     "device or process; one writer or any number of readers)"
                               ) from None
         raise BlockImageError(path, f"cannot lock it: {exc.strerror}") from None
+
+
+def _advance(buffers: list[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``buffers`` after the first ``done`` bytes."""
+    i = 0
+    while i < len(buffers) and done >= len(buffers[i]):
+        done -= len(buffers[i])
+        i += 1
+    rest = buffers[i:]
+    if done and rest:
+        rest[0] = rest[0][done:]
+    return rest
 
 
 class RawImage:
@@ -133,6 +150,30 @@ class RawImage:
                 raise OSError(errno.EIO, f"{self.path}: short write at {offset}")
             view = view[n:]
             offset += n
+
+    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` in order from the file at ``offset``; ``OSError`` if the
+        file ends before they are full."""
+        pending = [b for b in buffers if len(b)]
+        while pending:
+            batch = pending[:IOV_BATCH]
+            n = os.preadv(self._fd, batch, offset)
+            if n <= 0:
+                raise OSError(errno.EIO, f"{self.path}: short read at {offset}")
+            offset += n
+            pending = _advance(pending, n)
+
+    def writev(self, offset: int, buffers: list[memoryview]) -> None:
+        """Write ``buffers`` in order to the file at ``offset``."""
+        if self.read_only:
+            raise OSError(errno.EROFS, f"{self.path}: image is read-only")
+        pending = [b for b in buffers if len(b)]
+        while pending:
+            n = os.pwritev(self._fd, pending[:IOV_BATCH], offset)
+            if n <= 0:
+                raise OSError(errno.EIO, f"{self.path}: short write at {offset}")
+            offset += n
+            pending = _advance(pending, n)
 
     def flush(self) -> None:
         """Make every completed write durable (``fsync``)."""

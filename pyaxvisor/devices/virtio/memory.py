@@ -34,7 +34,11 @@ ADDR_LIMIT = 1 << 64
 
 
 class GuestMemory(Protocol):
-    """Byte access to guest-physical memory."""
+    """Byte access to guest-physical memory. A memory may also offer
+    ``view(gpa, length) -> memoryview``, zero-copy access to a range inside one
+    piece of RAM (the VM's ``AddrSpace`` does); :class:`GuestRam` then uses it for
+    every access, and devices can move data between files and guest RAM without a
+    copy (:meth:`GuestRam.view`)."""
 
     def read(self, gpa: int, length: int) -> bytes: ...
 
@@ -64,6 +68,14 @@ class AddressedMemory:
     def write(self, gpa: int, data: bytes) -> None:
         self._inner.write(self._address_type(gpa), data)
 
+    @property
+    def view(self) -> Callable[[int, int], memoryview]:
+        """The wrapped memory's ``view`` taking ``int`` addresses (``AttributeError``,
+        so ``getattr(m, "view", None)`` is ``None``, if it has none)."""
+        inner = self._inner.view  # type: ignore[attr-defined]
+        convert = self._address_type
+        return lambda gpa, length: inner(convert(gpa), length)
+
 
 class GuestRam:
     """Bounds-checked access to guest RAM.
@@ -76,7 +88,7 @@ class GuestRam:
     :class:`GuestRangeError` too.
     """
 
-    __slots__ = ("_bases", "_ends", "memory", "ranges")
+    __slots__ = ("_bases", "_ends", "_view", "memory", "ranges")
 
     def __init__(self, memory: GuestMemory, ranges: Iterable[tuple[int, int]]) -> None:
         checked = sorted((int(base), int(size)) for base, size in ranges)
@@ -90,6 +102,8 @@ class GuestRam:
             if b1 + s1 > b2:
                 raise InvalidInput(f"virtio: guest RAM ranges at {b1:#x} and {b2:#x} overlap")
         self.memory = memory
+        #: The memory's zero-copy ``view``, if it has one.
+        self._view: Callable[[int, int], memoryview] | None = getattr(memory, "view", None)
         self.ranges: tuple[tuple[int, int], ...] = tuple(checked)
         self._bases = [b for b, _ in checked]
         self._ends = [b + s for b, s in checked]
@@ -107,10 +121,56 @@ class GuestRam:
         if not self.contains(addr, length):
             raise GuestRangeError(what, addr, length)
 
+    @property
+    def has_views(self) -> bool:
+        """Whether :meth:`view` works (the memory offers views)."""
+        return self._view is not None
+
+    def view(self, addr: int, length: int, what: str) -> memoryview:
+        """A zero-copy writable view of ``[addr, addr + length)`` (checked like
+        :meth:`read`). Only if :attr:`has_views`; otherwise ``InvalidInput``."""
+        self.check(addr, length, what)
+        if self._view is None:
+            raise InvalidInput("virtio: this guest memory offers no zero-copy views")
+        try:
+            return self._view(addr, length)
+        except AxError as exc:
+            raise GuestRangeError(what, addr, length) from exc
+
+    def views(self, pieces: Iterable[tuple[int, int]], what: str) -> list[memoryview]:
+        """:meth:`view` of each ``(addr, length)`` piece, in order (checked the same way;
+        one lookup in the memory per RAM range rather than per piece)."""
+        if self._view is None:
+            raise InvalidInput("virtio: this guest memory offers no zero-copy views")
+        out: list[memoryview] = []
+        whole: dict[int, memoryview | None] = {}
+        bases, ends = self._bases, self._ends
+        for addr, length in pieces:
+            i = bisect.bisect_right(bases, addr) - 1
+            if i < 0 or length < 0 or addr + length > ends[i]:
+                raise GuestRangeError(what, addr, length)
+            if i not in whole:
+                try:  # the whole range, if the memory maps it as one piece
+                    whole[i] = self._view(bases[i], ends[i] - bases[i])
+                except AxError:
+                    whole[i] = None
+            mem = whole[i]
+            if mem is None:
+                out.append(self.view(addr, length, what))
+            else:
+                off = addr - bases[i]
+                out.append(mem[off:off + length])
+        return out
+
     def read(self, addr: int, length: int, what: str) -> bytes:
         self.check(addr, length, what)
         if length == 0:
             return b""
+        if self._view is not None:
+            try:
+                return bytes(self._view(addr, length))
+            except AxError as exc:
+                raise GuestRangeError(what, addr, length) from exc
         try:
             data = self.memory.read(addr, length)
         except AxError as exc:
@@ -122,6 +182,12 @@ class GuestRam:
     def write(self, addr: int, data: bytes, what: str) -> None:
         self.check(addr, len(data), what)
         if not data:
+            return
+        if self._view is not None:
+            try:
+                self._view(addr, len(data))[:] = data
+            except AxError as exc:
+                raise GuestRangeError(what, addr, len(data)) from exc
             return
         try:
             self.memory.write(addr, data)

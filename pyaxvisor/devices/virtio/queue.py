@@ -194,6 +194,7 @@ class SplitQueue:
                 f"{name}: head descriptor index {head} is past the queue size {size}")
         readable: list[Buffer] = []
         writable: list[Buffer] = []
+        contains = self.ram.contains
         table: bytes | None = None  # the indirect table, once entered
         table_len, limit = size, size
         index, walked, total = head, 0, 0
@@ -217,9 +218,9 @@ class SplitQueue:
                                                     f"{index}")
                 index, walked, limit = 0, 0, table_len
                 continue
-            what = f"{name}: buffer of {'indirect ' if table is not None else ''}descriptor " \
-                   f"{index}"
-            self.ram.check(addr, length, what)
+            if not contains(addr, length):
+                self.ram.check(addr, length, f"{name}: buffer of "
+                               f"{'indirect ' if table is not None else ''}descriptor {index}")
             if flags & DESC_F_WRITE:
                 writable.append(Buffer(addr, length))
             elif writable:

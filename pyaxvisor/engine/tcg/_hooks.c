@@ -183,7 +183,10 @@ static uint32_t timer_access(void *uc, int reg, const struct cp_reg *cp,
  *      VM with other CPUs (`group`), broadcast TLBIs and instruction-cache
  *      maintenance reach those CPUs (xsync.h). Python installs it while either holds;
  *    - a64_watch_hook (UC_HOOK_MEM_READ and UC_HOOK_MEM_WRITE), installed by Python
- *      only while a watchpoint is armed.
+ *      only while a watchpoint is armed;
+ *    - a64_intr_hook (UC_HOOK_INTR): the guest's own exceptions to EL1 (SVC, aborts,
+ *      undefined instructions, BRK) taken inside the CPU with QEMU's exception entry,
+ *      without leaving it; traps to EL2 handed to Python.
  *
  *    PMU (a Cortex-A72's PMUv3 with four 32-bit event counters, not its six: this
  *    Unicorn's QEMU defines PMEVCNTRn/PMEVTYPERn for n < 4 only, and a hook cannot
@@ -300,6 +303,12 @@ struct a64_state {
     uint64_t virq;                      /* the level HCR_EL2.VI has */
     uint64_t virq_want;                 /* the level another thread asked for (a64_kick) */
     uint64_t virq_kicked;               /* kicks that changed the line */
+    /* Exceptions (a64_intr_hook). */
+    void (*do_interrupt)(void *cpu);    /* arm_cpu_do_interrupt_aarch64: QEMU's entry */
+    uint64_t target_el_off;             /* env->exception.target_el */
+    uint64_t deliver;                   /* take the guest's own exceptions here (else Python) */
+    void (*on_trap)(uint32_t intno);    /* Python: every exception not taken here */
+    uint64_t delivered;                 /* exceptions taken here */
 };
 
 static int64_t mono_ns(void)
@@ -353,6 +362,31 @@ static void a64_kick(void *uc, void *user_data)
         a64_set_virq(st, want, 0);
         st->virq_kicked++;
     }
+}
+
+/* -- exceptions */
+
+/* QEMU's exception numbers of the synchronous exceptions a guest takes itself. */
+#define A64_GUEST_EXCPS ((1u << 1) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 7))
+
+/* UC_HOOK_INTR: every exception the CPU raises (IRQs it takes itself, not here). One
+ * whose target is EL1 and that is an undefined instruction, SVC, abort or BRK (EXCP_UDEF,
+ * SWI, PREFETCH_ABORT, DATA_ABORT, BKPT) is the guest's own: with `deliver` set it is
+ * taken here with QEMU's exception entry (ESR/FAR/ELR/SPSR_EL1, PSTATE, vector; Unicorn
+ * then clears the exception and the CPU goes on at the vector) and counted. Everything
+ * else (traps to EL2: HVC, SMC, stage-2 aborts, trapped instructions) goes to Python's
+ * on_trap, which records it and stops the CPU. */
+static void a64_intr_hook(void *uc, uint32_t intno, void *user_data)
+{
+    struct a64_state *st = user_data;
+    (void)uc;
+    if (st->deliver && intno < 32 && (A64_GUEST_EXCPS >> intno & 1)
+            && *(const uint32_t *)(st->env + st->target_el_off) == 1) {
+        st->do_interrupt(st->cpu);
+        st->delivered++;
+        return;
+    }
+    st->on_trap(intno);
 }
 
 /* -- PMU */
@@ -1175,12 +1209,13 @@ static PyObject *a64_hook_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NNNNNN)", PyLong_FromVoidPtr((void *)a64_block_hook),
+    return Py_BuildValue("(NNNNNNN)", PyLong_FromVoidPtr((void *)a64_block_hook),
                          PyLong_FromVoidPtr((void *)a64_mrs_hook),
                          PyLong_FromVoidPtr((void *)a64_msr_hook),
                          PyLong_FromVoidPtr((void *)a64_sys_hook),
                          PyLong_FromVoidPtr((void *)a64_watch_hook),
-                         PyLong_FromVoidPtr((void *)a64_kick));
+                         PyLong_FromVoidPtr((void *)a64_kick),
+                         PyLong_FromVoidPtr((void *)a64_intr_hook));
 }
 
 /* The PMU brought up to now (fold), or its sources taken as they are now without counting
@@ -1288,7 +1323,7 @@ static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
     {"a64_hook_addresses", a64_hook_addresses, METH_NOARGS,
-     "(block, MRS, MSR, SYS, memory hooks, kick callback) of the AArch64 CPU; user_data: "
+     "(block, MRS, MSR, SYS, memory hooks, kick callback, intr hook) of the AArch64 CPU; user_data: "
      "struct a64_state*."},
     {"a64_pmu_sync", a64_pmu_sync, METH_VARARGS,
      "a64_pmu_sync(state, resnap): fold the PMU's counters to now (or take their sources "

@@ -348,6 +348,7 @@ _WORK_PMU, _WORK_XLATE, _WORK_WATCH = 1, 2, 4
 _U64 = ctypes.c_uint64
 _I64 = ctypes.c_int64
 _ON_CHANGE = ctypes.CFUNCTYPE(None)
+_ON_TRAP = ctypes.CFUNCTYPE(None, ctypes.c_uint32)
 
 
 class _A64Pmu(ctypes.Structure):
@@ -377,10 +378,13 @@ class _A64State(ctypes.Structure):
                 ("hooked", _U64), ("group", ctypes.c_void_p), ("peer", ctypes.c_void_p),
                 ("pmu", _A64Pmu), ("watch", _A64Watch), ("uc", ctypes.c_void_p),
                 ("cpu", ctypes.c_void_p), ("cpu_exit", ctypes.c_void_p), ("virq", _U64),
-                ("virq_want", _U64), ("virq_kicked", _U64))
+                ("virq_want", _U64), ("virq_kicked", _U64), ("do_interrupt", ctypes.c_void_p),
+                ("target_el_off", _U64), ("deliver", _U64), ("on_trap", _ON_TRAP),
+                ("delivered", _U64))
 
 
-_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH, _KICK = _hooks.a64_hook_addresses()
+(_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH, _KICK,
+ _HOOK_INTR) = _hooks.a64_hook_addresses()
 if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset,
         _A64State.virq.offset) != _hooks.a64_layout():
     raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
@@ -514,7 +518,12 @@ class Aarch64Tcg:
                               "aarch64")
         self._member = Membership(uc, self.xsync)
         self._trap: Trap | None = None
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._on_trap_cb = _ON_TRAP(self._on_intr)
+        st.on_trap = self._on_trap_cb
+        st.do_interrupt = uc_function("arm_cpu_do_interrupt_aarch64")
+        st.target_el_off = self._layout.record + 16 - self._layout.header
+        st.deliver = 1
+        self._intr_hook = add_hook(uc, UC_HOOK_INTR, _HOOK_INTR, ptr)
         self._rec = struct.Struct("<IIQI")
         self._xregs = struct.Struct("<31Q")
 
@@ -616,7 +625,25 @@ class Aarch64Tcg:
             handler()
 
     # -- running --------------------------------------------------------------------
-    def _on_intr(self, uc: Uc, intno: int, _user: object) -> None:
+    @property
+    def deliver_in_cpu(self) -> bool:
+        """Whether the guest's own exceptions to EL1 are taken inside the CPU (the
+        default) rather than handed to Python like traps to EL2 (then ``run`` returns
+        them with ``target_el`` 1 and the caller delivers them, see
+        :meth:`deliver_to_el1`). CPU stopped to change it."""
+        return bool(self._st.deliver)
+
+    @deliver_in_cpu.setter
+    def deliver_in_cpu(self, on: bool) -> None:
+        self._st.deliver = int(on)
+
+    @property
+    def exceptions_delivered(self) -> int:
+        """Guest exceptions taken inside the CPU so far."""
+        return int(self._st.delivered)
+
+    def _on_intr(self, intno: int) -> None:
+        uc = self._uc
         view = self._ctx.refresh()
         syn, _fsr, vaddr, target_el = self._rec.unpack_from(view, self._layout.record)
         pc = struct.unpack_from("<Q", view, self._layout.pc)[0]
