@@ -132,9 +132,16 @@ def test_mmio_reads_and_writes(machine):
     assert m.result(0x28) == 0x5151
 
 
-def test_guest_exceptions_go_to_its_own_vectors_and_irq_injection(machine):
+@pytest.mark.parametrize("in_cpu", [True, False], ids=["in-cpu", "via-python"])
+def test_guest_exceptions_go_to_its_own_vectors_and_irq_injection(machine, in_cpu):
+    """The guest's SVC and undefined instruction reach its EL1 vectors with the same
+    syndromes, return addresses and stack whether the CPU takes them itself (QEMU's
+    exception entry) or hands them to Python (deliver_to_el1)."""
     m = machine("exceptions")
     v = m.vcpu
+    engine = v.arch._require_engine()
+    engine.deliver_in_cpu = in_cpu
+    before = engine.exceptions_delivered
     done = threading.Event()
 
     def inject_later():
@@ -165,6 +172,7 @@ def test_guest_exceptions_go_to_its_own_vectors_and_irq_injection(machine):
     assert m.result(0x48) == 0x5EED
     assert v.arch.pending_vectors == [27]
     assert v.arch.guest_exceptions == 2
+    assert engine.exceptions_delivered - before == (2 if in_cpu else 0)
 
 
 def test_timer_wfi_and_trapped_id_register(machine):

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,11 +67,16 @@ class Rig:
             readable.append(out)
         writable = ([data_in] if data_in else []) + [1]
         req = self.q.add(readable, writable, indirect=indirect)
-        self.drv.notify(0)
+        self.notify()
         used = self.q.collect()
         assert used[0][0] == req.head and len(used) == 1
         written = self.q.written(req)
         return written[-1], written[:-1], used[0][1]
+
+    def notify(self) -> None:
+        """QueueNotify, then wait for the device's I/O thread to finish."""
+        self.drv.notify(0)
+        self.blk.drain()
 
     def close(self) -> None:
         self.blk.close()
@@ -135,7 +141,7 @@ def test_read_through_an_indirect_table_with_a_split_header(rig, image):
 def test_read_into_several_buffers(rig, image):
     header = struct.pack("<IIQ", vb.T_IN, 0, 1)
     req = rig.q.add([header], [100, 412, 512, 1])
-    rig.drv.notify(0)
+    rig.notify()
     assert rig.q.collect() == [(req.head, 1025)]
     written = rig.q.written(req)
     assert written[:-1] == image.read_bytes()[512:1536] and written[-1] == vb.S_OK
@@ -154,7 +160,7 @@ def test_write(rig, image):
 def test_header_and_data_in_one_descriptor(rig, image):
     new = pattern(512, seed=3)
     req = rig.q.add([struct.pack("<IIQ", vb.T_OUT, 0, 9) + new], [1])
-    rig.drv.notify(0)
+    rig.notify()
     assert rig.q.collect() == [(req.head, 1)]
     assert image.read_bytes()[9 * 512:10 * 512] == new
 
@@ -228,7 +234,7 @@ def test_an_unknown_request_type_is_unsupp(rig):
 
 
 def test_a_host_io_error_is_ioerr(rig, monkeypatch):
-    def broken(offset, length):
+    def broken(offset, length, **_kw):
         raise OSError(errno.EIO, "media error")
 
     monkeypatch.setattr(rig.blk.image, "read", broken)
@@ -263,7 +269,7 @@ def test_a_request_larger_than_seg_max_times_size_max_is_ioerr(tmp_path):
         (head,) = q.take_desc(1)
         q.write_desc(head, table, 16 * (count + 2), DESC_F_INDIRECT)
         q.publish(head)
-        rig.drv.notify(0)
+        rig.notify()
         assert q.collect() == [(head, 1)]
         assert ram.read(status, 1) == bytes([vb.S_IOERR])
         assert ram.read(buf, piece) == b"\xee" * piece
@@ -291,7 +297,7 @@ def test_a_read_only_image_refuses_writes_but_reads(image):
 def test_a_request_without_room_for_header_or_status_needs_reset(rig, readable, writable,
                                                                   match):
     rig.q.add(readable, writable)
-    rig.drv.notify(0)
+    rig.notify()
     assert rig.drv.status & STATUS_DEVICE_NEEDS_RESET
     assert match in rig.dev.last_error
     assert rig.q.collect() == [] and not rig.ram.violations
@@ -384,3 +390,113 @@ def test_the_lock_holds_against_another_process(image):
     finally:
         held.close()
 
+
+# -- the I/O thread ---------------------------------------------------------------------------
+class Gate:
+    """Makes the image's reads wait until opened, as if the data were on a slow disk
+    (a non-blocking read is refused), and records the thread they ran on."""
+
+    def __init__(self, image: RawImage, monkeypatch) -> None:
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self.threads: list[str] = []
+        real = image.readv
+
+        def gated(offset, buffers, *, nowait=False):
+            if nowait:
+                raise BlockingIOError(errno.EAGAIN, "not cached")
+            self.threads.append(threading.current_thread().name)
+            self.entered.set()
+            assert self.opened.wait(10)
+            real(offset, buffers)
+
+        monkeypatch.setattr(image, "readv", gated)
+
+
+def test_requests_run_on_the_io_thread_and_complete_with_an_interrupt(image, monkeypatch):
+    rig = Rig(image)
+    try:
+        gate = Gate(rig.blk.image, monkeypatch)
+        req = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 2)], [512, 1])
+        rig.drv.notify(0)                       # returns while the read is under way
+        assert gate.entered.wait(10)
+        assert rig.q.collect() == [] and not rig.sink.levels.get(7)
+        gate.opened.set()
+        rig.blk.drain()
+        assert rig.q.collect() == [(req.head, 513)]
+        assert rig.q.written(req)[:-1] == image.read_bytes()[1024:1536]
+        assert rig.sink.levels[7] is True       # raised by the I/O thread's completion
+        assert gate.threads == [f"virtio-blk {image}"]
+    finally:
+        gate.opened.set()
+        rig.close()
+    assert not any(t.name.startswith("virtio-blk") for t in threading.enumerate())
+
+
+def test_a_reset_waits_for_the_request_under_way_and_drops_its_completion(image, monkeypatch):
+    rig = Rig(image)
+    try:
+        gate = Gate(rig.blk.image, monkeypatch)
+        req = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 0)], [512, 1])
+        rig.drv.notify(0)
+        assert gate.entered.wait(10)
+        resetting = threading.Thread(target=rig.dev.write,
+                                     args=(r.STATUS, AccessWidth.Dword, 0, 0))
+        resetting.start()
+        resetting.join(0.2)
+        assert resetting.is_alive()             # the reset waits for the read
+        gate.opened.set()
+        resetting.join(10)
+        assert not resetting.is_alive()
+        assert rig.q.collect() == []            # completed after the reset: dropped
+        assert rig.q.written(req)[:-1] == image.read_bytes()[:512]  # the data did land
+    finally:
+        gate.opened.set()
+        rig.close()
+
+
+def test_reads_of_cached_data_complete_on_the_notifying_thread(image):
+    rig = Rig(image)
+    try:
+        req = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 3)], [512, 1])
+        rig.drv.notify(0)                       # no drain: done before notify returns
+        assert rig.q.collect() == [(req.head, 513)]
+        assert rig.q.written(req)[:-1] == image.read_bytes()[1536:2048]
+        assert not any(t.name.startswith("virtio-blk") for t in threading.enumerate())
+        req = rig.q.add([struct.pack("<IIQ", vb.T_OUT, 0, 3), bytes(512)], [1])
+        rig.drv.notify(0)                       # a write always goes to the I/O thread
+        rig.blk.drain()
+        assert rig.q.collect() == [(req.head, 1)]
+        assert any(t.name == f"virtio-blk {image}" for t in threading.enumerate())
+    finally:
+        rig.close()
+
+
+def test_requests_after_one_that_would_block_keep_their_order(image, monkeypatch):
+    rig = Rig(image)
+    try:
+        gate = Gate(rig.blk.image, monkeypatch)
+        first = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 0)], [512, 1])
+        second = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 1)], [512, 1])
+        rig.drv.notify(0)
+        assert gate.entered.wait(10)
+        third = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 2)], [512, 1])
+        rig.drv.notify(0)                       # the thread has work: this goes there too
+        gate.opened.set()
+        rig.blk.drain()
+        assert rig.q.collect() == [(first.head, 513), (second.head, 513), (third.head, 513)]
+        assert gate.threads == [f"virtio-blk {image}"] * 3
+    finally:
+        gate.opened.set()
+        rig.close()
+
+
+def test_without_an_io_thread_requests_complete_before_the_notify_returns(image):
+    rig = Rig(image, iothread=False)
+    try:
+        req = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 1)], [512, 1])
+        rig.drv.notify(0)
+        assert rig.q.collect() == [(req.head, 513)]
+        assert not any(t.name.startswith("virtio-blk") for t in threading.enumerate())
+    finally:
+        rig.close()

@@ -31,21 +31,36 @@ The used length is the bytes written to the writable buffers: data plus the stat
 byte. A chain with less than 16 readable bytes or no writable byte has nowhere to
 put a status: that is a guest error (DEVICE_NEEDS_RESET).
 
-I/O runs synchronously in :meth:`VirtioBlk.queue_notify` (the vCPU thread that
-notified). Each request is carried out by :meth:`VirtioBlk.handle`, which only
-needs the chain and guest RAM and returns the used length, so the work can move to
-a worker thread by calling ``handle`` there and ``queue.push`` after it.
+Threads: I/O that may block runs off the vCPU threads, on the device's own I/O
+thread (``virtio-blk <file>``, started at the first notification), while the vCPU
+goes on. A QueueNotify first tries the available requests on the notifying vCPU
+thread without blocking: a read whose data the host has in memory (``preadv2`` with
+``RWF_NOWAIT``), GET_ID and refused requests complete at once (Linux's io_uring
+likewise tries a request without blocking before it hands it to a worker). The first
+request that could block (any write or flush; a read of data not cached) goes to the
+I/O thread with every request after it, and while the thread has work every
+notification goes to it, so requests start in the order the driver made them
+available. The thread carries each out (:meth:`VirtioBlk.handle`) and completes it
+(``queue.push``, which raises the interrupt through the board's interrupt controller
+from this thread). A reset of the device waits for the request under way (no data
+reaches guest memory after the driver's reset returns, as QEMU drains its requests
+on reset); :meth:`VirtioBlk.drain` waits until nothing is pending or under way;
+:meth:`VirtioBlk.close` finishes the request under way, stops the thread and closes
+the image. With ``iothread=False`` requests run on the notifying vCPU thread
+instead.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import deque
 
 from pyaxvisor.devices.virtio.backend import QueueHandle, VirtioBackend
 from pyaxvisor.devices.virtio.blk_image import SECTOR_SIZE, RawImage
 from pyaxvisor.devices.virtio.chain import DescriptorChain
-from pyaxvisor.devices.virtio.errors import BadRequest
+from pyaxvisor.devices.virtio.errors import BadRequest, VirtioGuestError
 from pyaxvisor.devices.virtio.memory import GuestRam
 from pyaxvisor.devices.virtio.spec import DEVICE_ID_BLOCK
 from pyaxvisor.errors import InvalidInput
@@ -85,6 +100,8 @@ ID_BYTES = 20
 CONFIG_SIZE = 60
 
 _HEADER = struct.Struct("<IIQ")
+#: Request types that always go to the I/O thread (T_IN may complete without it).
+_MAY_BLOCK = frozenset({T_OUT, T_FLUSH})
 
 
 def _default_serial(path: str) -> bytes:
@@ -97,8 +114,9 @@ class VirtioBlk(VirtioBackend):
     :class:`~pyaxvisor.devices.virtio.blk_image.RawImage` for how it is opened and
     locked, and the errors that name the file). ``serial`` is what GET_ID returns
     (at most 20 ASCII bytes; default: the file's base name, cut to 20 bytes).
-    ``close()`` releases the image. Thread-safe: requests share no state but the
-    image, whose calls are thread-safe.
+    ``close()`` releases the image. ``iothread``: carry requests out on the device's
+    I/O thread (default) or on the notifying vCPU thread. Thread-safe: requests share
+    no state but the image, whose calls are thread-safe.
     """
 
     name = "virtio-blk"
@@ -106,7 +124,7 @@ class VirtioBlk(VirtioBackend):
     queue_max_sizes = (QUEUE_SIZE,)
 
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
-                 serial: str | None = None) -> None:
+                 serial: str | None = None, iothread: bool = True) -> None:
         if serial is None:
             ident = _default_serial(os.fspath(path))
         else:
@@ -121,6 +139,13 @@ class VirtioBlk(VirtioBackend):
         self.read_only = read_only
         self.serial = ident
         self._config = self._build_config()
+        self.iothread = iothread
+        self._work = threading.Condition()
+        self._queue: QueueHandle | None = None  # notified, not yet looked at
+        self._carried: deque[DescriptorChain] = deque()  # popped, for the I/O thread
+        self._busy = False                       # the I/O thread is carrying requests out
+        self._closing = False
+        self._thread: threading.Thread | None = None
 
     def _build_config(self) -> bytes:
         cfg = bytearray(CONFIG_SIZE)
@@ -136,16 +161,97 @@ class VirtioBlk(VirtioBackend):
         return self._config
 
     def close(self) -> None:
+        """Finish the request under way, stop the I/O thread, release the image."""
+        with self._work:
+            self._closing = True
+            self._work.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         self.image.close()
+
+    def reset(self) -> None:
+        """The driver reset the device: forget a pending notification and wait for
+        the request under way to complete (its completion is then dropped)."""
+        with self._work:
+            self._queue = None
+            self._carried.clear()
+            while self._busy:
+                self._work.wait()
+
+    def drain(self) -> None:
+        """Wait until no notification is pending and no request is under way."""
+        with self._work:
+            while self._queue is not None or self._busy:
+                self._work.wait()
 
     # -- requests ------------------------------------------------------------------------
     def queue_notify(self, queue: QueueHandle) -> None:
-        while (chain := queue.pop()) is not None:
+        if not self.iothread:
+            self._serve(queue)
+            return
+        with self._work:
+            if self._closing:
+                return
+            idle = self._queue is None and not self._busy
+        if idle:
+            while (chain := queue.pop()) is not None:
+                try:
+                    used = self.handle(chain, queue.ram, nowait=True)
+                except BlockingIOError:
+                    break
+                queue.push(chain, used)
+            else:
+                return
+        self._hand_over(queue, chain if idle else None)
+
+    def _hand_over(self, queue: QueueHandle, chain: DescriptorChain | None) -> None:
+        """Give the I/O thread ``queue``'s requests, starting with ``chain`` if given."""
+        with self._work:
+            if self._closing:
+                return
+            if chain is not None:
+                self._carried.append(chain)
+            self._queue = queue
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._io_loop, daemon=True,
+                                                name=f"virtio-blk {self.image.path}")
+                self._thread.start()
+            self._work.notify_all()
+
+    def _io_loop(self) -> None:
+        work = self._work
+        while True:
+            with work:
+                while self._queue is None and not self._closing:
+                    work.wait()
+                if self._closing:
+                    return
+                queue, self._queue = self._queue, None
+                self._busy = True
+            try:
+                self._serve(queue)
+            except VirtioGuestError as exc:
+                queue.fail(exc)
+            finally:
+                with work:
+                    self._busy = False
+                    work.notify_all()
+
+    def _serve(self, queue: QueueHandle) -> None:
+        carried = self._carried
+        while True:
+            with self._work:
+                chain = carried.popleft() if carried else None
+            if chain is None and (chain := queue.pop()) is None:
+                return
             queue.push(chain, self.handle(chain, queue.ram))
 
-    def handle(self, chain: DescriptorChain, ram: GuestRam) -> int:
+    def handle(self, chain: DescriptorChain, ram: GuestRam, *, nowait: bool = False) -> int:
         """Carry out one request; the bytes written to its writable buffers.
-        Raises :class:`BadRequest` if the chain has no room for header or status."""
+        Raises :class:`BadRequest` if the chain has no room for header or status.
+        ``nowait``: raise :class:`BlockingIOError` instead of doing anything that may
+        wait for the host's disk (the request is then not done; do it again later)."""
         what = f"{self.name} request {chain.head}"
         if chain.readable.total < _HEADER.size:
             raise BadRequest(f"{what}: {chain.readable.total} device-readable bytes, the "
@@ -156,8 +262,10 @@ class VirtioBlk(VirtioBackend):
             chain.readable.read(ram, 0, _HEADER.size, f"{what} header"))
         data_len = chain.writable.total - 1
         status, written = S_UNSUPP, 0
+        if nowait and kind in _MAY_BLOCK:
+            raise BlockingIOError(f"{what}: type {kind} may wait for the disk")
         if kind == T_IN:
-            status, written = self._read(chain, ram, sector, data_len, what)
+            status, written = self._read(chain, ram, sector, data_len, what, nowait)
         elif kind == T_OUT:
             status = self._write(chain, ram, sector, chain.readable.total - _HEADER.size, what)
         elif kind == T_FLUSH:
@@ -174,16 +282,22 @@ class VirtioBlk(VirtioBackend):
                 and sector * SECTOR_SIZE + length <= self.image.sectors * SECTOR_SIZE)
 
     def _read(self, chain: DescriptorChain, ram: GuestRam, sector: int, length: int,
-              what: str) -> tuple[int, int]:
+              what: str, nowait: bool = False) -> tuple[int, int]:
         if not self._in_range(sector, length):
             return S_IOERR, 0
         if ram.has_views:
             views = ram.views(chain.writable.segments(0, length), f"{what} data")
             try:
-                self.image.readv(sector * SECTOR_SIZE, views)
+                self.image.readv(sector * SECTOR_SIZE, views, nowait=nowait)
+            except BlockingIOError:
+                if nowait:
+                    raise
+                return S_IOERR, 0
             except OSError:
                 return S_IOERR, 0
             return S_OK, length
+        if nowait:
+            raise BlockingIOError(f"{what}: copies are made on the I/O thread")
         offset, written = sector * SECTOR_SIZE, 0
         for addr, n in chain.writable.segments(0, length, IO_CHUNK):
             try:

@@ -49,6 +49,7 @@ from pyaxvisor.errors import InvalidInput
 SECTOR_SIZE = 512
 #: Most buffers handed to one ``preadv``/``pwritev`` (Linux's IOV_MAX is 1024).
 IOV_BATCH = 1024
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 #: ``struct flock`` on Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid.
 _FLOCK = struct.Struct("hhqqi4x")
@@ -99,6 +100,9 @@ class RawImage:
             raise
         self._closed = False
         self._close_lock = threading.Lock()
+        #: Whether ``readv(nowait=True)`` may succeed (cleared when the file system
+        #: refuses RWF_NOWAIT).
+        self.nowait_reads = bool(_RWF_NOWAIT)
 
     def _open(self) -> int:
         path = self.path
@@ -151,13 +155,28 @@ class RawImage:
             view = view[n:]
             offset += n
 
-    def readv(self, offset: int, buffers: list[memoryview]) -> None:
+    def readv(self, offset: int, buffers: list[memoryview], *, nowait: bool = False) -> None:
         """Fill ``buffers`` in order from the file at ``offset``; ``OSError`` if the
-        file ends before they are full."""
+        file ends before they are full. ``nowait``: only if that needs no waiting for
+        the disk (``RWF_NOWAIT``: the data is in the host's page cache, or a hole);
+        otherwise :class:`BlockingIOError`, with the buffers possibly part filled. A
+        file system that does not support it raises it every time after the first."""
         pending = [b for b in buffers if len(b)]
+        if nowait and not self.nowait_reads:
+            raise BlockingIOError(errno.EAGAIN, "non-blocking reads not supported")
+        flags = _RWF_NOWAIT if nowait else 0
         while pending:
             batch = pending[:IOV_BATCH]
-            n = os.preadv(self._fd, batch, offset)
+            want = sum(len(b) for b in batch) if nowait else 0
+            try:
+                n = os.preadv(self._fd, batch, offset, flags)
+            except OSError as exc:
+                if nowait and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    self.nowait_reads = False
+                    raise BlockingIOError(exc.errno, exc.strerror) from None
+                raise
+            if nowait and n < want:  # part of it is not in memory: the rest would wait
+                raise BlockingIOError(errno.EAGAIN, "the rest would wait for the disk")
             if n <= 0:
                 raise OSError(errno.EIO, f"{self.path}: short read at {offset}")
             offset += n
