@@ -163,6 +163,12 @@ class SoftVirtBoard(Board):
         access must exit, offer it to the vCPUs to serve inside the CPU; returns whether
         it was offered."""
         vm.devices.mmio.attach(base, size, device)
+        return self.offer_in_cpu(base, size, device)
+
+    def offer_in_cpu(self, base: int, size: int, device: Device) -> bool:
+        """Offer ``device`` (already on the VM's bus, as one or several devices) to the
+        vCPUs to serve inside the CPU at ``[base, base + size)``, unless every access
+        must exit; returns whether it was offered."""
         if not self.config.in_cpu_devices:
             return False
         self._in_cpu.append(InCpuWindow("mmio", base, size, device.read, device.write,

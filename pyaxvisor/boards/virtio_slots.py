@@ -45,6 +45,7 @@ from pyaxvisor.devices.virtio.empty import EmptyTransport
 from pyaxvisor.devices.virtio.tap import TapBackend
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.vcpu.width import AccessWidth
 from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig, parse_mac
 
 if TYPE_CHECKING:
@@ -149,6 +150,15 @@ class VirtioTransports:
     def device_at(self, slot: int) -> Device:
         return self.devices[slot]
 
+    def row(self) -> Device:
+        """The whole row as one device over :attr:`VirtioSlots.window` (for a CPU that
+        serves whole pages of device registers in-CPU), routing each access to its
+        slot. Only for rows without gaps (stride = the transport's window)."""
+        if self.slots.stride != MMIO_SIZE:
+            raise InvalidInput(f"virtio row: slots {self.slots.stride:#x} apart leave gaps "
+                               f"between {MMIO_SIZE:#x}-byte transports")
+        return _Row(self.devices)
+
     def close(self) -> None:
         """Release the devices' images and TAP interfaces (idempotent)."""
         backends, self._backends = self._backends, []
@@ -156,3 +166,20 @@ class VirtioTransports:
             close = getattr(backend, "close", None)
             if close is not None:
                 close()
+
+
+class _Row(Device):
+    """Slot ``offset // MMIO_SIZE`` answers an access at ``offset`` of the row (the
+    transport checks the access itself: one that crosses into the next slot is a bad
+    access of the first)."""
+
+    def __init__(self, devices: list[Device]) -> None:
+        self.devices = devices
+
+    def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
+        slot, at = divmod(offset, MMIO_SIZE)
+        return self.devices[slot].read(at, width, vcpu_id)
+
+    def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
+        slot, at = divmod(offset, MMIO_SIZE)
+        self.devices[slot].write(at, width, value, vcpu_id)

@@ -162,6 +162,11 @@ class VirtBoard(SoftVirtBoard):
         self._timers = GenericTimers(vm, self.gic)
         gic = self.gic
         self.virtio.create(vm, lambda intid: IrqLine(gic, intid))
+        # the transports sit 0x200 apart: the row's pages are served in-CPU as one window
+        base, size = self.virtio_slots.window
+        if self.offer_in_cpu(base, size, self.virtio.row()):
+            space.map_mmio_window(GuestPhysAddr(base), HostPhysAddr(IN_CPU_MMIO_BASE + base),
+                                  size)
 
     def load(self, vm: Vm) -> BootState:
         assert vm.space is not None
