@@ -20,11 +20,6 @@ Every error names the file. The size is the file's (or block device's) size at
 open; :attr:`RawImage.sectors` counts whole 512-byte sectors (a partial last
 sector is not addressable, as in QEMU).
 
-I/O (:meth:`RawImage.read`, :meth:`RawImage.write`, :meth:`RawImage.flush`) is
-synchronous ``pread``/``pwrite``/``fsync`` on one descriptor; the calls are
-thread-safe (no shared file position), so a worker thread may issue them. They raise
-``OSError`` on failure, which the device reports as VIRTIO_BLK_S_IOERR.
-
 Freeing and zeroing ranges (:meth:`RawImage.discard`, :meth:`RawImage.write_zeroes`),
 read-write images only:
 
@@ -47,9 +42,14 @@ read-write images only:
   passes it NOUNMAP) and writes zeroes itself where the device cannot.
 
 A discard the host turns out not to support after all (``EOPNOTSUPP`` later on) is
-done without freeing anything, as QEMU does: discarding is only ever a hint. These
-calls are thread-safe as the others are; what they learn (a mode the host refuses)
-is a flag that only ever goes from true to false.
+done without freeing anything, as QEMU does: discarding is only ever a hint. Like the
+I/O calls below, these are thread-safe; what they learn (a mode the host refuses) is
+a flag that only ever goes from true to false.
+
+I/O (:meth:`RawImage.read`, :meth:`RawImage.write`, :meth:`RawImage.flush`) is
+synchronous ``pread``/``pwrite``/``fsync`` on one descriptor; the calls are
+thread-safe (no shared file position), so a worker thread may issue them. They raise
+``OSError`` on failure, which the device reports as VIRTIO_BLK_S_IOERR.
 """
 
 from __future__ import annotations
