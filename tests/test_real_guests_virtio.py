@@ -2,9 +2,9 @@
 virtio-blk, virtio-rng, virtio-console, virtio-net and ext4 modules (loaded by the
 ``initramfs-virtio-<arch>`` image from the same ``linux-image`` package) drive
 pyaxvisor's devices; the guest reads an ext4 disk and a raw disk made here, writes to
-both, and a second boot reads that back; hvc0 carries output and input; a guest talks to
-the host over a tap in a network namespace the test makes. Images are fetched (and
-cached) at test time, as for the other real-guest tests. Slow."""
+both, and a second boot reads that back; hvc0 carries output and input; an arm64 and a
+riscv64 guest talk to the host over a tap in a network namespace the test makes. Images
+are fetched (and cached) at test time, as for the other real-guest tests. Slow."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def _modules_line(arch: str) -> str:
     return f"PYAXVISOR-MODULES: {n}/{n}"
 
 
+def _vm_argv(arch: str, append: str, *devices: str) -> list[str]:
+    """``pyaxvisor run`` of Debian's ``arch`` kernel with the virtio initramfs, the
+    serial console first on the command line, 512 MiB, ``devices`` plugged in."""
+    pyarch, console, _n = ARCHES[arch]
+    return [sys.executable, "-m", "pyaxvisor.cli", "run", "--arch", pyarch,
+            "-kernel", str(images.fetch(f"linux-{arch}")),
+            "-initrd", str(images.fetch(f"initramfs-virtio-{arch}")),
+            "-append", f"console={console} {append}", "-m", "512M", "--timeout", "300",
+            *devices]
+
+
 def _make_disks(tmp: Path, hello: str) -> None:
     """The disks :func:`_boot` plugs in: ``ext4.img``, a 16 MiB ext4 made with
     ``mke2fs -d`` holding ``hello.txt`` = ``hello``, and ``raw.img`` = RAW_PATTERN."""
@@ -57,17 +68,12 @@ def _boot(tmp: Path, cmd: str, arch: str = "arm64") -> str:
     the guest's output."""
     cmd = ("for d in vda vdb; do [ $(cat /sys/block/$d/size) = 2048 ] && R=/dev/$d "
            "|| E=/dev/$d; done; echo raw=$R ext4=$E; " + cmd)
-    kernel = images.fetch(f"linux-{arch}")
-    initrd = images.fetch(f"initramfs-virtio-{arch}")
-    pyarch, console, _n = ARCHES[arch]
     r = subprocess.run(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "--arch", pyarch, "-kernel", str(kernel),
-         "-initrd", str(initrd), "-append", f'console={console} pyaxvisor.cmd="{cmd}"',
-         "-m", "512M", "--timeout", "300",
-         "-drive", f"file={tmp / 'ext4.img'},format=raw,if=virtio",
-         "-drive", f"file={tmp / 'raw.img'},if=none,id=hd1",
-         "-device", "virtio-blk-device,drive=hd1",
-         "-device", "virtio-rng-device"],
+        _vm_argv(arch, f'pyaxvisor.cmd="{cmd}"',
+                 "-drive", f"file={tmp / 'ext4.img'},format=raw,if=virtio",
+                 "-drive", f"file={tmp / 'raw.img'},if=none,id=hd1",
+                 "-device", "virtio-blk-device,drive=hd1",
+                 "-device", "virtio-rng-device"),
         capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     out = r.stdout
@@ -194,12 +200,8 @@ def test_debian_arm64_kernel_talks_over_hvc0_both_ways():
     token = secrets.token_hex(6)
     cmd = ("echo via-hvc0 > /dev/hvc0; cat /sys/class/tty/console/active; "
            "exec 3<>/dev/hvc0; echo ready-for-input >&3; read line <&3; echo got=$line")
-    argv = [sys.executable, "-m", "pyaxvisor.cli", "run",
-            "-kernel", str(images.fetch("linux-arm64")),
-            "-initrd", str(images.fetch("initramfs-virtio-arm64")),
-            "-append", f'console=ttyAMA0 console=hvc0 pyaxvisor.cmd="{cmd}"',
-            "-m", "512M", "--timeout", "300",
-            "-device", "virtio-serial-device", "-device", "virtconsole"]
+    argv = _vm_argv("arm64", f'console=hvc0 pyaxvisor.cmd="{cmd}"',
+                    "-device", "virtio-serial-device", "-device", "virtconsole")
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     seen: list[bytes] = []
@@ -242,11 +244,7 @@ def _root_disk(tmp: Path) -> Path:
 
 
 def _run_argv(disk: Path, append: str) -> list[str]:
-    return [sys.executable, "-m", "pyaxvisor.cli", "run",
-            "-kernel", str(images.fetch("linux-arm64")),
-            "-initrd", str(images.fetch("initramfs-virtio-arm64")),
-            "-append", f"console=ttyAMA0 {append}", "-m", "512M", "--timeout", "300",
-            "-drive", f"file={disk},format=raw,if=virtio"]
+    return _vm_argv("arm64", append, "-drive", f"file={disk},format=raw,if=virtio")
 
 
 def test_the_initramfs_switches_to_a_root_filesystem_on_vda(tmp_path):
@@ -363,7 +361,8 @@ print('HOST-SENT', flush=True)
 """
 
 
-def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
+@pytest.mark.parametrize("arch", ["arm64", "riscv64"])
+def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(arch):
     ns = f"pyax-{secrets.token_hex(4)}"
     ip = tool("ip")
     subprocess.run([ip, "netns", "add", ns], check=True)
@@ -378,13 +377,10 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
                f"echo hello-from-guest | nc 10.0.2.2 {GUEST_TO_HOST}; "
                f"sleep 10 | nc 10.0.2.2 {HOST_TO_GUEST}")
         vm = subprocess.Popen(
-            [ip, "netns", "exec", ns, sys.executable, "-m", "pyaxvisor.cli", "run",
-             "-kernel", str(images.fetch("linux-arm64")),
-             "-initrd", str(images.fetch("initramfs-virtio-arm64")),
-             "-append", f'console=ttyAMA0 pyaxvisor.cmd="{cmd}"', "-m", "512M",
-             "--timeout", "300",
-             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-             "-device", "virtio-net-device,netdev=n0"],
+            [ip, "netns", "exec", ns,
+             *_vm_argv(arch, f'pyaxvisor.cmd="{cmd}"',
+                       "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+                       "-device", "virtio-net-device,netdev=n0")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.DEVNULL)
         procs.append(vm)
@@ -399,7 +395,8 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(tmp_path):
         out, err = vm.communicate(timeout=400)
         host_out, _ = host.communicate(timeout=30)
         assert vm.returncode == 0, out[-3000:] + err
-        assert _modules_line("arm64") in out, out[-3000:]
+        assert _modules_line(arch) in out, out[-3000:]
+        assert f"{ARCHES[arch][0]} GNU/Linux" in out  # uname -m: the kernel that ran
         assert "52:54:00:12:34:56" in out  # QEMU's default MAC, from the config space
         received = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
         assert received is not None and int(received[2]) >= 1, out[-3000:]

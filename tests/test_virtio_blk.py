@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from virtio_driver import VERSION_1, CopyingRam, Driver, DriverQueue, FakeRam
 
 from pyaxvisor.devices.irq import IrqLine, NullIrqSink
 from pyaxvisor.devices.virtio import blk as vb
+from pyaxvisor.devices.virtio import blk_image
 from pyaxvisor.devices.virtio import mmio as r
 from pyaxvisor.devices.virtio.blk import VirtioBlk
 from pyaxvisor.devices.virtio.blk_image import RawImage
@@ -81,6 +83,12 @@ class Rig:
     def close(self) -> None:
         self.blk.close()
 
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @pytest.fixture(params=["views", "copies"])
 def rig(image, request):
@@ -96,7 +104,9 @@ def test_identity_features_and_config(rig):
     d = rig.drv
     assert d.rd(r.DEVICE_ID) == 2
     feats = d.device_features()
-    assert feats == TRANSPORT_FEATURES | (1 << 1) | (1 << 2) | (1 << 6) | (1 << 9)
+    holes = rig.blk.image.can_discard  # the file system's say (see the discard tests)
+    assert feats == (TRANSPORT_FEATURES | (1 << 1) | (1 << 2) | (1 << 6) | (1 << 9)
+                     | (1 << 14) | (holes << 13))
     assert d.rd(0x100, Q) == SECTORS                 # capacity
     assert d.rd(0x108, D) == 1 << 20                 # size_max
     assert d.rd(0x10C, D) == 254                     # seg_max
@@ -229,7 +239,7 @@ def test_a_length_not_a_multiple_of_512_is_ioerr(rig, image):
 
 
 def test_an_unknown_request_type_is_unsupp(rig):
-    for kind in (11, 13, 0xFFFF_FFFF):
+    for kind in (2, 10, 14, 0xFFFF_FFFF):
         assert rig.request(kind, 0, data_in=512) == (vb.S_UNSUPP, b"\xee" * 512, 1)
 
 
@@ -500,3 +510,294 @@ def test_without_an_io_thread_requests_complete_before_the_notify_returns(image)
         assert not any(t.name.startswith("virtio-blk") for t in threading.enumerate())
     finally:
         rig.close()
+
+
+
+# -- discard and write zeroes (virtio 1.2 §5.2.6) -----------------------------------------------
+B = AccessWidth.Byte
+BIG = 2048  # sectors: 1 MiB, room for whole 4 KiB blocks to be punched
+UNMAP = vb.WRITE_ZEROES_FLAG_UNMAP
+
+
+def seg(sector: int, count: int, flags: int = 0) -> bytes:
+    return struct.pack("<QII", sector, count, flags)
+
+
+def fs_punches_holes(directory: Path) -> bool:
+    probe = directory / "punch-probe"
+    probe.write_bytes(bytes(8192))
+    try:
+        with open(probe, "r+b") as f:
+            blk_image.fallocate(f.fileno(), blk_image.FALLOC_FL_PUNCH_HOLE
+                                | blk_image.FALLOC_FL_KEEP_SIZE, 0, 4096)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+@pytest.fixture
+def big(tmp_path) -> Path:
+    """1 MiB of data, on disk (fsync'd: st_blocks counts it)."""
+    if not fs_punches_holes(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} cannot punch holes (the fallback tests "
+                    "below cover that case)")
+    path = tmp_path / "big.img"
+    with open(path, "wb") as f:
+        f.write(pattern(BIG * 512, seed=5))
+        os.fsync(f.fileno())
+    return path
+
+
+@pytest.fixture
+def big_rig(big):
+    rig = Rig(big)
+    yield rig
+    rig.close()
+
+
+def blocks(path: Path) -> int:
+    return os.stat(path).st_blocks  # 512-byte units
+
+
+def test_discard_and_write_zeroes_are_offered_with_their_config(big_rig):
+    d = big_rig.drv
+    assert d.device_features() & (1 << vb.F_DISCARD | 1 << vb.F_WRITE_ZEROES) == (
+        1 << 13 | 1 << 14)
+    assert d.rd(0x124, D) == 4194303    # max_discard_sectors: 2 GiB - 512, QEMU's
+    assert d.rd(0x128, D) == 1          # max_discard_seg
+    assert d.rd(0x12C, D) == 1          # discard_sector_alignment (blk_size / 512)
+    assert d.rd(0x130, D) == 4194303    # max_write_zeroes_sectors
+    assert d.rd(0x134, D) == 1          # max_write_zeroes_seg
+    assert d.rd(0x138, B) == 1          # write_zeroes_may_unmap: holes can be punched
+    assert d.rd(0x138, D) == 1          # unused1 is 0
+    assert d.rd(0x120, D) == 0          # writeback, num_queues: not offered
+
+
+def test_the_probe_leaves_the_file_as_it_was(big):
+    size, before, data = os.stat(big).st_size, blocks(big), big.read_bytes()
+    VirtioBlk(big).close()
+    assert (os.stat(big).st_size, blocks(big), big.read_bytes()) == (size, before, data)
+
+
+def test_discard_punches_a_hole(big_rig, big):
+    before, data = blocks(big), big.read_bytes()
+    status, _data, used = big_rig.request(vb.T_DISCARD, out=seg(256, 512))
+    assert (status, used) == (vb.S_OK, 1)
+    assert blocks(big) <= before - 512      # 256 KiB deallocated
+    disk = big.read_bytes()
+    assert len(disk) == BIG * 512           # the size is kept
+    assert disk[256 * 512:768 * 512] == bytes(512 * 512)
+    assert disk[:256 * 512] == data[:256 * 512] and disk[768 * 512:] == data[768 * 512:]
+    assert big_rig.request(vb.T_IN, 300, data_in=1024)[1] == bytes(1024)
+
+
+@pytest.mark.parametrize("unmap", [False, True])
+def test_write_zeroes_zeroes_the_range(big_rig, big, unmap):
+    before, data = blocks(big), big.read_bytes()
+    status, _data, used = big_rig.request(vb.T_WRITE_ZEROES, out=seg(8, 1000, UNMAP * unmap))
+    assert (status, used) == (vb.S_OK, 1)
+    disk = big.read_bytes()
+    assert disk[8 * 512:1008 * 512] == bytes(1000 * 512)
+    assert disk[:8 * 512] == data[:8 * 512] and disk[1008 * 512:] == data[1008 * 512:]
+    assert big_rig.request(vb.T_IN, 500, data_in=512)[1] == bytes(512)
+    if unmap:   # a hole: the whole 4 KiB blocks inside [4 KiB, 504 KiB) are freed
+        assert blocks(big) <= before - 992
+    else:       # FALLOC_FL_ZERO_RANGE: zeroes, still allocated
+        assert blocks(big) == before
+
+
+def test_partial_blocks_are_zeroed_too(big_rig, big):
+    data = big.read_bytes()
+    assert big_rig.request(vb.T_DISCARD, out=seg(3, 2))[0] == vb.S_OK  # inside one block
+    disk = big.read_bytes()
+    assert disk[3 * 512:5 * 512] == bytes(1024)
+    assert disk[:3 * 512] == data[:3 * 512] and disk[5 * 512:] == data[5 * 512:]
+
+
+def test_a_segment_of_no_sectors_does_nothing(big_rig, big):
+    before, data = blocks(big), big.read_bytes()
+    assert big_rig.request(vb.T_DISCARD, out=seg(0, 0))[0] == vb.S_OK
+    assert big_rig.request(vb.T_WRITE_ZEROES, out=seg(BIG, 0))[0] == vb.S_OK
+    assert (blocks(big), big.read_bytes()) == (before, data)
+
+
+KINDS = [vb.T_DISCARD, vb.T_WRITE_ZEROES]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("out, status", [
+    pytest.param(seg(BIG - 1, 2), vb.S_IOERR, id="runs-past-the-end"),
+    pytest.param(seg(BIG, 1), vb.S_IOERR, id="just-past-the-end"),
+    pytest.param(seg((1 << 64) - 1, 1), vb.S_IOERR, id="largest-sector"),
+    pytest.param(seg(0, 0xFFFF_FFFF), vb.S_IOERR, id="over-max-sectors"),
+    pytest.param(seg(0, 8) + seg(16, 8), vb.S_UNSUPP, id="over-max-seg"),
+    pytest.param(seg(0, 8, 2), vb.S_UNSUPP, id="unknown-flag"),
+    pytest.param(seg(0, 8, 1 << 31), vb.S_UNSUPP, id="top-flag"),
+    pytest.param(seg(BIG, 8, 2), vb.S_UNSUPP, id="flags-checked-before-range"),
+    pytest.param(b"", vb.S_IOERR, id="no-segment"),
+    pytest.param(seg(0, 8)[:8], vb.S_IOERR, id="half-a-segment"),
+    pytest.param(seg(0, 8) + bytes(8), vb.S_IOERR, id="one-and-a-half"),
+])
+def test_a_bad_request_leaves_the_image_untouched(big_rig, big, kind, out, status):
+    before, data = blocks(big), big.read_bytes()
+    assert big_rig.request(kind, out=out) == (status, b"", 1)
+    assert (blocks(big), big.read_bytes()) == (before, data)
+
+
+def test_unmap_on_a_discard_is_unsupp(big_rig, big):
+    data = big.read_bytes()
+    assert big_rig.request(vb.T_DISCARD, out=seg(0, 8, UNMAP))[0] == vb.S_UNSUPP
+    assert big.read_bytes() == data
+
+
+def test_many_segments_are_not_read(big_rig):
+    reads = big_rig.ram.reads
+    out = seg(0, 8) * 4096  # 64 KiB of segments: refused on the length alone
+    assert big_rig.request(vb.T_DISCARD, out=out)[0] == vb.S_UNSUPP
+    assert big_rig.ram.reads - reads < 16
+
+
+def test_max_sectors_is_the_limit_not_the_capacity(tmp_path):
+    path = tmp_path / "huge.img"
+    with open(path, "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB, larger than one segment may cover
+    with Rig(path) as rig:
+        if not rig.blk.discard_offered:
+            pytest.skip("the file system cannot punch holes")
+        top = vb.MAX_DISCARD_SECTORS
+        for kind in KINDS:
+            assert rig.request(kind, out=seg(0, top + 1))[0] == vb.S_IOERR
+            assert rig.request(kind, out=seg(0, top, UNMAP * (kind == vb.T_WRITE_ZEROES))
+                               )[0] == vb.S_OK
+        assert blocks(path) == 0
+
+
+def test_a_read_only_image_offers_neither_and_refuses_both(big):
+    with Rig(big, read_only=True) as rig:
+        data = big.read_bytes()
+        assert not rig.drv.device_features() & (1 << vb.F_DISCARD | 1 << vb.F_WRITE_ZEROES)
+        assert all(rig.drv.rd(0x124 + 4 * i, D) == 0 for i in range(6))
+        for kind in KINDS:
+            assert rig.request(kind, out=seg(0, 8))[0] == vb.S_IOERR
+        assert big.read_bytes() == data
+
+
+def test_a_host_error_is_ioerr(big_rig, monkeypatch):
+    def broken(*args, **kw):
+        raise OSError(errno.EIO, "media error")
+
+    monkeypatch.setattr(blk_image, "fallocate", broken)
+    assert big_rig.request(vb.T_DISCARD, out=seg(0, 8))[0] == vb.S_IOERR
+    assert big_rig.request(vb.T_WRITE_ZEROES, out=seg(0, 8))[0] == vb.S_IOERR
+
+
+# What happens where the host cannot do it: fallocate refuses some modes.
+class Refusing:
+    def __init__(self, modes: int) -> None:
+        self.modes = modes
+        self.calls: list[int] = []
+        self.real = blk_image.fallocate
+
+    def __call__(self, fd: int, mode: int, offset: int, length: int) -> None:
+        self.calls.append(mode)
+        if mode & self.modes:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        self.real(fd, mode, offset, length)
+
+
+def test_without_holes_discard_is_not_offered_and_zeroes_are_written(image, monkeypatch):
+    monkeypatch.setattr(blk_image, "fallocate", Refusing(0xFF))  # fallocate: nothing
+    with Rig(image) as rig:
+        d = rig.drv
+        assert d.device_features() & (1 << vb.F_DISCARD | 1 << vb.F_WRITE_ZEROES) == 1 << 14
+        assert d.rd(0x124, D) == 0 and d.rd(0x130, D) == 4194303
+        assert d.rd(0x138, B) == 0      # write zeroes never deallocates here
+        data = image.read_bytes()
+        assert rig.request(vb.T_DISCARD, out=seg(0, 8))[0] == vb.S_UNSUPP
+        assert image.read_bytes() == data
+        assert rig.request(vb.T_WRITE_ZEROES, out=seg(5, 100, UNMAP))[0] == vb.S_OK
+        assert image.read_bytes() == data[:5 * 512] + bytes(100 * 512) + data[105 * 512:]
+
+
+def test_zeroes_are_written_in_bounded_pieces(image, monkeypatch):
+    monkeypatch.setattr(blk_image, "fallocate", Refusing(0xFF))
+    monkeypatch.setattr(blk_image, "ZERO_CHUNK", 4096)
+    sizes = []
+    real = os.pwrite
+
+    def pwrite(fd, data, offset):
+        sizes.append(len(data))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with Rig(image) as rig:
+        assert rig.request(vb.T_WRITE_ZEROES, out=seg(1, 20))[0] == vb.S_OK
+        assert sizes == [4096, 4096, 2048]
+        assert image.read_bytes()[512:21 * 512] == bytes(20 * 512)
+
+
+def test_without_zero_range_zeroes_are_written_once_asked(big, monkeypatch):
+    refusing = Refusing(blk_image.FALLOC_FL_ZERO_RANGE)  # tmpfs-like: holes only
+    monkeypatch.setattr(blk_image, "fallocate", refusing)
+    with Rig(big) as rig:
+        assert rig.drv.rd(0x138, B) == 1
+        before, data = blocks(big), big.read_bytes()
+        for sector in (16, 64):
+            assert rig.request(vb.T_WRITE_ZEROES, out=seg(sector, 16))[0] == vb.S_OK
+        disk = big.read_bytes()
+        assert disk[16 * 512:32 * 512] == disk[64 * 512:80 * 512] == bytes(16 * 512)
+        assert disk[32 * 512:64 * 512] == data[32 * 512:64 * 512]
+        assert blocks(big) == before                          # written, not freed
+        zero_range = [m for m in refusing.calls if m & blk_image.FALLOC_FL_ZERO_RANGE]
+        assert len(zero_range) == 1                           # asked once only
+
+
+def test_a_discard_the_host_refuses_later_completes_without_freeing(big, monkeypatch):
+    with Rig(big) as rig:
+        monkeypatch.setattr(blk_image, "fallocate", Refusing(0xFF))
+        before, data = blocks(big), big.read_bytes()
+        assert rig.request(vb.T_DISCARD, out=seg(0, 64))[0] == vb.S_OK  # only a hint
+        assert (blocks(big), big.read_bytes()) == (before, data)
+        assert rig.blk.discard_offered and not rig.blk.image.can_discard
+        assert rig.request(vb.T_DISCARD, out=seg(0, 64))[0] == vb.S_OK
+        assert rig.request(vb.T_WRITE_ZEROES, out=seg(0, 8, UNMAP))[0] == vb.S_OK
+        assert big.read_bytes()[:8 * 512] == bytes(8 * 512)
+
+
+# A block device: a loop device over a sparse file (root and losetup needed).
+@pytest.fixture
+def loop_device(tmp_path):
+    backing = tmp_path / "backing.img"
+    with open(backing, "wb") as f:
+        f.write(pattern(BIG * 512, seed=9))
+        os.fsync(f.fileno())
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                          text=True, timeout=60)
+    if made.returncode != 0:
+        pytest.skip(f"losetup: {made.stderr.strip()}")
+    dev = made.stdout.strip()
+    try:
+        yield Path(dev), backing
+    finally:
+        subprocess.run(["losetup", "--detach", dev], timeout=60, check=True)
+
+
+def test_a_block_device_discards_and_zeroes_with_ioctls(loop_device, monkeypatch):
+    dev, backing = loop_device
+    with Rig(dev) as rig:
+        image = rig.blk.image
+        assert image.is_block_device and image.can_discard  # loop: discard_max_bytes > 0
+        assert rig.drv.rd(0x100, Q) == BIG and rig.drv.rd(0x138, B) == 0  # BLKZEROOUT
+        monkeypatch.setattr(blk_image, "fallocate", Refusing(0xFF))  # ioctls only
+        before = blocks(backing)
+        assert rig.request(vb.T_DISCARD, out=seg(0, 512))[0] == vb.S_OK
+        assert blocks(backing) <= before - 512  # the loop driver punched the file
+        assert rig.request(vb.T_WRITE_ZEROES, out=seg(1024, 8, UNMAP))[0] == vb.S_OK
+        assert rig.request(vb.T_IN, 1024, data_in=4096)[1] == bytes(4096)
+        assert rig.request(vb.T_IN, 1032, data_in=512)[1] == pattern(BIG * 512, seed=9)[
+            1032 * 512:1033 * 512]
+        assert rig.request(vb.T_WRITE_ZEROES, out=seg(BIG - 1, 2))[0] == vb.S_IOERR

@@ -1,13 +1,21 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw image file: device ID 2, one queue.
 
 Features offered: VIRTIO_BLK_F_SIZE_MAX (1), VIRTIO_BLK_F_SEG_MAX (2),
-VIRTIO_BLK_F_BLK_SIZE (6), VIRTIO_BLK_F_FLUSH (9), and VIRTIO_BLK_F_RO (5) for a
-read-only image.
+VIRTIO_BLK_F_BLK_SIZE (6), VIRTIO_BLK_F_FLUSH (9); VIRTIO_BLK_F_RO (5) for a
+read-only image; on a read-write one VIRTIO_BLK_F_WRITE_ZEROES (14) always (zeroes
+can always be written) and VIRTIO_BLK_F_DISCARD (13) when the host can deallocate
+the image's blocks (probed at open, see
+:mod:`~pyaxvisor.devices.virtio.blk_image`).
 
 Configuration space (``struct virtio_blk_config``, little-endian, 60 bytes):
 capacity (le64, 512-byte sectors) at 0x00, size_max (le32) at 0x08, seg_max (le32)
-at 0x0c, blk_size (le32, 512) at 0x14; every other field (geometry, topology,
-writeback, num_queues, discard, write zeroes) is 0: their features are not offered.
+at 0x0c, blk_size (le32, 512) at 0x14; with F_DISCARD, max_discard_sectors (0x24),
+max_discard_seg (0x28), discard_sector_alignment (0x2c); with F_WRITE_ZEROES,
+max_write_zeroes_sectors (0x30), max_write_zeroes_seg (0x34) and the byte
+write_zeroes_may_unmap (0x38: 1 if a write zeroes with UNMAP punches a hole). The
+limits are QEMU's defaults: :data:`MAX_DISCARD_SECTORS` sectors and one segment per
+request, alignment 1 (blk_size / 512). Every other field (geometry, topology,
+writeback, num_queues) is 0: their features are not offered.
 
 Requests: a chain's device-readable bytes start with the 16-byte header ``{le32
 type, le32 reserved, le64 sector}``, OUT data follows it; the device-writable bytes
@@ -25,6 +33,18 @@ depend on how the driver split them into descriptors. Outcomes:
 * ``VIRTIO_BLK_T_FLUSH`` (4): ``fsync`` of the image, then the completion.
 * ``VIRTIO_BLK_T_GET_ID`` (8): the serial, padded with NULs to 20 bytes (cut to the
   data area if the driver gave less).
+* ``VIRTIO_BLK_T_DISCARD`` (11) / ``VIRTIO_BLK_T_WRITE_ZEROES`` (13): the OUT data
+  is an array of 16-byte segments ``{le64 sector, le32 num_sectors, le32 flags}``.
+  In this order: a read-only image is IOERR; a type whose feature is not offered
+  is UNSUPP; data that is empty or not whole segments is IOERR; more segments
+  than max_*_seg is UNSUPP (as QEMU; nothing past them is read); a flag other than
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP (bit 0), or UNMAP on a discard, is UNSUPP (the
+  specification's MUST); num_sectors over max_*_sectors or a range past the
+  capacity is IOERR. Every segment is checked before any is carried out, so a
+  refused request leaves the image untouched. Discard punches a hole; write
+  zeroes punches one too when UNMAP is set and holes are possible, and otherwise
+  zeroes the range keeping it allocated (ZERO_RANGE, BLKZEROOUT, or zeroes
+  written). A host error is IOERR; a segment of 0 sectors does nothing.
 * any other type: VIRTIO_BLK_S_UNSUPP.
 
 The used length is the bytes written to the writable buffers: data plus the status
@@ -37,17 +57,17 @@ goes on. A QueueNotify first tries the available requests on the notifying vCPU
 thread without blocking: a read whose data the host has in memory (``preadv2`` with
 ``RWF_NOWAIT``), GET_ID and refused requests complete at once (Linux's io_uring
 likewise tries a request without blocking before it hands it to a worker). The first
-request that could block (any write or flush; a read of data not cached) goes to the
-I/O thread with every request after it, and while the thread has work every
-notification goes to it, so requests start in the order the driver made them
-available. The thread carries each out (:meth:`VirtioBlk.handle`) and completes it
-(``queue.push``, which raises the interrupt through the board's interrupt controller
-from this thread). A reset of the device waits for the request under way (no data
-reaches guest memory after the driver's reset returns, as QEMU drains its requests
-on reset); :meth:`VirtioBlk.drain` waits until nothing is pending or under way;
-:meth:`VirtioBlk.close` finishes the request under way, stops the thread and closes
-the image. With ``iothread=False`` requests run on the notifying vCPU thread
-instead.
+request that could block (any write, flush, discard or write zeroes; a read of data
+not cached) goes to the I/O thread with every request after it, and while the thread
+has work every notification goes to it, so requests start in the order the driver
+made them available. The thread carries each out (:meth:`VirtioBlk.handle`) and
+completes it (``queue.push``, which raises the interrupt through the board's
+interrupt controller from this thread). A reset of the device waits for the request
+under way (no data reaches guest memory after the driver's reset returns, as QEMU
+drains its requests on reset); :meth:`VirtioBlk.drain` waits until nothing is
+pending or under way; :meth:`VirtioBlk.close` finishes the request under way, stops
+the thread and closes the image. With ``iothread=False`` requests run on the
+notifying vCPU thread instead.
 """
 
 from __future__ import annotations
@@ -71,12 +91,19 @@ F_SEG_MAX = 2
 F_RO = 5
 F_BLK_SIZE = 6
 F_FLUSH = 9
+F_DISCARD = 13
+F_WRITE_ZEROES = 14
 
 # Request types.
 T_IN = 0
 T_OUT = 1
 T_FLUSH = 4
 T_GET_ID = 8
+T_DISCARD = 11
+T_WRITE_ZEROES = 13
+
+#: Discard / write zeroes segment flag: the range may be deallocated.
+WRITE_ZEROES_FLAG_UNMAP = 1
 
 # Status byte values.
 S_OK = 0
@@ -98,10 +125,21 @@ IO_CHUNK = 1 << 20
 ID_BYTES = 20
 #: Size of the configuration space.
 CONFIG_SIZE = 60
+#: Largest num_sectors of one discard / write zeroes segment: QEMU's default
+#: (``BDRV_REQUEST_MAX_SECTORS``, the most sectors whose byte count fits a signed
+#: 32-bit int: 2 GiB less 512 bytes).
+MAX_DISCARD_SECTORS = MAX_WRITE_ZEROES_SECTORS = (2**31 - 1) // SECTOR_SIZE
+#: Segments per discard / write zeroes request: one, as QEMU (Linux sends one
+#: range per request unless the device takes more).
+MAX_DISCARD_SEG = MAX_WRITE_ZEROES_SEG = 1
+#: discard_sector_alignment: blk_size in sectors, as QEMU.
+DISCARD_SECTOR_ALIGNMENT = 1
 
 _HEADER = struct.Struct("<IIQ")
 #: Request types that always go to the I/O thread (T_IN may complete without it).
-_MAY_BLOCK = frozenset({T_OUT, T_FLUSH})
+_MAY_BLOCK = frozenset({T_OUT, T_FLUSH, T_DISCARD, T_WRITE_ZEROES})
+#: One discard / write zeroes segment: sector, num_sectors, flags.
+_SEGMENT = struct.Struct("<QII")
 
 
 def _default_serial(path: str) -> bytes:
@@ -137,6 +175,9 @@ class VirtioBlk(VirtioBackend):
                                    "bytes")
         self.image = RawImage(path, read_only=read_only)
         self.read_only = read_only
+        #: F_DISCARD is offered (decided at open; the image may find out later that
+        #: it cannot deallocate after all, the feature stays).
+        self.discard_offered = self.image.can_discard
         self.serial = ident
         self._config = self._build_config()
         self.iothread = iothread
@@ -151,10 +192,20 @@ class VirtioBlk(VirtioBackend):
         cfg = bytearray(CONFIG_SIZE)
         struct.pack_into("<QII", cfg, 0, self.image.sectors, SIZE_MAX, SEG_MAX)
         struct.pack_into("<I", cfg, 0x14, SECTOR_SIZE)
+        if self.discard_offered:
+            struct.pack_into("<III", cfg, 0x24, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+                             DISCARD_SECTOR_ALIGNMENT)
+        if self.image.can_write_zeroes:
+            struct.pack_into("<IIB", cfg, 0x30, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG,
+                             self.image.zeroes_may_unmap)
         return bytes(cfg)
 
     def device_features(self) -> int:
         features = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_BLK_SIZE) | (1 << F_FLUSH)
+        if self.discard_offered:
+            features |= 1 << F_DISCARD
+        if self.image.can_write_zeroes:
+            features |= 1 << F_WRITE_ZEROES
         return features | (1 << F_RO) if self.read_only else features
 
     def config_space(self) -> bytes:
@@ -274,6 +325,8 @@ class VirtioBlk(VirtioBackend):
             ident = self.serial.ljust(ID_BYTES, b"\0")[:min(ID_BYTES, data_len)]
             written = chain.writable.write(ram, 0, ident, f"{what} id")
             status = S_OK
+        elif kind in (T_DISCARD, T_WRITE_ZEROES):
+            status = self._discard_or_zero(chain, ram, kind == T_WRITE_ZEROES, what)
         chain.writable.write(ram, data_len, bytes((status,)), f"{what} status")
         return written + 1
 
@@ -333,6 +386,38 @@ class VirtioBlk(VirtioBackend):
     def _flush(self) -> int:
         try:
             self.image.flush()
+        except OSError:
+            return S_IOERR
+        return S_OK
+
+    def _discard_or_zero(self, chain: DescriptorChain, ram: GuestRam, zeroes: bool,
+                         what: str) -> int:
+        if self.read_only:
+            return S_IOERR
+        if not (self.image.can_write_zeroes if zeroes else self.discard_offered):
+            return S_UNSUPP
+        length = chain.readable.total - _HEADER.size
+        if length == 0 or length % _SEGMENT.size:
+            return S_IOERR
+        if length // _SEGMENT.size > (MAX_WRITE_ZEROES_SEG if zeroes else MAX_DISCARD_SEG):
+            return S_UNSUPP
+        segments = list(_SEGMENT.iter_unpack(
+            chain.readable.read(ram, _HEADER.size, length, f"{what} segments")))
+        allowed = WRITE_ZEROES_FLAG_UNMAP if zeroes else 0
+        if any(flags & ~allowed for _sector, _count, flags in segments):
+            return S_UNSUPP
+        limit = MAX_WRITE_ZEROES_SECTORS if zeroes else MAX_DISCARD_SECTORS
+        if any(count > limit or sector + count > self.image.sectors
+               for sector, count, _flags in segments):
+            return S_IOERR
+        try:
+            for sector, count, flags in segments:
+                offset, size = sector * SECTOR_SIZE, count * SECTOR_SIZE
+                if zeroes:
+                    self.image.write_zeroes(offset, size,
+                                            unmap=bool(flags & WRITE_ZEROES_FLAG_UNMAP))
+                else:
+                    self.image.discard(offset, size)
         except OSError:
             return S_IOERR
         return S_OK
