@@ -21,6 +21,9 @@ taken out of the package's data archive. Results live in the user's cache direct
                                which its ``/init`` loads first
     initramfs-virtio-riscv64.cpio.gz  the same for riscv64, with ``linux-riscv64``'s
                                modules (``.ko.xz`` in the package, unpacked here)
+    initramfs-virtio-amd64.cpio.gz  the same for amd64, with ``linux-amd64``'s modules
+                               (there the virtio core, virtio and virtio_ring, is a
+                               module too)
 
 and next to each a ``<name>.json`` that names the Debian package and version it came
 from (for a kernel also the kernel release, e.g. ``6.1.0-56-arm64``, and whether the
@@ -96,10 +99,11 @@ Log = Callable[[str], None]
 
 #: Modules of Debian's kernel behind QEMU-style virtio-mmio disks, entropy, console
 #: (``hvc0``) and network cards (virtio_net pulls in net_failover and failover), and
-#: ext4. Debian's arm64 (6.1) and riscv64 (6.12) kernels build them as modules, except
-#: riscv64's ``virtio_console`` (built in); the virtio core and hw_random are built in
-#: on both. A built-in one is left out of the initramfs (its metadata lists it under
-#: ``builtin_modules``), see :mod:`pyaxvisor.image_kmod`.
+#: ext4. Debian's arm64 (6.1), riscv64 (6.12) and amd64 (6.1) kernels build them as
+#: modules, except riscv64's ``virtio_console`` (built in); the virtio core is built in
+#: on arm64 and riscv64, a module on amd64 (its ``depends=`` pull it in), hw_random is
+#: built in on all three. A built-in one is left out of the initramfs (its metadata
+#: lists it under ``builtin_modules``), see :mod:`pyaxvisor.image_kmod`.
 VIRTIO_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_blk", "virtio_rng",
                                    "virtio_console", "virtio_net", "ext4")
 #: Most module bytes (uncompressed) one initramfs takes.
@@ -175,6 +179,11 @@ IMAGES: dict[str, ImageSpec] = {
                   "busybox initramfs whose /init loads linux-riscv64's virtio-mmio, "
                   "virtio-blk, virtio-rng and ext4 modules, reports and powers off",
                   modules=VIRTIO_MODULES, kernel_image="linux-riscv64"),
+        ImageSpec("initramfs-virtio-amd64", "initramfs", "busybox-static", "amd64",
+                  "bin/busybox", "initramfs-virtio-amd64.cpio.gz",
+                  "busybox initramfs whose /init loads linux-amd64's virtio-mmio, "
+                  "virtio-blk, virtio-rng, virtio-net and ext4 modules, reports and powers off",
+                  modules=VIRTIO_MODULES, kernel_image="linux-amd64"),
     )
 }
 
@@ -201,6 +210,7 @@ ALIASES: dict[str, str] = {
     "linux-x86_64": "linux-amd64", "initramfs-x86_64": "initramfs-amd64",
     "linux-aarch64": "linux-arm64", "initramfs-aarch64": "initramfs-arm64",
     "u-boot-aarch64": "u-boot-arm64", "initramfs-virtio-aarch64": "initramfs-virtio-arm64",
+    "initramfs-virtio-x86_64": "initramfs-virtio-amd64",
 }
 
 

@@ -939,10 +939,27 @@ def test_bad_virtio_entries_are_refused_naming_the_key(arm_dir, changes, message
     assert refused(arm_dir, ARM, changes) == message
 
 
-def test_a_board_without_virtio_slots_refuses_a_virtio_entry(tmp_path):
+def test_an_x86_file_puts_virtio_devices_in_the_pc_boards_slots(tmp_path):
+    """The pc board's row (QEMU microvm's addresses): the first device at 0xfeb00e00 on
+    GSI 12, the second at 0xfeb00c00 on GSI 11."""
+    (tmp_path / "d.img").write_bytes(bytes(4096))
+    config = read_config(write(tmp_path, toml_text(X86, {
+        "kernel.disk_path": '"d.img"',
+        "devices.emu_devices": '[["vda", 0xFEB0_0E00, 0x200, 12, 0xE1, []], '
+                               '["hvc", 0xFEB0_0C00, 0x200, 0, 0xE3, []]]'})))
+    assert config.virtio == (VirtioDeviceSpec("blk", image=tmp_path / "d.img", id="vda"),
+                             VirtioDeviceSpec("console", id="hvc"))
+    assert ("  vda virtio-blk (" in describe(config)
+            and ") at [0xfeb00e00, 0xfeb01000), irq 12\n" in describe(config))
     assert refused(tmp_path, X86, {
         "devices.emu_devices": '[["hvc", 0x0A00_3E00, 0x200, 0, 0xE3, []]]'}) == (
-        "[devices] emu_devices[0]: the pc board has no virtio-mmio transports")
+        "[devices] emu_devices[0]: base_gpa 0xa003e00: pyaxvisor puts virtio device 1 in the "
+        "slot at 0xfeb00e00 (irq 12); the pc board's virtio-mmio slots are 8 at 0xfeb00000 + "
+        "n * 0x200, filled from the last (QEMU's order)")
+    assert refused(tmp_path, X86, {
+        "devices.emu_devices": '[["hvc", 0xFEB0_0E00, 0x200, 0, 0xE3, []], '
+                               '["rng", 0xFEB0_0C00, 0x200, 12, 0xE3, []]]'}) == (
+        "[devices] emu_devices[1]: irq_id 12: the slot at 0xfeb00c00 has irq 11 (or write 0)")
 
 
 def test_describe_and_render_show_the_virtio_devices(arm_dir):

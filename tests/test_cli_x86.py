@@ -89,6 +89,10 @@ def test_acpi_tables_are_found_as_an_os_finds_them_and_s5_powers_off():
                  "acpi: PNP0501 _CRS io 0x000003f8 length 8 irq 4",
                  "acpi: MADT lists 2 enabled CPUs", "acpi: ok", "all 2 CPUs up"):
         assert line in out, (line, out)
+    # the SCI's and the virtio-mmio transports' lines: level triggered, active high
+    overrides = re.findall(r"^acpi: override bus 0 IRQ (\d+) -> GSI (\d+) flags 0x0000000d$",
+                           out, re.M)
+    assert overrides == [(str(i), str(i)) for i in (9, 5, 6, 7, 8, 13, 10, 11, 12)], out
     assert "checksum ok" in out and "failed" not in out
     # the PM timer runs (3.579545 MHz), and S5 through PM1a_CNT powers the machine off
     ticks = int(re.search(r"acpi: PM timer counts: (\d+) ticks", out).group(1))

@@ -225,7 +225,8 @@ def test_image_names():
     assert set(images.IMAGES) == {"u-boot-arm64", "linux-arm64", "initramfs-arm64",
                                   "linux-amd64", "initramfs-amd64",
                                   "u-boot-riscv64", "linux-riscv64", "initramfs-riscv64",
-                                  "initramfs-virtio-arm64", "initramfs-virtio-riscv64"}
+                                  "initramfs-virtio-arm64", "initramfs-virtio-riscv64",
+                                  "initramfs-virtio-amd64"}
     assert images.IMAGES["u-boot-arm64"].apt_name == "u-boot-qemu"
     assert images.IMAGES["initramfs-arm64"].apt_name == "busybox-static:arm64"
     assert images.IMAGES["linux-arm64"].apt_name == "linux-image-arm64:arm64"

@@ -82,8 +82,13 @@ def test_entries_field_by_field():
     assert irqs[0] == bytes.fromhex("03 00 0000 00 00 03 00")
     assert irqs[1] == bytes.fromhex("03 00 0000 00 01 03 01")
     assert irqs[2] == bytes.fromhex("03 00 0000 00 03 03 03")  # IRQ 2 (cascade) skipped
+    # the virtio-mmio transports' lines: flags 0x0D, active high (01), level (11 << 2)
+    assert irqs[4] == bytes.fromhex("03 00 0d00 00 05 03 05")
     assert [(e[5], e[7]) for e in irqs] == [(i, i) for i in range(16) if i != 2]
-    assert all(e[1] == 0 and e[2:4] == b"\0\0" and e[4] == 0 and e[6] == 3 for e in irqs)
+    level = {5, 6, 7, 8, 10, 11, 12, 13}
+    assert [e[5] for e in irqs if e[2:4] == b"\x0d\0"] == sorted(level)
+    assert all(e[2:4] == b"\0\0" for e in irqs if e[5] not in level)
+    assert all(e[1] == 0 and e[4] == 0 and e[6] == 3 for e in irqs)
     # type 4: ExtINT on LINT0, NMI on LINT1, to every local APIC (0xFF)
     assert entries[20] == bytes.fromhex("04 03 0000 00 00 ff 00")
     assert entries[21] == bytes.fromhex("04 01 0000 00 00 ff 01")

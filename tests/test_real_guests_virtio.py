@@ -4,10 +4,17 @@ virtio-blk, virtio-rng, virtio-console, virtio-net and ext4 modules (loaded by t
 pyaxvisor's devices; the guest reads an ext4 disk and a raw disk made here, writes to
 both, and a second boot reads that back; hvc0 carries output and input; an arm64 and a
 riscv64 guest talk to the host over a tap in a network namespace the test makes. Images
-are fetched (and cached) at test time, as for the other real-guest tests. Slow."""
+are fetched (and cached) at test time, as for the other real-guest tests. Slow.
+
+amd64: the ``initramfs-virtio-amd64`` image holds ``linux-amd64``'s modules; Debian's
+amd64 kernel finds the pc board's transports in the DSDT (its virtio_mmio matches
+``LNRO0005``; it is built without ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``). Booting it
+needs a host whose KVM runs guest code natively: the test measures the host first, as
+``tests/test_real_guests_x86_64.py`` does, and says why it skips."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import secrets
@@ -31,7 +38,8 @@ RAW_OFFSET = 8 * 512
 
 #: Per Debian architecture: pyaxvisor's --arch, the serial console, how many modules
 #: the virtio initramfs loads (riscv64 has virtio_console built in).
-ARCHES = {"arm64": ("aarch64", "ttyAMA0", 12), "riscv64": ("riscv64", "ttyS0", 11)}
+ARCHES = {"arm64": ("aarch64", "ttyAMA0", 12), "riscv64": ("riscv64", "ttyS0", 11),
+          "amd64": ("x86_64", "ttyS0", 15)}
 
 
 def _modules_line(arch: str) -> str:
@@ -157,6 +165,75 @@ def test_the_virtio_initramfs_holds_the_running_kernels_modules(arch):
     if arch == "riscv64":  # Debian 13: merged /usr, xz-compressed modules
         assert all(f.startswith("usr/lib/modules/") and f.endswith(".ko.xz")
                    for f in info["module_files"])
+
+
+def test_the_amd64_virtio_initramfs_holds_linux_amd64s_modules():
+    """Debian's amd64 kernel builds the virtio core (virtio, virtio_ring) as modules too,
+    and ext4 there also wants crc32c_intel (crc32c's other provider)."""
+    from pyaxvisor.image_kmod import elf_section, parse_modinfo
+
+    path = images.fetch("initramfs-virtio-amd64")  # cached, or rebuilt when outdated
+    assert images.fetch("initramfs-virtio-x86_64") == path
+    info = images.metadata("initramfs-virtio-amd64") or {}
+    kernel = images.metadata("linux-amd64") or {}
+    release = kernel["kernel_release"]
+    assert (info["kernel_package"], info["kernel_release"]) == (kernel["package"], release)
+    assert info["architecture"] == "amd64"
+    assert info["wanted_modules"] == list(images.VIRTIO_MODULES)
+    modules = info["modules"]
+    assert len(modules) == ARCHES["amd64"][2] and info["builtin_modules"] == []
+    assert set(images.VIRTIO_MODULES) | {"virtio", "virtio_ring", "failover", "net_failover",
+                                         "jbd2", "mbcache", "crc16", "crc32c_generic"} \
+        <= set(modules)
+    # each after what it needs
+    assert modules.index("virtio_ring") < modules.index("virtio") < modules.index("virtio_mmio")
+    assert modules.index("failover") < modules.index("net_failover") < \
+        modules.index("virtio_net")
+    assert modules[-1] == "ext4" and modules.index("jbd2") < modules.index("ext4")
+    assert all(f.startswith(f"lib/modules/{release}/kernel/") and f.endswith(".ko")
+               for f in info["module_files"])
+    files = images.newc_files(gzip.decompress(path.read_bytes()))
+    init = files["init"].decode()
+    assert [line.split()[2].rstrip(";") for line in init.splitlines()
+            if line.startswith("if insmod ")] \
+        == [f"/lib/modules/{name}.ko" for name in modules]
+    assert f'echo "PYAXVISOR-MODULES: $loaded/{len(modules)}"' in init
+    for name in modules:
+        modinfo = parse_modinfo(elf_section(files[f"lib/modules/{name}.ko"], ".modinfo", name))
+        assert modinfo["vermagic"][0].startswith(release + " "), name
+    # how the kernel finds the pc board's transports: the DSDT's LNRO0005 devices
+    mmio = parse_modinfo(elf_section(files["lib/modules/virtio_mmio.ko"], ".modinfo", "mmio"))
+    assert "acpi*:LNRO0005:*" in mmio["alias"], mmio["alias"]
+
+
+def test_debian_amd64_kernel_finds_the_virtio_devices_in_the_dsdt(tmp_path):
+    from pyaxvisor.engine.kvm.probe import kvm_usable
+    from tests.test_real_guests_x86_64 import NATIVE_RATE, guest_instruction_rate
+
+    usable, why = kvm_usable()
+    if not usable:
+        pytest.skip(reason=f"KVM not usable: {why}")
+    rate = guest_instruction_rate()
+    if rate < NATIVE_RATE:
+        pytest.skip(reason=f"this host's KVM emulates guest instructions: {rate / 1e6:.1f} M/s "
+                    f"measured (native is above {NATIVE_RATE / 1e6:.0f} M/s); Linux's "
+                    "decompressor would take hours (see tests/test_real_guests_x86_64.py)")
+    _make_disks(tmp_path, "hello from the host to amd64\n")
+    out = _boot(tmp_path, (
+        "ls /sys/bus/platform/drivers/virtio-mmio; cat /sys/bus/virtio/devices/*/device; "
+        "dd if=$R bs=512 count=1 | md5sum; "
+        f"echo PYAXVISOR-RAW-WRITE | dd of=$R bs=512 seek={RAW_OFFSET // 512} "
+        "conv=notrunc; "
+        "mount -t ext4 $E /mnt && cat /mnt/hello.txt && umount /mnt; sync; "
+        "dd if=/dev/hwrng bs=16 count=1 | od -x"), arch="amd64")
+    assert "x86_64 GNU/Linux" in out
+    assert len(set(re.findall(r"LNRO0005:0[0-7]", out))) == 3, out[-3000:]
+    assert sorted(re.findall(r"^0x000(\d)$", out, re.M)) == ["2", "2", "4"], out[-2000:]
+    assert f"{hashlib.md5(RAW_PATTERN[:512]).hexdigest()}  -" in out
+    assert "hello from the host to amd64" in out
+    _random_line(out)
+    raw = (tmp_path / "raw.img").read_bytes()
+    assert raw[RAW_OFFSET:RAW_OFFSET + len(RAW_MARK)] == RAW_MARK
 
 
 def test_debian_riscv64_kernel_modules_drive_virtio_disks_and_entropy(tmp_path):

@@ -17,6 +17,7 @@ from pyaxvisor.devices.virtio import VirtioMmio
 from pyaxvisor.devices.virtio.blk_image import RawImage
 from pyaxvisor.devices.virtio.empty import EmptyTransport
 from pyaxvisor.devices.virtio.errors import ImageLocked, ImageNotFound
+from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.width import AccessWidth as W
 from pyaxvisor.vm.config import VirtioDeviceSpec
@@ -150,12 +151,15 @@ def test_bad_virtio_configurations_are_refused(specs, message):
         board_class("riscv64", "virt")(config).check()
 
 
-def test_the_x86_board_refuses_virtio_devices():
+def test_the_x86_board_takes_eight_virtio_devices_and_refuses_a_ninth():
     from pyaxvisor.boards import board_class
 
-    config = config_for("x86_64", virtio=[VirtioDeviceSpec("rng")])
-    with pytest.raises(InvalidInput, match="the x86_64 pc board has no virtio transport"):
-        board_class("x86_64", None)(config).check()
+    pc = board_class("x86_64", None)
+    pc(config_for("x86_64", virtio=[VirtioDeviceSpec("rng")] * 8)).check()
+    config = config_for("x86_64", virtio=[VirtioDeviceSpec("rng")] * 9)
+    with pytest.raises(InvalidInput, match="9 virtio devices asked for: the x86_64 pc board "
+                                           "has 8 virtio-mmio transports"):
+        pc(config).check()
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -198,11 +202,18 @@ def test_bad_drives_and_devices_are_refused(drives, devices, message):
 def test_command_line_errors_name_the_option(tmp_path):
     p = pyaxvisor("run", "-drive", "file=d.img,format=qcow2")
     assert p.returncode == USAGE and "-drive file=d.img,format=qcow2: format=qcow2" in p.stderr
+    # x86_64 takes -drive: a missing image is the VM's error (where KVM lets the VM be
+    # built that far), not a usage error
     p = pyaxvisor("run", "--arch", "x86_64", "-drive", f"file={tmp_path / 'd.img'}")
-    assert p.returncode == USAGE and "-drive is not supported on x86_64" in p.stderr
-    p = pyaxvisor("run", "--arch", "x86_64", "-device", "virtio-rng-device")
+    assert p.returncode == ERROR and "not supported" not in p.stderr, p.stderr
+    if kvm_usable()[0]:
+        assert "d.img': no such file" in p.stderr, p.stderr
+    p = pyaxvisor("run", "--arch", "x86_64", "-device", "virtio-gpu-device")
     assert p.returncode == USAGE
-    assert "-device 'virtio-rng-device' is not supported on the x86_64 pc board" in p.stderr
+    assert "-device 'virtio-gpu-device' is not supported on the x86_64 pc board" in p.stderr
+    p = pyaxvisor("run", "--arch", "x86_64", "-netdev", "user,id=n0", "-device",
+                  "virtio-net-device,netdev=n0")
+    assert p.returncode == USAGE and "the user (slirp) back-end is not supported" in p.stderr
     p = pyaxvisor("run", "--arch", "riscv64", "-device", "isa-debug-exit")
     assert p.returncode == USAGE
     assert "-device 'isa-debug-exit' is not supported on the riscv64 virt board" in p.stderr

@@ -334,5 +334,6 @@ def test_command_line_errors_are_usage_errors():
     result = runner.invoke(main, ["run", "-M", "virt", "-netdev", "tap,id=n0,ifname=t0",
                                   "-device", "virtio-net-device,netdev=n1"])
     assert result.exit_code == 2 and "no -netdev with id 'n1'" in result.output
-    result = runner.invoke(main, ["run", "-M", "pc", "-netdev", "tap,id=n0,ifname=t0"])
-    assert result.exit_code == 2 and "-netdev is not supported on x86_64" in result.output
+    result = runner.invoke(main, ["run", "-M", "pc", "-netdev", "user,id=n0",
+                                  "-device", "virtio-net-device,netdev=n0"])
+    assert result.exit_code == 2 and "user (slirp) back-end is not supported" in result.output

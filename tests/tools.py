@@ -109,6 +109,7 @@ TOOLS: dict[str, ToolSpec] = {
     "debugfs": ToolSpec("e2fsprogs", "*sbin/debugfs"),
     "ip": ToolSpec("iproute2", "*bin/ip"),
     "e2fsck": ToolSpec("e2fsprogs", "*sbin/e2fsck"),
+    "iasl": ToolSpec("acpica-tools", "usr/bin/iasl"),
 }
 
 #: Packages of which only these files are kept (globs).

@@ -3,8 +3,8 @@
 Their RAM may sit anywhere their devices leave free (one region at the board's RAM
 base by default); they have a row of virtio-mmio transports where QEMU's board has
 them, all always present, the configured virtio devices plugged in in QEMU's order
-(:mod:`pyaxvisor.boards.virtio_slots`: exit devices on the MMIO bus, whose disk
-images :meth:`SoftVirtBoard.close` releases); and their fast devices (interrupt
+(:class:`pyaxvisor.boards.virtio_slots.VirtioBoard`: exit devices on the MMIO bus,
+whose disk images :meth:`SoftVirtBoard.close` releases); and their fast devices (interrupt
 controller, UART) are served inside the CPU unless the configuration asks every
 access to exit (``--trap-mmio``).
 
@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pyaxvisor.boards.virtio_slots import VirtioSlots, VirtioTransports
+from pyaxvisor.boards.virtio_slots import VirtioBoard
 from pyaxvisor.devices.bus import Device
 from pyaxvisor.engine.tcg.common import unicorn_build
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.xsync import SyncGroup
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
-from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.config import MemoryRegion
 
 if TYPE_CHECKING:
@@ -83,7 +81,7 @@ class WildAccessReports:
                     "the guest takes %s", vcpu_id, what, address, pc, self.outcome)
 
 
-class SoftVirtBoard(Board):
+class SoftVirtBoard(VirtioBoard):
     #: The default RAM base, and what the board accepts: at least ``min_ram`` bytes in
     #: ``ram_align`` multiples, at most ``max_ram``, below ``address_bits`` of guest
     #: physical address.
@@ -92,11 +90,6 @@ class SoftVirtBoard(Board):
     ram_align: ClassVar[int]
     max_ram: ClassVar[int]
     address_bits: ClassVar[int]
-    #: The board's virtio-mmio transports.
-    virtio_slots: ClassVar[VirtioSlots]
-    device_types: ClassVar[tuple[str, ...]] = ("virtio-blk-device", "virtio-rng-device",
-                                               "virtio-serial-device", "virtconsole",
-                                               "virtio-net-device")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -109,28 +102,17 @@ class SoftVirtBoard(Board):
         self.xsync = SyncGroup() if cpus > 1 else None
         self.vm: Vm | None = None
         self._in_cpu: list[InCpuWindow] = []
-        #: The VM's virtio-mmio transports (built by the board's ``create``).
-        self.virtio = VirtioTransports(self.virtio_slots)
-
-    def console_input(self) -> Callable[[bytes], None]:
-        """Host terminal input goes to the virtio console (the guest's ``hvc0``) when
-        the VM has one: asking for a ``virtconsole`` is asking for the shell there, as
-        QEMU gives stdin to the chardev the virtconsole names. Otherwise it goes to the
-        UART. Output of both always reaches the terminal."""
-        virtio = self.virtio.console
-        return virtio.receive if virtio is not None else super().console_input()
 
     @classmethod
     def default_memory_regions(cls, size: int) -> tuple[MemoryRegion, ...]:
         return (MemoryRegion(cls.ram_base, size),)
 
     def check(self) -> None:
-        """The base rules, then the RAM's: its size, and no region over a device
-        window or past the guest physical address size; raises :class:`InvalidInput`
-        naming the memory regions key."""
+        """The base rules (no more virtio devices than slots), then the RAM's: its
+        size, and no region over a device window or past the guest physical address
+        size; raises :class:`InvalidInput` naming the memory regions key."""
         super().check()
         config = self.config
-        self.virtio_slots.check(config, f"{self.arch} {self.machines[0]} board")
         ram = config.ram_size
         key = config.prefix("[kernel] memory_regions")
         if ram < self.min_ram or ram % self.ram_align:
@@ -153,10 +135,6 @@ class SoftVirtBoard(Board):
                 raise InvalidInput(f"{key}RAM ending at {region.end:#x} is beyond the "
                                    f"{self.address_bits}-bit guest physical addresses of this "
                                    "board")
-
-    def close(self) -> None:
-        """Release the virtio devices' disk images."""
-        self.virtio.close()
 
     def attach_fast(self, vm: Vm, base: int, size: int, device: Device) -> bool:
         """Put ``device`` on the MMIO bus at ``[base, base + size)`` and, unless every

@@ -1,11 +1,12 @@
-"""The virtio-mmio transports of the QEMU-``virt``-style boards.
+"""The virtio-mmio transports of the QEMU-``virt``-style boards and the x86 PC.
 
 A board has a fixed row of transport slots (:class:`VirtioSlots`: ``count`` slots,
 ``stride`` bytes apart from ``base``, each with its own interrupt) and, like QEMU's
-``virt`` boards, creates *every* slot whatever the configuration asks for: a slot no
-device is plugged into is an :class:`~pyaxvisor.devices.virtio.empty.EmptyTransport`
-(DeviceID 0), and the device tree describes all of them, so a guest sees the same
-tree as under QEMU.
+``virt`` and ``microvm`` boards, creates *every* slot whatever the configuration asks
+for: a slot no device is plugged into is an
+:class:`~pyaxvisor.devices.virtio.empty.EmptyTransport` (DeviceID 0). The ``virt``
+boards' device trees describe all of them, so a guest sees the same tree as under
+QEMU; the PC's ACPI tables, as microvm's, only the ones in use.
 
 Which slot a device gets is QEMU's order too (:meth:`VirtioSlots.slot_for`): the
 first device asked for goes to the *last* slot (highest address), the next one to
@@ -21,13 +22,26 @@ reader thread stops) on :meth:`~VirtioTransports.close`.
 A virtio console writes to the VM's console output (``vm.console_write``, where the
 UART writes); :attr:`VirtioTransports.console` is the one a VM may have, which the
 board hands the terminal's input to.
+
+:class:`VirtioBoard` is what a board with such a row adds to
+:class:`~pyaxvisor.vm.board.Board`: the ``-device`` types (:data:`VIRTIO_DEVICE_TYPES`),
+the transports, the count check, the terminal's input routed to a virtio console, and
+closing. The QEMU-``virt``-style boards (:mod:`pyaxvisor.boards.soft_virt`) and the
+x86 PC (:mod:`pyaxvisor.boards.x86_pc.board`) are such boards.
+
+A guest without a device tree or ACPI description of the row (an x86 Linux booted
+with a command line) learns of each populated slot from a kernel parameter,
+``virtio_mmio.device=<size>@<base>:<irq>`` (Linux's ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``,
+as Firecracker and QEMU's ``microvm`` without ACPI pass them):
+:meth:`VirtioSlots.kernel_parameters` and :func:`add_kernel_parameters`;
+:meth:`VirtioSlots.plugged` says which slots those are (for an ACPI description).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pyaxvisor.devices.bus import Device
 from pyaxvisor.devices.irq import IrqLine
@@ -46,30 +60,47 @@ from pyaxvisor.devices.virtio.tap import TapBackend
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.vcpu.width import AccessWidth
+from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig, parse_mac
 
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
 
-__all__ = ["VirtioSlots", "VirtioTransports"]
+__all__ = ["VIRTIO_DEVICE_TYPES", "PluggedSlot", "VirtioBoard", "VirtioSlots",
+           "VirtioTransports", "add_kernel_parameters"]
+
+#: The ``-device`` types of a board with virtio-mmio transports (QEMU's names).
+VIRTIO_DEVICE_TYPES: tuple[str, ...] = ("virtio-blk-device", "virtio-rng-device",
+                                        "virtio-serial-device", "virtconsole",
+                                        "virtio-net-device")
 
 
 @dataclass(frozen=True)
 class VirtioSlots:
     """A board's row of virtio-mmio transports: slot ``i`` at ``base + i * stride``
     (its registers the first :data:`MMIO_SIZE` bytes), interrupt ``first_irq + i`` of
-    the board's interrupt controller (its own numbering: a GIC INTID, a PLIC source)."""
+    the board's interrupt controller (its own numbering: a GIC INTID, a PLIC source, an
+    I/O APIC input), or ``irqs[i]`` when the board gives the slots their lines one by
+    one (``irqs`` then has ``count`` distinct entries, ``irqs[0] == first_irq``)."""
 
     base: int
     stride: int
     count: int
     first_irq: int
+    irqs: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.irqs is not None and (len(self.irqs) != self.count
+                                      or len(set(self.irqs)) != self.count
+                                      or self.irqs[0] != self.first_irq):
+            raise ValueError(f"virtio slots: {self.count} distinct interrupts starting with "
+                             f"{self.first_irq} expected, not {self.irqs}")
 
     def slot_base(self, slot: int) -> int:
         return self.base + slot * self.stride
 
     def slot_irq(self, slot: int) -> int:
-        return self.first_irq + slot
+        return self.irqs[slot] if self.irqs is not None else self.first_irq + slot
 
     @property
     def window(self) -> tuple[int, int]:
@@ -89,6 +120,54 @@ class VirtioSlots:
         if len(config.virtio) > self.count:
             raise InvalidInput(f"{len(config.virtio)} virtio devices asked for: the {board} "
                                f"has {self.count} virtio-mmio transports")
+
+    def plugged(self, devices: int) -> tuple[PluggedSlot, ...]:
+        """The slots the first ``devices`` devices take, in the devices' order (QEMU's:
+        the last slot first), which is the order a guest should find them in so that it
+        numbers them (``virtio0``, ``/dev/vda``) as it would the same devices under
+        QEMU."""
+        return tuple(PluggedSlot(slot, self.slot_base(slot), self.slot_irq(slot))
+                     for slot in (self.slot_for(i) for i in range(devices)))
+
+    def kernel_parameters(self, devices: int) -> tuple[str, ...]:
+        """:attr:`PluggedSlot.kernel_parameter` of each of :meth:`plugged`, in order.
+        Empty slots are left out: Linux would probe them only to find DeviceID 0."""
+        return tuple(plugged.kernel_parameter for plugged in self.plugged(devices))
+
+
+class PluggedSlot(NamedTuple):
+    """A slot a device is plugged into, as a guest is told of it."""
+
+    slot: int
+    base: int
+    irq: int
+
+    @property
+    def kernel_parameter(self) -> str:
+        """``virtio_mmio.device=<size>@<base>:<irq>``: the window's :data:`MMIO_SIZE`
+        in bytes, its base in hex, the interrupt in decimal (Linux's
+        ``virtio_mmio.device=512@0xfeb00e00:12``; QEMU's ``microvm`` spelling)."""
+        return f"virtio_mmio.device={MMIO_SIZE}@{self.base:#x}:{self.irq}"
+
+
+def add_kernel_parameters(cmdline: str, parameters: Sequence[str]) -> str:
+    """``cmdline`` with ``parameters`` added for the kernel: at the end, or just before
+    a ``--`` word (outside double quotes) when there is one, since Linux hands
+    everything after ``--`` to init."""
+    if not parameters:
+        return cmdline
+    quoted, at = False, -1
+    for i, char in enumerate(cmdline):
+        if char == '"':
+            quoted = not quoted
+        elif (not quoted and cmdline.startswith("--", i) and (i == 0 or cmdline[i - 1] == " ")
+              and cmdline[i + 2:i + 3] in ("", " ")):
+            at = i
+            break
+    added = " ".join(parameters)
+    if at < 0:
+        return f"{cmdline} {added}" if cmdline.strip() else added
+    return f"{cmdline[:at]}{added} {cmdline[at:]}"
 
 
 def _backend(spec: VirtioDeviceSpec, vm: Vm) -> VirtioBackend:
@@ -183,3 +262,37 @@ class _Row(Device):
     def write(self, offset: int, width: AccessWidth, value: int, vcpu_id: int) -> None:
         slot, at = divmod(offset, MMIO_SIZE)
         self.devices[slot].write(at, width, value, vcpu_id)
+
+
+class VirtioBoard(Board):
+    """A board with a row of virtio-mmio transports (:attr:`virtio_slots`): its
+    ``-device`` types, :attr:`virtio` (the VM's transports, which the subclass's
+    ``create`` builds with :meth:`VirtioTransports.create` on its interrupt
+    controller), the refusal of more devices than slots, the terminal's input, and
+    :meth:`close` (subclasses that close more call it)."""
+
+    #: The board's virtio-mmio transports.
+    virtio_slots: ClassVar[VirtioSlots]
+    device_types: ClassVar[tuple[str, ...]] = VIRTIO_DEVICE_TYPES
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        #: The VM's virtio-mmio transports (built by the board's ``create``).
+        self.virtio = VirtioTransports(self.virtio_slots)
+
+    def check(self) -> None:
+        """The base rules, then no more virtio devices than slots."""
+        super().check()
+        self.virtio_slots.check(self.config, f"{self.arch} {self.machines[0]} board")
+
+    def console_input(self) -> Callable[[bytes], None]:
+        """Host terminal input goes to the virtio console (the guest's ``hvc0``) when
+        the VM has one: asking for a ``virtconsole`` is asking for the shell there, as
+        QEMU gives stdin to the chardev the virtconsole names. Otherwise it goes to the
+        UART. Output of both always reaches the terminal."""
+        virtio = self.virtio.console
+        return virtio.receive if virtio is not None else super().console_input()
+
+    def close(self) -> None:
+        """Release the virtio devices' disk images and TAP interfaces."""
+        self.virtio.close()

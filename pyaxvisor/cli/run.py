@@ -276,20 +276,20 @@ def _interrupted() -> NoReturn:
 @click.option("--device", "-device", "devices", multiple=True,
               help="x86_64: isa-debug-exit[,iobase=N][,iosize=N] (repeatable); without them "
                    "it sits at QEMU's default ports 0x501-0x502 (test kernels usually want "
-                   "iobase=0xf4,iosize=4). aarch64, riscv64: virtio-blk-device,drive=ID and "
-                   "virtio-rng-device, virtio-serial-device with virtconsole[,chardev=ID] (a "
-                   "virtio console, hvc0; it then takes the terminal's input) (virtio-mmio). "
-                   "'help' lists the board's devices, "
+                   "iobase=0xf4,iosize=4). All boards: virtio-blk-device,drive=ID, "
+                   "virtio-rng-device, virtio-net-device,netdev=ID, virtio-serial-device with "
+                   "virtconsole[,chardev=ID] (a virtio console, hvc0; it then takes the "
+                   "terminal's input) (virtio-mmio). 'help' lists the board's devices, "
                    "'NAME,help' their properties.")
 @click.option("--drive", "-drive", "drives", multiple=True,
-              help="aarch64, riscv64: file=IMAGE[,format=raw][,if=virtio|none][,readonly=on]"
+              help="file=IMAGE[,format=raw][,if=virtio|none][,readonly=on]"
                    "[,id=ID]: a raw disk image as a virtio-blk device (if=none: for -device "
                    "virtio-blk-device,drive=ID). Repeatable.")
 @click.option("--chardev", "-chardev", "chardevs", multiple=True,
               help="stdio,id=ID: this terminal, for -device virtconsole,chardev=ID (the only "
                    "character device).")
 @click.option("--netdev", "-netdev", "netdevs", multiple=True,
-              help="aarch64, riscv64: tap,id=ID,ifname=TAP[,script=no,downscript=no]: the host "
+              help="tap,id=ID,ifname=TAP[,script=no,downscript=no]: the host "
                    "TAP interface TAP (attached to, or created: needs CAP_NET_ADMIN; bring it "
                    "up on the host) for -device virtio-net-device,netdev=ID[,mac=MAC].")
 @click.option("--global", "-global", "globals_", multiple=True,

@@ -33,9 +33,12 @@ aligned, the FACS 64-byte aligned as the spec requires):
 * **MADT** (revision 6): local APIC address 0xFEE00000, flags PCAT_COMPAT (the
   8259s exist: KVM's in-kernel PIC); a Processor Local APIC entry per vCPU
   (processor UID = APIC ID = the vCPU number, enabled); the I/O APIC (ID = the
-  number of CPUs, as in the MP table, at 0xFEC00000, GSI base 0); one Interrupt
-  Source Override, ISA IRQ 9 → GSI 9 active high, level triggered (flags 0x000D),
-  for the SCI; and a Local APIC NMI entry for all processors (UID 0xFF) on LINT1.
+  number of CPUs, as in the MP table, at 0xFEC00000, GSI base 0); Interrupt Source
+  Overrides, ISA IRQ *n* → GSI *n* active high, level triggered (flags 0x000D), for
+  the SCI (IRQ 9) and then for the virtio-mmio transports' lines in slot order (IRQs
+  5, 6, 7, 8, 13, 10, 11, 12: :data:`~pyaxvisor.boards.x86_pc.layout.VIRTIO_IRQS`;
+  without them an OS takes ISA IRQs for edge triggered); and a Local APIC NMI entry
+  for all processors (UID 0xFF) on LINT1.
   Unlike QEMU's PC there is no IRQ 0 → GSI 2 override: KVM's default GSI routing,
   which this board keeps, wires the PIT (GSI 0) to I/O APIC pin 0, and the MP table
   says the same (:mod:`.mptable`).
@@ -51,11 +54,27 @@ aligned, the FACS 64-byte aligned as the spec requires):
                   IRQNoFlags () {4}
               })
           }
+          Device (VR07) {             // one per virtio-mmio transport in use
+              Name (_HID, "LNRO0005")
+              Name (_UID, 0x07)
+              Name (_CCA, One)
+              Name (_CRS, ResourceTemplate () {
+                  Memory32Fixed (ReadWrite, 0xFEB00E00, 0x00000200)
+                  Interrupt (ResourceConsumer, Level, ActiveHigh, Exclusive) {12}
+              })
+          }
       }
       Name (\\_S5, Package (0x04) { Zero, Zero, Zero, Zero })
 
   ``\\_S5``'s SLP_TYPa 0 is what the PM1a control register powers off with
-  (:mod:`pyaxvisor.devices.acpi_pm`), QEMU's S5 value.
+  (:mod:`pyaxvisor.devices.acpi_pm`), QEMU's S5 value. The virtio-mmio transports
+  with a device plugged in are there as QEMU's ``microvm`` describes them: a
+  ``VRnn`` device (nn = the slot), ``_HID "LNRO0005"`` (what Linux's virtio_mmio
+  driver matches), the slot as ``_UID``, ``_CCA`` 1 (DMA coherent), the 0x200-byte
+  window and the slot's GSI, level triggered, active high; in the devices' order
+  (the first device, in the last slot, first), the order an OS enumerates them in.
+  Empty slots are left out, as microvm does. This is how a kernel without
+  ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`` (Debian's) finds them.
 
 Every table's header: OEM ID "PYAXVI", OEM table ID "PYAXVISR", OEM revision 1,
 creator ID "PYAX", creator revision 1; its checksum makes the table's bytes sum to 0.
@@ -64,19 +83,26 @@ creator ID "PYAX", creator revision 1; its checksum makes the table's bytes sum 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyaxvisor.boards.x86_pc import aml
 from pyaxvisor.boards.x86_pc import layout as L
 from pyaxvisor.boards.x86_pc.mptable import MAX_CPUS
+from pyaxvisor.devices.virtio import MMIO_SIZE
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.loaders.image import covered
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 
+if TYPE_CHECKING:
+    from pyaxvisor.boards.virtio_slots import PluggedSlot
+
 __all__ = [
-    "FADT_FLAGS", "IAPC_BOOT_ARCH", "S5_SLP_TYP", "AcpiTables", "acpi_size", "build_acpi",
-    "build_dsdt", "build_fadt", "build_madt", "checksum", "sdt_header", "write_acpi",
+    "FADT_FLAGS", "IAPC_BOOT_ARCH", "LEVEL_IRQS", "S5_SLP_TYP", "VIRTIO_MMIO_HID",
+    "AcpiTables", "acpi_size", "build_acpi", "build_dsdt", "build_fadt", "build_madt",
+    "checksum", "sdt_header", "virtio_device", "write_acpi",
 ]
 
 OEM_ID = b"PYAXVI"
@@ -127,7 +153,11 @@ PCAT_COMPAT = 1 << 0
 LOCAL_APIC_ENABLED = 1 << 0
 ALL_PROCESSORS = 0xFF
 #: MPS INTI flags: polarity active high (01), trigger mode level (11 << 2).
-SCI_INTI_FLAGS = 0x1 | 0x3 << 2
+LEVEL_HIGH_INTI_FLAGS = 0x1 | 0x3 << 2
+SCI_INTI_FLAGS = LEVEL_HIGH_INTI_FLAGS
+#: The ISA IRQs the MADT overrides to level triggered, active high (same GSI): the
+#: SCI's, then the virtio-mmio transports'.
+LEVEL_IRQS = (SCI_INT, *L.VIRTIO_IRQS)
 NMI_LINT = 1
 
 #: Table alignment in the block (the FACS: 64 bytes).
@@ -158,8 +188,26 @@ def _table(signature: bytes, revision: int, body: bytes) -> bytes:
     return _finish(sdt_header(signature, HEADER_SIZE + len(body), revision) + body)
 
 
-def build_dsdt() -> bytes:
-    """The DSDT: COM1 and ``\\_S5`` (see the module doc)."""
+#: What the virtio-mmio transports are to an OS (Linux's virtio_mmio ACPI match).
+VIRTIO_MMIO_HID = "LNRO0005"
+
+
+def virtio_device(plugged: PluggedSlot) -> bytes:
+    """The DSDT device of a virtio-mmio transport with a device plugged in (see the
+    module doc)."""
+    return aml.device(
+        f"VR{plugged.slot:02d}",
+        aml.name("_HID", aml.string(VIRTIO_MMIO_HID)),
+        aml.name("_UID", aml.integer(plugged.slot)),
+        aml.name("_CCA", aml.integer(1)),
+        aml.name("_CRS", aml.resource_template(
+            aml.memory32_fixed(plugged.base, MMIO_SIZE),
+            aml.interrupt(plugged.irq))))
+
+
+def build_dsdt(virtio: Sequence[PluggedSlot] = ()) -> bytes:
+    """The DSDT: COM1, the virtio-mmio transports in ``virtio`` (in that order) and
+    ``\\_S5`` (see the module doc)."""
     com1 = aml.device(
         "COM1",
         aml.name("_HID", aml.eisa_id("PNP0501")),
@@ -169,7 +217,8 @@ def build_dsdt() -> bytes:
             aml.irq_no_flags(L.COM1_IRQ))))
     s5 = aml.name("_S5", aml.package(*(aml.integer(v) for v in (S5_SLP_TYP, S5_SLP_TYP,
                                                                    0, 0))))
-    return _table(b"DSDT", DSDT_REVISION, aml.scope("_SB", com1) + s5)
+    devices = b"".join(virtio_device(plugged) for plugged in virtio)
+    return _table(b"DSDT", DSDT_REVISION, aml.scope("_SB", com1, devices) + s5)
 
 
 def build_facs() -> bytes:
@@ -214,7 +263,8 @@ def build_madt(num_cpus: int) -> bytes:
     body += b"".join(struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, cpu, cpu, LOCAL_APIC_ENABLED)
                      for cpu in range(num_cpus))
     body += struct.pack("<BBBBII", MADT_IO_APIC, 12, num_cpus, 0, L.IOAPIC_ADDR, 0)
-    body += struct.pack("<BBBBIH", MADT_INT_OVERRIDE, 10, 0, SCI_INT, SCI_INT, SCI_INTI_FLAGS)
+    body += b"".join(struct.pack("<BBBBIH", MADT_INT_OVERRIDE, 10, 0, irq, irq,
+                                 LEVEL_HIGH_INTI_FLAGS) for irq in LEVEL_IRQS)
     body += struct.pack("<BBBHB", MADT_LOCAL_APIC_NMI, 6, ALL_PROCESSORS, 0, NMI_LINT)
     return _table(b"APIC", MADT_REVISION, body)
 
@@ -238,10 +288,12 @@ class AcpiTables:
     dsdt: int
 
 
-def build_acpi(num_cpus: int, base: int = L.ACPI_ADDR) -> AcpiTables:
-    """Every table for ``num_cpus`` CPUs, addressed for a block at ``base``, which must
-    be 64-byte aligned and lie, with the whole block, in ``[0xE0000, 0x100000)``."""
-    dsdt_data, madt_data = build_dsdt(), build_madt(num_cpus)
+def build_acpi(num_cpus: int, base: int = L.ACPI_ADDR,
+               virtio: Sequence[PluggedSlot] = ()) -> AcpiTables:
+    """Every table for ``num_cpus`` CPUs and the virtio-mmio transports in use
+    ``virtio``, addressed for a block at ``base``, which must be 64-byte aligned and
+    lie, with the whole block, in ``[0xE0000, 0x100000)``."""
+    dsdt_data, madt_data = build_dsdt(virtio), build_madt(num_cpus)
     rsdp = base
     facs = _align(rsdp + RSDP_SIZE, 64)
     rsdt = _align(facs + FACS_SIZE, TABLE_ALIGN)
@@ -273,15 +325,18 @@ def build_acpi(num_cpus: int, base: int = L.ACPI_ADDR) -> AcpiTables:
     return AcpiTables(base, bytes(block), rsdp, facs, rsdt, xsdt, fadt, madt, dsdt)
 
 
-def acpi_size(num_cpus: int) -> int:
-    """Bytes of the block :func:`build_acpi` builds for ``num_cpus`` CPUs."""
-    return len(build_acpi(num_cpus).data)
+def acpi_size(num_cpus: int, virtio: Sequence[PluggedSlot] = ()) -> int:
+    """Bytes of the block :func:`build_acpi` builds for ``num_cpus`` CPUs and
+    ``virtio``."""
+    return len(build_acpi(num_cpus, virtio=virtio).data)
 
 
-def write_acpi(space: AddrSpace, num_cpus: int, base: int = L.ACPI_ADDR) -> AcpiTables:
-    """Write the tables for ``num_cpus`` CPUs at ``base`` (:func:`build_acpi`'s rule).
-    Raises :class:`InvalidInput` when the area is not guest RAM."""
-    tables = build_acpi(num_cpus, base)
+def write_acpi(space: AddrSpace, num_cpus: int, base: int = L.ACPI_ADDR,
+               virtio: Sequence[PluggedSlot] = ()) -> AcpiTables:
+    """Write the tables for ``num_cpus`` CPUs and ``virtio`` at ``base``
+    (:func:`build_acpi`'s rule). Raises :class:`InvalidInput` when the area is not
+    guest RAM."""
+    tables = build_acpi(num_cpus, base, virtio)
     end = base + len(tables.data)
     if not covered(space, base, end):
         raise InvalidInput(f"the ACPI tables' area [{base:#x}, {end:#x}) is not guest RAM")

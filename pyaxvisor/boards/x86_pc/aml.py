@@ -41,6 +41,13 @@ returns the bytes of one term:
 :func:`irq_no_flags`             IRQ descriptor without the information byte (small
                                  item 0x04, 2 bytes: 0x22, the 16-bit IRQ mask): edge
                                  triggered, active high, exclusive
+:func:`memory32_fixed`           Fixed Location Memory Range Descriptor (large item
+                                 0x06: 0x86, length 9 as 16 bits, information (bit 0:
+                                 read-write), base, length, 32 bits each)
+:func:`interrupt`                Extended Interrupt Descriptor (large item 0x09: 0x89,
+                                 length 2 + 4·n as 16 bits, flags (bit 0 consumer, bit
+                                 1 edge, bit 2 active low, bit 3 shared), n, then the
+                                 n interrupt numbers, 32 bits each)
 ================================ ======================================================
 
 Invalid arguments (a name that is not a NameSeg, a value out of range) raise
@@ -54,9 +61,9 @@ import re
 from pyaxvisor.errors import InvalidInput
 
 __all__ = [
-    "buffer", "device", "eisa_id", "integer", "io_port", "irq_no_flags", "name",
-    "name_seg", "name_string", "package", "pkg_length", "resource_template", "scope",
-    "string",
+    "buffer", "device", "eisa_id", "integer", "interrupt", "io_port", "irq_no_flags",
+    "memory32_fixed", "name", "name_seg", "name_string", "package", "pkg_length",
+    "resource_template", "scope", "string",
 ]
 
 ZERO_OP, ONE_OP, ONES_OP = 0x00, 0x01, 0xFF
@@ -69,6 +76,11 @@ DUAL_NAME_PREFIX, MULTI_NAME_PREFIX, NULL_NAME = 0x2E, 0x2F, 0x00
 IO_PORT_TAG = 0x08 << 3 | 7
 IRQ_NO_FLAGS_TAG = 0x04 << 3 | 2
 END_TAG = 0x0F << 3 | 1
+#: Large resource items: the tag byte is ``0x80 | type``, then a 16-bit length.
+MEMORY32_FIXED_TAG = 0x86
+EXTENDED_INTERRUPT_TAG = 0x89
+#: Extended Interrupt Descriptor flags.
+INT_CONSUMER, INT_EDGE, INT_ACTIVE_LOW, INT_SHARED = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 #: The largest PkgLength: 28 bits.
 PKG_LENGTH_MAX = (1 << 28) - 1
 ONES = (1 << 64) - 1
@@ -218,3 +230,32 @@ def irq_no_flags(*irqs: int) -> bytes:
             raise InvalidInput(f"an ISA IRQ is 0..15, not {irq!r}")
         mask |= 1 << irq
     return bytes([IRQ_NO_FLAGS_TAG]) + mask.to_bytes(2, "little")
+
+
+def _u32(what: str, value: int) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
+        raise InvalidInput(f"{what} {value!r} is not in 0..0xffffffff")
+    return value.to_bytes(4, "little")
+
+
+def memory32_fixed(base: int, length: int, *, writable: bool = True) -> bytes:
+    """``Memory32Fixed(ReadWrite, base, length)`` (``ReadOnly`` with
+    ``writable=False``): 32-bit base and length, the range inside 4 GiB."""
+    if isinstance(base, int) and isinstance(length, int) and base + length > 1 << 32:
+        raise InvalidInput(f"Memory32Fixed [{base:#x}, {base + length:#x}) ends past 4 GiB")
+    body = bytes([1 if writable else 0]) + _u32("Memory32Fixed base", base) \
+        + _u32("Memory32Fixed length", length)
+    return bytes([MEMORY32_FIXED_TAG]) + len(body).to_bytes(2, "little") + body
+
+
+def interrupt(*irqs: int, edge: bool = False, active_low: bool = False,
+              shared: bool = False) -> bytes:
+    """``Interrupt(ResourceConsumer, Level|Edge, ActiveHigh|ActiveLow,
+    Exclusive|Shared) { irqs }``: 1..255 interrupt numbers (GSIs on x86), level
+    triggered, active high and exclusive unless asked otherwise."""
+    if not 1 <= len(irqs) <= 255:
+        raise InvalidInput(f"an Interrupt descriptor lists 1..255 interrupts, not {len(irqs)}")
+    flags = (INT_CONSUMER | (INT_EDGE if edge else 0) | (INT_ACTIVE_LOW if active_low else 0)
+             | (INT_SHARED if shared else 0))
+    body = bytes([flags, len(irqs)]) + b"".join(_u32("interrupt", irq) for irq in irqs)
+    return bytes([EXTENDED_INTERRUPT_TAG]) + len(body).to_bytes(2, "little") + body

@@ -14,6 +14,14 @@ What runs where:
   bundled test kernel, at 0xF4). Every port device is served inside the vCPUs'
   native ``KVM_RUN`` (no round trip through the VM loop); unclaimed ports read as
   all ones and writes to them are dropped and counted.
+* **Here**, on the VM's MMIO bus: a row of 8 virtio-mmio transports at 0xFEB00000
+  (QEMU ``microvm``'s addresses; every access exits), all present, the configured
+  virtio devices plugged in in QEMU's order (:class:`~pyaxvisor.boards.virtio_slots.VirtioBoard`),
+  each raising its own line of the in-kernel I/O APIC with ``KVM_IRQ_LINE``, level
+  triggered (GSIs 5, 6, 7, 8, 13, 10, 11, 12 for slots 0..7: see :mod:`.layout`).
+  An OS finds the ones in use in the DSDT (``LNRO0005`` devices) and, a Linux
+  bzImage, on its command line too (``virtio_mmio.device=512@0xfeb00e00:12``...):
+  :mod:`.boot`.
 * **Firmware tables** (:mod:`.boot`): the MP table and the ACPI tables
   (:mod:`.acpi`), for kernels that boot with ACPI or without.
 
@@ -52,6 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.arch.x86_64.pcpu import X86PerCpu
 from pyaxvisor.arch.x86_64.vcpu import X86VCpu, X86VCpuCreateConfig, X86VCpuSetupConfig
+from pyaxvisor.boards.virtio_slots import VIRTIO_DEVICE_TYPES, VirtioBoard, VirtioSlots
 from pyaxvisor.boards.x86_pc import boot
 from pyaxvisor.boards.x86_pc import layout as L
 from pyaxvisor.devices.acpi_pm import AcpiPm
@@ -68,7 +77,7 @@ from pyaxvisor.errors import AxError, InvalidInput, Unsupported
 from pyaxvisor.vcpu import MmioRead, MmioWrite, VCpu
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
 from pyaxvisor.vcpu.width import AccessWidth
-from pyaxvisor.vm.board import Board, BootState
+from pyaxvisor.vm.board import BootState
 from pyaxvisor.vm.config import MemoryRegion
 from pyaxvisor.vm.power import CpuStart
 from pyaxvisor.vm.result import VmResult
@@ -133,7 +142,7 @@ class Com1(Device):
                 self.coalesced = quiet
 
 
-class PcBoard(Board):
+class PcBoard(VirtioBoard):
     arch = "x86_64"
     machines = ("pc", "q35", "microvm", "isapc")
     cpu_models = ("host", "max", "qemu64", "kvm64")
@@ -152,12 +161,11 @@ class PcBoard(Board):
                 "Multiboot, ELF or raw)",
         "trap_mmio": "--trap-mmio is for aarch64: on x86_64 KVM's in-kernel irqchip serves "
                      "the APICs",
-        "drive": "-drive is not supported on x86_64: the pc board has no virtio transport "
-                 "yet (virtio disks are on the aarch64 and riscv64 virt boards)",
-        "netdev": "-netdev is not supported on x86_64: the pc board has no virtio transport "
-                  "yet (virtio-net is on the aarch64 and riscv64 virt boards)",
     }
-    device_types: ClassVar[tuple[str, ...]] = ("isa-debug-exit",)
+    device_types: ClassVar[tuple[str, ...]] = (DEBUG_EXIT, *VIRTIO_DEVICE_TYPES)
+    virtio_slots: ClassVar[VirtioSlots] = VirtioSlots(L.VIRTIO_BASE, L.VIRTIO_STRIDE,
+                                                      L.VIRTIO_COUNT, L.VIRTIO_IRQS[0],
+                                                      L.VIRTIO_IRQS)
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "IO APIC": (L.IOAPIC_ADDR, 0x1000), "Local APIC": (L.LAPIC_ADDR, 0x1000)}
     #: Coalesce COM1's transmit register when KVM can (see the module doc); False
@@ -184,10 +192,6 @@ class PcBoard(Board):
     def check(self) -> None:
         super().check()
         config = self.config
-        if config.virtio:
-            raise InvalidInput(f"{config.virtio[0].describe()}: the x86_64 pc board has no "
-                               "virtio transport yet (virtio devices are on the aarch64 and "
-                               "riscv64 virt boards)")
         ram = config.ram_size
         key = config.prefix("[kernel] memory_regions")
         if ram < L.MIN_RAM:
@@ -260,6 +264,7 @@ class PcBoard(Board):
         ports.attach(L.ACPI_PM_TMR_PORT, AcpiPm.TIMER_PORTS, self.acpi_pm.timer)
         self._debug_exits(vm, [(d.base, d.length) for d in config.devices
                                if d.name == DEBUG_EXIT])
+        self.virtio.create(vm, lambda irq: IrqLine(sink, irq))
 
     def _debug_exits(self, vm: Vm, windows: list[tuple[int, int]]) -> None:
         for i, (iobase, iosize) in enumerate(windows):
@@ -272,7 +277,8 @@ class PcBoard(Board):
         if self.config.kernel is None and not any(d.name == DEBUG_EXIT
                                                   for d in self.config.devices):
             self._debug_exits(vm, [boot.BUNDLED_DEBUG_EXIT])  # the bundled guest reports there
-        return boot.load(vm.space, self.config)
+        return boot.load(vm.space, self.config,
+                         self.virtio_slots.plugged(len(self.config.virtio)))
 
     def boot_state(self, entry: int, *, mode: str = "protected",
                    gprs: dict[int, int] | None = None, **start: Any) -> BootState:
@@ -359,6 +365,8 @@ class PcBoard(Board):
         return self.uart
 
     def close(self) -> None:
+        """Release the virtio devices' images and TAP interfaces, then the KVM VM."""
+        super().close()
         if self.kvm_vm is not None:
             self.kvm_vm.close()
         if self.kvm is not None:

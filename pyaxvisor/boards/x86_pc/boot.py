@@ -17,12 +17,25 @@ and long mode), the boot stack, the page tables (long mode), the MP table and th
 ACPI tables, each at its fixed slot unless the image needs that memory (the
 layout's placement rule). The Multiboot command line starts with the kernel's name,
 as QEMU's does: the path given, or the bundled kernel's file.
+
+The virtio-mmio transports with a device plugged in (``virtio``, in the devices'
+order) are in the DSDT (:mod:`.acpi`) whatever the image; a Linux bzImage also
+finds one ``virtio_mmio.device=<size>@<base>:<irq>`` parameter per transport added
+to its command line (:func:`~pyaxvisor.boards.virtio_slots.add_kernel_parameters`:
+at the end, or before a ``--``), as Firecracker passes them, for kernels built with
+``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``. A kernel with both ACPI and that option
+registers each transport twice; the second probe of a window fails (``-EBUSY``) and
+the device works through the first. A Multiboot kernel's command line is left as
+given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyaxvisor.arch.x86_64.vcpu import X86VCpuSetupConfig
 from pyaxvisor.boards.images import check_address, read_spec
+from pyaxvisor.boards.virtio_slots import PluggedSlot, add_kernel_parameters
 from pyaxvisor.boards.x86_pc import layout as L
 from pyaxvisor.boards.x86_pc.acpi import acpi_size, write_acpi
 from pyaxvisor.boards.x86_pc.mptable import mptable_size, write_mptable
@@ -30,6 +43,7 @@ from pyaxvisor.errors import InvalidInput
 from pyaxvisor.loaders.bzimage import load_bzimage
 from pyaxvisor.loaders.detect import detect_x86_format
 from pyaxvisor.loaders.elf import load_x86_elf
+from pyaxvisor.loaders.image import ImageError
 from pyaxvisor.loaders.multiboot import load_multiboot
 from pyaxvisor.loaders.raw import load_x86_raw
 from pyaxvisor.loaders.x86_entry import BootMemory, X86Boot
@@ -37,8 +51,8 @@ from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.vm.board import BootState
 from pyaxvisor.vm.config import VmConfig
 
-__all__ = ["BOOT_STACK", "BUNDLED_DEBUG_EXIT", "bundled_guest", "bundled_guest_path", "load",
-           "start_state", "write_tables"]
+__all__ = ["BOOT_STACK", "BUNDLED_DEBUG_EXIT", "bundled_guest", "bundled_guest_path",
+           "linux_cmdline", "load", "start_state", "write_tables"]
 
 #: Stack pointer vCPU 0 starts with (below the boot_params page; kernels set their own).
 BOOT_STACK = L.BOOT_STACK
@@ -81,22 +95,31 @@ def start_state(boot: X86Boot, memory: BootMemory | None = None) -> BootState:
                      boot.description)
 
 
-def write_tables(space: AddrSpace, memory: BootMemory, num_cpus: int) -> tuple[int, int]:
-    """Place and write the MP table and the ACPI tables for ``num_cpus`` CPUs; returns
-    their addresses."""
+def write_tables(space: AddrSpace, memory: BootMemory, num_cpus: int,
+                 virtio: Sequence[PluggedSlot] = ()) -> tuple[int, int]:
+    """Place and write the MP table and the ACPI tables for ``num_cpus`` CPUs and the
+    virtio-mmio transports in use ``virtio``; returns their addresses."""
     slots, windows = L.MPTABLE_PLACES
     mp = memory.place("MP table", mptable_size(num_cpus), align=L.MPTABLE_ALIGN,
                       slots=slots, windows=windows)
     slots, windows = L.ACPI_PLACES
-    acpi = memory.place("ACPI tables", acpi_size(num_cpus), align=L.ACPI_ALIGN,
+    acpi = memory.place("ACPI tables", acpi_size(num_cpus, virtio), align=L.ACPI_ALIGN,
                         slots=slots, windows=windows)
     write_mptable(space, num_cpus, mp)
-    write_acpi(space, num_cpus, acpi)
+    write_acpi(space, num_cpus, acpi, virtio)
     return mp, acpi
 
 
-def load(space: AddrSpace, config: VmConfig) -> BootState:
-    """Load the boot images into ``space`` and write the MP and ACPI tables."""
+def linux_cmdline(cmdline: str, virtio: Sequence[PluggedSlot]) -> str:
+    """The command line a bzImage gets: ``cmdline`` with a ``virtio_mmio.device=``
+    parameter per transport of ``virtio`` (see the module doc)."""
+    return add_kernel_parameters(cmdline, [plugged.kernel_parameter for plugged in virtio])
+
+
+def load(space: AddrSpace, config: VmConfig, virtio: Sequence[PluggedSlot] = ()) -> BootState:
+    """Load the boot images into ``space`` and write the MP and ACPI tables;
+    ``virtio``: the virtio-mmio transports with a device plugged in, in the devices'
+    order (see the module doc)."""
     ram_size = config.ram_size
     if config.kernel is None:
         if config.initrd is not None:
@@ -112,8 +135,17 @@ def load(space: AddrSpace, config: VmConfig) -> BootState:
     load_addr = config.kernel.load_addr if config.kernel is not None else None
     memory = BootMemory(space, ram_size, path)
     if fmt == "bzimage":
-        boot = load_bzimage(space, data, ram_size=ram_size, cmdline=config.cmdline,
-                            initrd=initrd, path=path, initrd_path=initrd_path, memory=memory)
+        cmdline = linux_cmdline(config.cmdline, virtio)
+        try:
+            boot = load_bzimage(space, data, ram_size=ram_size, cmdline=cmdline,
+                                initrd=initrd, path=path, initrd_path=initrd_path,
+                                memory=memory)
+        except ImageError as exc:
+            if cmdline == config.cmdline or not exc.problem.startswith("the command line"):
+                raise
+            raise ImageError(path, f"{exc.problem} (with the {len(virtio)} "
+                                   "virtio_mmio.device= parameters pyaxvisor adds for the "
+                                   "virtio devices)") from None
     elif fmt == "multiboot":
         modules = [(initrd, initrd_path)] if initrd is not None else []
         boot = load_multiboot(space, data, ram_size=ram_size, cmdline=config.cmdline,
@@ -135,5 +167,5 @@ def load(space: AddrSpace, config: VmConfig) -> BootState:
         check_address(config, "[kernel] entry_point", config.entry, boot.entry,
                       f"the {boot.format} kernel is entered")
     start = start_state(boot, memory)
-    write_tables(space, memory, config.cpu_num)
+    write_tables(space, memory, config.cpu_num, virtio)
     return start

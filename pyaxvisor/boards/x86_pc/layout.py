@@ -15,8 +15,10 @@ Memory (guest physical):
 ``0x9FC00``             the MP table (EBDA, :data:`MPTABLE_ADDR`)
 ``0xE0000``             the ACPI tables, RSDP first (:data:`ACPI_ADDR`)
 ``0x100000``            the kernel (bzImage protected-mode part, Multiboot default)
-``[3 GiB, 4 GiB)``      no RAM: the IOAPIC (0xFEC00000) and local APICs
-                        (0xFEE00000) live there, in KVM's in-kernel irqchip
+``[3 GiB, 4 GiB)``      no RAM: the virtio-mmio transports (below), the IOAPIC
+                        (0xFEC00000) and local APICs (0xFEE00000) live there, the
+                        latter two in KVM's in-kernel irqchip
+``0xFEB00000``          8 virtio-mmio transports, 0x200 bytes apart (:data:`VIRTIO_BASE`)
 ``[4 GiB, ...)``        the rest of RAM when there is more than 3 GiB
 ====================== ==========================================================
 
@@ -52,6 +54,18 @@ i8042 at 0x60/0x64, the ACPI PM registers at 0x600 (PM1a_EVT_BLK, 4 ports),
 0x604 (PM1a_CNT_BLK, 2 ports: power-off) and 0x608 (PM_TMR_BLK, 4 ports), as on
 QEMU's q35; the PIC (0x20/0xA0, ELCR 0x4D0) and PIT (0x40..0x43, 0x61) are KVM's
 in-kernel devices. The ACPI SCI is ISA IRQ 9 (level triggered, active high).
+
+The virtio-mmio transports are QEMU ``microvm``'s row: 8 of them at 0xFEB00000 +
+0x200·i, each on one I/O APIC input (a GSI, also the 8259's IRQ of that number),
+level triggered and active high. microvm without ACPI wires slot *i* to GSI 5 + *i*
+and says so on the kernel command line; this board does the same, with one change:
+GSI 9 is the ACPI SCI here, so slot 4 takes GSI 13 (the 387's error line on old PCs,
+unused by x86_64 kernels): :data:`VIRTIO_IRQS`. Those ISA IRQs are otherwise free on
+this board (no RTC, no PS/2 or floppy IRQ, no parallel port or COM2). They stay below
+16 because Linux only sets up, at boot, the I/O APIC pins an interrupt source entry
+names (the ISA IRQs, or an ACPI device's), and a device from its command line names
+nothing; the MADT's interrupt source overrides and the MP table's entries make them
+level triggered, active high (:mod:`.acpi`, :mod:`.mptable`).
 """
 
 from __future__ import annotations
@@ -85,6 +99,12 @@ LOW_RAM_LIMIT = 3 * GiB
 HIGH_RAM_BASE = 4 * GiB
 IOAPIC_ADDR = 0xFEC0_0000
 LAPIC_ADDR = 0xFEE0_0000
+#: The virtio-mmio transports: ``VIRTIO_COUNT`` slots at ``VIRTIO_BASE + i *
+#: VIRTIO_STRIDE``, slot ``i`` on GSI ``VIRTIO_IRQS[i]`` (see the module doc).
+VIRTIO_BASE = 0xFEB0_0000
+VIRTIO_STRIDE = 0x200
+VIRTIO_COUNT = 8
+VIRTIO_IRQS = (5, 6, 7, 8, 13, 10, 11, 12)
 
 #: RAM the x86 VM accepts: at least 16 MiB (room for the boot structures), at most 1 TiB.
 MIN_RAM = 16 * MiB

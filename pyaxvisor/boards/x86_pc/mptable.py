@@ -22,11 +22,13 @@ Linux's other place (:data:`~pyaxvisor.boards.x86_pc.layout.MPTABLE_PLACES`):
   - one I/O APIC entry: ID = number of CPUs (the first ID no CPU uses), version
     0x11, enabled, at 0xFEC00000;
   - I/O interrupt entries for ISA IRQs 0..15 except 2 (the cascade): type INT,
-    polarity and trigger "conforming to the bus" (edge, active high for ISA),
-    source bus 0 IRQ *i* → I/O APIC pin *i*. IRQ 0 goes to pin 0, not to pin 2 as
-    on a PC's chipset: KVM's in-kernel IOAPIC with its default GSI routing
-    delivers the PIT on GSI 0 = pin 0, and QEMU's microvm and Firecracker's tables
-    map IRQ *i* to pin *i* the same way;
+    polarity and trigger "conforming to the bus" (edge, active high for ISA), except
+    the virtio-mmio transports' lines (IRQs 5..8 and 10..13:
+    :data:`~pyaxvisor.boards.x86_pc.layout.VIRTIO_IRQS`), level triggered and active
+    high (flags 0x0D); source bus 0 IRQ *i* → I/O APIC pin *i*. IRQ 0 goes to pin 0,
+    not to pin 2 as on a PC's chipset: KVM's in-kernel IOAPIC with its default GSI
+    routing delivers the PIT on GSI 0 = pin 0, and QEMU's microvm and Firecracker's
+    tables map IRQ *i* to pin *i* the same way;
   - local interrupt entries: ExtINT on LINT0 and NMI on LINT1 of every local APIC
     (destination ID 0xFF), the virtual-wire set-up.
 
@@ -50,6 +52,7 @@ from pyaxvisor.boards.x86_pc.layout import (
     IOAPIC_ADDR,
     LAPIC_ADDR,
     MPTABLE_ADDR,
+    VIRTIO_IRQS,
 )
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.loaders.image import covered
@@ -83,6 +86,7 @@ ENTRY_SIZE = 8  # every other base entry type
 ENTRY_PROCESSOR, ENTRY_BUS, ENTRY_IOAPIC, ENTRY_IOINT, ENTRY_LINT = 0, 1, 2, 3, 4
 INT_TYPE_INT, INT_TYPE_NMI, INT_TYPE_EXTINT = 0, 1, 3
 IRQ_FLAGS_CONFORMING = 0  # polarity bits 1:0 and trigger bits 3:2 "conforms to the bus"
+IRQ_FLAGS_LEVEL_HIGH = 0x1 | 0x3 << 2  # active high (01), level triggered (11)
 CPU_ENABLED, CPU_BSP = 1 << 0, 1 << 1
 IOAPIC_ENABLED = 1 << 0
 #: Offsets of the checksums in the two structures.
@@ -140,8 +144,10 @@ def build_mptable(num_cpus: int, addr: int = MPTABLE_ADDR) -> bytes:
     ioapic_id = num_cpus
     entries.append(_IOAPIC.pack(ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, IOAPIC_ENABLED,
                                 IOAPIC_ADDR))
-    entries += [_INTERRUPT.pack(ENTRY_IOINT, INT_TYPE_INT, IRQ_FLAGS_CONFORMING, 0, irq,
-                                ioapic_id, irq) for irq in _irqs()]
+    entries += [_INTERRUPT.pack(ENTRY_IOINT, INT_TYPE_INT,
+                                IRQ_FLAGS_LEVEL_HIGH if irq in VIRTIO_IRQS
+                                else IRQ_FLAGS_CONFORMING, 0, irq, ioapic_id, irq)
+                for irq in _irqs()]
     entries += [_INTERRUPT.pack(ENTRY_LINT, int_type, IRQ_FLAGS_CONFORMING, 0, 0,
                                 ALL_LOCAL_APICS, lint)
                 for int_type, lint in ((INT_TYPE_EXTINT, 0), (INT_TYPE_NMI, 1))]
