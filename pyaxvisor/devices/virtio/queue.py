@@ -44,6 +44,7 @@ vCPU thread may pop while a back-end thread pushes.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from typing import NamedTuple
@@ -68,6 +69,13 @@ from pyaxvisor.errors import InvalidInput
 MAX_INDIRECT = MAX_QUEUE_SIZE
 
 _DESC = struct.Struct("<QIHH")
+
+
+@functools.lru_cache(maxsize=64)
+def _desc_table(count: int) -> struct.Struct:
+    """The layout of a descriptor table of ``count`` entries."""
+    return struct.Struct("<" + "QIHH" * count)
+
 _USED_ELEM = struct.Struct("<II")
 
 
@@ -194,50 +202,80 @@ class SplitQueue:
                 f"{name}: head descriptor index {head} is past the queue size {size}")
         readable: list[Buffer] = []
         writable: list[Buffer] = []
-        contains = self.ram.contains
-        table: bytes | None = None  # the indirect table, once entered
-        table_len, limit = size, size
-        index, walked, total = head, 0, 0
+        index, total = head, 0
         while True:
-            walked += 1
             total += 1
-            if walked > limit:
-                where = "indirect table" if table is not None else "chain"
+            if total > size:
                 raise DescriptorChainError(
-                    f"{name}: {where} from head {head} runs past {limit} descriptors "
+                    f"{name}: chain from head {head} runs past {size} descriptors "
                     "(a loop in the next fields?)")
-            if table is None:
-                raw = self.ram.read(self.layout.desc + DESC_SIZE * index, DESC_SIZE,
-                                    f"{name}: descriptor {index}")
-            else:
-                raw = table[DESC_SIZE * index:DESC_SIZE * (index + 1)]
-            addr, length, flags, nxt = _DESC.unpack(raw)
+            addr, length, flags, nxt = _DESC.unpack(
+                self.ram.read(self.layout.desc + DESC_SIZE * index, DESC_SIZE,
+                              f"{name}: descriptor {index}"))
             if flags & DESC_F_INDIRECT:
-                table_len = self._indirect_len(index, length, flags, nested=table is not None)
+                count = self._indirect_len(index, length, flags, nested=False)
                 table = self.ram.read(addr, length, f"{name}: indirect table of descriptor "
                                                     f"{index}")
-                index, walked, limit = 0, 0, table_len
-                continue
-            if not contains(addr, length):
-                self.ram.check(addr, length, f"{name}: buffer of "
-                               f"{'indirect ' if table is not None else ''}descriptor {index}")
-            if flags & DESC_F_WRITE:
-                writable.append(Buffer(addr, length))
-            elif writable:
-                raise DescriptorChainError(
-                    f"{name}: device-readable descriptor {index} follows a device-writable "
-                    f"one in the chain from head {head}")
-            else:
-                readable.append(Buffer(addr, length))
+                total += self._walk_table(head, table, count, readable, writable)
+                break
+            self._take(head, index, addr, length, flags, readable, writable, "")
             if not flags & DESC_F_NEXT:
                 break
-            if nxt >= table_len:
+            if nxt >= size:
                 raise DescriptorChainError(
-                    f"{name}: descriptor {index} has next {nxt}, past the "
-                    f"{'indirect table' if table is not None else 'queue'} size {table_len}")
+                    f"{name}: descriptor {index} has next {nxt}, past the queue size {size}")
             index = nxt
         return DescriptorChain(head, BufferList(tuple(readable)), BufferList(tuple(writable)),
                                total, owner=self)
+
+    def _take(self, head: int, index: int, addr: int, length: int, flags: int,
+              readable: list[Buffer], writable: list[Buffer], where: str) -> None:
+        """Check one buffer descriptor (``where``: "" or "indirect ") and add it."""
+        if not self.ram.contains(addr, length):
+            self.ram.check(addr, length, f"{self.name}: buffer of {where}descriptor {index}")
+        if flags & DESC_F_WRITE:
+            writable.append(tuple.__new__(Buffer, (addr, length)))
+        elif writable:
+            raise DescriptorChainError(
+                f"{self.name}: device-readable descriptor {index} follows a device-writable "
+                f"one in the chain from head {head}")
+        else:
+            readable.append(tuple.__new__(Buffer, (addr, length)))
+
+    def _walk_table(self, head: int, table: bytes, count: int, readable: list[Buffer],
+                    writable: list[Buffer]) -> int:
+        """Walk an indirect table of ``count`` descriptors from entry 0, unpacked at
+        once; the descriptors walked. The same rules as the ring's, plus no indirect
+        descriptor inside (§2.7.5.3.1)."""
+        name = self.name
+        fields = _desc_table(count).unpack(table)
+        contains = self.ram.contains
+        index, walked = 0, 0
+        while True:
+            walked += 1
+            if walked > count:
+                raise DescriptorChainError(
+                    f"{name}: indirect table from head {head} runs past {count} descriptors "
+                    "(a loop in the next fields?)")
+            at = 4 * index
+            addr, length, flags, nxt = fields[at], fields[at + 1], fields[at + 2], fields[at + 3]
+            if flags & DESC_F_INDIRECT:
+                self._indirect_len(index, length, flags, nested=True)
+            # the common cases first: a device-writable buffer, or a device-readable one
+            # before any writable, inside RAM, with no flag but NEXT (and WRITE)
+            if not flags & ~(DESC_F_WRITE | DESC_F_NEXT) and contains(addr, length) and (
+                    flags & DESC_F_WRITE or not writable):
+                (writable if flags & DESC_F_WRITE else readable).append(
+                    tuple.__new__(Buffer, (addr, length)))
+            else:
+                self._take(head, index, addr, length, flags, readable, writable, "indirect ")
+            if not flags & DESC_F_NEXT:
+                return walked
+            if nxt >= count:
+                raise DescriptorChainError(
+                    f"{name}: descriptor {index} has next {nxt}, past the indirect table "
+                    f"size {count}")
+            index = nxt
 
     def _indirect_len(self, index: int, length: int, flags: int, *, nested: bool) -> int:
         """Check an indirect descriptor; the number of entries of its table."""
