@@ -801,3 +801,29 @@ def test_a_block_device_discards_and_zeroes_with_ioctls(loop_device, monkeypatch
         assert rig.request(vb.T_IN, 1032, data_in=512)[1] == pattern(BIG * 512, seed=9)[
             1032 * 512:1033 * 512]
         assert rig.request(vb.T_WRITE_ZEROES, out=seg(BIG - 1, 2))[0] == vb.S_IOERR
+
+
+class ReportingRam(FakeRam):
+    """Guest RAM that records what devices say they wrote (``written``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: list[tuple[int, int]] = []
+
+    def written(self, gpa: int, length: int) -> None:
+        self.reported.append((gpa, length))
+
+
+def test_data_read_into_guest_ram_is_reported_written(image):
+    """Software CPUs drop translated code of what a device wrote: a read's data
+    buffers (and the status byte) are reported after the data is in place."""
+    ram = ReportingRam()
+    with Rig(image, ram=ram) as rig:
+        header = struct.pack("<IIQ", vb.T_IN, 0, 4)
+        req = rig.q.add([header], [700, 324, 1])
+        rig.notify()
+        assert rig.q.collect() == [(req.head, 1025)]
+        (a, _), (b, _), (status, _) = req.writable
+        assert (a, 700) in ram.reported and (b, 324) in ram.reported
+        assert (status, 1) in ram.reported
+        assert ram.read(a, 700) + ram.read(b, 324) == image.read_bytes()[2048:3072]

@@ -13,6 +13,11 @@ access there faults to the hypervisor — that is how emulated MMIO works.
   nested table (the table is the truth: a page that was unmapped is not
   reachable), chunk by chunk, with the hypervisor's rights (guest permissions
   do not apply). An unmapped address raises :class:`GuestMemoryFault`.
+* ``written(gpa, length)``: something other than the guest's CPUs (a device's DMA
+  through a view, the hypervisor through ``write``, which calls it) wrote guest RAM;
+  each write listener (``add_write_listener``) hears ``(gpa, hpa, length)`` per
+  region piece, on the writer's thread, so that software CPUs drop translated code
+  of those pages (QEMU invalidates translations on DMA writes the same way).
 * ``view(gpa, length)`` is the device (DMA) path: a zero-copy ``memoryview`` of a
   range inside one RAM region that is mapped now, found from the regions rather
   than by walking the table (the region list is what the table was built from;
@@ -77,9 +82,10 @@ class AddrSpace:
         self.mmio_windows: list[tuple[GuestPhysAddr, HostPhysAddr, int]] = []
         self._lock = threading.RLock()
         self._listeners: list[Callable[[], None]] = []
-        #: The mapped RAM regions for :meth:`view`: (starts, [(start, end, view)]),
+        #: The mapped RAM regions for :meth:`view`: (starts, [(start, end, view, hpa)]),
         #: ``None`` until needed after a change.
-        self._runs: tuple[list[int], list[tuple[int, int, memoryview]]] | None = None
+        self._runs: tuple[list[int], list[tuple[int, int, memoryview, int]]] | None = None
+        self._write_listeners: tuple[Callable[[int, int, int], None], ...] = ()
 
     # -- change notification ------------------------------------------------------
     def add_listener(self, listener: Callable[[], None]) -> None:
@@ -93,6 +99,17 @@ class AddrSpace:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def add_write_listener(self, listener: Callable[[int, int, int], None]) -> None:
+        """Call ``listener(gpa, hpa, length)`` after each :meth:`written` (any thread;
+        the listener must be quick and must not raise)."""
+        with self._lock:
+            self._write_listeners = (*self._write_listeners, listener)
+
+    def remove_write_listener(self, listener: Callable[[int, int, int], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not registered)."""
+        with self._lock:
+            self._write_listeners = tuple(x for x in self._write_listeners if x != listener)
 
     def _changed(self) -> None:
         with self._lock:
@@ -235,7 +252,7 @@ class AddrSpace:
         return hpa
 
     # -- guest memory access -------------------------------------------------------------
-    def _mapped_runs(self) -> tuple[list[int], list[tuple[int, int, memoryview]]]:
+    def _mapped_runs(self) -> tuple[list[int], list[tuple[int, int, memoryview, int]]]:
         with self._lock:
             if self._runs is None:
                 runs = []
@@ -244,9 +261,31 @@ class AddrSpace:
                         self._pt.translate(r.gpa)
                     except NotMapped:
                         continue
-                    runs.append((int(r.gpa), int(r.end), self.hal.view(r.hpa, r.size)))
-                self._runs = ([start for start, _end, _view in runs], runs)
+                    runs.append((int(r.gpa), int(r.end), self.hal.view(r.hpa, r.size),
+                                 int(r.hpa)))
+                self._runs = ([run[0] for run in runs], runs)
             return self._runs
+
+    def written(self, gpa: GuestPhysAddr | int, length: int) -> None:
+        """Guest RAM ``[gpa, gpa + length)`` was written other than by the guest's CPUs:
+        tell the write listeners (see the module doc). Parts outside RAM are skipped."""
+        listeners = self._write_listeners
+        if not listeners or length <= 0:
+            return
+        pos, end = int(gpa), int(gpa) + length
+        starts, runs = self._runs or self._mapped_runs()
+        while pos < end:
+            i = bisect.bisect_right(starts, pos) - 1
+            if i < 0 or pos >= runs[i][1]:  # not RAM here: on to the next region
+                if i + 1 >= len(runs) or runs[i + 1][0] >= end:
+                    return
+                pos = runs[i + 1][0]
+                continue
+            start, stop, _view, hpa = runs[i]
+            n = min(end, stop) - pos
+            for listener in listeners:
+                listener(pos, hpa + pos - start, n)
+            pos += n
 
     def view(self, gpa: GuestPhysAddr, length: int) -> memoryview:
         """A zero-copy writable view of guest ``[gpa, gpa + length)``, which must lie
@@ -259,7 +298,7 @@ class AddrSpace:
         starts, runs = self._runs or self._mapped_runs()
         i = bisect.bisect_right(starts, pos) - 1
         if i >= 0:
-            start, end, mem = runs[i]
+            start, end, mem, _hpa = runs[i]
             if pos + length <= end:
                 return mem[pos - start:pos - start + length]
         raise GuestMemoryFault(pos, length)
@@ -295,6 +334,7 @@ class AddrSpace:
         for hpa, n in chunks:
             self.hal.view(hpa, n)[:] = data[off:off + n]
             off += n
+        self.written(gpa, len(data))
 
     def read_u64(self, gpa: GuestPhysAddr) -> int:
         return int.from_bytes(self.read(gpa, 8), "little")

@@ -294,6 +294,7 @@ class Vm(ExitDispatch):
         board = self.board
         percpu = PerCpu(board.percpu_class)
         vcpu: VCpu[Any] | None = None
+        written: Callable[[int, int, int], None] | None = None
         try:
             percpu.init(cpu)
             percpu.hardware_enable()
@@ -307,6 +308,9 @@ class Vm(ExitDispatch):
             vcpu.setup(GuestPhysAddr(start.entry), self._space.root_paddr, start.setup)
             vcpu.bind()
             vcpu.arch.serve_in_cpu(board.in_cpu_windows(self), timing=self.config.stats)
+            # what devices write to guest RAM reaches the vCPU (software CPUs drop code)
+            written = vcpu.arch.guest_ram_written
+            self._space.add_write_listener(written)
             with self._lock:
                 self._vcpus[cpu] = vcpu
                 self._power[cpu] = CpuPower.ON
@@ -326,6 +330,8 @@ class Vm(ExitDispatch):
                 barrier.abort()
             self.finish(VmResult("error", AxError(f"vCPU {cpu}: internal error: {exc!r}")))
         finally:
+            if written is not None:
+                self._space.remove_write_listener(written)
             if vcpu is not None and vcpu.state is VCpuState.Ready:
                 vcpu.unbind()
             percpu.close()

@@ -424,6 +424,13 @@ class Aarch64VCpu(SoftVCpu):
                                  trap.far, int(fault_ipa(trap.far, trap.hpfar)), trap.pc))
         return pc
 
+    def guest_ram_written(self, gpa: int, hpa: int, length: int) -> None:
+        """The engine maps the host arena at its physical addresses: it drops its code
+        of ``[hpa, hpa + length)`` (see ``SyncPeer.dma_written``)."""
+        engine = self._engine
+        if engine is not None:
+            engine.xsync.dma_written(hpa, length)
+
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port
         windows do not exist here. Attached now when bound, else at :meth:`bind`."""

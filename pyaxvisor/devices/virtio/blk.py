@@ -339,7 +339,8 @@ class VirtioBlk(VirtioBackend):
         if not self._in_range(sector, length):
             return S_IOERR, 0
         if ram.has_views:
-            views = ram.views(chain.writable.segments(0, length), f"{what} data")
+            pieces = list(chain.writable.segments(0, length))
+            views = ram.views(pieces, f"{what} data")
             try:
                 self.image.readv(sector * SECTOR_SIZE, views, nowait=nowait)
             except BlockingIOError:
@@ -348,6 +349,9 @@ class VirtioBlk(VirtioBackend):
                 return S_IOERR, 0
             except OSError:
                 return S_IOERR, 0
+            finally:
+                for addr, n in pieces:  # whatever landed: CPUs drop stale code of it
+                    ram.written(addr, n)
             return S_OK, length
         if nowait:
             raise BlockingIOError(f"{what}: copies are made on the I/O thread")

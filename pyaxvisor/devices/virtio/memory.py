@@ -69,6 +69,14 @@ class AddressedMemory:
         self._inner.write(self._address_type(gpa), data)
 
     @property
+    def written(self) -> Callable[[int, int], None]:
+        """The wrapped memory's ``written`` taking ``int`` addresses (``AttributeError``
+        if it has none)."""
+        inner = self._inner.written  # type: ignore[attr-defined]
+        convert = self._address_type
+        return lambda gpa, length: inner(convert(gpa), length)
+
+    @property
     def view(self) -> Callable[[int, int], memoryview]:
         """The wrapped memory's ``view`` taking ``int`` addresses (``AttributeError``,
         so ``getattr(m, "view", None)`` is ``None``, if it has none)."""
@@ -88,7 +96,7 @@ class GuestRam:
     :class:`GuestRangeError` too.
     """
 
-    __slots__ = ("_bases", "_ends", "_view", "memory", "ranges")
+    __slots__ = ("_bases", "_ends", "_view", "_written", "memory", "ranges")
 
     def __init__(self, memory: GuestMemory, ranges: Iterable[tuple[int, int]]) -> None:
         checked = sorted((int(base), int(size)) for base, size in ranges)
@@ -104,6 +112,9 @@ class GuestRam:
         self.memory = memory
         #: The memory's zero-copy ``view``, if it has one.
         self._view: Callable[[int, int], memoryview] | None = getattr(memory, "view", None)
+        #: The memory's ``written(gpa, length)`` (software CPUs drop translated code of
+        #: what a device wrote), if it has one.
+        self._written: Callable[[int, int], None] | None = getattr(memory, "written", None)
         self.ranges: tuple[tuple[int, int], ...] = tuple(checked)
         self._bases = [b for b, _ in checked]
         self._ends = [b + s for b, s in checked]
@@ -136,6 +147,13 @@ class GuestRam:
             return self._view(addr, length)
         except AxError as exc:
             raise GuestRangeError(what, addr, length) from exc
+
+    def written(self, addr: int, length: int) -> None:
+        """A device wrote ``[addr, addr + length)`` through a :meth:`view` (``write``
+        says so itself): tell the memory, whose software CPUs may hold translated code
+        of it. Call it after the data is in place."""
+        if self._written is not None:
+            self._written(addr, length)
 
     def views(self, pieces: Iterable[tuple[int, int]], what: str) -> list[memoryview]:
         """:meth:`view` of each ``(addr, length)`` piece, in order (checked the same way;
@@ -188,6 +206,7 @@ class GuestRam:
                 self._view(addr, len(data))[:] = data
             except AxError as exc:
                 raise GuestRangeError(what, addr, len(data)) from exc
+            self.written(addr, len(data))
             return
         try:
             self.memory.write(addr, data)

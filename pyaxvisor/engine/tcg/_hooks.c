@@ -1319,6 +1319,16 @@ static PyObject *py_xsync_broadcast(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_xsync_dma_written(PyObject *self, PyObject *args)
+{
+    unsigned long long peer, pa, len;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKK", &peer, &pa, &len))
+        return NULL;
+    xsync_dma_written((struct xsync_peer *)(uintptr_t)peer, pa, len);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
@@ -1359,6 +1369,9 @@ static PyMethodDef methods[] = {
     {"xsync_drain", py_xsync_drain, METH_VARARGS,
      "xsync_drain(peer) -> bool: do the work other CPUs queued (between runs); True: "
      "dropping all translated code is left to the caller."},
+    {"xsync_dma_written", py_xsync_dma_written, METH_VARARGS,
+     "xsync_dma_written(peer, pa, len): a device wrote guest RAM there; the peer drops "
+     "the translated code it had of it (any thread, no wait)."},
     {"xsync_broadcast", py_xsync_broadcast, METH_VARARGS,
      "xsync_broadcast(group, peer, kind, page): what this CPU's maintenance owes the "
      "group's CPUs (GIL released while it waits for them)."},

@@ -107,7 +107,14 @@ from pyaxvisor.engine.tcg.riscv64_isa import (
     insn_length,
 )
 from pyaxvisor.engine.tcg.riscv64_selftest import RiscvLayout, self_test
-from pyaxvisor.engine.tcg.xsync import CODE_ALL, TLB, Membership, SyncGroup, SyncPeer
+from pyaxvisor.engine.tcg.xsync import (
+    CODE_ALL,
+    RAM_REGIONS,
+    TLB,
+    Membership,
+    SyncGroup,
+    SyncPeer,
+)
 
 __all__ = ["PREEMPTED", "RamMapping", "Riscv64Tcg", "RiscvLayout", "Trap", "TrapAction",
            "pmp_entries", "self_test"]
@@ -699,6 +706,9 @@ class Riscv64Tcg:
         self.program_pmp(entries or [])
         self.flush_tlb()
         self.flush_code()
+        # what devices write is followed for the first RAM_REGIONS mappings
+        self.xsync.set_ram([(m.gpa, m.size, m.hva) for m in sorted(self._ram.values())
+                            ][:RAM_REGIONS])
 
     def program_pmp(self, entries: Sequence[tuple[int, int]]) -> None:
         """Write PMP entries ``(pmpaddr, cfg byte)``; the remaining ones are turned off."""

@@ -139,6 +139,34 @@ static uint64_t queue(struct xsync_peer *p, int kind, uint64_t page)
     return gen;
 }
 
+void xsync_dma_written(struct xsync_peer *p, uint64_t pa, uint64_t len)
+{
+    int queued = 0;
+    if (len == 0 || p->has_code == NULL)
+        return;
+    for (uint64_t page = pa & PAGE_MASK_4K; page < pa + len; page += 0x1000) {
+        for (uint64_t i = 0; i < p->nram; i++) {
+            if (page - p->ram_pa[i] >= p->ram_size[i])
+                continue;
+            void *host = (void *)(uintptr_t)(p->ram_host[i] + (page - p->ram_pa[i]));
+            uint64_t ram = p->ram_addr(p->uc, host);
+            if (ram != RAM_ADDR_INVALID && p->has_code(p->uc, ram)) {
+                queue(p, XSYNC_CODE_PAGE, page);
+                p->dma_pages++;
+                queued = 1;
+            }
+            break;
+        }
+    }
+    if (!queued)
+        return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* the request before `running` */
+    if (__atomic_load_n(&p->preempt->running, __ATOMIC_RELAXED)) {
+        p->stop(p->uc);
+        p->stops_sent++;
+    }
+}
+
 void xsync_local(struct xsync_peer *self, int kind, uint64_t page)
 {
     if (kind & XSYNC_TLB) {

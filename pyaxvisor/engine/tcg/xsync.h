@@ -74,6 +74,9 @@ struct xsync_peer {
     uint64_t runs;              /* runs the engine began (Python counts them) */
     uint64_t seen_others;       /* the other peers' runs at the last code drop, or ~0 */
     uint64_t fences_skipped;
+    /* Device writes to guest RAM (xsync_dma_written) */
+    int (*has_code)(void *uc, uint64_t ram_addr);       /* tb_page_has_code_<arch> */
+    uint64_t dma_pages;         /* pages written by a device that held translated code */
 };
 
 struct xsync_group {
@@ -98,6 +101,14 @@ void xsync_local(struct xsync_peer *self, int kind, uint64_t page);
  * stores keep its translations coherent) — Linux runs FENCE.I tens of thousands of
  * times while it patches its own code on the boot hart alone. */
 void xsync_fence_i(struct xsync_peer *self);
+
+/* A device wrote guest RAM [pa, pa + len) (`p`'s physical addresses), on any thread:
+ * the pages of it that hold translated code of `p` are queued for `p` to drop, and a
+ * running CPU is stopped at its next block to do so (one that is not running does it
+ * before its next run). Does not wait. Whether a page holds code is read from `p`'s
+ * page descriptors without its thread: a translation made from the page at that very
+ * moment (the guest running code it is overwriting by DMA) may be missed. */
+void xsync_dma_written(struct xsync_peer *p, uint64_t pa, uint64_t len);
 
 /* Do the work queued for `self` that can be done inside its running CPU (TLB flush,
  * code pages); returns whether dropping all code is still queued. */

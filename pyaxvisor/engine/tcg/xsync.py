@@ -43,7 +43,7 @@ class _Peer(ctypes.Structure):
                 ("tlb_flushes", _U64), ("code_pages", _U64), ("code_flushes", _U64),
                 ("stops_sent", _U64), ("waits", _U64), ("wait_ns", _U64),
                 ("timeouts", _U64), ("group", _P), ("runs", _U64), ("seen_others", _U64),
-                ("fences_skipped", _U64))
+                ("fences_skipped", _U64), ("has_code", _P), ("dma_pages", _U64))
 
 
 class _Group(ctypes.Structure):
@@ -55,6 +55,15 @@ class _Group(ctypes.Structure):
 if (ctypes.sizeof(_Peer), ctypes.sizeof(_Group)) != _hooks.xsync_layout():
     raise EngineError("pyaxvisor's native xsync structures and their Python mirrors "
                       "disagree: rebuild the extension (python setup.py build_ext --inplace)")
+
+
+def _has_code(arch: str) -> int | None:
+    """``tb_page_has_code_<arch>`` (patch notdirty-code-pages), or None (stock library:
+    its stores to code pages are all detected, but DMA writes are not followed)."""
+    try:
+        return uc_function(f"tb_page_has_code_{arch}")
+    except AttributeError:
+        return None
 
 
 class SyncPeer:
@@ -71,6 +80,7 @@ class SyncPeer:
         p.tlb_flush = uc_function(f"tlb_flush_{arch}")
         p.ram_addr = uc_function(f"qemu_ram_addr_from_host_{arch}")
         p.invalidate = uc_function(f"tb_invalidate_phys_range_{arch}")
+        p.has_code = _has_code(arch)
         self.address = ctypes.addressof(p)
         self._preempt = preempt  # kept alive: the peer points into it
 
@@ -96,6 +106,13 @@ class SyncPeer:
         dropping all translated code, which the caller must do when this is True."""
         return bool(_hooks.xsync_drain(self.address))
 
+    def dma_written(self, pa: int, length: int) -> None:
+        """A device wrote this engine's RAM at physical ``[pa, pa + length)``: the
+        engine drops the translated code it had of those pages (at its next block if it
+        runs, else before its next run), as QEMU's DMA writes invalidate translations.
+        Any thread; does not wait. A no-op on a library without ``tb_page_has_code``."""
+        _hooks.xsync_dma_written(self.address, pa, length)
+
     def broadcast(self, group: SyncGroup, kind: int, page: int = 0) -> None:
         """What this CPU's maintenance owes every CPU of ``group`` (itself included):
         ``kind`` :data:`TLB`, :data:`CODE_PAGE` (``page``: physical) or
@@ -109,7 +126,8 @@ class SyncPeer:
         return {"xsync_tlb_flushes": p.tlb_flushes, "xsync_code_pages": p.code_pages,
                 "xsync_code_flushes": p.code_flushes, "xsync_stops_sent": p.stops_sent,
                 "xsync_waits": p.waits, "xsync_wait_us": p.wait_ns // 1000,
-                "xsync_timeouts": p.timeouts, "xsync_fences_i_skipped": p.fences_skipped}
+                "xsync_timeouts": p.timeouts, "xsync_fences_i_skipped": p.fences_skipped,
+                "xsync_dma_code_pages": p.dma_pages}
 
 
 class SyncGroup:
