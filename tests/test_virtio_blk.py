@@ -810,8 +810,8 @@ class ReportingRam(FakeRam):
         super().__init__()
         self.reported: list[tuple[int, int]] = []
 
-    def written(self, gpa: int, length: int) -> None:
-        self.reported.append((gpa, length))
+    def written(self, pieces) -> None:
+        self.reported.extend(pieces)
 
 
 def test_data_read_into_guest_ram_is_reported_written(image):

@@ -13,11 +13,12 @@ access there faults to the hypervisor — that is how emulated MMIO works.
   nested table (the table is the truth: a page that was unmapped is not
   reachable), chunk by chunk, with the hypervisor's rights (guest permissions
   do not apply). An unmapped address raises :class:`GuestMemoryFault`.
-* ``written(gpa, length)``: something other than the guest's CPUs (a device's DMA
-  through a view, the hypervisor through ``write``, which calls it) wrote guest RAM;
-  each write listener (``add_write_listener``) hears ``(gpa, hpa, length)`` per
-  region piece, on the writer's thread, so that software CPUs drop translated code
-  of those pages (QEMU invalidates translations on DMA writes the same way).
+* ``written(pieces)``: something other than the guest's CPUs (a device's DMA
+  through a view, the hypervisor through ``write``, which calls it) wrote guest RAM
+  at the ``(gpa, length)`` pieces; each write listener (``add_write_listener``) hears
+  them once, as ``(gpa, hpa, length)`` ranges cut at region ends, on the writer's
+  thread, so that software CPUs drop translated code of those pages (QEMU
+  invalidates translations on DMA writes the same way).
 * ``view(gpa, length)`` is the device (DMA) path: a zero-copy ``memoryview`` of a
   range inside one RAM region that is mapped now, found from the regions rather
   than by walking the table (the region list is what the table was built from;
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NotFound
@@ -46,6 +47,9 @@ from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.flags import MappingFlags
 from pyaxvisor.mm.page_table.table import NestedPageTable, NotMapped
+
+#: ``listener(ranges)``: guest RAM written at ``(gpa, hpa, length)`` ranges.
+WriteListener = Callable[[list[tuple[int, int, int]]], None]
 
 
 class GuestMemoryFault(NotFound):
@@ -85,7 +89,7 @@ class AddrSpace:
         #: The mapped RAM regions for :meth:`view`: (starts, [(start, end, view, hpa)]),
         #: ``None`` until needed after a change.
         self._runs: tuple[list[int], list[tuple[int, int, memoryview, int]]] | None = None
-        self._write_listeners: tuple[Callable[[int, int, int], None], ...] = ()
+        self._write_listeners: tuple[WriteListener, ...] = ()
 
     # -- change notification ------------------------------------------------------
     def add_listener(self, listener: Callable[[], None]) -> None:
@@ -100,13 +104,14 @@ class AddrSpace:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def add_write_listener(self, listener: Callable[[int, int, int], None]) -> None:
-        """Call ``listener(gpa, hpa, length)`` after each :meth:`written` (any thread;
-        the listener must be quick and must not raise)."""
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(ranges)`` after each :meth:`written`, ``ranges`` a list of
+        ``(gpa, hpa, length)`` (any thread; the listener must be quick and must not
+        raise)."""
         with self._lock:
             self._write_listeners = (*self._write_listeners, listener)
 
-    def remove_write_listener(self, listener: Callable[[int, int, int], None]) -> None:
+    def remove_write_listener(self, listener: WriteListener) -> None:
         """Stop calling ``listener`` (no error if it was not registered)."""
         with self._lock:
             self._write_listeners = tuple(x for x in self._write_listeners if x != listener)
@@ -266,26 +271,31 @@ class AddrSpace:
                 self._runs = ([run[0] for run in runs], runs)
             return self._runs
 
-    def written(self, gpa: GuestPhysAddr | int, length: int) -> None:
-        """Guest RAM ``[gpa, gpa + length)`` was written other than by the guest's CPUs:
-        tell the write listeners (see the module doc). Parts outside RAM are skipped."""
+    def written(self, pieces: Iterable[tuple[int, int]]) -> None:
+        """Guest RAM was written at the ``(gpa, length)`` pieces other than by the
+        guest's CPUs: tell the write listeners (see the module doc). Parts outside RAM
+        are skipped."""
         listeners = self._write_listeners
-        if not listeners or length <= 0:
+        if not listeners:
             return
-        pos, end = int(gpa), int(gpa) + length
         starts, runs = self._runs or self._mapped_runs()
-        while pos < end:
-            i = bisect.bisect_right(starts, pos) - 1
-            if i < 0 or pos >= runs[i][1]:  # not RAM here: on to the next region
-                if i + 1 >= len(runs) or runs[i + 1][0] >= end:
-                    return
-                pos = runs[i + 1][0]
-                continue
-            start, stop, _view, hpa = runs[i]
-            n = min(end, stop) - pos
+        ranges: list[tuple[int, int, int]] = []
+        for gpa, length in pieces:
+            pos, end = int(gpa), int(gpa) + length
+            while pos < end:
+                i = bisect.bisect_right(starts, pos) - 1
+                if i < 0 or pos >= runs[i][1]:  # not RAM here: on to the next region
+                    if i + 1 >= len(runs) or runs[i + 1][0] >= end:
+                        break
+                    pos = runs[i + 1][0]
+                    continue
+                start, stop, _view, hpa = runs[i]
+                n = min(end, stop) - pos
+                ranges.append((pos, hpa + pos - start, n))
+                pos += n
+        if ranges:
             for listener in listeners:
-                listener(pos, hpa + pos - start, n)
-            pos += n
+                listener(ranges)
 
     def view(self, gpa: GuestPhysAddr, length: int) -> memoryview:
         """A zero-copy writable view of guest ``[gpa, gpa + length)``, which must lie
@@ -334,7 +344,7 @@ class AddrSpace:
         for hpa, n in chunks:
             self.hal.view(hpa, n)[:] = data[off:off + n]
             off += n
-        self.written(gpa, len(data))
+        self.written(((int(gpa), len(data)),))
 
     def read_u64(self, gpa: GuestPhysAddr) -> int:
         return int.from_bytes(self.read(gpa, 8), "little")

@@ -149,11 +149,12 @@ class ArchVCpu(abc.ABC):
         default does not: every access then comes back as an exit)."""
         return False
 
-    def guest_ram_written(self, gpa: int, hpa: int, length: int) -> None:
-        """Guest RAM at ``gpa`` (host physical ``hpa``), ``length`` bytes, was written
-        other than by the guest's CPUs (a device's DMA): a vCPU whose engine keeps
-        translated code drops what it had of those pages before the guest runs them.
-        Any thread; must not wait. The default does nothing (hardware CPUs see it)."""
+    def guest_ram_written(self, ranges: Sequence[tuple[int, int, int]]) -> None:
+        """Guest RAM was written other than by the guest's CPUs (a device's DMA), at
+        the ``(gpa, hpa, length)`` ranges (guest and host physical): a vCPU whose engine
+        keeps translated code drops what it had of those pages before the guest runs
+        them. Any thread; must not wait. The default does nothing (hardware CPUs see
+        such writes)."""
         return
 
     def served_counts(self) -> Served:

@@ -294,7 +294,7 @@ class Vm(ExitDispatch):
         board = self.board
         percpu = PerCpu(board.percpu_class)
         vcpu: VCpu[Any] | None = None
-        written: Callable[[int, int, int], None] | None = None
+        written: Callable[[list[tuple[int, int, int]]], None] | None = None
         try:
             percpu.init(cpu)
             percpu.hardware_enable()

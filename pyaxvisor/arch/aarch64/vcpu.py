@@ -424,12 +424,12 @@ class Aarch64VCpu(SoftVCpu):
                                  trap.far, int(fault_ipa(trap.far, trap.hpfar)), trap.pc))
         return pc
 
-    def guest_ram_written(self, gpa: int, hpa: int, length: int) -> None:
+    def guest_ram_written(self, ranges: Sequence[tuple[int, int, int]]) -> None:
         """The engine maps the host arena at its physical addresses: it drops its code
-        of ``[hpa, hpa + length)`` (see ``SyncPeer.dma_written``)."""
+        of the host-physical ranges (see ``SyncPeer.dma_written``)."""
         engine = self._engine
         if engine is not None:
-            engine.xsync.dma_written(hpa, length)
+            engine.xsync.dma_written([(hpa, n) for _gpa, hpa, n in ranges])
 
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port

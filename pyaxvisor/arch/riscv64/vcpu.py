@@ -285,12 +285,12 @@ class RISCVVCpu(SoftVCpu):
             self._seen_mip = engine.csr(Csr.MIP) & S_INTERRUPTS
             self._seen_sie = engine.csr(Csr.SIE) & S_INTERRUPTS
 
-    def guest_ram_written(self, gpa: int, hpa: int, length: int) -> None:
+    def guest_ram_written(self, ranges: Sequence[tuple[int, int, int]]) -> None:
         """The engine maps guest RAM at its guest-physical addresses: it drops its code
-        of ``[gpa, gpa + length)`` (see ``SyncPeer.dma_written``)."""
+        of the guest-physical ranges (see ``SyncPeer.dma_written``)."""
         engine = self._engine
         if engine is not None:
-            engine.xsync.dma_written(gpa, length)
+            engine.xsync.dma_written([(gpa, n) for gpa, _hpa, n in ranges])
 
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` inside the CPU at their guest-physical addresses

@@ -350,8 +350,7 @@ class VirtioBlk(VirtioBackend):
             except OSError:
                 return S_IOERR, 0
             finally:
-                for addr, n in pieces:  # whatever landed: CPUs drop stale code of it
-                    ram.written(addr, n)
+                ram.written(pieces)  # whatever landed: CPUs drop stale code of it
             return S_OK, length
         if nowait:
             raise BlockingIOError(f"{what}: copies are made on the I/O thread")

@@ -69,12 +69,10 @@ class AddressedMemory:
         self._inner.write(self._address_type(gpa), data)
 
     @property
-    def written(self) -> Callable[[int, int], None]:
-        """The wrapped memory's ``written`` taking ``int`` addresses (``AttributeError``
-        if it has none)."""
-        inner = self._inner.written  # type: ignore[attr-defined]
-        convert = self._address_type
-        return lambda gpa, length: inner(convert(gpa), length)
+    def written(self) -> Callable[[Iterable[tuple[int, int]]], None]:
+        """The wrapped memory's ``written(pieces)`` (``(int gpa, length)`` pieces;
+        ``AttributeError`` if it has none)."""
+        return self._inner.written  # type: ignore[attr-defined,no-any-return]
 
     @property
     def view(self) -> Callable[[int, int], memoryview]:
@@ -112,9 +110,10 @@ class GuestRam:
         self.memory = memory
         #: The memory's zero-copy ``view``, if it has one.
         self._view: Callable[[int, int], memoryview] | None = getattr(memory, "view", None)
-        #: The memory's ``written(gpa, length)`` (software CPUs drop translated code of
-        #: what a device wrote), if it has one.
-        self._written: Callable[[int, int], None] | None = getattr(memory, "written", None)
+        #: The memory's ``written(pieces)`` (software CPUs drop translated code of what
+        #: a device wrote), if it has one.
+        self._written: Callable[[Iterable[tuple[int, int]]], None] | None = getattr(
+            memory, "written", None)
         self.ranges: tuple[tuple[int, int], ...] = tuple(checked)
         self._bases = [b for b, _ in checked]
         self._ends = [b + s for b, s in checked]
@@ -148,12 +147,12 @@ class GuestRam:
         except AxError as exc:
             raise GuestRangeError(what, addr, length) from exc
 
-    def written(self, addr: int, length: int) -> None:
-        """A device wrote ``[addr, addr + length)`` through a :meth:`view` (``write``
+    def written(self, pieces: Iterable[tuple[int, int]]) -> None:
+        """A device wrote the ``(addr, length)`` pieces through :meth:`view` (``write``
         says so itself): tell the memory, whose software CPUs may hold translated code
-        of it. Call it after the data is in place."""
+        of them. Call it after the data is in place."""
         if self._written is not None:
-            self._written(addr, length)
+            self._written(pieces)
 
     def views(self, pieces: Iterable[tuple[int, int]], what: str) -> list[memoryview]:
         """:meth:`view` of each ``(addr, length)`` piece, in order (checked the same way;
@@ -206,7 +205,7 @@ class GuestRam:
                 self._view(addr, len(data))[:] = data
             except AxError as exc:
                 raise GuestRangeError(what, addr, len(data)) from exc
-            self.written(addr, len(data))
+            self.written(((addr, len(data)),))
             return
         try:
             self.memory.write(addr, data)

@@ -1321,11 +1321,15 @@ static PyObject *py_xsync_broadcast(PyObject *self, PyObject *args)
 
 static PyObject *py_xsync_dma_written(PyObject *self, PyObject *args)
 {
-    unsigned long long peer, pa, len;
+    unsigned long long peer;
+    Py_buffer ranges;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KKK", &peer, &pa, &len))
+    if (!PyArg_ParseTuple(args, "Ky*", &peer, &ranges))
         return NULL;
-    xsync_dma_written((struct xsync_peer *)(uintptr_t)peer, pa, len);
+    const uint64_t *r = ranges.buf;
+    for (Py_ssize_t i = 0; i + 1 < ranges.len / 8; i += 2)
+        xsync_dma_written((struct xsync_peer *)(uintptr_t)peer, r[i], r[i + 1]);
+    PyBuffer_Release(&ranges);
     Py_RETURN_NONE;
 }
 
@@ -1370,8 +1374,9 @@ static PyMethodDef methods[] = {
      "xsync_drain(peer) -> bool: do the work other CPUs queued (between runs); True: "
      "dropping all translated code is left to the caller."},
     {"xsync_dma_written", py_xsync_dma_written, METH_VARARGS,
-     "xsync_dma_written(peer, pa, len): a device wrote guest RAM there; the peer drops "
-     "the translated code it had of it (any thread, no wait)."},
+     "xsync_dma_written(peer, ranges): a device wrote guest RAM at the (pa, len) pairs "
+     "of native-endian u64s in `ranges`; the peer drops the translated code it had of "
+     "them (any thread, no wait)."},
     {"xsync_broadcast", py_xsync_broadcast, METH_VARARGS,
      "xsync_broadcast(group, peer, kind, page): what this CPU's maintenance owes the "
      "group's CPUs (GIL released while it waits for them)."},

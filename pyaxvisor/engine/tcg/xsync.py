@@ -15,8 +15,10 @@ thread only (between runs, or inside the CPU for ``broadcast``).
 
 from __future__ import annotations
 
+import array
 import ctypes
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
@@ -106,12 +108,16 @@ class SyncPeer:
         dropping all translated code, which the caller must do when this is True."""
         return bool(_hooks.xsync_drain(self.address))
 
-    def dma_written(self, pa: int, length: int) -> None:
-        """A device wrote this engine's RAM at physical ``[pa, pa + length)``: the
+    def dma_written(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """A device wrote this engine's RAM at the physical ``(pa, length)`` ranges: the
         engine drops the translated code it had of those pages (at its next block if it
         runs, else before its next run), as QEMU's DMA writes invalidate translations.
         Any thread; does not wait. A no-op on a library without ``tb_page_has_code``."""
-        _hooks.xsync_dma_written(self.address, pa, length)
+        flat = array.array("Q")
+        for pa, length in ranges:
+            flat.append(pa)
+            flat.append(length)
+        _hooks.xsync_dma_written(self.address, flat)
 
     def broadcast(self, group: SyncGroup, kind: int, page: int = 0) -> None:
         """What this CPU's maintenance owes every CPU of ``group`` (itself included):
