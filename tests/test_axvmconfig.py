@@ -927,11 +927,33 @@ BAD_VIRTIO = [
     ({"kernel.disk_path": '"d.img"',
       "devices.emu_devices": '[["vda", 0x0A00_3E00, 0x200, 0, 0xE1, [1]]]'},
      "[devices] emu_devices[0]: cfg_list: a virtio device takes no cfg words (write [])"),
-    ({"devices.emu_devices": '[["eth0", 0x0A00_3E00, 0x200, 0, 0xE2, []]]'},
-     "[devices] emu_devices[0]: a virtio-net device needs a host TAP interface, which "
-     "AxVisor's layout cannot name: give it on the command line instead (-netdev "
-     "tap,id=n0,ifname=TAP -device virtio-net-device,netdev=n0)"),
+    ({"devices.emu_devices": '[["tap/0", 0x0A00_3E00, 0x200, 0, 0xE2, []]]'},
+     "[devices] emu_devices[0]: name: the host TAP interface of a virtio-net device; tap "
+     "interface 'tap/0': not a valid interface name (1 to 15 bytes, no '/', ':' or white "
+     "space)"),
+    ({"devices.emu_devices": '[["tap0", 0x0A00_3E00, 0x200, 0, 0xE2, [1, 2, 3]]]'},
+     "[devices] emu_devices[0]: cfg_list [1, 2, 3]: a virtio-net device takes [] or its "
+     "six MAC address bytes (0x52, 0x54, 0, 0x12, 0x34, 0x56)"),
+    ({"devices.emu_devices": '[["tap0", 0x0A00_3E00, 0x200, 0, 0xE2, [1, 2, 3, 4, 5, 6]]]'},
+     "[devices] emu_devices[0]: cfg_list: MAC address '01:02:03:04:05:06' is a multicast "
+     "address: a NIC's must be unicast (even first byte)"),
 ]
+
+
+def test_a_virtio_net_entry_names_its_tap_and_mac_and_round_trips(arm_dir):
+    """0xE2: the row's name is the host TAP interface, cfg_list the MAC (or [] for
+    QEMU's default of the card's place); the file pyaxvisor writes reads back equal."""
+    config = arm(arm_dir, {"devices.emu_devices":
+                           '[["tap0", 0x0A00_3E00, 0x200, 0, 0xE2, []], '
+                           '["tap1", 0x0A00_3C00, 0x200, 78, 0xE2, '
+                           '[0x52, 0x54, 0, 0xAB, 0xCD, 0xEF]]]'})
+    assert config.virtio == (
+        VirtioDeviceSpec("net", id="tap0", ifname="tap0", mac="52:54:00:12:34:56"),
+        VirtioDeviceSpec("net", id="tap1", ifname="tap1", mac="52:54:00:ab:cd:ef"))
+    written = render(config)
+    assert ('  ["tap1", 0xa00_3c00, 0x200, 0x4e, 0xe2, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]], '
+            '# virtio net\n') in written
+    round_trip(config, arm_dir)
 
 
 @pytest.mark.parametrize(("changes", "message"), BAD_VIRTIO)
@@ -977,9 +999,7 @@ def test_describe_and_render_show_the_virtio_devices(arm_dir):
 
 
 @pytest.mark.parametrize("spec", [VirtioDeviceSpec("rng"),
-                                  VirtioDeviceSpec("blk", image=Path("/d.img"), read_only=True),
-                                  VirtioDeviceSpec("net", ifname="tap0",
-                                                   mac="52:54:00:12:34:56")])
+                                  VirtioDeviceSpec("blk", image=Path("/d.img"), read_only=True)])
 def test_render_refuses_virtio_devices_the_layout_cannot_hold(arm_dir, spec):
     config = arm(arm_dir).with_(virtio=(spec,))
     with pytest.raises(InvalidInput, match="AxVisor's VM config layout cannot hold it"):

@@ -35,10 +35,12 @@ Decisions where AxVisor's layout leaves room:
 * ``vm_type`` must be 0, 1 or 2, a ``phys_cpu_sets`` mask must name a CPU, and a
   ``ramdisk_load_addr`` needs its ``ramdisk_path`` (AxVisor would silently default
   or ignore these).
-* A virtio device (emu_type 0xE1 block with ``[kernel] disk_path``, 0xE3 console)
-  must be at the board's virtio-mmio slot that its place among the file's virtio
-  devices gives it (QEMU's order); 0xE2 virtio-net is refused (no way to name its TAP
-  interface: use ``-netdev``).
+* A virtio device (emu_type 0xE1 block with ``[kernel] disk_path``, 0xE2 network
+  card, 0xE3 console) must be at the board's virtio-mmio slot that its place among
+  the file's virtio devices gives it (QEMU's order). AxVisor's layout has no field for
+  a network card's host end: pyaxvisor takes the row's name as the TAP interface
+  (``["tap0", base, 0x200, irq, 0xE2, []]``) and its ``cfg_list``, when not empty, as
+  the card's six MAC bytes.
 * Values pyaxvisor records but does not use go to ``VmConfig.extra``:
   ``image_location``, ``boot_protocol`` (canonical spelling), ``enable_bios``,
   ``uefi_firmware_path``, ``bios_load_addr`` without ``bios_path``,

@@ -22,11 +22,11 @@
    passthrough device ``["/"]`` (the whole host device tree) or one whose
    ``[base_gpa, base_gpa + length)`` lies in a device window (the emulated device
    stands in); a memory region with the device flag inside a device window (not
-   RAM); a virtio device (emu_type 0xE1 block, 0xE3 console) in the board's
-   virtio-mmio slot pyaxvisor gives it (see :func:`_virtio`), the block device's
-   image being ``[kernel] disk_path``. Anything else (0xE2 virtio-net too: its TAP
-   interface cannot be named in the file), and any passthrough address or port
-   range, is refused;
+   RAM); a virtio device (emu_type 0xE1 block, 0xE2 network card, 0xE3 console) in
+   the board's virtio-mmio slot pyaxvisor gives it (see :func:`_virtio`), the block
+   device's image being ``[kernel] disk_path``, the network card's host TAP interface
+   its row's name and its MAC its ``cfg_list`` (six bytes, or [] for QEMU's default).
+   Anything else, and any passthrough address or port range, is refused;
 5. the board's own rules (``Board.check``: RAM size and layout, CPU count, ids,
    firmware and a kernel together).
 
@@ -48,9 +48,19 @@ from typing import Any
 from pyaxvisor.axvmconfig import schema as S
 from pyaxvisor.axvmconfig.schema import Key, span
 from pyaxvisor.boards import arches, arches_of_machine, board_class
+from pyaxvisor.devices.virtio.tap import check_ifname
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.vm.board import Board
-from pyaxvisor.vm.config import DeviceSpec, ImageSpec, MemoryRegion, VirtioDeviceSpec, VmConfig
+from pyaxvisor.vm.config import (
+    DeviceSpec,
+    ImageSpec,
+    MemoryRegion,
+    VirtioDeviceSpec,
+    VmConfig,
+    default_mac,
+    format_mac,
+    parse_mac,
+)
 
 __all__ = ["DEBUG_EXIT", "parse_config", "read_config"]
 
@@ -421,10 +431,6 @@ def _virtio(draft: _Draft, cls: type[Board], dev: DeviceSpec, key: Key,
     gives it: that base, a length within the slot, the slot's interrupt (or 0)."""
     kind = S.VIRTIO_TYPES[dev.emu_type]
     board = f"the {cls.machines[0]} board"
-    if kind == "net":
-        raise key.error("a virtio-net device needs a host TAP interface, which AxVisor's "
-                        "layout cannot name: give it on the command line instead (-netdev "
-                        "tap,id=n0,ifname=TAP -device virtio-net-device,netdev=n0)")
     slots = getattr(cls, "virtio_slots", None)
     if slots is None:
         raise key.error(f"{board} has no virtio-mmio transports")
@@ -443,6 +449,8 @@ def _virtio(draft: _Draft, cls: type[Board], dev: DeviceSpec, key: Key,
                         f"{slots.stride:#x} bytes")
     if dev.irq not in (0, irq):
         raise key.error(f"irq_id {dev.irq}: the slot at {base:#x} has irq {irq} (or write 0)")
+    if kind == "net":
+        return _virtio_net(dev, key, sum(1 for spec in before if spec.kind == "net"))
     if dev.cfg:
         raise key.error("cfg_list: a virtio device takes no cfg words (write [])")
     if kind != "blk":
@@ -454,3 +462,22 @@ def _virtio(draft: _Draft, cls: type[Board], dev: DeviceSpec, key: Key,
     if any(spec.kind == "blk" for spec in before):
         raise key.error("a second virtio block device: [kernel] disk_path gives one disk")
     return VirtioDeviceSpec("blk", image=draft.disk, id=dev.name)
+
+
+def _virtio_net(dev: DeviceSpec, key: Key, index: int) -> VirtioDeviceSpec:
+    """A virtio-net row (0xE2): its name is the host TAP interface; ``cfg_list`` is
+    empty (QEMU's default MAC for the ``index``-th card) or the card's six MAC bytes."""
+    try:
+        check_ifname(dev.name)
+    except InvalidInput as exc:
+        raise key.error(f"name: the host TAP interface of a virtio-net device; {exc}") from None
+    if not dev.cfg:
+        return VirtioDeviceSpec("net", id=dev.name, ifname=dev.name, mac=default_mac(index))
+    if len(dev.cfg) != 6 or not all(0 <= b <= 0xFF for b in dev.cfg):
+        raise key.error(f"cfg_list {list(dev.cfg)}: a virtio-net device takes [] or its six "
+                        "MAC address bytes (0x52, 0x54, 0, 0x12, 0x34, 0x56)")
+    try:
+        mac = format_mac(parse_mac(format_mac(bytes(dev.cfg))))
+    except InvalidInput as exc:
+        raise key.error(f"cfg_list: {exc}") from None
+    return VirtioDeviceSpec("net", id=dev.name, ifname=dev.name, mac=mac)

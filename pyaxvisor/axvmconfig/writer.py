@@ -8,11 +8,11 @@ numbers in decimal, and a ``[pyaxvisor]`` table with the architecture and the
 machine. Every path is written absolute, so the file means the same wherever it
 is moved. What the layout cannot hold (the CPU model, a timeout, statistics) is
 left out: those are options of a run. Virtio devices become ``emu_devices`` rows
-in the board's slots (0xE1 block, its image ``disk_path``; 0xE3 console); one the
-layout cannot hold (virtio-rng, virtio-net, a read-only or second disk) is an
-error. The values in ``VmConfig.extra`` that the
-reader records are written back, so reading what :func:`render` wrote gives an
-equal configuration (apart from ``source``).
+in the board's slots (0xE1 block, its image ``disk_path``; 0xE2 network card, its
+TAP interface the row's name and its MAC the ``cfg_list``; 0xE3 console); one the
+layout cannot hold (virtio-rng, a read-only or second disk) is an error. The values
+in ``VmConfig.extra`` that the reader records are written back, so reading what
+:func:`render` wrote gives an equal configuration (apart from ``source``).
 
 :func:`generate` makes the configuration of a VM for a kernel file on a board's
 default memory map and CPU ids. AxVisor's layout needs the kernel's load address
@@ -39,7 +39,14 @@ from pyaxvisor.axvmconfig.schema import toml_string
 from pyaxvisor.boards import board_class
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addrspace import AddrSpace
-from pyaxvisor.vm.config import DeviceSpec, ImageSpec, MemoryRegion, PassthroughSpec, VmConfig
+from pyaxvisor.vm.config import (
+    DeviceSpec,
+    ImageSpec,
+    MemoryRegion,
+    PassthroughSpec,
+    VmConfig,
+    parse_mac,
+)
 
 __all__ = ["CPU_ID_NAMES", "flag_letters", "generate", "hex_address", "render", "size_text"]
 
@@ -213,12 +220,18 @@ def _virtio_rows(config: VmConfig) -> list[DeviceSpec]:
     for i, spec in enumerate(config.virtio):
         what = f"virtio device {spec.id!r}" if spec.id else spec.describe()
         blk_again = spec.kind == "blk" and any(s.kind == "blk" for s in config.virtio[:i])
-        if spec.kind not in types or spec.kind == "net" or spec.read_only or blk_again:
+        if spec.kind not in types or spec.read_only or blk_again:
             raise InvalidInput(f"{what}: AxVisor's VM config layout cannot hold it (only a "
-                               "writable virtio-blk with disk_path and a virtio console)")
+                               "writable virtio-blk with disk_path, network cards and a "
+                               "virtio console)")
         if slots is None or i >= slots.count:
             raise InvalidInput(f"{what}: the {config.machine} board has no slot for it")
         slot = slots.slot_for(i)
+        if spec.kind == "net":  # the name is the TAP, cfg_list the MAC (see the reader)
+            rows.append(DeviceSpec(spec.ifname, slots.slot_base(slot), slots.stride,
+                                   slots.slot_irq(slot), types["net"],
+                                   tuple(parse_mac(spec.mac))))
+            continue
         rows.append(DeviceSpec(spec.id or f"virtio-{spec.kind}", slots.slot_base(slot),
                                slots.stride, slots.slot_irq(slot), types[spec.kind]))
     return rows

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 
 from pyaxvisor.cli.props import parse_props, split_props
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.vm.config import VirtioDeviceSpec, parse_mac
+from pyaxvisor.vm.config import (
+    DEFAULT_MAC,
+    VirtioDeviceSpec,
+    default_mac,
+    format_mac,
+    parse_mac,
+)
 
 __all__ = ["DEVICE", "DEFAULT_MAC", "NetdevSpec", "NetPairing", "parse_netdev"]
 
 #: The ``-device`` name of the card.
 DEVICE = "virtio-net-device"
-#: QEMU's first default MAC address.
-DEFAULT_MAC = bytes.fromhex("525400123456")
 _NETDEV_PROPS = ("id", "ifname", "script", "downscript")
 _DEVICE_PROPS = ("netdev", "mac", "id")
 
@@ -102,11 +106,11 @@ class NetPairing:
         self._used.add(netdev_id)
         if "mac" in props:
             try:
-                mac = parse_mac(props["mac"])
+                mac = format_mac(parse_mac(props["mac"]))
             except InvalidInput as exc:
                 raise InvalidInput(f"{option}: {exc}") from None
         else:
-            mac = DEFAULT_MAC[:5] + bytes([(DEFAULT_MAC[5] + self._cards) & 0xFF])
+            mac = default_mac(self._cards)
         self._cards += 1
         return VirtioDeviceSpec("net", id=props.get("id", ""), ifname=netdev.ifname,
-                                mac=":".join(f"{b:02x}" for b in mac))
+                                mac=mac)

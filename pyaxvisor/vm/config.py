@@ -96,6 +96,21 @@ class DeviceSpec(NamedTuple):
 VIRTIO_KINDS = ("blk", "rng", "console", "net")
 
 
+#: QEMU's first default MAC address.
+DEFAULT_MAC = bytes.fromhex("525400123456")
+
+
+def default_mac(index: int) -> str:
+    """QEMU's default address of the network card at ``index`` among a VM's cards:
+    52:54:00:12:34:56 with the last byte increased by ``index``."""
+    return format_mac(DEFAULT_MAC[:5] + bytes([(DEFAULT_MAC[5] + index) & 0xFF]))
+
+
+def format_mac(mac: bytes) -> str:
+    """6 bytes as ``52:54:00:12:34:56``."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
 def parse_mac(text: str) -> bytes:
     """``52:54:00:12:34:56`` (or with ``-``) → its 6 bytes; a malformed address or a
     multicast one (a NIC's own address is unicast) is :class:`InvalidInput`."""
