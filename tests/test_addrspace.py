@@ -159,3 +159,49 @@ def test_listeners_hear_every_change_of_the_map(hal):
     space.add_listener(listener)
     space.destroy()
     assert heard[-1] == 0
+
+
+def test_views_reach_ram_zero_copy_and_follow_the_map(space):
+    region = space.map_ram(G(0x4000_0000), 2 << 20)
+    space.map_ram(G(0x4020_0000), 2 << 20)          # adjacent: a second region
+    view = space.view(G(0x4000_1000), 16)
+    view[:4] = b"abcd"
+    assert space.read(G(0x4000_1000), 4) == b"abcd"   # the same memory, no copy
+    space.write(G(0x4000_1004), b"ef")
+    assert bytes(view[4:6]) == b"ef"
+    with pytest.raises(GuestMemoryFault):             # one view never spans two regions
+        space.view(G(0x401F_FFF0), 0x20)
+    with pytest.raises(GuestMemoryFault):             # nothing there
+        space.view(G(0x1000), 4)
+    space.set_region_mapped(region.gpa, False)        # taken out of the table: no view
+    with pytest.raises(GuestMemoryFault):
+        space.view(G(0x4000_1000), 4)
+    space.set_region_mapped(region.gpa, True)
+    assert bytes(space.view(G(0x4000_1000), 4)) == b"abcd"
+    with pytest.raises(InvalidInput):
+        space.view(0x4000_1000, 4)                    # an int is not a GuestPhysAddr
+
+
+@pytest.mark.parametrize("regions", [1, 2], ids=["one-region", "two-regions"])
+def test_writes_reach_the_write_listeners_as_host_ranges(space, regions):
+    first = space.map_ram(G(0x4000_0000), 2 << 20)
+    second = space.map_ram(G(0x4800_0000), 2 << 20) if regions == 2 else None
+    heard: list[list[tuple[int, int, int]]] = []
+    space.add_write_listener(heard.append)
+    space.write(G(0x4000_0100), b"x" * 8)             # the hypervisor's writes say so too
+    space.written([(0x4000_2000, 0x1000), (0x4000_9000, 0x10)])
+    assert heard == [[(0x4000_0100, int(first.hpa) + 0x100, 8)],
+                     [(0x4000_2000, int(first.hpa) + 0x2000, 0x1000),
+                      (0x4000_9000, int(first.hpa) + 0x9000, 0x10)]]
+    heard.clear()
+    # a piece partly outside RAM: only its RAM part; one outside everything: nothing
+    space.written([(0x401F_FF00, 0x200), (0x1000, 0x10)])
+    assert heard == [[(0x401F_FF00, int(first.hpa) + 0x1F_FF00, 0x100)]]
+    if second is not None:
+        heard.clear()
+        space.written([(0x4800_0010, 4)])
+        assert heard == [[(0x4800_0010, int(second.hpa) + 0x10, 4)]]
+    space.remove_write_listener(heard.append)
+    heard.clear()
+    space.written([(0x4000_0000, 4)])
+    assert heard == []

@@ -279,7 +279,17 @@ class AddrSpace:
         if not listeners:
             return
         starts, runs = self._runs or self._mapped_runs()
-        ranges: list[tuple[int, int, int]] = []
+        pieces = list(pieces)
+        if len(runs) == 1:  # one RAM region (the usual guest): the pieces inside it at once
+            start, stop, _view, hpa = runs[0]
+            if all(start <= int(g) and int(g) + n <= stop for g, n in pieces):
+                shift = hpa - start
+                ranges = [(int(g), int(g) + shift, n) for g, n in pieces if n > 0]
+                if ranges:
+                    for listener in listeners:
+                        listener(ranges)
+                return
+        ranges = []
         for gpa, length in pieces:
             pos, end = int(gpa), int(gpa) + length
             while pos < end:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from pyaxvisor.devices.virtio.errors import GuestRangeError
@@ -126,6 +127,16 @@ class GuestRam:
         i = bisect.bisect_right(self._bases, addr) - 1
         return i >= 0 and addr + length <= self._ends[i]
 
+    def contains_all(self, addrs: Sequence[int], lengths: Sequence[int]) -> bool:
+        """Whether every ``[addrs[i], addrs[i] + lengths[i])`` lies inside one RAM range
+        (lengths non-negative; at once for the common case of a guest with one range)."""
+        if not addrs:
+            return True
+        if len(self._bases) == 1:
+            return (min(addrs) >= self._bases[0] and min(lengths) >= 0
+                    and max(map(operator.add, addrs, lengths)) <= self._ends[0])
+        return all(map(self.contains, addrs, lengths))
+
     def check(self, addr: int, length: int, what: str) -> None:
         """Raise :class:`GuestRangeError` unless ``[addr, addr + length)`` is RAM."""
         if not self.contains(addr, length):
@@ -159,9 +170,21 @@ class GuestRam:
         one lookup in the memory per RAM range rather than per piece)."""
         if self._view is None:
             raise InvalidInput("virtio: this guest memory offers no zero-copy views")
+        pieces = list(pieces)
+        bases, ends = self._bases, self._ends
+        if len(bases) == 1 and pieces:  # one RAM range: checked and cut at once
+            addrs = [a for a, _n in pieces]
+            lengths = [n for _a, n in pieces]
+            if self.contains_all(addrs, lengths):
+                try:
+                    mem = self._view(bases[0], ends[0] - bases[0])
+                except AxError:
+                    pass
+                else:
+                    base = bases[0]
+                    return [mem[a - base:a - base + n] for a, n in pieces]
         out: list[memoryview] = []
         whole: dict[int, memoryview | None] = {}
-        bases, ends = self._bases, self._ends
         for addr, length in pieces:
             i = bisect.bisect_right(bases, addr) - 1
             if i < 0 or length < 0 or addr + length > ends[i]:

@@ -71,6 +71,12 @@ MAX_INDIRECT = MAX_QUEUE_SIZE
 _DESC = struct.Struct("<QIHH")
 
 
+#: The flags a buffer descriptor of an indirect table may carry.
+_PLAIN = DESC_F_NEXT | DESC_F_WRITE
+#: 0, 1, 2, ...: the next fields of a table walked in order.
+_RANGE = tuple(range(MAX_QUEUE_SIZE + 1))
+
+
 @functools.lru_cache(maxsize=64)
 def _desc_table(count: int) -> struct.Struct:
     """The layout of a descriptor table of ``count`` entries."""
@@ -249,6 +255,8 @@ class SplitQueue:
         descriptor inside (§2.7.5.3.1)."""
         name = self.name
         fields = _desc_table(count).unpack(table)
+        if self._take_sequential(fields, count, readable, writable):
+            return count
         contains = self.ram.contains
         index, walked = 0, 0
         while True:
@@ -276,6 +284,31 @@ class SplitQueue:
                     f"{name}: descriptor {index} has next {nxt}, past the indirect table "
                     f"size {count}")
             index = nxt
+
+    def _take_sequential(self, fields: tuple[int, ...], count: int, readable: list[Buffer],
+                         writable: list[Buffer]) -> bool:
+        """The common indirect table, checked at once: all ``count`` entries in order
+        (entry i's next is i + 1, NEXT on all but the last), no flag but NEXT and WRITE,
+        the device-readable buffers first, every buffer inside one RAM range. Takes
+        its buffers and returns True; anything else (refused or not) is left to the
+        entry-by-entry walk, which gives the precise error."""
+        flags = fields[2::4]
+        if (any(f & ~_PLAIN for f in flags) or flags[-1] & DESC_F_NEXT
+                or not all(f & DESC_F_NEXT for f in flags[:-1])
+                or fields[3:-4:4] != _RANGE[1:count]):
+            return False
+        addrs, lengths = fields[0::4], fields[1::4]
+        if not self.ram.contains_all(addrs, lengths):
+            return False
+        first_w = next((i for i, f in enumerate(flags) if f & DESC_F_WRITE), count)
+        if first_w < count and not all(f & DESC_F_WRITE for f in flags[first_w:]):
+            return False
+        if first_w and writable:
+            return False  # readable after the ring's writable ones: the walk refuses it
+        pairs = list(zip(addrs, lengths, strict=True))
+        readable.extend(tuple.__new__(Buffer, p) for p in pairs[:first_w])
+        writable.extend(tuple.__new__(Buffer, p) for p in pairs[first_w:])
+        return True
 
     def _indirect_len(self, index: int, length: int, flags: int, *, nested: bool) -> int:
         """Check an indirect descriptor; the number of entries of its table."""
