@@ -488,3 +488,23 @@ def test_random_descriptor_tables_never_escape_ram_nor_hang(table, head):
         for buf in chain.readable.buffers + chain.writable.buffers:
             assert q.ram.contains(buf.addr, buf.length)
     assert not ram.violations
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 64), min_size=0, max_size=8), st.data())
+def test_segments_of_whole_buffers_match_the_piece_by_piece_walk(lengths, data):
+    """``segments`` hands out whole buffers at once when the range is all of them, or
+    all but the first and/or the last (a request's data): the same pieces as the walk."""
+    addrs = [0x1000 * (i + 1) for i in range(len(lengths))]
+    bl = BufferList.of(tuple(addrs), tuple(lengths))
+    total = sum(lengths)
+    candidates = [(0, total)]
+    if lengths:
+        candidates += [(lengths[0], total - lengths[0]), (0, total - lengths[-1]),
+                       (lengths[0], max(0, total - lengths[0] - lengths[-1]))]
+    offset, length = data.draw(st.sampled_from(candidates))
+    if offset + length > total:
+        return
+    fast = list(bl.segments(offset, length))
+    assert fast == list(bl._pieces(offset, length, None))
+    assert sum(n for _a, n in fast) == length

@@ -31,16 +31,30 @@ class Buffer(NamedTuple):
 
 
 class BufferList:
-    """Guest buffers in chain order, seen as one byte stream of :attr:`total` bytes."""
+    """Guest buffers in chain order, seen as one byte stream of :attr:`total` bytes.
+    Kept as two tuples, the addresses and the lengths (:meth:`of` builds one from
+    them without making a :class:`Buffer` per buffer; :attr:`buffers` makes them)."""
 
-    __slots__ = ("buffers", "total")
+    __slots__ = ("addrs", "lengths", "total")
 
-    def __init__(self, buffers: tuple[Buffer, ...] = ()) -> None:
-        self.buffers = buffers
-        self.total = sum(b.length for b in buffers)
+    def __init__(self, buffers: tuple[Buffer, ...] | tuple[tuple[int, int], ...] = ()) -> None:
+        self.addrs: tuple[int, ...] = tuple(b[0] for b in buffers)
+        self.lengths: tuple[int, ...] = tuple(b[1] for b in buffers)
+        self.total = sum(self.lengths)
+
+    @classmethod
+    def of(cls, addrs: tuple[int, ...], lengths: tuple[int, ...]) -> BufferList:
+        """The buffers ``addrs[i]``, ``lengths[i]`` (same length tuples)."""
+        self = cls.__new__(cls)
+        self.addrs, self.lengths, self.total = addrs, lengths, sum(lengths)
+        return self
+
+    @property
+    def buffers(self) -> tuple[Buffer, ...]:
+        return tuple(Buffer(a, n) for a, n in zip(self.addrs, self.lengths, strict=True))
 
     def __len__(self) -> int:
-        return len(self.buffers)
+        return len(self.addrs)
 
     def segments(self, offset: int, length: int, chunk: int | None = None
                  ) -> Iterator[tuple[int, int]]:
@@ -52,15 +66,29 @@ class BufferList:
                                f"{self.total} bytes of buffers")
         if chunk is not None and chunk <= 0:
             raise InvalidInput(f"virtio: chunk size {chunk} must be positive")
+        lengths = self.lengths
+        if chunk is None and lengths and min(lengths) > 0:
+            # whole buffers (a request's data between its header and its status byte)
+            first = 1 if offset == lengths[0] else 0 if offset == 0 else -1
+            if first >= 0:
+                rest = self.total - offset - length
+                last = len(lengths) if rest == 0 else len(lengths) - 1 \
+                    if rest == lengths[-1] else -1
+                if last >= first:
+                    return zip(self.addrs[first:last], lengths[first:last], strict=True)
+        return self._pieces(offset, length, chunk)
+
+    def _pieces(self, offset: int, length: int, chunk: int | None
+                ) -> Iterator[tuple[int, int]]:
         pos = 0
-        for buf in self.buffers:
+        for buf_addr, buf_len in zip(self.addrs, self.lengths, strict=True):
             if length == 0:
                 return
-            end = pos + buf.length
+            end = pos + buf_len
             if offset < end:
                 start = offset - pos
-                n = min(buf.length - start, length)
-                addr = buf.addr + start
+                n = min(buf_len - start, length)
+                addr = buf_addr + start
                 while n:
                     piece = n if chunk is None else min(n, chunk)
                     yield addr, piece

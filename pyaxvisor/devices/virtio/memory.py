@@ -133,8 +133,11 @@ class GuestRam:
         if not addrs:
             return True
         if len(self._bases) == 1:
-            return (min(addrs) >= self._bases[0] and min(lengths) >= 0
-                    and max(map(operator.add, addrs, lengths)) <= self._ends[0])
+            if min(addrs) < self._bases[0] or min(lengths) < 0:
+                return False
+            if max(addrs) + max(lengths) <= self._ends[0]:  # enough, and quick
+                return True
+            return max(map(operator.add, addrs, lengths)) <= self._ends[0]
         return all(map(self.contains, addrs, lengths))
 
     def check(self, addr: int, length: int, what: str) -> None:

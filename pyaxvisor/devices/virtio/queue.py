@@ -71,8 +71,8 @@ MAX_INDIRECT = MAX_QUEUE_SIZE
 _DESC = struct.Struct("<QIHH")
 
 
-#: The flags a buffer descriptor of an indirect table may carry.
-_PLAIN = DESC_F_NEXT | DESC_F_WRITE
+#: The flags of a readable and of a writable buffer descriptor that has a next one.
+_R, _W = DESC_F_NEXT, DESC_F_NEXT | DESC_F_WRITE
 #: 0, 1, 2, ...: the next fields of a table walked in order.
 _RANGE = tuple(range(MAX_QUEUE_SIZE + 1))
 
@@ -222,7 +222,12 @@ class SplitQueue:
                 count = self._indirect_len(index, length, flags, nested=False)
                 table = self.ram.read(addr, length, f"{name}: indirect table of descriptor "
                                                     f"{index}")
-                total += self._walk_table(head, table, count, readable, writable)
+                fields = _desc_table(count).unpack(table)
+                if not readable and not writable:  # the usual: a chain of one indirect
+                    lists = self._sequential(fields, count)
+                    if lists is not None:
+                        return DescriptorChain(head, *lists, total + count, owner=self)
+                total += self._walk_table(head, fields, count, readable, writable)
                 break
             self._take(head, index, addr, length, flags, readable, writable, "")
             if not flags & DESC_F_NEXT:
@@ -248,15 +253,12 @@ class SplitQueue:
         else:
             readable.append(tuple.__new__(Buffer, (addr, length)))
 
-    def _walk_table(self, head: int, table: bytes, count: int, readable: list[Buffer],
-                    writable: list[Buffer]) -> int:
-        """Walk an indirect table of ``count`` descriptors from entry 0, unpacked at
-        once; the descriptors walked. The same rules as the ring's, plus no indirect
-        descriptor inside (§2.7.5.3.1)."""
+    def _walk_table(self, head: int, fields: tuple[int, ...], count: int,
+                    readable: list[Buffer], writable: list[Buffer]) -> int:
+        """Walk an indirect table of ``count`` descriptors (``fields``: unpacked, four
+        per entry) from entry 0; the descriptors walked. The same rules as the ring's,
+        plus no indirect descriptor inside (§2.7.5.3.1)."""
         name = self.name
-        fields = _desc_table(count).unpack(table)
-        if self._take_sequential(fields, count, readable, writable):
-            return count
         contains = self.ram.contains
         index, walked = 0, 0
         while True:
@@ -285,30 +287,28 @@ class SplitQueue:
                     f"size {count}")
             index = nxt
 
-    def _take_sequential(self, fields: tuple[int, ...], count: int, readable: list[Buffer],
-                         writable: list[Buffer]) -> bool:
-        """The common indirect table, checked at once: all ``count`` entries in order
-        (entry i's next is i + 1, NEXT on all but the last), no flag but NEXT and WRITE,
-        the device-readable buffers first, every buffer inside one RAM range. Takes
-        its buffers and returns True; anything else (refused or not) is left to the
-        entry-by-entry walk, which gives the precise error."""
+    def _sequential(self, fields: tuple[int, ...], count: int
+                    ) -> tuple[BufferList, BufferList] | None:
+        """The readable and writable buffers of the common indirect table, checked at
+        once: all ``count`` entries in order (entry i's next is i + 1, NEXT on all but
+        the last), no flag but NEXT and WRITE, the device-readable buffers first, every
+        buffer inside one RAM range. ``None`` for anything else (refused or not): the
+        entry-by-entry walk then gives the precise error. Built from C-level tuple
+        operations only: this runs for every large request."""
         flags = fields[2::4]
-        if (any(f & ~_PLAIN for f in flags) or flags[-1] & DESC_F_NEXT
-                or not all(f & DESC_F_NEXT for f in flags[:-1])
+        body, last = flags[:-1], flags[-1]
+        # all but the last: NEXT (1) or NEXT|WRITE (3); the last: 0 or WRITE (2)
+        if (last not in (0, DESC_F_WRITE) or body.count(_R) + body.count(_W) != count - 1
                 or fields[3:-4:4] != _RANGE[1:count]):
-            return False
+            return None
+        first_w = body.index(_W) if _W in body else (count - 1 if last else count)
+        if _R in body[first_w:] or (first_w < count and not last):
+            return None       # a device-readable buffer after a writable one
         addrs, lengths = fields[0::4], fields[1::4]
         if not self.ram.contains_all(addrs, lengths):
-            return False
-        first_w = next((i for i, f in enumerate(flags) if f & DESC_F_WRITE), count)
-        if first_w < count and not all(f & DESC_F_WRITE for f in flags[first_w:]):
-            return False
-        if first_w and writable:
-            return False  # readable after the ring's writable ones: the walk refuses it
-        pairs = list(zip(addrs, lengths, strict=True))
-        readable.extend(tuple.__new__(Buffer, p) for p in pairs[:first_w])
-        writable.extend(tuple.__new__(Buffer, p) for p in pairs[first_w:])
-        return True
+            return None
+        return (BufferList.of(addrs[:first_w], lengths[:first_w]),
+                BufferList.of(addrs[first_w:], lengths[first_w:]))
 
     def _indirect_len(self, index: int, length: int, flags: int, *, nested: bool) -> int:
         """Check an indirect descriptor; the number of entries of its table."""
