@@ -508,3 +508,29 @@ def test_segments_of_whole_buffers_match_the_piece_by_piece_walk(lengths, data):
     fast = list(bl.segments(offset, length))
     assert fast == list(bl._pieces(offset, length, None))
     assert sum(n for _a, n in fast) == length
+
+
+def test_guest_ram_over_an_address_space_follows_its_map():
+    """A device's accesses cut from one view of the guest's RAM range, taken again
+    whenever the address space's map changes: a region taken out of the map is not
+    reached through an old view."""
+    from pyaxvisor.hal import HostHal
+    from pyaxvisor.mm import GuestPhysAddr
+    from pyaxvisor.mm.addrspace import AddrSpace
+    from pyaxvisor.mm.nested import nested_page_table
+
+    hal = HostHal(16 << 20)
+    space = AddrSpace(hal, nested_page_table(hal, "aarch64"))
+    try:
+        region = space.map_ram(GuestPhysAddr(0x4000_0000), 2 << 20)
+        g = GuestRam(AddressedMemory(space, GuestPhysAddr), [(0x4000_0000, 2 << 20)])
+        g.write(0x4000_0010, b"ring", "x")
+        assert space.read(GuestPhysAddr(0x4000_0010), 4) == b"ring"
+        space.set_region_mapped(region.gpa, False)
+        with pytest.raises(GuestRangeError, match="x"):
+            g.read(0x4000_0010, 4, "x")
+        space.set_region_mapped(region.gpa, True)
+        assert g.read(0x4000_0010, 4, "x") == b"ring"
+    finally:
+        space.destroy()
+        hal.close()

@@ -90,6 +90,7 @@ class AddrSpace:
         #: ``None`` until needed after a change.
         self._runs: tuple[list[int], list[tuple[int, int, memoryview, int]]] | None = None
         self._write_listeners: tuple[WriteListener, ...] = ()
+        self._generation = 0
 
     # -- change notification ------------------------------------------------------
     def add_listener(self, listener: Callable[[], None]) -> None:
@@ -116,9 +117,15 @@ class AddrSpace:
         with self._lock:
             self._write_listeners = tuple(x for x in self._write_listeners if x != listener)
 
+    def map_generation(self) -> int:
+        """A number that changes with every change of the guest-physical map: a view
+        taken under one generation stays right until it changes."""
+        return self._generation
+
     def _changed(self) -> None:
         with self._lock:
             self._runs = None
+            self._generation += 1
             listeners = list(self._listeners)
         for listener in listeners:
             listener()

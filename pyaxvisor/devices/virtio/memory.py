@@ -76,6 +76,11 @@ class AddressedMemory:
         return self._inner.written  # type: ignore[attr-defined,no-any-return]
 
     @property
+    def map_generation(self) -> Callable[[], int]:
+        """The wrapped memory's ``map_generation`` (``AttributeError`` if none)."""
+        return self._inner.map_generation  # type: ignore[attr-defined,no-any-return]
+
+    @property
     def view(self) -> Callable[[int, int], memoryview]:
         """The wrapped memory's ``view`` taking ``int`` addresses (``AttributeError``,
         so ``getattr(m, "view", None)`` is ``None``, if it has none)."""
@@ -95,7 +100,8 @@ class GuestRam:
     :class:`GuestRangeError` too.
     """
 
-    __slots__ = ("_bases", "_ends", "_view", "_written", "memory", "ranges")
+    __slots__ = ("_bases", "_ends", "_generation", "_view", "_whole", "_written", "memory",
+                 "ranges")
 
     def __init__(self, memory: GuestMemory, ranges: Iterable[tuple[int, int]]) -> None:
         checked = sorted((int(base), int(size)) for base, size in ranges)
@@ -115,6 +121,10 @@ class GuestRam:
         #: a device wrote), if it has one.
         self._written: Callable[[Iterable[tuple[int, int]]], None] | None = getattr(
             memory, "written", None)
+        #: The memory's ``map_generation()``, if it has one: then the view of a guest
+        #: with one RAM range is taken once per generation of the map (``_whole``).
+        self._generation: Callable[[], int] | None = getattr(memory, "map_generation", None)
+        self._whole: tuple[int, memoryview | None] | None = None
         self.ranges: tuple[tuple[int, int], ...] = tuple(checked)
         self._bases = [b for b, _ in checked]
         self._ends = [b + s for b, s in checked]
@@ -157,9 +167,28 @@ class GuestRam:
         if self._view is None:
             raise InvalidInput("virtio: this guest memory offers no zero-copy views")
         try:
-            return self._view(addr, length)
+            return self._slice(addr, length)
         except AxError as exc:
             raise GuestRangeError(what, addr, length) from exc
+
+    def _slice(self, addr: int, length: int) -> memoryview:
+        """The memory's view of a checked range: cut from the whole RAM range's view,
+        kept while the map's generation stays, when the memory says its generation."""
+        generation = self._generation
+        if generation is not None and len(self._bases) == 1:
+            now = generation()
+            whole = self._whole
+            if whole is None or whole[0] != now:
+                try:
+                    whole = (now, self._view(self._bases[0], self._ends[0] - self._bases[0]))
+                except AxError:
+                    whole = (now, None)
+                self._whole = whole
+            mem = whole[1]
+            if mem is not None:
+                off = addr - self._bases[0]
+                return mem[off:off + length]
+        return self._view(addr, length)  # type: ignore[misc]
 
     def written(self, pieces: Iterable[tuple[int, int]]) -> None:
         """A device wrote the ``(addr, length)`` pieces through :meth:`view` (``write``
@@ -211,7 +240,7 @@ class GuestRam:
             return b""
         if self._view is not None:
             try:
-                return bytes(self._view(addr, length))
+                return bytes(self._slice(addr, length))
             except AxError as exc:
                 raise GuestRangeError(what, addr, length) from exc
         try:
@@ -222,16 +251,20 @@ class GuestRam:
             raise GuestRangeError(what, addr, length)
         return data
 
-    def write(self, addr: int, data: bytes, what: str) -> None:
+    def write(self, addr: int, data: bytes, what: str, *, report: bool = True) -> None:
+        """Write ``data`` at ``addr`` (checked like :meth:`read`) and report it
+        (:meth:`written`). ``report=False``: the queues' own ring fields, which are
+        never code, are not reported (a memory without views reports every write)."""
         self.check(addr, len(data), what)
         if not data:
             return
         if self._view is not None:
             try:
-                self._view(addr, len(data))[:] = data
+                self._slice(addr, len(data))[:] = data
             except AxError as exc:
                 raise GuestRangeError(what, addr, len(data)) from exc
-            self.written(((addr, len(data)),))
+            if report:
+                self.written(((addr, len(data)),))
             return
         try:
             self.memory.write(addr, data)
@@ -241,5 +274,5 @@ class GuestRam:
     def read_u16(self, addr: int, what: str) -> int:
         return int.from_bytes(self.read(addr, 2, what), "little")
 
-    def write_u16(self, addr: int, value: int, what: str) -> None:
-        self.write(addr, (value & 0xFFFF).to_bytes(2, "little"), what)
+    def write_u16(self, addr: int, value: int, what: str, *, report: bool = True) -> None:
+        self.write(addr, (value & 0xFFFF).to_bytes(2, "little"), what, report=report)

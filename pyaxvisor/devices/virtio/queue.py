@@ -165,7 +165,7 @@ class SplitQueue:
 
     def _set_avail_event(self, value: int) -> None:
         self.ram.write_u16(self.layout.used + 4 + 8 * self.size, value,
-                           f"{self.name}: used ring avail_event")
+                           f"{self.name}: used ring avail_event", report=False)
 
     def _pending(self) -> int:
         avail_idx = self._avail_idx()
@@ -348,8 +348,8 @@ class SplitQueue:
             new = (old + 1) & 0xFFFF
             used = self.layout.used
             self.ram.write(used + 4 + 8 * (old % self.size), _USED_ELEM.pack(chain.head, written),
-                           f"{self.name}: used ring element")
-            self.ram.write_u16(used + 2, new, f"{self.name}: used ring idx")
+                           f"{self.name}: used ring element", report=False)
+            self.ram.write_u16(used + 2, new, f"{self.name}: used ring idx", report=False)
             self.next_used = new
             self.in_flight = max(0, self.in_flight - 1)
             return self._wants_interrupt(old, new)
