@@ -172,6 +172,7 @@ def test_guest_exceptions_go_to_its_own_vectors_and_irq_injection(machine, in_cp
     assert m.result(0x48) == 0x5EED
     assert v.arch.pending_vectors == [27]
     assert v.arch.guest_exceptions == 2
+    assert v.arch.served_counts().guest_exceptions == 2
     assert engine.exceptions_delivered - before == (2 if in_cpu else 0)
 
 

@@ -114,6 +114,8 @@ def test_wild_accesses_take_external_aborts_in_the_guest(tmp_path):
         for what in ("read at 0x7000000010", "write at 0x7000000018", "read at 0x7000000020",
                      "instruction fetch at 0x48000000")]
     assert stats(r.stderr)["ExternalAbort"] == 5
+    # each abort went to the guest's own vectors: no exit, counted
+    assert "guest exceptions taken at its own vectors (no exit): 5\n" in r.stderr
 
 
 def test_a_device_refusing_an_access_stops_the_vm(tmp_path):

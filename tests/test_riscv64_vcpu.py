@@ -212,6 +212,7 @@ def test_guest_exceptions_go_to_its_stvec_without_exits(machine):
                    (4, s["misaligned"], RESULTS + 1)]
     stats = m.arch.engine.stats
     assert stats["delivered"] == 5 and stats["breakpoints"] == 1
+    assert m.arch.served_counts().guest_exceptions == 5
 
 
 def test_wfi_is_a_halt_past_the_instruction(machine):

@@ -126,6 +126,9 @@ def _print_stats(result: VmResult) -> None:
     if reads or writes:
         click.echo(f"device accesses served in-CPU (no exit): {reads} reads, {writes} writes",
                    err=True)
+    if result.guest_exceptions:
+        click.echo(f"guest exceptions taken at its own vectors (no exit): "
+                   f"{result.guest_exceptions}", err=True)
 
 
 def _from_file(config: VmConfig, path: Path, kernel: Path | None, initrd: Path | None,

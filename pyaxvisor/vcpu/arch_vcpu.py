@@ -73,11 +73,14 @@ class InCpuWindow(NamedTuple):
 class Served(NamedTuple):
     """What a vCPU served inside its runs: ``exits`` are full exits handled without
     returning them (counted, and timed in ``exit_time`` when asked), ``accesses``
-    device reads and writes that needed no exit at all."""
+    device reads and writes that needed no exit at all, ``guest_exceptions`` the
+    exceptions a software CPU's guest took at its own vectors (SVC, its page faults...:
+    no exit; a hardware CPU's are not seen)."""
 
     exits: Mapping[str, int] = MappingProxyType({})
     exit_time: Mapping[str, float] = MappingProxyType({})
     accesses: tuple[int, int] = (0, 0)
+    guest_exceptions: int = 0
 
 
 class ArchVCpu(abc.ABC):

@@ -69,6 +69,7 @@ class ExitDispatch:
     exits: Counter[str]
     exit_time: dict[str, float]
     in_cpu_accesses: list[int]
+    guest_exceptions: int
     _lock: threading.RLock
     _done: threading.Event
     _power: dict[int, CpuPower]
@@ -99,6 +100,7 @@ class ExitDispatch:
                     self.exit_time[name] += seconds
                 self.in_cpu_accesses[0] += served.accesses[0]
                 self.in_cpu_accesses[1] += served.accesses[1]
+                self.guest_exceptions += served.guest_exceptions
 
     def _dispatch(self, cpu: int, vcpu: VCpu[Any]) -> None:
         """Hand each exit ``run`` returns to its handler, counting them (and timing

@@ -30,6 +30,7 @@ class VmResult:
     state: str = ""
     exit_status: int | None = None
     in_cpu_accesses: tuple[int, int] = (0, 0)  # device reads, writes served in-CPU
+    guest_exceptions: int = 0  # taken at the guest's own vectors (software CPUs)
     exits: Counter[str] = field(default_factory=Counter)
     exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     detail: str = ""

@@ -76,6 +76,7 @@ class Vm(ExitDispatch):
         self.exits: Counter[str] = Counter()
         self.exit_time: dict[str, float] = defaultdict(float)
         self.in_cpu_accesses = [0, 0]
+        self.guest_exceptions = 0
         self.boot: BootState | None = None
         self.hal: HostHal | None = None
         self.space: AddrSpace | None = None
@@ -238,6 +239,7 @@ class Vm(ExitDispatch):
         result.exits = self.exits
         result.exit_time = self.exit_time
         result.in_cpu_accesses = (self.in_cpu_accesses[0], self.in_cpu_accesses[1])
+        result.guest_exceptions = self.guest_exceptions
         return result
 
     def describe(self, states: dict[int, str] | None = None) -> str:

@@ -445,7 +445,8 @@ class Aarch64VCpu(SoftVCpu):
                            lambda: engine.current_vcpu_id)
 
     def served_counts(self) -> Served:
-        return Served(exits=dict(self._served), accesses=self.in_cpu.accesses)
+        return Served(exits=dict(self._served), accesses=self.in_cpu.accesses,
+                      guest_exceptions=self.guest_exceptions)
 
     def interrupt_pending(self) -> bool:
         return self._irq_level

@@ -316,7 +316,10 @@ class RISCVVCpu(SoftVCpu):
         exits = {"SbiCall": traps.sbi_calls}
         if traps.access_faults:
             exits["AccessFault"] = traps.access_faults
-        return Served(exits=exits, exit_time=times, accesses=self.in_cpu.accesses)
+        engine = self._engine
+        delivered = engine.stats["delivered"] if engine is not None else 0
+        return Served(exits=exits, exit_time=times, accesses=self.in_cpu.accesses,
+                      guest_exceptions=delivered)
 
     def interrupt_pending(self) -> bool:
         """Whether an enabled supervisor interrupt is pending (what ``wfi`` waits for):
