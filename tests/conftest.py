@@ -2,8 +2,8 @@
 hostile-guest suites (``test_hostile_*.py``) share.
 
 Tests that run a tool through :func:`tools.tool` get the system's copy or one fetched
-from Debian. Some tests look a tool up on ``PATH`` themselves (``shutil.which`` in a
-``skipif``, or ``subprocess.run(["cpio", ...])``); for them the tools of
+from Debian. Some tests run a tool by name from ``PATH`` (``subprocess.run(["dtc",
+...])``); for them the tools of
 :data:`tools.TOOLS` that the system lacks get shims at the end of ``PATH``, which
 fetch the tool on first use (see :func:`tools.put_shims_on_path`). Nothing is
 downloaded until a test runs such a tool.

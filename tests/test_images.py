@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tools
 
 from pyaxvisor import image_apt, images
 from pyaxvisor.errors import AxError, ImageFetchError
@@ -102,10 +103,9 @@ _CPIO_LINE = re.compile(r"^(?P<mode>\S{10})\s+\d+\s+\S+\s+\S+\s+(?:(?P<maj>\d+),
 
 
 def test_newc_round_trip_through_debian_cpio():
-    if shutil.which("cpio") is None:
-        pytest.skip(reason="Debian's cpio tool is not installed (apt-get install cpio)")
+    cpio = tools.tool("cpio")  # the system's, or Debian's fetched
     blob = images.newc_archive(SAMPLE)
-    listing = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=blob, capture_output=True,
+    listing = subprocess.run([cpio, "-t", "-v", "--quiet"], input=blob, capture_output=True,
                              check=True).stdout.decode()
     seen = {}
     for line in listing.splitlines():

@@ -10,12 +10,9 @@ version may generate other bytes, which the failure message then says.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
-
-import pytest
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "pyaxvisor" / "guests" / "x86_64"
 IMAGES = ("smp.elf", "smp.bin")
@@ -44,11 +41,8 @@ def _multiboot_header(image: bytes) -> tuple[int, tuple[int, ...]]:
     raise AssertionError("no Multiboot header in the first 8 KiB")
 
 
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("gcc", "as", "ld", "objcopy", "bash")),
-    reason="needs gcc and binutils (Debian packages gcc, binutils) to rebuild the images",
-)
 def test_build_reproduces_committed_images(tmp_path: Path) -> None:
+    # gcc and binutils: installing pyaxvisor needs the C toolchain (README)
     for out in (tmp_path / "a", tmp_path / "b"):
         subprocess.run(["bash", str(GUEST_DIR / "build.sh"), str(out)], check=True,
                        capture_output=True)
