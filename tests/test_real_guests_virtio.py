@@ -99,6 +99,19 @@ def _random_line(out: str) -> str:
     return found[1]
 
 
+def assert_disks_hold(tmp_path: Path, debugfs: str, guest_txt: str) -> None:
+    """The VM is off: the raw disk has the guest's mark at RAW_OFFSET and the pattern
+    around it, the ext4 disk the guest's /guest.txt with ``guest_txt``."""
+    raw = (tmp_path / "raw.img").read_bytes()
+    end = RAW_OFFSET + len(RAW_MARK)
+    assert raw[RAW_OFFSET:end] == RAW_MARK
+    assert raw[:RAW_OFFSET] == RAW_PATTERN[:RAW_OFFSET]
+    assert raw[end:] == RAW_PATTERN[end:]
+    cat = subprocess.run([debugfs, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
+                         capture_output=True, text=True, check=True)
+    assert cat.stdout == guest_txt
+
+
 def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(tmp_path):
     debugfs = tool("debugfs")
     _make_disks(tmp_path, "hello from the host\n")
@@ -126,14 +139,7 @@ def test_debian_kernel_modules_drive_virtio_disks_and_entropy_across_two_boots(t
     assert boot_seconds < 300
 
     # the VM is off: what the guest wrote is in the images
-    raw = (tmp_path / "raw.img").read_bytes()
-    end = RAW_OFFSET + len(RAW_MARK)
-    assert raw[RAW_OFFSET:end] == RAW_MARK
-    assert raw[:RAW_OFFSET] == RAW_PATTERN[:RAW_OFFSET]
-    assert raw[end:] == RAW_PATTERN[end:]
-    cat = subprocess.run([debugfs, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
-                         capture_output=True, text=True, check=True)
-    assert cat.stdout == "written-by-the-guest\n"
+    assert_disks_hold(tmp_path, debugfs, "written-by-the-guest\n")
 
     # a second boot reads it back
     out = _boot(tmp_path, (
@@ -255,14 +261,7 @@ def test_debian_riscv64_kernel_modules_drive_virtio_disks_and_entropy(tmp_path):
     assert f"{hashlib.md5(RAW_PATTERN[:512]).hexdigest()}  -" in out
     assert "hello from the host to riscv64" in out
     _random_line(out)
-    raw = (tmp_path / "raw.img").read_bytes()
-    end = RAW_OFFSET + len(RAW_MARK)
-    assert raw[RAW_OFFSET:end] == RAW_MARK
-    assert raw[:RAW_OFFSET] == RAW_PATTERN[:RAW_OFFSET]
-    assert raw[end:] == RAW_PATTERN[end:]
-    cat = subprocess.run([debugfs, "-R", "cat /guest.txt", str(tmp_path / "ext4.img")],
-                         capture_output=True, text=True, check=True)
-    assert cat.stdout == "written-by-riscv64\n"
+    assert_disks_hold(tmp_path, debugfs, "written-by-riscv64\n")
 
 
 # ---------------------------------------------------------------------------

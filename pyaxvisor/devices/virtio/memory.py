@@ -171,23 +171,31 @@ class GuestRam:
         except AxError as exc:
             raise GuestRangeError(what, addr, length) from exc
 
+    def _range_view(self) -> memoryview | None:
+        """The view of a guest's one RAM range (``None``: several ranges, or the memory
+        maps it in pieces). Kept while the map's generation stays, when the memory says
+        its generation; asked for again each time otherwise."""
+        if len(self._bases) != 1 or self._view is None:
+            return None
+        now = self._generation() if self._generation is not None else None
+        whole = self._whole
+        if now is not None and whole is not None and whole[0] == now:
+            return whole[1]
+        try:
+            mem: memoryview | None = self._view(self._bases[0], self._ends[0] - self._bases[0])
+        except AxError:
+            mem = None
+        if now is not None:
+            self._whole = (now, mem)
+        return mem
+
     def _slice(self, addr: int, length: int) -> memoryview:
-        """The memory's view of a checked range: cut from the whole RAM range's view,
-        kept while the map's generation stays, when the memory says its generation."""
-        generation = self._generation
-        if generation is not None and len(self._bases) == 1:
-            now = generation()
-            whole = self._whole
-            if whole is None or whole[0] != now:
-                try:
-                    whole = (now, self._view(self._bases[0], self._ends[0] - self._bases[0]))
-                except AxError:
-                    whole = (now, None)
-                self._whole = whole
-            mem = whole[1]
-            if mem is not None:
-                off = addr - self._bases[0]
-                return mem[off:off + length]
+        """The memory's view of a checked range: cut from :meth:`_range_view` when there
+        is one (kept per map generation), else asked of the memory."""
+        mem = self._range_view() if self._generation is not None else None
+        if mem is not None:
+            off = addr - self._bases[0]
+            return mem[off:off + length]
         return self._view(addr, length)  # type: ignore[misc]
 
     def written(self, pieces: Iterable[tuple[int, int]]) -> None:
@@ -204,17 +212,11 @@ class GuestRam:
             raise InvalidInput("virtio: this guest memory offers no zero-copy views")
         pieces = list(pieces)
         bases, ends = self._bases, self._ends
-        if len(bases) == 1 and pieces:  # one RAM range: checked and cut at once
-            addrs = [a for a, _n in pieces]
-            lengths = [n for _a, n in pieces]
-            if self.contains_all(addrs, lengths):
-                try:
-                    mem = self._view(bases[0], ends[0] - bases[0])
-                except AxError:
-                    pass
-                else:
-                    base = bases[0]
-                    return [mem[a - base:a - base + n] for a, n in pieces]
+        mem = self._range_view() if pieces else None
+        if mem is not None and self.contains_all([a for a, _n in pieces],
+                                                 [n for _a, n in pieces]):
+            base = bases[0]  # one RAM range: checked and cut at once
+            return [mem[a - base:a - base + n] for a, n in pieces]
         out: list[memoryview] = []
         whole: dict[int, memoryview | None] = {}
         for addr, length in pieces:
