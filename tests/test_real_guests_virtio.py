@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import secrets
 import signal
@@ -437,14 +438,48 @@ print('HOST-SENT', flush=True)
 """
 
 
+class NetNamespace:
+    """A network namespace of the test's own, and ``inside``: the command prefix that
+    runs a program in it. As root, a named one (``ip netns``); otherwise one of a user
+    namespace where the test's user is root (``unshare``, held by a sleeping process
+    and entered with ``nsenter``), which lets pyaxvisor create its TAP there."""
+
+    def __init__(self, ip: str, *, privileged: bool) -> None:
+        self.ip = ip
+        self._name = f"pyax-{secrets.token_hex(4)}" if privileged else None
+        self._holder: subprocess.Popen[bytes] | None = None
+        if self._name is not None:
+            subprocess.run([ip, "netns", "add", self._name], check=True)
+            self.inside = [ip, "netns", "exec", self._name]
+            return
+        self._holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net",
+                                         "sleep", "900"])
+        self.inside = ["nsenter", "-t", str(self._holder.pid), "-U", "-n",
+                       "--preserve-credentials"]
+        deadline = time.monotonic() + 30
+        while subprocess.run([*self.inside, ip, "link", "show", "lo"],
+                             capture_output=True).returncode != 0:  # until unshare is done
+            assert self._holder.poll() is None, "unshare could not make a user namespace"
+            assert time.monotonic() < deadline, "the namespace never appeared"
+            time.sleep(0.05)
+
+    def ip_cmd(self, *args: str) -> list[str]:
+        return [*self.inside, self.ip, *args]
+
+    def close(self) -> None:
+        if self._name is not None:
+            subprocess.run([self.ip, "netns", "del", self._name], check=False)
+        if self._holder is not None:
+            self._holder.kill()
+            self._holder.wait()
+
+
 @pytest.mark.parametrize("arch", ["arm64", "riscv64"])
 def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(arch):
-    ns = f"pyax-{secrets.token_hex(4)}"
-    ip = tool("ip")
-    subprocess.run([ip, "netns", "add", ns], check=True)
+    netns = NetNamespace(tool("ip"), privileged=os.geteuid() == 0)
     procs: list[subprocess.Popen[str]] = []
     try:
-        host = subprocess.Popen([ip, "netns", "exec", ns, sys.executable, "-c", _HOST_SIDE],
+        host = subprocess.Popen([*netns.inside, sys.executable, "-c", _HOST_SIDE],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(host)
         assert host.stdout is not None and host.stdout.readline().strip() == "HOST-LISTENING"
@@ -453,7 +488,7 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(arch):
                f"echo hello-from-guest | nc 10.0.2.2 {GUEST_TO_HOST}; "
                f"sleep 10 | nc 10.0.2.2 {HOST_TO_GUEST}")
         vm = subprocess.Popen(
-            [ip, "netns", "exec", ns,
+            [*netns.inside,
              *_vm_argv(arch, f'pyaxvisor.cmd="{cmd}"',
                        "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
                        "-device", "virtio-net-device,netdev=n0")],
@@ -461,13 +496,13 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(arch):
             stdin=subprocess.DEVNULL)
         procs.append(vm)
         deadline = time.monotonic() + 120
-        while subprocess.run([ip, "-n", ns, "link", "show", "tap0"],
+        while subprocess.run(netns.ip_cmd("link", "show", "tap0"),
                              capture_output=True).returncode != 0:  # pyaxvisor creates it
             assert vm.poll() is None, vm.communicate()
             assert time.monotonic() < deadline, "tap0 never appeared"
             time.sleep(0.1)
-        subprocess.run([ip, "-n", ns, "addr", "add", "10.0.2.2/24", "dev", "tap0"], check=True)
-        subprocess.run([ip, "-n", ns, "link", "set", "tap0", "up"], check=True)
+        subprocess.run(netns.ip_cmd("addr", "add", "10.0.2.2/24", "dev", "tap0"), check=True)
+        subprocess.run(netns.ip_cmd("link", "set", "tap0", "up"), check=True)
         out, err = vm.communicate(timeout=400)
         host_out, _ = host.communicate(timeout=30)
         assert vm.returncode == 0, out[-3000:] + err
@@ -485,4 +520,4 @@ def test_a_guest_talks_to_the_host_over_virtio_net_on_a_tap(arch):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        subprocess.run([ip, "netns", "del", ns], check=False)
+        netns.close()
