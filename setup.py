@@ -49,5 +49,6 @@ setup(
                   depends=["pyaxvisor/engine/tcg/xsync.h",
                            "pyaxvisor/engine/tcg/mmio_mirror.h"]),
         Extension("pyaxvisor.engine.kvm._native", ["pyaxvisor/engine/kvm/_native.c"]),
+        Extension("pyaxvisor.devices.virtio._sgio", ["pyaxvisor/devices/virtio/_sgio.c"]),
     ],
 )

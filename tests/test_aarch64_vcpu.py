@@ -240,25 +240,27 @@ def test_unbind_and_bind_on_another_host_cpu_keeps_state(machine):
     v.bind()  # back on this thread for the fixture's teardown
 
 
-@pytest.mark.parametrize("reported", [True, False], ids=["reported", "unreported"])
-def test_code_a_device_rewrote_is_run_anew_once_the_write_is_reported(machine, reported):
+@pytest.mark.parametrize("how", ["write", "columns", "unreported"])
+def test_code_a_device_rewrote_is_run_anew_once_the_write_is_reported(machine, how):
     """A DMA write into a page the CPU translated code from: once the address space
     reports it (``AddrSpace.written``, which ``write`` calls, reaching the vCPU's
     ``guest_ram_written``), the engine drops its code and the guest runs the new
     instructions; a write nobody reports is not seen (the old translation runs)."""
     m = machine("dma_code")
     v = m.vcpu
-    if reported:
+    if how != "unreported":
         m.space.add_write_listener(v.arch.guest_ram_written)
     assert v.run() == Hypercall(1, (0, 0, 0, 0, 0, 0))
     f = m.symbols["f"]
     new_f = (0xD2800040).to_bytes(4, "little")      # mov x0, #2 (then the same ret)
-    if reported:
+    if how == "write":
         m.space.write(G(f), new_f)
     else:
-        m.space.view(G(f), 4)[:] = new_f             # behind everyone's back
+        m.space.view(G(f), 4)[:] = new_f
+        if how == "columns":  # a device's pieces as two tuples (virtio-blk's data path)
+            m.space.written_columns((f,), (4,))
     assert v.run() == Hypercall(2, (0, 0, 0, 0, 0, 0))
     assert m.result(0x00) == 1
-    assert m.result(0x08) == (2 if reported else 1)
-    assert v.arch._require_engine().xsync.stats["xsync_dma_code_pages"] == (1 if reported
-                                                                             else 0)
+    assert m.result(0x08) == (1 if how == "unreported" else 2)
+    dropped = v.arch._require_engine().xsync.stats["xsync_dma_code_pages"]
+    assert dropped == (0 if how == "unreported" else 1)

@@ -244,11 +244,12 @@ def test_an_unknown_request_type_is_unsupp(rig):
 
 
 def test_a_host_io_error_is_ioerr(rig, monkeypatch):
-    def broken(offset, length, **_kw):
+    def broken(*_args, **_kw):
         raise OSError(errno.EIO, "media error")
 
     monkeypatch.setattr(rig.blk.image, "read", broken)
     monkeypatch.setattr(rig.blk.image, "readv", broken)
+    monkeypatch.setattr(rig.blk.image, "transfer", broken)
     assert rig.request(vb.T_IN, 0, data_in=512)[0] == vb.S_IOERR
     monkeypatch.setattr(rig.blk.image, "write", broken)
     monkeypatch.setattr(rig.blk.image, "writev", broken)
@@ -410,17 +411,26 @@ class Gate:
         self.opened = threading.Event()
         self.entered = threading.Event()
         self.threads: list[str] = []
-        real = image.readv
+        real_readv, real_transfer = image.readv, image.transfer
 
-        def gated(offset, buffers, *, nowait=False):
+        def wait(nowait: bool) -> None:
             if nowait:
                 raise BlockingIOError(errno.EAGAIN, "not cached")
             self.threads.append(threading.current_thread().name)
             self.entered.set()
             assert self.opened.wait(10)
-            real(offset, buffers)
 
-        monkeypatch.setattr(image, "readv", gated)
+        def gated_readv(offset, buffers, *, nowait=False):
+            wait(nowait)
+            real_readv(offset, buffers)
+
+        def gated_transfer(offset, ram, base, addrs, lengths, *, write, nowait=False):
+            if not write:
+                wait(nowait)
+            real_transfer(offset, ram, base, addrs, lengths, write=write)
+
+        monkeypatch.setattr(image, "readv", gated_readv)
+        monkeypatch.setattr(image, "transfer", gated_transfer)
 
 
 def test_requests_run_on_the_io_thread_and_complete_with_an_interrupt(image, monkeypatch):

@@ -508,6 +508,23 @@ def test_segments_of_whole_buffers_match_the_piece_by_piece_walk(lengths, data):
     fast = list(bl.segments(offset, length))
     assert fast == list(bl._pieces(offset, length, None))
     assert sum(n for _a, n in fast) == length
+    addrs_out, lengths_out = bl.columns(offset, length)  # the same pieces as two tuples
+    assert list(zip(addrs_out, lengths_out, strict=True)) == fast
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 64), min_size=1, max_size=8), st.data())
+def test_columns_of_any_range_are_the_segments(lengths, data):
+    """``columns`` of any stream range (whole buffers or not) lists the pieces
+    ``segments`` walks; a range past the end is refused the same way."""
+    bl = BufferList.of(tuple(0x1000 * (i + 1) for i in range(len(lengths))), tuple(lengths))
+    total = sum(lengths)
+    offset = data.draw(st.integers(0, total))
+    length = data.draw(st.integers(0, total - offset))
+    addrs_out, lengths_out = bl.columns(offset, length)
+    assert list(zip(addrs_out, lengths_out, strict=True)) == list(bl.segments(offset, length))
+    with pytest.raises(InvalidInput, match="outside"):
+        bl.columns(offset, total - offset + 1)
 
 
 def test_guest_ram_over_an_address_space_follows_its_map():

@@ -38,9 +38,11 @@ access there faults to the hypervisor — that is how emulated MMIO works.
 from __future__ import annotations
 
 import bisect
+import operator
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NotFound
 from pyaxvisor.hal.vcpu_hal import VCpuHal
@@ -48,8 +50,38 @@ from pyaxvisor.mm.addr import PAGE_SIZE_2M, PAGE_SIZE_4K, GuestPhysAddr, HostPhy
 from pyaxvisor.mm.flags import MappingFlags
 from pyaxvisor.mm.page_table.table import NestedPageTable, NotMapped
 
-#: ``listener(ranges)``: guest RAM written at ``(gpa, hpa, length)`` ranges.
-WriteListener = Callable[[list[tuple[int, int, int]]], None]
+
+class WrittenRanges(Sequence[tuple[int, int, int]]):
+    """Guest RAM written at pieces inside one RAM region, kept as two tuples (guest
+    addresses, lengths) and the region's host-minus-guest ``shift``; as a sequence,
+    the ``(gpa, hpa, length)`` ranges every write listener understands. Listeners
+    with native code take the columns as they are (no tuple per piece)."""
+
+    __slots__ = ("gpas", "lengths", "shift")
+
+    def __init__(self, gpas: tuple[int, ...], lengths: tuple[int, ...], shift: int) -> None:
+        self.gpas, self.lengths, self.shift = gpas, lengths, shift
+
+    def __len__(self) -> int:
+        return len(self.gpas)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[int, int, int]]: ...
+
+    def __getitem__(self, index: int | slice
+                    ) -> tuple[int, int, int] | Sequence[tuple[int, int, int]]:
+        if isinstance(index, slice):
+            return WrittenRanges(self.gpas[index], self.lengths[index], self.shift)
+        gpa = self.gpas[index]
+        return gpa, gpa + self.shift, self.lengths[index]
+
+
+#: ``listener(ranges)``: guest RAM written at ``(gpa, hpa, length)`` ranges (a list, or
+#: a :class:`WrittenRanges`).
+WriteListener = Callable[[Sequence[tuple[int, int, int]]], None]
 
 
 class GuestMemoryFault(NotFound):
@@ -106,9 +138,9 @@ class AddrSpace:
                 self._listeners.remove(listener)
 
     def add_write_listener(self, listener: WriteListener) -> None:
-        """Call ``listener(ranges)`` after each :meth:`written`, ``ranges`` a list of
-        ``(gpa, hpa, length)`` (any thread; the listener must be quick and must not
-        raise)."""
+        """Call ``listener(ranges)`` after each :meth:`written`, ``ranges`` a sequence
+        of ``(gpa, hpa, length)`` (a list, or a :class:`WrittenRanges`; any thread; the
+        listener must be quick and must not raise)."""
         with self._lock:
             self._write_listeners = (*self._write_listeners, listener)
 
@@ -313,6 +345,26 @@ class AddrSpace:
         if ranges:
             for listener in listeners:
                 listener(ranges)
+
+    def written_columns(self, gpas: Sequence[int], lengths: Sequence[int]) -> None:
+        """:meth:`written` of the pieces ``gpas[i], lengths[i]`` (ints) given as two
+        sequences: when they all lie in one mapped RAM region (a device's request
+        does), the listeners get them as one :class:`WrittenRanges`, checked without
+        a loop in Python."""
+        listeners = self._write_listeners
+        if not listeners or not gpas:
+            return
+        starts, runs = self._runs or self._mapped_runs()
+        low = min(gpas)
+        i = bisect.bisect_right(starts, low) - 1
+        if i >= 0 and min(lengths) >= 0:
+            start, stop, _view, hpa = runs[i]
+            if max(map(operator.add, gpas, lengths)) <= stop:
+                ranges = WrittenRanges(tuple(gpas), tuple(lengths), hpa - start)
+                for listener in listeners:
+                    listener(ranges)
+                return
+        self.written(zip(gpas, lengths, strict=True))
 
     def view(self, gpa: GuestPhysAddr, length: int) -> memoryview:
         """A zero-copy writable view of guest ``[gpa, gpa + length)``, which must lie

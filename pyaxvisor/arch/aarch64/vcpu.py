@@ -121,6 +121,7 @@ from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal.memory import HostMemory
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.mm.addrspace import WrittenRanges
 from pyaxvisor.mm.page_table.stage2 import Stage2Format
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
 from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Hypercall, Nothing
@@ -429,7 +430,10 @@ class Aarch64VCpu(SoftVCpu):
         of the host-physical ranges (see ``SyncPeer.dma_written``)."""
         engine = self._engine
         if engine is not None:
-            engine.xsync.dma_written([(hpa, n) for _gpa, hpa, n in ranges])
+            if isinstance(ranges, WrittenRanges):
+                engine.xsync.dma_written_columns(ranges.gpas, ranges.lengths, ranges.shift)
+            else:
+                engine.xsync.dma_written([(hpa, n) for _gpa, hpa, n in ranges])
 
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` from inside the CPU (see the module doc); port

@@ -78,7 +78,7 @@ from pyaxvisor.engine.tcg.xsync import SyncGroup
 from pyaxvisor.errors import BadState, InvalidInput
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
-from pyaxvisor.mm.addrspace import AddrSpace
+from pyaxvisor.mm.addrspace import AddrSpace, WrittenRanges
 from pyaxvisor.mm.page_table.gstage import GSTAGE_MODES, GStagePageTable
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
 from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Halt, Nothing
@@ -290,7 +290,10 @@ class RISCVVCpu(SoftVCpu):
         of the guest-physical ranges (see ``SyncPeer.dma_written``)."""
         engine = self._engine
         if engine is not None:
-            engine.xsync.dma_written([(gpa, n) for gpa, _hpa, n in ranges])
+            if isinstance(ranges, WrittenRanges):
+                engine.xsync.dma_written_columns(ranges.gpas, ranges.lengths)
+            else:
+                engine.xsync.dma_written([(gpa, n) for gpa, _hpa, n in ranges])
 
     def serve_in_cpu(self, windows: Sequence[InCpuWindow], *, timing: bool = False) -> bool:
         """Serve the MMIO ``windows`` inside the CPU at their guest-physical addresses

@@ -338,6 +338,21 @@ class VirtioBlk(VirtioBackend):
               what: str, nowait: bool = False) -> tuple[int, int]:
         if not self._in_range(sector, length):
             return S_IOERR, 0
+        whole = ram.whole_range()
+        if whole is not None:
+            addrs, lengths = chain.writable.columns(0, length)
+            try:
+                self.image.transfer(sector * SECTOR_SIZE, whole[1], whole[0], addrs, lengths,
+                                    write=False, nowait=nowait)
+            except BlockingIOError:
+                if nowait:
+                    raise
+                return S_IOERR, 0
+            except (OSError, ValueError):  # ValueError: a piece outside RAM (checked at pop)
+                return S_IOERR, 0
+            finally:
+                ram.written_columns(addrs, lengths)  # whatever landed: CPUs drop its code
+            return S_OK, length
         if ram.has_views:
             pieces = list(chain.writable.segments(0, length))
             views = ram.views(pieces, f"{what} data")
@@ -369,6 +384,15 @@ class VirtioBlk(VirtioBackend):
                what: str) -> int:
         if self.read_only or not self._in_range(sector, length):
             return S_IOERR
+        whole = ram.whole_range()
+        if whole is not None:
+            addrs, lengths = chain.readable.columns(_HEADER.size, length)
+            try:
+                self.image.transfer(sector * SECTOR_SIZE, whole[1], whole[0], addrs, lengths,
+                                    write=True)
+            except (OSError, ValueError):  # ValueError: a piece outside RAM (checked at pop)
+                return S_IOERR
+            return S_OK
         if ram.has_views:
             views = ram.views(chain.readable.segments(_HEADER.size, length), f"{what} data")
             try:

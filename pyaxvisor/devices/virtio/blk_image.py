@@ -65,8 +65,9 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from pyaxvisor.devices.virtio import _sgio  # type: ignore[attr-defined]
 from pyaxvisor.devices.virtio.errors import (
     BlockImageError,
     ImageLocked,
@@ -277,6 +278,29 @@ class RawImage:
                 raise OSError(errno.EIO, f"{self.path}: short write at {offset}")
             offset += n
             pending = _advance(pending, n)
+
+    def transfer(self, offset: int, ram: memoryview, ram_base: int, addrs: Sequence[int],
+                 lengths: Sequence[int], *, write: bool, nowait: bool = False) -> None:
+        """Move the guest pieces ``addrs[i], lengths[i]`` (in order, inside the view
+        ``ram`` of the guest RAM range at ``ram_base``) from the file at ``offset``, or
+        to it with ``write``, in native code (:mod:`._sgio`: one system call per
+        :data:`IOV_BATCH` pieces, GIL released, no Python object per piece). Errors as
+        :meth:`readv` and :meth:`writev` (``nowait`` for reads only); a piece outside
+        ``ram`` is ``ValueError`` before any I/O."""
+        if write and self.read_only:
+            raise OSError(errno.EROFS, f"{self.path}: image is read-only")
+        if nowait and not self.nowait_reads:
+            raise BlockingIOError(errno.EAGAIN, "non-blocking reads not supported")
+        try:
+            _sgio.transfer(self._fd, offset, ram, ram_base, addrs, lengths, write,
+                           nowait and not write)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if nowait and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.nowait_reads = False
+                raise BlockingIOError(exc.errno, exc.strerror) from None
+            raise
 
     def flush(self) -> None:
         """Make every completed write durable (``fsync``)."""

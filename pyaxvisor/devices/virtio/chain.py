@@ -66,17 +66,38 @@ class BufferList:
                                f"{self.total} bytes of buffers")
         if chunk is not None and chunk <= 0:
             raise InvalidInput(f"virtio: chunk size {chunk} must be positive")
-        lengths = self.lengths
-        if chunk is None and lengths and min(lengths) > 0:
-            # whole buffers (a request's data between its header and its status byte)
-            first = 1 if offset == lengths[0] else 0 if offset == 0 else -1
-            if first >= 0:
-                rest = self.total - offset - length
-                last = len(lengths) if rest == 0 else len(lengths) - 1 \
-                    if rest == lengths[-1] else -1
-                if last >= first:
-                    return zip(self.addrs[first:last], lengths[first:last], strict=True)
+        if chunk is None and (whole := self._whole(offset, length)) is not None:
+            first, last = whole
+            return zip(self.addrs[first:last], self.lengths[first:last], strict=True)
         return self._pieces(offset, length, chunk)
+
+    def columns(self, offset: int, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """:meth:`segments` of stream bytes ``[offset, offset + length)`` as two tuples,
+        the addresses and the byte counts (slices of the list's own when the range is
+        whole buffers, as a request's data between its header and status byte is)."""
+        if offset < 0 or length < 0 or offset + length > self.total:
+            raise InvalidInput(f"virtio: stream range [{offset}, +{length}) is outside "
+                               f"{self.total} bytes of buffers")
+        whole = self._whole(offset, length)
+        if whole is not None:
+            first, last = whole
+            return self.addrs[first:last], self.lengths[first:last]
+        pieces = list(self._pieces(offset, length, None))
+        return tuple(a for a, _n in pieces), tuple(n for _a, n in pieces)
+
+    def _whole(self, offset: int, length: int) -> tuple[int, int] | None:
+        """``(first, last)`` when stream bytes ``[offset, offset + length)`` are exactly
+        buffers ``first..last-1``, starting at the first or second buffer and ending at
+        the last or the one before (no empty buffers); else ``None``."""
+        lengths = self.lengths
+        if not lengths or min(lengths) <= 0:
+            return None
+        first = 1 if offset == lengths[0] else 0 if offset == 0 else -1
+        if first < 0:
+            return None
+        rest = self.total - offset - length
+        last = len(lengths) if rest == 0 else len(lengths) - 1 if rest == lengths[-1] else -1
+        return (first, last) if last >= first else None
 
     def _pieces(self, offset: int, length: int, chunk: int | None
                 ) -> Iterator[tuple[int, int]]:

@@ -76,6 +76,12 @@ class AddressedMemory:
         return self._inner.written  # type: ignore[attr-defined,no-any-return]
 
     @property
+    def written_columns(self) -> Callable[[Sequence[int], Sequence[int]], None]:
+        """The wrapped memory's ``written_columns(addrs, lengths)`` (``AttributeError``
+        if it has none)."""
+        return self._inner.written_columns  # type: ignore[attr-defined,no-any-return]
+
+    @property
     def map_generation(self) -> Callable[[], int]:
         """The wrapped memory's ``map_generation`` (``AttributeError`` if none)."""
         return self._inner.map_generation  # type: ignore[attr-defined,no-any-return]
@@ -100,8 +106,8 @@ class GuestRam:
     :class:`GuestRangeError` too.
     """
 
-    __slots__ = ("_bases", "_ends", "_generation", "_view", "_whole", "_written", "memory",
-                 "ranges")
+    __slots__ = ("_bases", "_ends", "_generation", "_view", "_whole", "_written",
+                 "_written_columns", "memory", "ranges")
 
     def __init__(self, memory: GuestMemory, ranges: Iterable[tuple[int, int]]) -> None:
         checked = sorted((int(base), int(size)) for base, size in ranges)
@@ -121,6 +127,9 @@ class GuestRam:
         #: a device wrote), if it has one.
         self._written: Callable[[Iterable[tuple[int, int]]], None] | None = getattr(
             memory, "written", None)
+        #: Its ``written_columns(addrs, lengths)`` (the same news as two tuples), if any.
+        self._written_columns: Callable[[Sequence[int], Sequence[int]], None] | None = \
+            getattr(memory, "written_columns", None)
         #: The memory's ``map_generation()``, if it has one: then the view of a guest
         #: with one RAM range is taken once per generation of the map (``_whole``).
         self._generation: Callable[[], int] | None = getattr(memory, "map_generation", None)
@@ -204,6 +213,21 @@ class GuestRam:
         of them. Call it after the data is in place."""
         if self._written is not None:
             self._written(pieces)
+
+    def written_columns(self, addrs: Sequence[int], lengths: Sequence[int]) -> None:
+        """:meth:`written` of the pieces ``addrs[i], lengths[i]`` given as two
+        sequences (no tuple per piece on the way when the memory takes them so)."""
+        if self._written_columns is not None:
+            self._written_columns(addrs, lengths)
+        elif self._written is not None:
+            self._written(zip(addrs, lengths, strict=True))
+
+    def whole_range(self) -> tuple[int, memoryview] | None:
+        """``(base, view)`` of a guest with one RAM range that its memory maps as one
+        piece: what native code may address directly, after checking each piece lies
+        inside (``None``: several ranges, or no such view)."""
+        mem = self._range_view()
+        return None if mem is None else (self._bases[0], mem)
 
     def views(self, pieces: Iterable[tuple[int, int]], what: str) -> list[memoryview]:
         """:meth:`view` of each ``(addr, length)`` piece, in order (checked the same way;

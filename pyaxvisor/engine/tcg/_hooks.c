@@ -1333,6 +1333,43 @@ static PyObject *py_xsync_dma_written(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The columns form: pieces addrs[i] + offset, lengths[i] (two sequences of ints). */
+static PyObject *py_xsync_dma_written_columns(PyObject *self, PyObject *args)
+{
+    unsigned long long peer, offset;
+    PyObject *addrs_obj, *lengths_obj;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KOOK", &peer, &addrs_obj, &lengths_obj, &offset))
+        return NULL;
+    PyObject *addrs = PySequence_Fast(addrs_obj, "addrs must be a sequence");
+    if (addrs == NULL)
+        return NULL;
+    PyObject *lengths = PySequence_Fast(lengths_obj, "lengths must be a sequence");
+    if (lengths == NULL) {
+        Py_DECREF(addrs);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(addrs);
+    if (PySequence_Fast_GET_SIZE(lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "addrs and lengths differ in length");
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(addrs, i));
+        unsigned long long len = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(lengths, i));
+        if (PyErr_Occurred())
+            goto out;
+        xsync_dma_written((struct xsync_peer *)(uintptr_t)peer, a + offset, len);
+    }
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    Py_DECREF(lengths);
+    Py_DECREF(addrs);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
@@ -1377,6 +1414,9 @@ static PyMethodDef methods[] = {
      "xsync_dma_written(peer, ranges): a device wrote guest RAM at the (pa, len) pairs "
      "of native-endian u64s in `ranges`; the peer drops the translated code it had of "
      "them (any thread, no wait)."},
+    {"xsync_dma_written_columns", py_xsync_dma_written_columns, METH_VARARGS,
+     "xsync_dma_written_columns(peer, addrs, lengths, offset): xsync_dma_written of the "
+     "pieces (addrs[i] + offset, lengths[i]) of two sequences of ints."},
     {"xsync_broadcast", py_xsync_broadcast, METH_VARARGS,
      "xsync_broadcast(group, peer, kind, page): what this CPU's maintenance owes the "
      "group's CPUs (GIL released while it waits for them)."},

@@ -119,6 +119,12 @@ class SyncPeer:
             flat.append(length)
         _hooks.xsync_dma_written(self.address, flat)
 
+    def dma_written_columns(self, addrs: Sequence[int], lengths: Sequence[int],
+                            offset: int = 0) -> None:
+        """:meth:`dma_written` of the ranges ``(addrs[i] + offset, lengths[i])`` given as
+        two sequences of ints (walked in native code)."""
+        _hooks.xsync_dma_written_columns(self.address, addrs, lengths, offset)
+
     def broadcast(self, group: SyncGroup, kind: int, page: int = 0) -> None:
         """What this CPU's maintenance owes every CPU of ``group`` (itself included):
         ``kind`` :data:`TLB`, :data:`CODE_PAGE` (``page``: physical) or
