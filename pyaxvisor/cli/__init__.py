@@ -1,4 +1,5 @@
-"""The ``pyaxvisor`` command line: ``run`` (:mod:`.run`), ``config`` (:mod:`.config_cmd`),
+"""The ``pyaxvisor`` command line: ``run`` (:mod:`.run`), ``profile`` (:mod:`.profile`),
+``config`` (:mod:`.config_cmd`),
 ``images`` and ``info`` (here).
 
 The commands import what they run when they run: one board, the image fetcher or
@@ -140,9 +141,11 @@ def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
 
 
 from pyaxvisor.cli.config_cmd import config_group  # noqa: E402  (the commands register)
+from pyaxvisor.cli.profile import profile  # noqa: E402
 from pyaxvisor.cli.run import run  # noqa: E402
 
 main.add_command(run)
+main.add_command(profile)
 main.add_command(config_group)
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["BUCKETS", "LatencyHistogram", "bucket_of", "bucket_upper_ns"]
+__all__ = ["BUCKETS", "LatencyHistogram", "bucket_lower_ns", "bucket_of", "bucket_upper_ns"]
 
 #: Octaves covered: 2**40 ns is ~1100 s.
 OCTAVES = 41
@@ -31,6 +31,14 @@ def bucket_of(ns: int) -> int:
     bits = ns.bit_length() - 1
     index = 4 * bits + ((ns >> (bits - 2)) & 3)
     return index if index < BUCKETS else BUCKETS - 1
+
+
+def bucket_lower_ns(index: int) -> int:
+    """The smallest duration (ns) bucket ``index`` holds."""
+    if index < 8:
+        return min(index, 3)
+    bits, quarter = divmod(index, 4)
+    return (4 + quarter) << (bits - 2)
 
 
 def bucket_upper_ns(index: int) -> int:
@@ -103,5 +111,7 @@ class LatencyHistogram:
                 "max": self.max_ns / 1e3, "mean": mean / 1e3}
 
     def nonzero(self) -> list[list[int]]:
-        """``[[upper_ns, count], ...]`` for the buckets that hold anything, in order."""
-        return [[bucket_upper_ns(i), n] for i, n in enumerate(self.buckets) if n]
+        """``[[lower_ns, upper_ns, count], ...]`` for the buckets that hold anything, in
+        order (bounds inclusive)."""
+        return [[bucket_lower_ns(i), bucket_upper_ns(i), n]
+                for i, n in enumerate(self.buckets) if n]

@@ -26,7 +26,7 @@ a running vCPU may be a few exits apart from each other. The snapshot's schema
            "in_engine": int,           # served inside the vCPU's run (no return to the VM)
            "time_s": float,            # handling time (in-engine: when the engine times it)
            "latency_us": {"p50": f, "p99": f, "max": f, "mean": f} | null,
-           "histogram_ns": [[upper_ns, count], ...]}},   # the VM-dispatched ones
+           "histogram_ns": [[lower_ns, upper_ns, count], ...]}},  # VM-dispatched
        "by_device": {DEVICE: {         # DEVICE: "mmio:NAME@0xBASE", "port:NAME@0xBASE",
            "count": int, "time_s": float,  # or "mmio:unclaimed"/"port:unclaimed"
            "by_reason": {REASON: int}}},
