@@ -18,7 +18,9 @@ from guest_build import build, symbols
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyaxvisor.boards.quick import aarch64_vm, boot, config_for
+from pyaxvisor.boards.quick import aarch64_vm, boot, config_for, x86_vm
+from pyaxvisor.boards.x86_pc.layout import KERNEL_LOAD
+from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.vcpu import MmioWrite
 from pyaxvisor.vcpu.width import AccessWidth
@@ -238,3 +240,29 @@ def test_histogram_percentiles_and_maximum():
     merged = LatencyHistogram.merged([h, h.copy()])
     assert merged.count == 200 and merged.max_ns == 2_000_000
     assert sum(n for _lo, _hi, n in merged.nonzero()) == 200
+
+
+_kvm_ok, _kvm_reason = kvm_usable()
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(not _kvm_ok, reason=f"KVM not usable: {_kvm_reason}")
+def test_x86_port_exits_served_in_the_engine_and_by_device():
+    # ports.S: the COM1 scratch register written and read, port 0x80 (nothing there)
+    # read twice, "ports ok\n" on COM1, then 0x604 powers off
+    vm = x86_vm(ram_size=32 << 20, exit_times=True)
+    try:
+        vm.write_guest(KERNEL_LOAD, build("x86_64", "ports", KERNEL_LOAD))
+        result = vm.run(KERNEL_LOAD, mode="protected", timeout=60)
+    finally:
+        vm.close()
+    assert result.reason == "poweroff", result
+    m = result.metrics
+    reasons = m["exits"]["by_reason"]
+    # the UART's and the power port's accesses are served inside the vCPU's run
+    assert (reasons["IoWrite"]["count"], reasons["IoWrite"]["in_engine"]) == (11, 11)
+    assert (reasons["IoRead"]["count"], reasons["IoRead"]["in_engine"]) == (3, 1)
+    assert m["exits"]["by_device"] == {"port:unclaimed": {
+        "count": 2, "by_reason": {"IoRead": 2},
+        "time_s": m["exits"]["by_device"]["port:unclaimed"]["time_s"]}}
+    assert m["engine"]["kvm_runs"] >= 1
