@@ -5,8 +5,8 @@ nothing of it when the output is not a terminal."""
 from __future__ import annotations
 
 import os
-import re
 import pty
+import re
 import select
 import subprocess
 import sys
