@@ -80,6 +80,44 @@ def run(argv: list[str], what: str, *, cwd: Path | None = None,
     return proc.stdout
 
 
+def _new_bytes(directory: Path, before: set[Path]) -> int:
+    """Bytes in the files under ``directory`` that were not in ``before``."""
+    total = 0
+    for path in directory.rglob("*"):
+        if path in before:
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+@contextlib.contextmanager
+def watch_growth(directory: Path, report: Callable[[int], None], *,
+                 interval: float = 0.1) -> Iterator[None]:
+    """While the block runs (a download into ``directory``), call ``report`` with the
+    bytes of the files that appeared under ``directory`` since it began, from a
+    watcher thread every ``interval`` s and once more at the end (on the calling
+    thread). ``report`` must be thread-safe and must not raise."""
+    import threading
+
+    before = set(directory.rglob("*"))
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            report(_new_bytes(directory, before))
+
+    watcher = threading.Thread(target=watch, name="download-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+    report(_new_bytes(directory, before))
+
+
 def parse_control(text: str) -> dict[str, str]:
     """The first stanza of deb822 control text (``apt-cache show``, ``dpkg-deb -f``)."""
     fields: dict[str, str] = {}

@@ -58,6 +58,7 @@ made with :func:`make_root_tree` (a busybox tree whose ``/sbin/init`` reports an
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import fnmatch
 import gzip
@@ -79,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from pyaxvisor.errors import ImageFetchError
-from pyaxvisor.image_apt import PrivateApt, parse_control, private_apt
+from pyaxvisor.image_apt import PrivateApt, parse_control, private_apt, watch_growth
 from pyaxvisor.image_apt import run as _run
 from pyaxvisor.image_apt import tail as _tail
 from pyaxvisor.image_kmod import (
@@ -617,9 +618,43 @@ def _package_fields(apt_name: str, log: Log) -> dict[str, str]:
     return fields
 
 
+#: Makes a progress display for one download: ``(package, expected bytes or None)`` →
+#: a context manager giving ``report(bytes so far)`` (called from a watcher thread).
+DownloadProgress = Callable[[str, "int | None"],
+                            contextlib.AbstractContextManager[Callable[[int], None]]]
+_progress: contextvars.ContextVar[DownloadProgress | None] = contextvars.ContextVar(
+    "pyaxvisor_download_progress", default=None)
+
+
+@contextlib.contextmanager
+def download_progress(factory: DownloadProgress) -> Iterator[None]:
+    """Within the block, each package download of this thread shows its progress
+    through ``factory`` (the command line's progress bars; nothing by default)."""
+    token = _progress.set(factory)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
 def _download(apt_name: str, dest: Path, log: Log) -> Path:
-    """``apt-get download`` one package into ``dest`` and return the ``.deb``."""
+    """``apt-get download`` one package into ``dest`` and return the ``.deb``, showing
+    its progress when :func:`download_progress` asks for it (the expected size is the
+    package's ``Size`` field, when apt knows it)."""
     log(f"images: downloading {apt_name}")
+    progress = _progress.get()
+    if progress is None:
+        return _download_into(apt_name, dest, log)
+    try:
+        size = _package_fields(apt_name, log).get("Size", "")
+    except ImageFetchError:
+        size = ""  # the download reports what apt cannot find
+    total = int(size) if size.isdigit() else None
+    with progress(apt_name, total) as report, watch_growth(dest, report):
+        return _download_into(apt_name, dest, log)
+
+
+def _download_into(apt_name: str, dest: Path, log: Log) -> Path:
     before = set(dest.glob("*.deb"))
     private = _private_apt_of(apt_name)
     if private is not None:

@@ -1,4 +1,5 @@
-"""The ``pyaxvisor`` command line: ``run`` (:mod:`.run`), ``config`` (:mod:`.config_cmd`),
+"""The ``pyaxvisor`` command line: ``run`` (:mod:`.run`), ``profile`` (:mod:`.profile`),
+``config`` (:mod:`.config_cmd`),
 ``images`` and ``info`` (here).
 
 The commands import what they run when they run: one board, the image fetcher or
@@ -7,6 +8,7 @@ the page-table self-check each cost start-up time the others do not need.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -119,7 +121,8 @@ def images_list() -> None:
 @click.argument("names", nargs=-1)
 @click.option("--refresh", is_flag=True, help="Download again even if cached.")
 def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
-    """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64).
+    """Fetch NAMES (default: the AArch64 set: u-boot-arm64 linux-arm64 initramfs-arm64),
+    with a progress bar per package download when the output is a terminal.
 
     x86_64: linux-amd64 (Debian's linux-image-amd64 bzImage) and initramfs-amd64.
     Names go by Debian's architectures (arm64, amd64, riscv64); pyaxvisor's spellings
@@ -129,20 +132,25 @@ def images_fetch(names: tuple[str, ...], refresh: bool) -> None:
     else the host's Debian mirror).
     """
     from pyaxvisor import images
+    from pyaxvisor.cli.progress import download_bars
 
     wanted = names or ("u-boot-arm64", "linux-arm64", "initramfs-arm64")
+    bars = download_bars()
     try:
-        for name in wanted:
-            click.echo(f"{name}: {images.fetch(name, refresh=refresh, log=click.echo)}")
+        with images.download_progress(bars) if bars else contextlib.nullcontext():
+            for name in wanted:
+                click.echo(f"{name}: {images.fetch(name, refresh=refresh, log=click.echo)}")
     except AxError as exc:
         click.echo(f"pyaxvisor: {exc}", err=True)
         sys.exit(1)
 
 
 from pyaxvisor.cli.config_cmd import config_group  # noqa: E402  (the commands register)
+from pyaxvisor.cli.profile import profile  # noqa: E402
 from pyaxvisor.cli.run import run  # noqa: E402
 
 main.add_command(run)
+main.add_command(profile)
 main.add_command(config_group)
 
 if __name__ == "__main__":

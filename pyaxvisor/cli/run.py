@@ -31,6 +31,7 @@ from pyaxvisor import __version__
 from pyaxvisor.boards import arches, arches_of_machine, board_class
 from pyaxvisor.cli.drives import VIRTIO_DEVICES, DriveSpec, parse_drive, virtio_devices
 from pyaxvisor.cli.netdev import NetdevSpec, parse_netdev
+from pyaxvisor.cli.observe import Observation
 from pyaxvisor.cli.qemu_args import (
     MAX_TIMEOUT,
     check_machine_props,
@@ -61,7 +62,6 @@ from pyaxvisor.vm.result import STATUS
 
 if TYPE_CHECKING:
     from pyaxvisor.vm.board import Board
-    from pyaxvisor.vm.result import VmResult
     from pyaxvisor.vm.vm import Vm
 
 __all__ = ["ERROR_STATUS", "INTERRUPTED_STATUS", "FixedArch", "infer_arch", "run"]
@@ -72,6 +72,8 @@ DEFAULT_ARCH = "aarch64"
 ERROR_STATUS = STATUS["error"]
 #: The exit status after SIGINT (the shell's 128 + 2).
 INTERRUPTED_STATUS = 130
+#: The click context's ``meta`` key under which ``pyaxvisor profile`` passes its PNG.
+PROFILE_PNG = "pyaxvisor.profile_png"
 
 
 @dataclass(frozen=True)
@@ -114,21 +116,6 @@ def _guess_from_image(kernel: Path | None) -> str | None:
     except OSError:
         return None  # the loader reports the unreadable file
     return guess_arch(head)
-
-
-def _print_stats(result: VmResult) -> None:
-    total = sum(result.exits.values())
-    click.echo(f"{'exit reason':<20}{'count':>10}{'handling time':>16}", err=True)
-    for name, count in result.exits.most_common():
-        click.echo(f"{name:<20}{count:>10}{result.exit_time[name] * 1e3:>13.1f} ms", err=True)
-    click.echo(f"{'total':<20}{total:>10}", err=True)
-    reads, writes = result.in_cpu_accesses
-    if reads or writes:
-        click.echo(f"device accesses served in-CPU (no exit): {reads} reads, {writes} writes",
-                   err=True)
-    if result.guest_exceptions:
-        click.echo(f"guest exceptions taken at its own vectors (no exit): "
-                   f"{result.guest_exceptions}", err=True)
 
 
 def _from_file(config: VmConfig, path: Path, kernel: Path | None, initrd: Path | None,
@@ -321,7 +308,18 @@ def _interrupted() -> NoReturn:
 @click.option("--timeout", default=None,
               help=f"Stop the guest after SECONDS (a positive number, at most {MAX_TIMEOUT}: "
                    "30 days); status 124.")
-@click.option("--stats", is_flag=True, help="Print exits by reason at the end.")
+@click.option("--stats", is_flag=True,
+              help="Print exits by reason (count, p50/p99/max latency, time), by device and "
+                   "by vCPU at the end.")
+@click.option("--stats-json", "stats_json", type=click.Path(path_type=Path), default=None,
+              help="Write the exit metrics as JSON to PATH at the end (by reason, device and "
+                   "vCPU, latency histograms, guest/VMM time, engine counters).")
+@click.option("--trace", "trace", default=None, metavar="KINDS",
+              help="Log each exit of these kinds (exit reasons such as MmioWrite,Halt, any "
+                   "case; or mmio, pio, sysreg, all): vCPU, PC, reason, device, value, one "
+                   "line each, to --trace-file.")
+@click.option("--trace-file", "trace_file", type=click.Path(path_type=Path), default=None,
+              help="Where --trace writes (default ./pyaxvisor-trace.txt).")
 @click.option("--trap-mmio", is_flag=True,
               help="aarch64, riscv64: route every device access through MMIO exits instead of "
                    "serving the UART and interrupt controller inside the CPU (slower; for "
@@ -337,7 +335,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
         nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
-        timeout: str | None, stats: bool, trap_mmio: bool) -> None:
+        timeout: str | None, stats: bool, stats_json: Path | None, trace: str | None,
+        trace_file: Path | None, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
     CONFIG_FILE is an AxVisor VM config (TOML); the options given with it override
@@ -370,6 +369,9 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         if len(set(chardev_ids)) != len(chardev_ids):
             raise InvalidInput(f"-chardev: an id is used twice ({', '.join(chardev_ids)})")
         netdev_specs = tuple(parse_netdev(n) for n in netdevs)
+        observe = Observation.from_options(stats=stats, stats_json=stats_json, trace=trace,
+                                           trace_file=trace_file,
+                                           profile_png=ctx.meta.get(PROFILE_PNG))
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -424,12 +426,12 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
             config = config.with_(devices=config.devices + added,
                                   virtio=config.virtio + virtio)
         config = config.with_(timeout=seconds if seconds is not None else config.timeout,
-                              stats=stats, in_cpu_devices=not trap_mmio,
+                              stats=observe.metrics, in_cpu_devices=not trap_mmio,
                               name=vm_name if vm_name is not None else config.name)
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
-    _boot(config, stats)
+    _boot(config, observe)
 
 
 def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) -> None:
@@ -446,7 +448,7 @@ def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) 
     check_guest_memory(config.ram_size)
 
 
-def _boot(config: VmConfig, stats: bool) -> NoReturn:
+def _boot(config: VmConfig, observe: Observation) -> NoReturn:
     """Run ``config`` with the console on this terminal; exit with its status."""
     from pyaxvisor.boards.quick import boot
     from pyaxvisor.cli.console import Console
@@ -454,21 +456,27 @@ def _boot(config: VmConfig, stats: bool) -> NoReturn:
     console = Console()
 
     def attach(vm: Vm) -> None:
+        observe.attach(vm)
         console.start_input(vm.board.console_input(), vm.quit)
 
     try:
-        result = boot(config, console.write, on_vm=attach)
+        write = observe.start(console.write)
+        result = boot(config, write, on_vm=attach)
     except AxError as exc:
         console.restore()
+        observe.stop()
         _fail(str(exc))
     except KeyboardInterrupt:
         console.restore()
+        observe.stop()
         _interrupted()
     except Exception as exc:  # a bug: one line and the error status all the same
         console.restore()
+        observe.stop()
         _fail(f"internal error: {type(exc).__name__}: {exc}")
     finally:
         console.restore()
+        observe.stop()
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after "
                    f"{config.timeout:g} s and was stopped", err=True)
@@ -480,8 +488,7 @@ def _boot(config: VmConfig, stats: bool) -> NoReturn:
                    "with -no-reboot: nothing reboots)", err=True)
     elif result.reason == "reset":
         click.echo("\npyaxvisor: the guest asked for a reset; exiting", err=True)
-    if stats:
-        _print_stats(result)
+    observe.finish(result)
     _exit(result.status)
 
 

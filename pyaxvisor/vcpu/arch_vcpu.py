@@ -75,12 +75,14 @@ class Served(NamedTuple):
     returning them (counted, and timed in ``exit_time`` when asked), ``accesses``
     device reads and writes that needed no exit at all, ``guest_exceptions`` the
     exceptions a software CPU's guest took at its own vectors (SVC, its page faults...:
-    no exit; a hardware CPU's are not seen)."""
+    no exit; a hardware CPU's are not seen), ``engine`` whatever else the engine
+    counts, by the engine's names (numbers; reported as they are by ``--stats-json``)."""
 
     exits: Mapping[str, int] = MappingProxyType({})
     exit_time: Mapping[str, float] = MappingProxyType({})
     accesses: tuple[int, int] = (0, 0)
     guest_exceptions: int = 0
+    engine: Mapping[str, float] = MappingProxyType({})
 
 
 class ArchVCpu(abc.ABC):
@@ -163,6 +165,12 @@ class ArchVCpu(abc.ABC):
     def served_counts(self) -> Served:
         """What :meth:`serve_in_cpu` windows saw so far."""
         return Served()
+
+    def exit_pc(self) -> int | None:
+        """The guest's PC at the last exit ``run()`` returned (the instruction that
+        exited, where the engine knows it), for exit traces; ``None`` when the vCPU
+        cannot tell. The bound thread, between runs."""
+        return None
 
     def interrupt_pending(self) -> bool:
         """Whether an interrupt waits for this vCPU (a Halt then does not block)."""

@@ -1,8 +1,10 @@
 """How a :class:`~pyaxvisor.vm.vm.Vm` serves the exits of its vCPUs (the run loop).
 
 Each vCPU thread runs :meth:`ExitDispatch._loop`: ``run()`` the vCPU, look the
-exit's type up in a table, call its handler, count it (and time it when the
-configuration asks for statistics), until the VM is done. Handlers raise the
+exit's type up in a table, call its handler, count it, until the VM is done. When
+the configuration asks for statistics (``Vm.metrics``) or exits are traced
+(``Vm.exit_trace``) the loop also times each exit and hands it to those
+(:meth:`ExitDispatch._dispatch_observed`); otherwise it does no timing. Handlers raise the
 error that ends the VM when an exit cannot be served; the vCPU thread turns it
 into the VM's result. See :mod:`pyaxvisor.vm.vm` for what each exit does.
 
@@ -41,6 +43,7 @@ from pyaxvisor.vcpu import (
     VCpu,
     VCpuState,
 )
+from pyaxvisor.vm.metrics import device_of
 from pyaxvisor.vm.power import CpuPower
 from pyaxvisor.vm.result import VmResult
 
@@ -49,11 +52,16 @@ if TYPE_CHECKING:
     from pyaxvisor.vm.board import Board, BootState
     from pyaxvisor.vm.config import VmConfig
     from pyaxvisor.vm.devices import VmDevices
+    from pyaxvisor.vm.exit_trace import ExitTrace
+    from pyaxvisor.vm.metrics import VcpuMetrics, VmMetrics
     from pyaxvisor.vm.power import CpuStart
 
 __all__ = ["ExitDispatch", "UnknownHypercall"]
 
-Handler = Callable[[int, VCpu[Any], Any], None]
+#: A handler serves one exit; a read's returns the value the guest got.
+Handler = Callable[[int, VCpu[Any], Any], "int | None"]
+#: Exits whose handler waits for the guest's next event rather than works.
+_WAITS = frozenset({Halt, CpuDown})
 
 
 class UnknownHypercall(Unsupported):
@@ -70,6 +78,8 @@ class ExitDispatch:
     exit_time: dict[str, float]
     in_cpu_accesses: list[int]
     guest_exceptions: int
+    metrics: VmMetrics | None
+    exit_trace: ExitTrace | None
     _lock: threading.RLock
     _done: threading.Event
     _power: dict[int, CpuPower]
@@ -89,9 +99,16 @@ class ExitDispatch:
         }
 
     def _loop(self, cpu: int, vcpu: VCpu[Any]) -> None:
+        mine = (self.metrics.vcpu(cpu, vcpu.arch.served_counts)
+                if self.metrics is not None else None)
         try:
-            self._dispatch(cpu, vcpu)
+            if mine is None and self.exit_trace is None:
+                self._dispatch(cpu, vcpu)
+            else:
+                self._dispatch_observed(cpu, vcpu, mine, self.exit_trace)
         finally:
+            if mine is not None:
+                mine.finish()
             served = vcpu.arch.served_counts()
             with self._lock:
                 for name, count in served.exits.items():
@@ -103,25 +120,46 @@ class ExitDispatch:
                 self.guest_exceptions += served.guest_exceptions
 
     def _dispatch(self, cpu: int, vcpu: VCpu[Any]) -> None:
-        """Hand each exit ``run`` returns to its handler, counting them (and timing
-        them when the configuration asks for statistics)."""
+        """Hand each exit ``run`` returns to its handler, counting them."""
+        done = self._done
+        exits = self.exits
+        handlers = self._exit_table()
+        other = self._other
+        while not done.is_set():
+            e = vcpu.run()
+            cls = type(e)
+            handlers.get(cls, other)(cpu, vcpu, e)
+            exits[cls.__name__] += 1
+
+    def _dispatch_observed(self, cpu: int, vcpu: VCpu[Any], mine: VcpuMetrics | None,
+                           trace: ExitTrace | None) -> None:
+        """:meth:`_dispatch`, timing each exit for the metrics ``mine`` and handing the
+        kinds ``trace`` asks for to it (with the PC, the device, the value)."""
         done = self._done
         exits = self.exits
         exit_time = self.exit_time
         handlers = self._exit_table()
         other = self._other
-        perf = time.perf_counter if self.config.stats else None
-        t0 = 0.0
+        perf = time.perf_counter
+        mmio, ports = self.devices.mmio, self.devices.ports
+        traced = trace.kinds if trace is not None else frozenset()
+        arch = vcpu.arch
         while not done.is_set():
+            entered = perf()
             e = vcpu.run()
-            if perf is not None:
-                t0 = perf()
+            left = perf()
             cls = type(e)
-            handlers.get(cls, other)(cpu, vcpu, e)
+            pc = arch.exit_pc() if cls in traced else None
+            value = handlers.get(cls, other)(cpu, vcpu, e)
+            handled = perf()
             name = cls.__name__
             exits[name] += 1
-            if perf is not None:
-                exit_time[name] += perf() - t0
+            exit_time[name] += handled - left
+            device = device_of(mmio, ports, e)
+            if mine is not None:
+                mine.exit(name, device, entered, left, handled, cls in _WAITS)
+            if cls in traced:
+                trace.record(cpu, pc, e, device, value)  # type: ignore[union-attr]
 
     def _handle(self, cpu: int, vcpu: VCpu[Any], e: ExitReason) -> None:
         """Serve one exit as the run loop would."""
@@ -131,15 +169,18 @@ class ExitDispatch:
     def _io_write(self, cpu: int, vcpu: VCpu[Any], e: IoWrite) -> None:
         self.devices.ports.write(e.port, e.width, e.data, cpu)
 
-    def _io_read(self, cpu: int, vcpu: VCpu[Any], e: IoRead) -> None:
-        vcpu.complete_read(self.devices.ports.read(e.port, e.width, cpu))
+    def _io_read(self, cpu: int, vcpu: VCpu[Any], e: IoRead) -> int:
+        value = self.devices.ports.read(e.port, e.width, cpu)
+        vcpu.complete_read(value)
+        return value
 
-    def _mmio_read(self, cpu: int, vcpu: VCpu[Any], e: MmioRead) -> None:
+    def _mmio_read(self, cpu: int, vcpu: VCpu[Any], e: MmioRead) -> int:
         try:
             value = self.devices.mmio.read(int(e.addr), e.width, cpu)
         except UnhandledMmio as miss:
             value = self.board.on_unclaimed_mmio(self, cpu, vcpu, e, miss)
         vcpu.complete_read(value)
+        return value
 
     def _mmio_write(self, cpu: int, vcpu: VCpu[Any], e: MmioWrite) -> None:
         try:
@@ -147,12 +188,13 @@ class ExitDispatch:
         except UnhandledMmio as miss:
             self.board.on_unclaimed_mmio(self, cpu, vcpu, e, miss)
 
-    def _sysreg_read(self, cpu: int, vcpu: VCpu[Any], e: SysRegRead) -> None:
+    def _sysreg_read(self, cpu: int, vcpu: VCpu[Any], e: SysRegRead) -> int | None:
         value = self.devices.read_sysreg(e.addr, cpu)
         if value is None:
             self._other(cpu, vcpu, e)
         else:
             vcpu.complete_read(value)
+        return value
 
     def _sysreg_write(self, cpu: int, vcpu: VCpu[Any], e: SysRegWrite) -> None:
         if not self.devices.write_sysreg(e.addr, e.value, cpu):

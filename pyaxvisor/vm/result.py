@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyaxvisor.errors import AxError
 
@@ -34,6 +35,9 @@ class VmResult:
     exits: Counter[str] = field(default_factory=Counter)
     exit_time: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     detail: str = ""
+    #: The exit metrics' snapshot at the end (``VmMetrics.snapshot``) when the
+    #: configuration asked for statistics, else None.
+    metrics: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:

@@ -5,7 +5,10 @@ A :class:`Vm` is built from a :class:`~pyaxvisor.vm.config.VmConfig` and the
 (``HostHal``), the guest address space (``AddrSpace`` with the architecture's
 nested page table, the configured RAM mapped), the devices
 (:class:`~pyaxvisor.vm.devices.VmDevices`), a timer thread for boards that need
-one, the vCPUs and their host threads, and the exit statistics. The board builds
+one, the vCPUs and their host threads, and the exit statistics (``metrics``, a
+:class:`~pyaxvisor.vm.metrics.VmMetrics` when the configuration asks for them; an
+:class:`~pyaxvisor.vm.exit_trace.ExitTrace` set as ``exit_trace`` before :meth:`run`
+traces exits). The board builds
 the machine on top (:meth:`Board.create`) and loads the guest (:meth:`Vm.load`).
 
 Threads: one host thread per vCPU, each with its own per-CPU virtualization
@@ -55,7 +58,9 @@ from pyaxvisor.vcpu import (
 from pyaxvisor.vm.board import Board, BootState
 from pyaxvisor.vm.config import VmConfig
 from pyaxvisor.vm.devices import VmDevices
+from pyaxvisor.vm.exit_trace import ExitTrace
 from pyaxvisor.vm.exits import ExitDispatch, UnknownHypercall
+from pyaxvisor.vm.metrics import VmMetrics
 from pyaxvisor.vm.power import CpuPower, CpuStart
 from pyaxvisor.vm.result import VmResult
 
@@ -77,6 +82,10 @@ class Vm(ExitDispatch):
         self.exit_time: dict[str, float] = defaultdict(float)
         self.in_cpu_accesses = [0, 0]
         self.guest_exceptions = 0
+        #: Exit metrics (``config.stats``); ``snapshot()`` from any thread.
+        self.metrics: VmMetrics | None = VmMetrics() if config.stats else None
+        #: Exits to trace (set before run; started and closed by its owner).
+        self.exit_trace: ExitTrace | None = None
         self.boot: BootState | None = None
         self.hal: HostHal | None = None
         self.space: AddrSpace | None = None
@@ -219,6 +228,8 @@ class Vm(ExitDispatch):
             self.load()
         assert self.boot is not None
         timeout = self.config.timeout if timeout is None else timeout
+        if self.metrics is not None:
+            self.metrics.start()
         self.board.start(self)
         with self._lock:
             if self.board.starts_all_cpus:
@@ -240,6 +251,9 @@ class Vm(ExitDispatch):
         result.exit_time = self.exit_time
         result.in_cpu_accesses = (self.in_cpu_accesses[0], self.in_cpu_accesses[1])
         result.guest_exceptions = self.guest_exceptions
+        if self.metrics is not None:
+            self.metrics.stop()
+            result.metrics = self.metrics.snapshot()
         return result
 
     def describe(self, states: dict[int, str] | None = None) -> str:

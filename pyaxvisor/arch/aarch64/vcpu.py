@@ -250,6 +250,7 @@ class Aarch64VCpu(SoftVCpu):
         #: Device windows served inside the CPU, attached at bind.
         self.in_cpu = InCpuMmio(self._stop_cpu)
         self._guest_exceptions = 0  # delivered here, and by engines no longer bound
+        self._exit_pc: int | None = None  # the last trap's PC (exit_pc)
         self._delivered_base = 0    # the bound engine's in-CPU count at bind
         #: The VM's "no RAM and no device at this IPA" (set before the first run).
         self.unclaimed: Callable[[int], bool] | None = None
@@ -374,6 +375,7 @@ class Aarch64VCpu(SoftVCpu):
             if error is not None:
                 self._sync_from_engine(engine, trap.pc)
                 raise error
+            self._exit_pc = trap.pc
             if trap.kind is TrapKind.PREEMPTED:
                 self._sync_from_engine(engine, trap.pc)
                 irq = self.config.hal.irq_fetch() if self.config.hal is not None else None
@@ -449,8 +451,14 @@ class Aarch64VCpu(SoftVCpu):
                            lambda: engine.current_vcpu_id)
 
     def served_counts(self) -> Served:
+        engine = self._engine
         return Served(exits=dict(self._served), accesses=self.in_cpu.accesses,
-                      guest_exceptions=self.guest_exceptions)
+                      guest_exceptions=self.guest_exceptions,
+                      engine=engine.stats if engine is not None else {})
+
+    def exit_pc(self) -> int | None:
+        """The instruction that trapped to EL2 (or where a stop left the CPU)."""
+        return self._exit_pc
 
     def interrupt_pending(self) -> bool:
         return self._irq_level

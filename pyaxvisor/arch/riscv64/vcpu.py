@@ -145,6 +145,7 @@ class RISCVVCpu(SoftVCpu):
         self._kicked = False
         self._flush = False
         self._memory_dirty = False
+        self._exit_pc: int | None = None  # the last trap's PC (exit_pc)
         self.pending_vectors: list[int] = []
         self.in_cpu = InCpuMmio(self._stop_cpu)
         #: The VM's "no device at this guest-physical address" (set before the first
@@ -238,6 +239,7 @@ class RISCVVCpu(SoftVCpu):
                     trap = engine.run()
                 finally:
                     lock.release(self)
+            self._exit_pc = trap.pc
             error = self.in_cpu.take_error()
             if error is not None:
                 raise error
@@ -322,7 +324,12 @@ class RISCVVCpu(SoftVCpu):
         engine = self._engine
         delivered = engine.stats["delivered"] if engine is not None else 0
         return Served(exits=exits, exit_time=times, accesses=self.in_cpu.accesses,
-                      guest_exceptions=delivered)
+                      guest_exceptions=delivered,
+                      engine=engine.stats if engine is not None else {})
+
+    def exit_pc(self) -> int | None:
+        """The instruction that trapped (or where a stop left the CPU)."""
+        return self._exit_pc
 
     def interrupt_pending(self) -> bool:
         """Whether an enabled supervisor interrupt is pending (what ``wfi`` waits for):

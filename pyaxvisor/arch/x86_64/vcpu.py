@@ -490,7 +490,16 @@ class X86VCpu(ArchVCpu):
         """:attr:`served` as ``IoWrite``/``IoRead`` exits."""
         writes, reads, write_s, read_s = self.served
         return Served(exits={"IoWrite": writes, "IoRead": reads},
-                      exit_time={"IoWrite": write_s, "IoRead": read_s})
+                      exit_time={"IoWrite": write_s, "IoRead": read_s},
+                      engine={"kvm_runs": self.kvm_runs})
+
+    def exit_pc(self) -> int | None:
+        """RIP as KVM reports it after the exit (an offset from CS's base in real
+        mode); one KVM_GET_REGS."""
+        try:
+            return self.kvm.regs.rip
+        except AxError:
+            return None
 
     # -- threads -------------------------------------------------------------------------
     def bind(self) -> None:
