@@ -41,3 +41,10 @@ def test_stop_request_before_run_returns_at_once():
     engine.request_stop()
     trap = engine.run(0x1000)
     assert trap.kind is eng.TrapKind.PREEMPTED and trap.pc == 0x1000
+
+
+def test_the_cpu_translates_with_4k_pages():
+    """The TLB and code tracking work on the 4 KiB pages an ARMv8 CPU has (QEMU's
+    choice), not Unicorn's ARMv5 default of 1 KiB (four TLB fills per page)."""
+    engine = Aarch64Tcg()
+    assert engine._uc.ctl_get_page_size() == eng.TARGET_PAGE_SIZE == 4096
