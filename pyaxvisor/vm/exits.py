@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pyaxvisor.vm.board import Board, BootState
     from pyaxvisor.vm.config import VmConfig
     from pyaxvisor.vm.devices import VmDevices
+    from pyaxvisor.vm.pause import PauseGate
     from pyaxvisor.vm.power import CpuStart
 
 __all__ = ["ExitDispatch", "UnknownHypercall"]
@@ -74,8 +75,9 @@ class ExitDispatch:
     _done: threading.Event
     _power: dict[int, CpuPower]
     _restart: dict[int, BootState]
+    pause_gate: PauseGate
 
-    def finish(self, result: VmResult) -> None: ...
+    def finish(self, result: VmResult, cause: str | None = None) -> None: ...
     def start_cpu(self, hw_id: int, entry: int, arg: int) -> CpuStart: ...
 
     def _exit_table(self) -> dict[type, Handler]:
@@ -111,8 +113,12 @@ class ExitDispatch:
         handlers = self._exit_table()
         other = self._other
         perf = time.perf_counter if self.config.stats else None
+        gate = self.pause_gate
         t0 = 0.0
         while not done.is_set():
+            if gate.requested:
+                gate.park(cpu)
+                continue
             e = vcpu.run()
             if perf is not None:
                 t0 = perf()
