@@ -49,6 +49,7 @@ from pyaxvisor.cli.qemu_args import (
     parse_timeout,
 )
 from pyaxvisor.cli.virtconsole import parse_chardev
+from pyaxvisor.control.address import QmpAddress, parse_qmp_address
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.vm.config import (
     DeviceSpec,
@@ -307,6 +308,10 @@ def _interrupted() -> NoReturn:
 @click.option("--vnc", "-vnc", default=None, help="Only 'none' (there is no display).")
 @click.option("--monitor", "-monitor", default=None,
               help="Only 'none' (there is no monitor; Ctrl-A X quits).")
+@click.option("--qmp", "-qmp", "qmps", multiple=True,
+              help="unix:PATH,server,nowait or tcp:127.0.0.1:PORT,server,nowait: a QMP "
+                   "control socket (loopback only; repeatable). See README 'Controlling a "
+                   "VM'.")
 @click.option("--nodefaults", "-nodefaults", is_flag=True,
               help="Accepted: the boards add no default devices (no VGA, network, parallel "
                    "port or monitor); the serial console stays.")
@@ -336,7 +341,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         netdevs: tuple[str, ...], globals_: tuple[str, ...],
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
-        nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
+        qmps: tuple[str, ...], nodefaults: bool, enable_kvm: bool, no_reboot: bool,
+        no_shutdown: bool, serial: str,
         timeout: str | None, stats: bool, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
@@ -370,6 +376,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         if len(set(chardev_ids)) != len(chardev_ids):
             raise InvalidInput(f"-chardev: an id is used twice ({', '.join(chardev_ids)})")
         netdev_specs = tuple(parse_netdev(n) for n in netdevs)
+        qmp_addresses = tuple(parse_qmp_address(q) for q in qmps)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -429,7 +436,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
-    _boot(config, stats)
+    _boot(config, stats, qmp_addresses)
 
 
 def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) -> None:
@@ -446,14 +453,20 @@ def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) 
     check_guest_memory(config.ram_size)
 
 
-def _boot(config: VmConfig, stats: bool) -> NoReturn:
-    """Run ``config`` with the console on this terminal; exit with its status."""
+def _boot(config: VmConfig, stats: bool, qmp: tuple[QmpAddress, ...] = ()) -> NoReturn:
+    """Run ``config`` with the console on this terminal (and a QMP server on the
+    ``qmp`` addresses); exit with its status."""
     from pyaxvisor.boards.quick import boot
     from pyaxvisor.cli.console import Console
+    from pyaxvisor.control.qmp import QmpServer
 
     console = Console()
+    servers: list[QmpServer] = []
 
     def attach(vm: Vm) -> None:
+        if qmp:
+            servers.append(QmpServer(vm, qmp))
+            servers[0].start()
         console.start_input(vm.board.console_input(), vm.quit)
 
     try:
@@ -469,6 +482,8 @@ def _boot(config: VmConfig, stats: bool) -> NoReturn:
         _fail(f"internal error: {type(exc).__name__}: {exc}")
     finally:
         console.restore()
+        for server in servers:
+            server.close()
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after "
                    f"{config.timeout:g} s and was stopped", err=True)

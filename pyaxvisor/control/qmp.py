@@ -1,6 +1,7 @@
 """A QMP server for one VM: the QEMU Machine Protocol (QEMU's ``docs/interop/qmp-spec``).
 
-Wire format: JSON objects, one message per line, ``\\r\\n`` after each message sent.
+Wire format: JSON objects, as a stream (:mod:`.framing`: no line framing is needed,
+as with QEMU); ``\r\n`` follows each message sent.
 On connecting a client gets the greeting ``{"QMP": {"version": {"qemu": {...},
 "package": ...}, "capabilities": []}}`` (no out-of-band support). Until it sends
 ``qmp_capabilities`` every other command answers ``CommandNotFound``; then commands
@@ -11,10 +12,10 @@ optional) are answered ``{"return": ..., "id": ...}`` or ``{"error": {"class": .
 ``{"event": NAME, "data": {...}, "timestamp": {"seconds": S, "microseconds": US}}``.
 The commands are :class:`~pyaxvisor.control.commands.QmpCommands`.
 
-Bad input never ends the server: a line that is not JSON, not an object, has members
+Bad input never ends the server: a text that is not JSON, not an object, has members
 QMP does not define or a member of the wrong type gets a ``GenericError`` (without an
-``id`` when none could be read); a line longer than :data:`MAX_LINE` bytes gets one
-error and is skipped to its end. A client whose unread output passes
+``id`` when none could be read); a message longer than :data:`MAX_MESSAGE` bytes gets
+one error and is skipped to its end. A client whose unread output passes
 :data:`MAX_PENDING_OUTPUT` bytes (it stopped reading events) is disconnected, and at
 most :data:`MAX_CLIENTS` are served at once (more are closed on arrival).
 
@@ -41,15 +42,16 @@ from typing import TYPE_CHECKING, Any
 from pyaxvisor import __version__
 from pyaxvisor.control.address import QmpAddress
 from pyaxvisor.control.commands import QEMU_VERSION, QmpCommands, QmpError
+from pyaxvisor.control.framing import JsonSplitter, TooLong, Unbalanced
 from pyaxvisor.errors import InvalidInput
 
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
 
-__all__ = ["MAX_CLIENTS", "MAX_LINE", "MAX_PENDING_OUTPUT", "QmpServer"]
+__all__ = ["MAX_CLIENTS", "MAX_MESSAGE", "MAX_PENDING_OUTPUT", "QmpServer"]
 
-#: The longest input line (one command) read, in bytes.
-MAX_LINE = 64 * 1024
+#: The longest input message (one command) read, in bytes.
+MAX_MESSAGE = 64 * 1024
 #: Clients served at once.
 MAX_CLIENTS = 16
 #: Output queued for a client that does not read before it is disconnected.
@@ -64,14 +66,14 @@ def _encode(message: dict[str, Any]) -> bytes:
 
 
 class _Client:
-    """One connection: bytes read but not yet a whole line, bytes not yet sent."""
+    """One connection: its JSON splitter, bytes not yet sent."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.negotiated = False
-        self.skipping = False  # inside a line longer than MAX_LINE
+        self.splitter = JsonSplitter(MAX_MESSAGE)
         self.closed = False
 
 
@@ -235,28 +237,16 @@ class QmpServer:
         if not data:
             self._drop(sel, client)
             return
-        client.inbuf += data
-        while not client.closed:
-            end = client.inbuf.find(b"\n")
-            if end < 0:
-                if len(client.inbuf) > MAX_LINE:
-                    if not client.skipping:
-                        self._reply(client, None, error=QmpError(
-                            "GenericError", f"QMP input line is longer than {MAX_LINE} "
-                            "bytes; skipped to its end"))
-                    client.skipping = True
-                    client.inbuf.clear()
-                break
-            line = bytes(client.inbuf[:end])
-            del client.inbuf[:end + 1]
-            if client.skipping:
-                client.skipping = False
-                continue
-            if len(line) > MAX_LINE:
+        for item in client.splitter.feed(data):
+            if isinstance(item, TooLong):
                 self._reply(client, None, error=QmpError(
-                    "GenericError", f"QMP input line is longer than {MAX_LINE} bytes"))
-                continue
-            self._line(client, line)
+                    "GenericError", f"QMP input is longer than {MAX_MESSAGE} bytes; it was "
+                    "skipped to its end"))
+            elif isinstance(item, Unbalanced):
+                self._reply(client, None, error=QmpError(
+                    "GenericError", f"JSON parse error, unexpected '{item.char}'"))
+            else:
+                self._text(client, item)
         with self._lock:
             too_much = len(client.outbuf) > MAX_PENDING_OUTPUT
         if too_much:
@@ -293,30 +283,19 @@ class QmpServer:
             self._drop(sel, client)
 
     # -- messages ------------------------------------------------------------------------------
-    def _line(self, client: _Client, line: bytes) -> None:
+    def _text(self, client: _Client, text: bytes) -> None:
         try:
-            text = line.decode("utf-8")
+            message = json.loads(text)
         except UnicodeDecodeError as exc:
             self._reply(client, None, error=QmpError(
                 "GenericError", f"JSON parse error, invalid UTF-8 at byte {exc.start}"))
-            return
-        decoder = json.JSONDecoder()
-        pos = 0
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n":
-                pos += 1
-            if pos >= len(text):
-                return
-            try:
-                message, pos = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as exc:
-                self._reply(client, None, error=QmpError(
-                    "GenericError", f"JSON parse error, {exc.msg} at column {exc.colno}"))
-                return
-            except RecursionError:
-                self._reply(client, None, error=QmpError(
-                    "GenericError", "JSON parse error, nesting too deep"))
-                return
+        except json.JSONDecodeError as exc:
+            self._reply(client, None, error=QmpError(
+                "GenericError", f"JSON parse error, {exc.msg} at character {exc.pos + 1}"))
+        except RecursionError:
+            self._reply(client, None, error=QmpError(
+                "GenericError", "JSON parse error, nesting too deep"))
+        else:
             self._message(client, message)
 
     def _message(self, client: _Client, message: Any) -> None:
