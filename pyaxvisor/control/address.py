@@ -63,13 +63,6 @@ def parse_qmp_address(spec: str, *, harness: bool = False) -> QmpAddress:
         else:
             raise InvalidInput(f"-qmp {spec}: unknown option {option!r} (pyaxvisor takes "
                                "server and nowait, or server=on and wait=off)")
-    if not harness or server is not None:
-        if not server:
-            raise InvalidInput(f"-qmp {spec}: pyaxvisor only listens for QMP clients: add "
-                               ",server,nowait (or server=on,wait=off)")
-        if wait is None or wait:
-            raise InvalidInput(f"-qmp {spec}: pyaxvisor does not hold the guest until a "
-                               "client connects: add ,nowait (or wait=off)")
     kind, sep, rest = where.partition(":")
     if not sep:
         raise InvalidInput(f"-qmp {spec}: expected unix:PATH or tcp:HOST:PORT")
@@ -81,8 +74,8 @@ def parse_qmp_address(spec: str, *, harness: bool = False) -> QmpAddress:
                                f"{MAX_UNIX_PATH} bytes (Linux's limit)")
         if "\0" in rest:
             raise InvalidInput(f"-qmp {spec}: the socket path has a NUL character")
-        return QmpAddress("unix", path=rest)
-    if kind == "tcp":
+        address = QmpAddress("unix", path=rest)
+    elif kind == "tcp":
         host, sep, port_text = rest.rpartition(":")
         if not sep:
             raise InvalidInput(f"-qmp {spec}: tcp: needs HOST:PORT")
@@ -91,9 +84,18 @@ def parse_qmp_address(spec: str, *, harness: bool = False) -> QmpAddress:
             raise InvalidInput(f"-qmp {spec}: the port {port_text!r} is not a number "
                                "0..65535")
         _check_loopback(spec, host)
-        return QmpAddress("tcp", host=host, port=int(port_text))
-    raise InvalidInput(f"-qmp {spec}: {kind!r} sockets are not supported (unix:PATH or "
-                       "tcp:HOST:PORT)")
+        address = QmpAddress("tcp", host=host, port=int(port_text))
+    else:
+        raise InvalidInput(f"-qmp {spec}: {kind!r} sockets are not supported (unix:PATH or "
+                           "tcp:HOST:PORT)")
+    if not harness or server is not None:
+        if not server:
+            raise InvalidInput(f"-qmp {spec}: pyaxvisor only listens for QMP clients: add "
+                               ",server,nowait (or server=on,wait=off)")
+        if wait is None or wait:
+            raise InvalidInput(f"-qmp {spec}: pyaxvisor does not hold the guest until a "
+                               "client connects: add ,nowait (or wait=off)")
+    return address
 
 
 def _check_loopback(spec: str, host: str) -> None:

@@ -1,7 +1,7 @@
 """A QMP server for one VM: the QEMU Machine Protocol (QEMU's ``docs/interop/qmp-spec``).
 
 Wire format: JSON objects, as a stream (:mod:`.framing`: no line framing is needed,
-as with QEMU); ``\r\n`` follows each message sent.
+as with QEMU); ``\\r\\n`` follows each message sent.
 On connecting a client gets the greeting ``{"QMP": {"version": {"qemu": {...},
 "package": ...}, "capabilities": []}}`` (no out-of-band support). Until it sends
 ``qmp_capabilities`` every other command answers ``CommandNotFound``; then commands

@@ -10,8 +10,9 @@ harnesses (in the manner of QEMU's ``qemu.machine.QEMUMachine``)::
 
 The arguments are ``pyaxvisor run``'s, by their long names (``arch``, ``machine``,
 ``cpu``, ``memory`` as bytes or QEMU's ``512M``, ``smp``, ``kernel``, ``initrd``,
-``append``, ``bios``, ``devices``/``virtio`` as :class:`~pyaxvisor.vm.config.DeviceSpec`/
-:class:`~pyaxvisor.vm.config.VirtioDeviceSpec`, ``timeout``, ``stats``); ``qmp`` names
+``append``, ``bios``, ``trap_mmio``, ``devices``/``virtio`` as
+:class:`~pyaxvisor.vm.config.DeviceSpec`/:class:`~pyaxvisor.vm.config.VirtioDeviceSpec`,
+``timeout``, ``stats``); ``qmp`` names
 addresses (``"unix:PATH"``, ``"tcp:127.0.0.1:PORT"``) a QMP server listens on while the
 VM runs (:attr:`Machine.qmp_addresses` has them, with the port a ``tcp`` port 0 got).
 ``config=`` takes a whole :class:`~pyaxvisor.vm.config.VmConfig` instead.
@@ -64,7 +65,7 @@ class Machine:
                  initrd: str | Path | None = None, append: str = "",
                  bios: str | Path | None = None, memory: int | str | None = None,
                  smp: int = 1, machine: str | None = None, cpu: str | None = None,
-                 timeout: float | None = None, stats: bool = False,
+                 timeout: float | None = None, stats: bool = False, trap_mmio: bool = False,
                  devices: Sequence[DeviceSpec] = (), virtio: Sequence[VirtioDeviceSpec] = (),
                  qmp: str | Sequence[str] = (), config: VmConfig | None = None) -> None:
         from pyaxvisor.boards.quick import config_for
@@ -78,7 +79,7 @@ class Machine:
             config = config_for(arch, machine=machine, cpu_model=cpu, memory=memory, smp=smp,
                                 kernel=_path(kernel), initrd=_path(initrd), append=append,
                                 bios=_path(bios), devices=devices, virtio=virtio,
-                                timeout=timeout, stats=stats)
+                                timeout=timeout, stats=stats, in_cpu_devices=not trap_mmio)
         self.config = config
         self._qmp_wanted: list[QmpAddress] = [
             parse_qmp_address(spec, harness=True)
