@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import re
 import threading
+import time
 from collections.abc import Callable
 
 from pyaxvisor.errors import AxError, BadState, InvalidInput
@@ -25,6 +26,8 @@ __all__ = ["MAX_KEPT", "ConsoleBuffer", "ConsoleTimeout"]
 MAX_KEPT = 16 << 20
 #: Characters of output a timeout error shows.
 TAIL = 2000
+#: How often a waiting :meth:`ConsoleBuffer.expect` looks at output without a newline.
+POLL = 0.02
 
 
 class ConsoleTimeout(AxError, TimeoutError):
@@ -36,26 +39,39 @@ class ConsoleBuffer:
         self._cond = threading.Condition()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
+        self._pieces: list[str] = []  # written since _text was last brought up to date
         self._pos = 0  # where the next expect() starts looking
         self._ended: str | None = None
         self._input: Callable[[bytes], None] | None = None
 
     # -- output (the VM's console_write; any thread) ------------------------------------
     def write(self, data: bytes) -> None:
+        """Append ``data`` (O(1): guests write a byte at a time). Waiters are woken at
+        a line's end; they look again every :data:`POLL` seconds for the rest (a
+        prompt has no newline), which keeps the vCPU thread from waking them per byte."""
         with self._cond:
-            text = self._text + self._decoder.decode(data)
+            piece = self._decoder.decode(data)
+            self._pieces.append(piece)
+            if "\n" in piece:
+                self._cond.notify_all()
+
+    def _joined(self) -> str:
+        """The kept output, the pieces written since the last call joined (lock held)."""
+        if self._pieces:
+            text = self._text + "".join(self._pieces)
+            self._pieces.clear()
             if len(text) > MAX_KEPT:
                 cut = len(text) - MAX_KEPT
                 text = text[cut:]
                 self._pos = max(0, self._pos - cut)
             self._text = text
-            self._cond.notify_all()
+        return self._text
 
     @property
     def text(self) -> str:
         """Everything kept of the output so far."""
         with self._cond:
-            return self._text
+            return self._joined()
 
     def end(self, why: str) -> None:
         """The VM ended (``why`` says how): waiting for more output stops."""
@@ -74,21 +90,19 @@ class ConsoleBuffer:
             raise InvalidInput(f"expect: timeout must be a positive number of seconds, not "
                                f"{timeout!r}")
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            match = regex.search(self._text, self._pos)
-            if match is not None:
-                found.append(match)
-                return True
-            return self._ended is not None
-
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(seen, timeout)
-            if found:
-                self._pos = found[0].end()
-                return found[0]
-            why = (f"the VM ended ({self._ended}) first" if self._ended is not None
+            while True:
+                ended = self._ended  # read before the text: what came before the end counts
+                match = regex.search(self._joined(), self._pos)
+                if match is not None:
+                    self._pos = match.end()
+                    return match
+                left = deadline - time.monotonic()
+                if ended is not None or left <= 0:
+                    break
+                self._cond.wait(min(left, POLL))
+            why = (f"the VM ended ({ended}) first" if ended is not None
                    else f"not within {timeout:g} s")
             tail = self._text[-TAIL:]
         raise ConsoleTimeout(f"the console never printed {regex.pattern!r}: {why}; the last "
