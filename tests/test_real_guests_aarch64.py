@@ -72,6 +72,8 @@ def test_debian_arm64_linux_boots_to_busybox_runs_a_command_and_powers_off():
     out = m.console.text
     assert "aarch64 GNU/Linux" in out
     assert "PYAXVISOR-CPUS: 1" in out
+    # the power key's GPIO: Linux's pl061 driver took the device tree node and the IDs
+    assert "pl061_gpio 9030000.pl061: PL061 GPIO chip registered" in out
     # the command ran: Linux's interrupt counts show timer PPI 27 and UART SPI 33 on the GIC
     timer = re.search(r"^\s*\d+:\s+(\d+)\s+GIC-0\s+27 Level\s+arch_timer", out, re.M)
     assert timer is not None and int(timer.group(1)) > 10
