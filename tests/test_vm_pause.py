@@ -15,7 +15,8 @@ from guest_build import build
 
 import pyaxvisor
 from pyaxvisor import boards
-from pyaxvisor.boards.quick import config_for
+from pyaxvisor.boards.quick import config_for, x86_vm
+from pyaxvisor.engine.kvm.probe import kvm_usable
 from pyaxvisor.errors import BadState
 from pyaxvisor.vcpu import Halt, VCpuState
 from pyaxvisor.vm.vm import Vm
@@ -138,7 +139,14 @@ def test_a_vcpu_that_does_not_stop_is_named_and_the_vm_stays_paused(fake_vm):
     t, out = _start(vm)
     try:
         _wait_until(lambda: vm.vcpu(0) is not None)
-        vm.vcpu(0).arch.on_run = lambda: release.wait(5)  # a run() that ignores kicks
+        inside = threading.Event()
+
+        def stuck() -> None:  # a run() that ignores kicks
+            inside.set()
+            release.wait(5)
+
+        vm.vcpu(0).arch.on_run = stuck
+        assert inside.wait(10)
         with pytest.raises(BadState, match=r"vCPU 0 did not stop within 0.3 s \(the VM "
                                            r"stays paused\)"):
             vm.pause(timeout=0.3)
@@ -174,3 +182,60 @@ def test_a_paused_guest_stops_counting_and_counts_on_after_resume(tmp_path, arch
         _wait_until(lambda: count() > frozen + 1000)
     assert m.result.reason == "quit"
     assert m.exit_status == 0
+
+
+def test_a_vcpu_thread_cannot_pause_its_own_vm(fake_vm):
+    vm = fake_vm()
+    errors = []
+
+    def on_run():
+        if not errors:
+            try:
+                vm.pause()
+            except BadState as exc:
+                errors.append(str(exc))
+
+    t, out = _start(vm)
+    try:
+        _wait_until(lambda: vm.vcpu(0) is not None)
+        vm.vcpu(0).arch.on_run = on_run
+        _wait_until(lambda: errors)
+    finally:
+        vm.quit()
+        t.join(10)
+    assert errors == ["a vCPU thread cannot pause its own VM (it would wait for itself)"]
+    assert not vm.paused and out["r"].reason == "quit"
+
+
+_kvm_ok, _kvm_reason = kvm_usable()
+
+
+@pytest.mark.kvm
+@pytest.mark.skipif(not _kvm_ok, reason=f"KVM not usable: {_kvm_reason}")
+def test_a_paused_kvm_guest_stops_counting_and_counts_on_after_resume():
+    code = (b"\x48\xff\xc0"                       # 1: inc rax
+            b"\x48\x89\x04\x25\x00\x20\x00\x00"   # mov [0x2000], rax
+            b"\xeb\xf3")                           # jmp 1b
+    vm = x86_vm(ram_size=16 << 20)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "r", vm.run(0x1000, mode="long", timeout=120)))
+    try:
+        vm.write_guest(0x1000, code)
+        t.start()
+
+        def count() -> int:
+            return struct.unpack("<Q", vm.read_guest(0x2000, 8))[0]
+
+        _wait_until(lambda: count() > 1000, timeout=60)
+        vm.pause()
+        frozen = count()
+        time.sleep(0.3)
+        assert count() == frozen
+        vm.resume()
+        _wait_until(lambda: count() > frozen + 1000, timeout=60)
+    finally:
+        vm.quit()
+        t.join(30)
+        vm.close()
+    assert out["r"].reason == "quit"

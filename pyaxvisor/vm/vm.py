@@ -200,6 +200,8 @@ class Vm(ExitDispatch):
         ``timeout`` seconds (the VM stays paused: :meth:`resume` undoes it)."""
         if self._done.is_set():
             raise BadState("the VM has ended: there is nothing to pause")
+        if threading.current_thread() in self._threads.values():
+            raise BadState("a vCPU thread cannot pause its own VM (it would wait for itself)")
         if not self.pause_gate.request():
             return
         with self._lock:
