@@ -7,8 +7,8 @@ QEMU's subset that existing tools use, with QEMU's results (its QAPI schema):
   vCPU that has a host thread (a CPU the guest never started has none yet);
 * ``stop`` / ``cont``: :meth:`Vm.pause` / :meth:`Vm.resume` (events ``STOP``/``RESUME``);
 * ``system_powerdown``: the board's power button (:meth:`Board.press_power_button`: the
-  AArch64 virt board's GPIO power key); a board without one answers a ``GenericError``
-  saying so;
+  AArch64 virt board's GPIO power key, the x86 PC's ACPI power button); a board
+  without one (RISC-V virt) answers a ``GenericError`` saying so;
 * ``system_reset``: no board reboots a guest (a guest's own reset ends the run, as
   QEMU's ``-no-reboot``), so it is a ``GenericError`` saying so and the VM runs on;
 * ``quit``: the VM ends (``SHUTDOWN`` ``host-qmp-quit``);
