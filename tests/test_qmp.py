@@ -512,3 +512,50 @@ def test_pyaxvisor_run_names_a_qmp_path_it_cannot_use(tmp_path, sock_dir):
     assert p.returncode == 4
     assert f"pyaxvisor: -qmp unix:{taken}: {taken} exists and is not a socket" in p.stderr
     assert taken.read_text() == "not a socket"
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_server_serves_on(raw_machine):
+    _m, path = raw_machine
+    greedy = Raw(path)
+    greedy.ask('{"execute": "qmp_capabilities"}')
+    greedy.sock.setblocking(False)
+    command = b'{"execute": "query-vms"}' * 64
+    sent, dropped = 0, False
+    deadline = time.monotonic() + 60
+    try:
+        while sent < 200_000 and time.monotonic() < deadline:  # ~30 MB of answers asked
+            try:
+                greedy.sock.send(command)
+                sent += 64
+            except BlockingIOError:
+                time.sleep(0.001)
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+    finally:
+        greedy.close()
+    assert dropped, f"still connected after {sent} commands"
+    other = Raw(path)  # the server is alive and answers
+    try:
+        other.ask('{"execute": "qmp_capabilities"}')
+        assert other.ask('{"execute": "query-status"}') == \
+            {"return": {"running": True, "status": "running"}}
+    finally:
+        other.close()
+
+
+def test_a_tcp_port_0_gets_a_free_port_and_serves_qemu_qmp(tmp_path):
+    with pyaxvisor.Machine(arch="aarch64", kernel=spin_image(tmp_path), timeout=60,
+                           qmp="tcp:127.0.0.1:0") as m:
+        (address,) = m.qmp_addresses
+        assert address.kind == "tcp" and address.host == "127.0.0.1" and address.port > 0
+
+        async def status():
+            client = QMPClient("tcp")
+            await client.connect(("127.0.0.1", address.port))
+            try:
+                return await client.execute("query-status")
+            finally:
+                await client.disconnect()
+
+        assert asyncio.run(status())["status"] == "running"
