@@ -239,3 +239,4 @@ def test_a_paused_kvm_guest_stops_counting_and_counts_on_after_resume():
         t.join(30)
         vm.close()
     assert out["r"].reason == "quit"
+

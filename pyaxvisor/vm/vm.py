@@ -333,6 +333,7 @@ class Vm(ExitDispatch):
 
     def _stop_all(self) -> None:
         self._done.set()
+        self.pause_gate.wake_all()
         me = threading.current_thread()
         for _ in range(50):
             with self._lock:
