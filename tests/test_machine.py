@@ -135,3 +135,17 @@ def test_a_machine_that_cannot_be_built_says_why_at_launch(tmp_path):
     with pytest.raises(BadState, match=r"the machine is not launched \(use 'with "
                                        r"Machine\(...\)' or launch\(\)\)"):
         m.pause()
+
+
+def test_a_whole_config_and_the_console_keeps_the_last_output(monkeypatch):
+    from pyaxvisor.boards.quick import config_for
+    from pyaxvisor.harness import console as console_module
+
+    monkeypatch.setattr(console_module, "MAX_KEPT", 64)
+    with pyaxvisor.Machine(config=config_for("aarch64", smp=2, timeout=30)) as m:
+        assert m.console.expect(r"PSCI (\w+)").group(1) == "CPU_ON"
+        assert m.wait(30).reason == "poweroff"
+    text = m.console.text
+    assert len(text) == 64  # older output dropped
+    assert text.endswith("powering off (PSCI SYSTEM_OFF)\r\n")
+    assert m.console.expect(r"SYSTEM_(\w+)").group(1) == "OFF"
