@@ -310,8 +310,8 @@ def _interrupted() -> NoReturn:
               help="Only 'none' (there is no monitor; Ctrl-A X quits).")
 @click.option("--qmp", "-qmp", "qmps", multiple=True,
               help="unix:PATH,server,nowait or tcp:127.0.0.1:PORT,server,nowait: a QMP "
-                   "control socket (loopback only; repeatable). See README 'Controlling a "
-                   "VM'.")
+                   "control socket (loopback only; repeatable; see the README's "
+                   "'Controlling a running VM').")
 @click.option("--nodefaults", "-nodefaults", is_flag=True,
               help="Accepted: the boards add no default devices (no VGA, network, parallel "
                    "port or monitor); the serial console stays.")
