@@ -410,6 +410,12 @@ def test_qmp_addresses_in_qemus_spellings():
         QmpAddress("tcp", host="::1", port=4444)
     assert parse_qmp_address("tcp:localhost:0", harness=True) == \
         QmpAddress("tcp", host="localhost", port=0)
+    # QEMU's default for a server: wait for a client before the guest starts
+    assert parse_qmp_address("unix:/tmp/q.sock,server") == \
+        QmpAddress("unix", path="/tmp/q.sock", wait=True)
+    assert parse_qmp_address("tcp:127.0.0.1:4444,server=on,wait=on").wait
+    with pytest.raises(InvalidInput, match="a Machine does not wait for a client"):
+        parse_qmp_address("unix:/tmp/q.sock,server,wait", harness=True)
     for spec, message in (
             ("tcp:0.0.0.0:4444,server,nowait", "the host '0.0.0.0' is not a loopback "
                                                "address"),
@@ -417,7 +423,6 @@ def test_qmp_addresses_in_qemus_spellings():
             ("tcp:example.org:4444,server,nowait", "not an IP address"),
             ("tcp:10.0.0.1:4444,server,nowait", "not a loopback address"),
             ("tcp:127.0.0.1:99999,server,nowait", "the port '99999' is not a number"),
-            ("unix:/tmp/q.sock,server", "add ,nowait"),
             ("unix:/tmp/q.sock", "pyaxvisor only listens for QMP clients"),
             ("unix:/tmp/q.sock,server,nowait,telnet", "unknown option 'telnet'"),
             ("stdio", "expected unix:PATH or tcp:HOST:PORT"),
@@ -559,3 +564,34 @@ def test_a_tcp_port_0_gets_a_free_port_and_serves_qemu_qmp(tmp_path):
                 await client.disconnect()
 
         assert asyncio.run(status())["status"] == "running"
+
+
+def test_pyaxvisor_run_with_server_wait_starts_the_guest_once_a_client_connects(sock_dir):
+    """The bundled guest prints and powers off within a second of starting; with QEMU's
+    default ``server`` (wait) it does neither until a QMP client connected."""
+    path = sock_dir / "w.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "-qmp", f"unix:{path},server",
+         "--timeout", "60"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(2)
+        assert proc.poll() is None  # held back: no client yet
+
+        client = Raw(path)  # connecting is enough
+        try:
+            assert "QMP" in client.greeting
+        finally:
+            client.close()
+        assert proc.wait(60) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    assert b"Hello from the pyaxvisor AArch64 guest on CPU 0" in proc.stdout.read()
+    assert proc.stderr.read().decode() == (
+        f"pyaxvisor: QMP: waiting for a client on unix:{path} before the guest starts\n")

@@ -309,9 +309,10 @@ def _interrupted() -> NoReturn:
 @click.option("--monitor", "-monitor", default=None,
               help="Only 'none' (there is no monitor; Ctrl-A X quits).")
 @click.option("--qmp", "-qmp", "qmps", multiple=True,
-              help="unix:PATH,server,nowait or tcp:127.0.0.1:PORT,server,nowait: a QMP "
-                   "control socket (loopback only; repeatable; see the README's "
-                   "'Controlling a running VM').")
+              help="unix:PATH,server[,nowait] or tcp:127.0.0.1:PORT,server[,nowait]: a QMP "
+                   "control socket (loopback only; repeatable; without nowait the guest "
+                   "starts once a client connected, as QEMU; see the README's 'Controlling "
+                   "a running VM').")
 @click.option("--nodefaults", "-nodefaults", is_flag=True,
               help="Accepted: the boards add no default devices (no VGA, network, parallel "
                    "port or monitor); the serial console stays.")
@@ -467,6 +468,11 @@ def _boot(config: VmConfig, stats: bool, qmp: tuple[QmpAddress, ...] = ()) -> No
         if qmp:
             servers.append(QmpServer(vm, qmp))
             servers[0].start()
+            waits = [str(a) for a in servers[0].addresses if a.wait]
+            if waits:  # QEMU's server,wait: the guest starts once a client is there
+                click.echo(f"pyaxvisor: QMP: waiting for a client on {', '.join(waits)} "
+                           "before the guest starts", err=True)
+                servers[0].wait_for_client()
         console.start_input(vm.board.console_input(), vm.quit)
 
     try:

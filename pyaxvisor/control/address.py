@@ -2,15 +2,17 @@
 options): ``unix:PATH,server,nowait`` or ``tcp:HOST:PORT,server,nowait``, with
 ``server=on``/``wait=off`` accepted for ``server``/``nowait``.
 
-pyaxvisor only listens (``server``) and never holds the guest back until a client
-connects (``nowait``); a TCP host must be a loopback address (``127.0.0.0/8``,
-``::1``, ``localhost``): the control socket has no authentication, so it is never
-offered to other machines. ``harness=True`` (the Python API) takes the bare address,
-``server`` and ``nowait`` implied.
+pyaxvisor only listens (``server``). As QEMU, it holds the guest back until a client
+connects unless ``nowait`` (``wait=off``) is given (:attr:`QmpAddress.wait`). A TCP host
+must be a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``): the control socket
+has no authentication, so it is never offered to other machines. ``harness=True`` (the
+Python API) takes the bare address, ``server`` and ``nowait`` implied, and refuses
+``wait``: a harness pauses the VM itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -29,12 +31,14 @@ _FALSE = {"off", "no", "false", "n"}
 
 @dataclass(frozen=True)
 class QmpAddress:
-    """``kind`` "unix" (``path``) or "tcp" (``host``, ``port``; port 0: any free one)."""
+    """``kind`` "unix" (``path``) or "tcp" (``host``, ``port``; port 0: any free one);
+    ``wait``: the guest starts only once a client connected."""
 
     kind: str
     path: str = ""
     host: str = ""
     port: int = 0
+    wait: bool = False
 
     def __str__(self) -> str:
         if self.kind == "unix":
@@ -88,14 +92,17 @@ def parse_qmp_address(spec: str, *, harness: bool = False) -> QmpAddress:
     else:
         raise InvalidInput(f"-qmp {spec}: {kind!r} sockets are not supported (unix:PATH or "
                            "tcp:HOST:PORT)")
-    if not harness or server is not None:
-        if not server:
-            raise InvalidInput(f"-qmp {spec}: pyaxvisor only listens for QMP clients: add "
-                               ",server,nowait (or server=on,wait=off)")
-        if wait is None or wait:
-            raise InvalidInput(f"-qmp {spec}: pyaxvisor does not hold the guest until a "
-                               "client connects: add ,nowait (or wait=off)")
-    return address
+    if harness:
+        if server is False:
+            raise InvalidInput(f"-qmp {spec}: pyaxvisor only listens for QMP clients")
+        if wait:
+            raise InvalidInput(f"-qmp {spec}: a Machine does not wait for a client (pause() "
+                               "it instead): leave wait out")
+        return address
+    if not server:
+        raise InvalidInput(f"-qmp {spec}: pyaxvisor only listens for QMP clients: add "
+                           ",server,nowait (or server=on,wait=off)")
+    return dataclasses.replace(address, wait=wait is None or wait)
 
 
 def _check_loopback(spec: str, host: str) -> None:

@@ -89,6 +89,7 @@ class QmpServer:
         self._listeners: list[socket.socket] = []
         self._paths: list[str] = []
         self._stopping = False
+        self._connected = threading.Event()  # a first client came
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -129,7 +130,7 @@ class QmpServer:
                 sock.close()
                 raise InvalidInput(f"-qmp {address}: cannot listen there: {exc.strerror}"
                                    ) from None
-            bound = QmpAddress("tcp", host=host, port=sock.getsockname()[1])
+            bound = QmpAddress("tcp", host=host, port=sock.getsockname()[1], wait=address.wait)
         sock.listen(MAX_CLIENTS)
         sock.setblocking(False)
         self._listeners.append(sock)
@@ -140,6 +141,11 @@ class QmpServer:
         self.vm.events.subscribe(self._event)
         self._thread = threading.Thread(target=self._serve, name="qmp", daemon=True)
         self._thread.start()
+
+    def wait_for_client(self, timeout: float | None = None) -> bool:
+        """Wait until a first client connected (QEMU's ``server,wait``); ``False`` on
+        timeout. Interruptible by SIGINT on the main thread."""
+        return self._connected.wait(timeout)
 
     def close(self) -> None:
         """Send what is queued (briefly), then close everything (idempotent)."""
@@ -215,6 +221,7 @@ class QmpServer:
                 "version": {"qemu": dict(QEMU_VERSION), "package": f"pyaxvisor {__version__}"},
                 "capabilities": []}})
             self._clients[sock.fileno()] = client
+        self._connected.set()
         sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
 
     def _drop(self, sel: selectors.BaseSelector, client: _Client) -> None:
