@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -595,3 +596,23 @@ def test_pyaxvisor_run_with_server_wait_starts_the_guest_once_a_client_connects(
     assert b"Hello from the pyaxvisor AArch64 guest on CPU 0" in proc.stdout.read()
     assert proc.stderr.read().decode() == (
         f"pyaxvisor: QMP: waiting for a client on unix:{path} before the guest starts\n")
+
+
+def test_ctrl_c_while_waiting_for_a_client_ends_the_run_and_removes_the_socket(sock_dir):
+    path = sock_dir / "i.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "-qmp", f"unix:{path},server"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    assert "pyaxvisor: interrupted (SIGINT); the guest was stopped" in proc.stderr.read().decode()
+    assert not path.exists()

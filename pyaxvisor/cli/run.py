@@ -475,21 +475,24 @@ def _boot(config: VmConfig, stats: bool, qmp: tuple[QmpAddress, ...] = ()) -> No
                 servers[0].wait_for_client()
         console.start_input(vm.board.console_input(), vm.quit)
 
-    try:
-        result = boot(config, console.write, on_vm=attach)
-    except AxError as exc:
-        console.restore()
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        console.restore()
-        _interrupted()
-    except Exception as exc:  # a bug: one line and the error status all the same
-        console.restore()
-        _fail(f"internal error: {type(exc).__name__}: {exc}")
-    finally:
+    def release() -> None:  # before any exit: the terminal, the QMP sockets
         console.restore()
         for server in servers:
             server.close()
+
+    try:
+        result = boot(config, console.write, on_vm=attach)
+    except AxError as exc:
+        release()
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        release()
+        _interrupted()
+    except Exception as exc:  # a bug: one line and the error status all the same
+        release()
+        _fail(f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        release()
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after "
                    f"{config.timeout:g} s and was stopped", err=True)
