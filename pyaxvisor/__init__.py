@@ -7,3 +7,13 @@ __version__ = "0.1.0"
 from pyaxvisor.engine.tcg.unicorn_select import select as _select_unicorn
 
 _select_unicorn()
+
+
+def __getattr__(name: str) -> object:
+    # pyaxvisor.Machine (the harness API) is imported on first use: a plain
+    # ``import pyaxvisor`` stays light.
+    if name == "Machine":
+        from pyaxvisor.harness.machine import Machine
+
+        return Machine
+    raise AttributeError(f"module 'pyaxvisor' has no attribute {name!r}")

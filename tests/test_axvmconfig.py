@@ -372,7 +372,7 @@ EMU_KNOWN = ("0x0 meta device, 0x1 interrupt controller, 0x2 console, 0x3 fw_cfg
              "0x21 GIC partial-passthrough distributor, 0x22 GIC partial-passthrough ITS, "
              "0x30 PPPT global, 0xe1 virtio block, 0xe2 virtio net, 0xe3 virtio console")
 VIRT_WINDOWS = ("intc [0x8000000, 0x8020000), pl011 [0x9000000, 0x9001000), "
-                "flash [0x0, 0x8000000)")
+                "pl061 [0x9030000, 0x9031000), flash [0x0, 0x8000000)")
 PC_WINDOWS = "IO APIC [0xfec00000, 0xfec01000), Local APIC [0xfee00000, 0xfee01000)"
 PASSTHROUGH_ROW = ('values; write just the name (["/"] or a device-tree path) or all five: '
                    "[name, base_gpa, base_hpa, length, irq_id]")

@@ -16,6 +16,7 @@ from pyaxvisor.errors import InvalidInput
 RAM = (0x4000_0000, 256 << 20)
 GIC = "/intc@8000000"
 UART = "/pl011@9000000"
+GPIO = "/pl061@9030000"
 
 
 # -- decoders ----------------------------------------------------------------------------------
@@ -117,11 +118,13 @@ def test_top_level_nodes(tmp_path):
     blob = build()
     tree = parse(blob)
     assert sorted(node_names(tree)) == sorted([
-        "psci", "memory@40000000", "pl011@9000000", "intc@8000000", "cpus", "timer",
-        "pmu", "apb-pclk", "chosen", *(n[1:] for n in VIRTIO)])
+        "psci", "memory@40000000", "pl011@9000000", "pl061@9030000", "gpio-keys",
+        "intc@8000000", "cpus", "timer", "pmu", "apb-pclk", "chosen",
+        *(n[1:] for n in VIRTIO)])
     dts = dts_props(dtc_decode(blob, tmp_path))
-    assert set(dts) == {"/", "/psci", "/memory@40000000", UART, GIC, "/cpus", "/cpus/cpu@0",
-                        "/cpus/cpu@1", "/timer", "/pmu", "/apb-pclk", "/chosen", *VIRTIO}
+    assert set(dts) == {"/", "/psci", "/memory@40000000", UART, GPIO, "/gpio-keys",
+                        "/gpio-keys/poweroff", GIC, "/cpus", "/cpus/cpu@0", "/cpus/cpu@1",
+                        "/timer", "/pmu", "/apb-pclk", "/chosen", *VIRTIO}
 
 
 #: The 32 virtio-mmio transports QEMU's virt board always has, lowest address first.
@@ -292,6 +295,24 @@ def test_uart_and_its_clock(tmp_path):
     assert words(tree, UART, "clocks") == [clk_phandle, clk_phandle]
     assert words(tree, UART, "interrupts") == [0, 1, 4]
     assert strs(tree, UART, "clock-names") == ["uartclk", "apb_pclk"]
+
+
+def test_the_power_key_is_pin_3_of_the_pl061_as_in_qemu(tmp_path):
+    dts = dts_props(dtc_decode(build(), tmp_path))
+    gpio = dts[GPIO]
+    assert strings(gpio["compatible"]) == ["arm,pl061", "arm,primecell"]
+    assert cells(gpio["reg"]) == [0, 0x0903_0000, 0, 0x1000]
+    assert cells(gpio["interrupts"]) == [0, 7, 4]  # SPI 7, level-high
+    assert gpio["gpio-controller"] is None
+    assert cells(gpio["#gpio-cells"]) == [2]
+    assert cells(gpio["clocks"]) == cells(dts["/apb-pclk"]["phandle"])
+    assert strings(gpio["clock-names"]) == ["apb_pclk"]
+    assert strings(dts["/gpio-keys"]["compatible"]) == ["gpio-keys"]
+    key = dts["/gpio-keys/poweroff"]
+    assert strings(key["label"]) == ["GPIO Key Poweroff"]
+    assert cells(key["linux,code"]) == [116]  # KEY_POWER
+    assert cells(key["gpios"]) == [*cells(gpio["phandle"]), 3, 0]  # pin 3, active high
+    assert len({cells(dts[p]["phandle"])[0] for p in (GPIO, GIC, "/apb-pclk")}) == 3
 
 
 def test_chosen_with_bootargs_and_initrd_above_4g(tmp_path):

@@ -13,6 +13,7 @@ import time
 import pytest
 from screen import Screen
 
+import pyaxvisor
 from pyaxvisor import images
 from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
 from pyaxvisor.boards.aarch64_virt.layout import RAM_BASE
@@ -57,20 +58,26 @@ def _boot_linux(smp: int, extra: str = "") -> subprocess.CompletedProcess[str]:
 
 def test_debian_arm64_linux_boots_to_busybox_runs_a_command_and_powers_off():
     t0 = time.monotonic()
-    r = _boot_linux(1, 'pyaxvisor.cmd="cat /proc/interrupts"')
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
-    out = r.stdout
-    assert "Linux version 6." in out
-    assert "PYAXVISOR-USERSPACE-OK" in out
+    with pyaxvisor.Machine(arch="aarch64", kernel=images.fetch("linux-arm64"),
+                           initrd=images.fetch("initramfs-arm64"),
+                           append='console=ttyAMA0 pyaxvisor.cmd="cat /proc/interrupts"',
+                           memory="512M", timeout=300) as m:
+        m.console.expect(r"Linux version 6\.", timeout=120)
+        m.console.expect("PYAXVISOR-USERSPACE-OK", timeout=240)
+        m.console.expect("PYAXVISOR-CMD-BEGIN: cat /proc/interrupts", timeout=60)
+        m.console.expect("PYAXVISOR-CMD-END: status=0", timeout=60)
+        m.console.expect("reboot: Power down", timeout=60)
+        result = m.wait(60)
+    assert result.reason == "poweroff" and m.exit_status == 0, result
+    out = m.console.text
     assert "aarch64 GNU/Linux" in out
     assert "PYAXVISOR-CPUS: 1" in out
+    # the power key's GPIO: Linux's pl061 driver took the device tree node and the IDs
+    assert "pl061_gpio 9030000.pl061: PL061 GPIO chip registered" in out
     # the command ran: Linux's interrupt counts show timer PPI 27 and UART SPI 33 on the GIC
-    assert "PYAXVISOR-CMD-BEGIN: cat /proc/interrupts" in out
     timer = re.search(r"^\s*\d+:\s+(\d+)\s+GIC-0\s+27 Level\s+arch_timer", out, re.M)
     assert timer is not None and int(timer.group(1)) > 10
     assert re.search(r"GIC-0\s+33 Level\s+uart-pl011", out)
-    assert "PYAXVISOR-CMD-END: status=0" in out
-    assert "reboot: Power down" in out
     assert time.monotonic() - t0 < 300
 
 

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
+import pyaxvisor
 from pyaxvisor import images
-from pyaxvisor.boards.quick import boot
-from pyaxvisor.boards.quick import x86_config as X86BootSpec
 from pyaxvisor.boards.quick import x86_vm as X86Vm
 from pyaxvisor.engine.kvm.probe import kvm_usable
-from pyaxvisor.vm.result import VmResult
 
 _ok, _reason = kvm_usable()
 pytestmark = [pytest.mark.slow, pytest.mark.kvm,
@@ -77,24 +72,23 @@ def bzimage_runtime_window(data: bytes) -> tuple[int, int]:
 
 def test_decompressor_reads_our_boot_params_and_prints_on_our_uart():
     kernel = images.fetch("linux-x86_64")
-    p = subprocess.run(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "-M", "pc", "-m", "256M", "-nographic",
-         "-kernel", str(kernel), "-append", "console=ttyS0 earlyprintk=ttyS0 nokaslr panic=-1",
-         "--timeout", "20"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    # Linux's own decompressor (arch/x86/boot/compressed) found "nokaslr" in the command
-    # line boot_params pointed it at, and wrote this through the 16550 at 0x3F8.
-    assert "KASLR disabled: 'nokaslr' on cmdline." in p.stdout, p.stdout + p.stderr
-    if p.returncode == 124:  # a slow host: still decompressing when the timeout hit
-        assert "the guest was still running after 20 s" in p.stderr
-        m = re.search(r"vCPU 0: \w+, long mode, CS:RIP 0x10:(0x[0-9a-f]+)", p.stderr)
-        assert m, p.stderr
+    with pyaxvisor.Machine(arch="x86_64", machine="pc", memory="256M", kernel=kernel,
+                           append="console=ttyS0 earlyprintk=ttyS0 nokaslr panic=-1",
+                           timeout=20) as m:
+        # Linux's own decompressor (arch/x86/boot/compressed) found "nokaslr" in the
+        # command line boot_params pointed it at, and wrote this through the 16550 at 0x3F8.
+        m.console.expect("KASLR disabled: 'nokaslr' on cmdline.", timeout=60)
+        result = m.wait(120)
+    if result.reason == "timeout":  # a slow host: still decompressing when the timeout hit
+        assert m.exit_status == 124
+        where = re.search(r"vCPU 0: \w+, long mode, CS:RIP 0x10:(0x[0-9a-f]+)", result.state)
+        assert where, result.state
         # ... running its relocated copy inside the area init_size reserves.
         start, end = bzimage_runtime_window(kernel.read_bytes())
-        assert start <= int(m.group(1), 16) < end, (hex(start), m.group(1), hex(end))
+        assert start <= int(where.group(1), 16) < end, (hex(start), where.group(1), hex(end))
     else:  # a fast host: Linux booted, found no root and rebooted (panic=-1)
-        assert "Linux version" in p.stdout, p.stdout + p.stderr
-        assert p.returncode == 0, p.stderr
+        assert "Linux version" in m.console.text, m.console.text[-3000:]
+        assert m.exit_status == 0, result
 
 
 def test_linux_prints_its_version_banner():
@@ -104,36 +98,8 @@ def test_linux_prints_its_version_banner():
                     f"measured (native is above {NATIVE_RATE / 1e6:.0f} M/s); Linux's "
                     "decompressor would take hours to reach 'Linux version' (see the module "
                     "docstring)")
-    kernel = images.fetch("linux-x86_64")
-    out = bytearray()
-    seen = threading.Event()
-    vms: list[X86Vm] = []
-
-    def write(b: bytes) -> None:
-        out.extend(b)
-        if b"Linux version" in out:
-            seen.set()
-
-    ended: list[VmResult | BaseException] = []
-    spec = X86BootSpec(kernel=kernel, append="console=ttyS0 earlyprintk=ttyS0 panic=-1",
-                       memory=256 << 20, timeout=600)
-
-    def runner_main() -> None:
-        try:
-            ended.append(boot(spec, write, vms.append))
-        except BaseException as exc:  # reported below
-            ended.append(exc)
-        seen.set()  # the run is over, whatever it printed
-
-    runner = threading.Thread(target=runner_main)
-    runner.start()
-    try:
-        seen.wait(600)
-    finally:
-        if vms:
-            vms[0].quit()
-        runner.join(60)
-    assert b"Linux version" in out, f"no 'Linux version'; the run ended with {ended!r} " \
-                                    f"and the guest printed:\n{out[-2000:]!r}"
-    banner = out[out.find(b"Linux version"):].split(b"\n")[0].decode(errors="replace")
+    with pyaxvisor.Machine(arch="x86_64", kernel=images.fetch("linux-x86_64"),
+                           append="console=ttyS0 earlyprintk=ttyS0 panic=-1",
+                           memory="256M", timeout=600) as m:
+        banner = m.console.expect(r"Linux version [^\r\n]*", timeout=600).group(0)
     assert re.match(r"Linux version \d+\.\d+", banner), banner

@@ -50,6 +50,7 @@ from pyaxvisor.cli.qemu_args import (
     parse_timeout,
 )
 from pyaxvisor.cli.virtconsole import parse_chardev
+from pyaxvisor.control.address import QmpAddress, parse_qmp_address
 from pyaxvisor.errors import AxError, InvalidInput
 from pyaxvisor.vm.config import (
     DeviceSpec,
@@ -294,6 +295,11 @@ def _interrupted() -> NoReturn:
 @click.option("--vnc", "-vnc", default=None, help="Only 'none' (there is no display).")
 @click.option("--monitor", "-monitor", default=None,
               help="Only 'none' (there is no monitor; Ctrl-A X quits).")
+@click.option("--qmp", "-qmp", "qmps", multiple=True,
+              help="unix:PATH,server[,nowait] or tcp:127.0.0.1:PORT,server[,nowait]: a QMP "
+                   "control socket (loopback only; repeatable; without nowait the guest "
+                   "starts once a client connected, as QEMU; see the README's 'Controlling "
+                   "a running VM').")
 @click.option("--nodefaults", "-nodefaults", is_flag=True,
               help="Accepted: the boards add no default devices (no VGA, network, parallel "
                    "port or monitor); the serial console stays.")
@@ -334,7 +340,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         netdevs: tuple[str, ...], globals_: tuple[str, ...],
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
-        nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
+        qmps: tuple[str, ...], nodefaults: bool, enable_kvm: bool, no_reboot: bool,
+        no_shutdown: bool, serial: str,
         timeout: str | None, stats: bool, stats_json: Path | None, trace: str | None,
         trace_file: Path | None, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
@@ -372,6 +379,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         observe = Observation.from_options(stats=stats, stats_json=stats_json, trace=trace,
                                            trace_file=trace_file,
                                            profile_png=ctx.meta.get(PROFILE_PNG))
+        qmp_addresses = tuple(parse_qmp_address(q) for q in qmps)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -426,12 +434,13 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
             config = config.with_(devices=config.devices + added,
                                   virtio=config.virtio + virtio)
         config = config.with_(timeout=seconds if seconds is not None else config.timeout,
-                              stats=observe.metrics, in_cpu_devices=not trap_mmio,
+                              stats=observe.metrics or bool(qmp_addresses),
+                              in_cpu_devices=not trap_mmio,
                               name=vm_name if vm_name is not None else config.name)
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
-    _boot(config, observe)
+    _boot(config, observe, qmp_addresses)
 
 
 def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) -> None:
@@ -448,35 +457,49 @@ def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) 
     check_guest_memory(config.ram_size)
 
 
-def _boot(config: VmConfig, observe: Observation) -> NoReturn:
-    """Run ``config`` with the console on this terminal; exit with its status."""
+def _boot(config: VmConfig, observe: Observation, qmp: tuple[QmpAddress, ...] = ()
+          ) -> NoReturn:
+    """Run ``config`` with the console on this terminal (and a QMP server on the
+    ``qmp`` addresses); exit with its status."""
     from pyaxvisor.boards.quick import boot
     from pyaxvisor.cli.console import Console
+    from pyaxvisor.control.qmp import QmpServer
 
     console = Console()
+    servers: list[QmpServer] = []
 
     def attach(vm: Vm) -> None:
         observe.attach(vm)
+        if qmp:
+            servers.append(QmpServer(vm, qmp))
+            servers[0].start()
+            waits = [str(a) for a in servers[0].addresses if a.wait]
+            if waits:  # QEMU's server,wait: the guest starts once a client is there
+                click.echo(f"pyaxvisor: QMP: waiting for a client on {', '.join(waits)} "
+                           "before the guest starts", err=True)
+                servers[0].wait_for_client()
         console.start_input(vm.board.console_input(), vm.quit)
+
+    def release() -> None:  # before any exit: the terminal, the observers, the QMP sockets
+        console.restore()
+        observe.stop()
+        for server in servers:
+            server.close()
 
     try:
         write = observe.start(console.write)
         result = boot(config, write, on_vm=attach)
     except AxError as exc:
-        console.restore()
-        observe.stop()
+        release()
         _fail(str(exc))
     except KeyboardInterrupt:
-        console.restore()
-        observe.stop()
+        release()
         _interrupted()
     except Exception as exc:  # a bug: one line and the error status all the same
-        console.restore()
-        observe.stop()
+        release()
         _fail(f"internal error: {type(exc).__name__}: {exc}")
     finally:
-        console.restore()
-        observe.stop()
+        release()
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after "
                    f"{config.timeout:g} s and was stopped", err=True)

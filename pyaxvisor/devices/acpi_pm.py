@@ -20,10 +20,11 @@ ignored and counted in :attr:`AcpiPm.ignored_writes`.
 accessed as bytes or words (a dword at +0 reaches both).
 
 * ``PM1_STS``: TMR_STS (bit 0) is set whenever the timer's top bit (bit 31, or 23
-  for a 24-bit timer) changes, and is cleared by writing 1 to it; the other status
-  bits (BM_STS, GBL_STS, PWRBTN_STS, SLPBTN_STS, RTC_STS, WAK_STS) stay 0: there is
-  no bus master, BIOS, power or sleep button, RTC or wake-up here. Writing 0 to a
-  bit leaves it.
+  for a 24-bit timer) changes, and is cleared by writing 1 to it; PWRBTN_STS (bit 8)
+  is set when the fixed-feature power button is pressed (:meth:`AcpiPm.press_power_button`,
+  QEMU's ``acpi_pm1_evt_power_down``) and cleared by writing 1 to it; the other status
+  bits (BM_STS, GBL_STS, SLPBTN_STS, RTC_STS, WAK_STS) stay 0: there is no bus master,
+  BIOS, sleep button, RTC or wake-up here. Writing 0 to a bit leaves it.
 * ``PM1_EN``: TMR_EN (0), GBL_EN (5), PWRBTN_EN (8), SLPBTN_EN (9), RTC_EN (10) and
   PCIEXP_WAKE_DIS (14) are stored; the reserved bits read 0.
 * The SCI (``sci``, a level-triggered line) is asserted while SCI_EN is set and
@@ -56,7 +57,8 @@ from pyaxvisor.hal.timer import monotonic_ns
 from pyaxvisor.vcpu.width import AccessWidth
 
 __all__ = [
-    "PM1_EN_BITS", "PM_TIMER_HZ", "SCI_EN", "TMR_EN", "TMR_STS", "AcpiPm", "AcpiPmControl",
+    "PM1_EN_BITS", "PM_TIMER_HZ", "PWRBTN_EN", "PWRBTN_STS", "SCI_EN", "TMR_EN", "TMR_STS",
+    "AcpiPm", "AcpiPmControl",
     "Scheduler",
 ]
 
@@ -66,6 +68,9 @@ NS_PER_S = 1_000_000_000
 
 TMR_STS = 1 << 0
 TMR_EN = 1 << 0
+#: PM1_STS.PWRBTN_STS and PM1_EN.PWRBTN_EN.
+PWRBTN_STS = 1 << 8
+PWRBTN_EN = 1 << 8
 #: PM1_EN bits that exist: TMR_EN, GBL_EN, PWRBTN_EN, SLPBTN_EN, RTC_EN, PCIEXP_WAKE_DIS.
 PM1_EN_BITS = (1 << 0) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14)
 #: PM1_CNT.SCI_EN.
@@ -169,6 +174,9 @@ class AcpiPm:
         self._timer_event: Any = None
         self._en = 0
         self._toggles_cleared = 0  # timer top-bit changes seen when TMR_STS was cleared
+        self._power_button = False  # PWRBTN_STS
+        #: Power-button presses (:meth:`press_power_button`).
+        self.power_button_presses = 0
         #: Writes to the read-only PM timer.
         self.ignored_writes = 0
         self.event = _Event(self)
@@ -201,7 +209,16 @@ class AcpiPm:
             return self._en
 
     def _sts_locked(self) -> int:
-        return TMR_STS if self._toggles(self._ticks()) > self._toggles_cleared else 0
+        timer = TMR_STS if self._toggles(self._ticks()) > self._toggles_cleared else 0
+        return timer | (PWRBTN_STS if self._power_button else 0)
+
+    def press_power_button(self) -> None:
+        """The fixed-feature power button was pressed: PWRBTN_STS is set (the SCI
+        rises while PWRBTN_EN and SCI_EN are set). Any thread."""
+        with self.lock:
+            self._power_button = True
+            self.power_button_presses += 1
+            self._update_sci_locked()
 
     def write_event(self, offset: int, size: int, value: int) -> None:
         """A write of ``size`` bytes of ``value`` at ``offset`` of the event block."""
@@ -212,6 +229,8 @@ class AcpiPm:
                 if where < PM1_EN_OFFSET:  # PM1_STS: write 1 to clear
                     if where == 0 and byte & TMR_STS:
                         self._toggles_cleared = self._toggles(self._ticks())
+                    if where == 1 and byte & (PWRBTN_STS >> 8):
+                        self._power_button = False
                 else:
                     shift = 8 * (where - PM1_EN_OFFSET)
                     self._en = (self._en & ~(0xFF << shift)

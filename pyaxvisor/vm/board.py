@@ -218,6 +218,11 @@ class Board(abc.ABC):
         console's ``receive`` unless a board routes it elsewhere."""
         return self.console.receive
 
+    def press_power_button(self, vm: Vm) -> bool:
+        """Press the machine's power button (QMP ``system_powerdown``: the guest is
+        asked to power down); ``False`` when the board has none (the default)."""
+        return False
+
     def close(self) -> None:
         """Release the board's engine-level state (after the vCPUs are closed)."""
         return

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from pyaxvisor.vm.devices import VmDevices
     from pyaxvisor.vm.exit_trace import ExitTrace
     from pyaxvisor.vm.metrics import VcpuMetrics, VmMetrics
+    from pyaxvisor.vm.pause import PauseGate
     from pyaxvisor.vm.power import CpuStart
 
 __all__ = ["ExitDispatch", "UnknownHypercall"]
@@ -84,8 +85,9 @@ class ExitDispatch:
     _done: threading.Event
     _power: dict[int, CpuPower]
     _restart: dict[int, BootState]
+    pause_gate: PauseGate
 
-    def finish(self, result: VmResult) -> None: ...
+    def finish(self, result: VmResult, cause: str | None = None) -> None: ...
     def start_cpu(self, hw_id: int, entry: int, arg: int) -> CpuStart: ...
 
     def _exit_table(self) -> dict[type, Handler]:
@@ -125,7 +127,11 @@ class ExitDispatch:
         exits = self.exits
         handlers = self._exit_table()
         other = self._other
+        gate = self.pause_gate
         while not done.is_set():
+            if gate.requested:
+                gate.park(cpu)
+                continue
             e = vcpu.run()
             cls = type(e)
             handlers.get(cls, other)(cpu, vcpu, e)
@@ -144,7 +150,11 @@ class ExitDispatch:
         mmio, ports = self.devices.mmio, self.devices.ports
         traced = trace.kinds if trace is not None else frozenset()
         arch = vcpu.arch
+        gate = self.pause_gate
         while not done.is_set():
+            if gate.requested:
+                gate.park(cpu)
+                continue
             entered = perf()
             e = vcpu.run()
             left = perf()

@@ -29,6 +29,13 @@ each vCPU dispatches exits by their type through a table:
 * ``Hypercall`` → the board, else :class:`UnknownHypercall`;
 * anything else → the board, else ``Unsupported``.
 
+Pausing (:meth:`Vm.pause`, :meth:`Vm.resume`; :mod:`pyaxvisor.vm.pause`): every vCPU
+is kicked out of its run and parks before it runs again; interrupts raised while it
+is parked wait for its next entry. ``--timeout`` counts paused time: it is the
+runner's guard against a run that never ends, and a VM left paused is one. What
+happens to the VM as a whole (paused, resumed, ended) goes to the listeners of
+:attr:`Vm.events` (:mod:`pyaxvisor.vm.events`).
+
 Ending: a guest power-off or reset, a device (``finish``), the host
 (:meth:`quit`, Ctrl-A X) or the timeout stop every vCPU: each is kicked out of
 its run and its thread joined. An error a vCPU cannot get past (an exit nobody
@@ -44,7 +51,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from pyaxvisor.errors import AxError, InvalidInput
+from pyaxvisor.errors import AxError, BadState, InvalidInput
 from pyaxvisor.hal.timer import TimerThread
 from pyaxvisor.hal.vcpu_hal import HostHal
 from pyaxvisor.mm.addr import GuestPhysAddr
@@ -58,9 +65,11 @@ from pyaxvisor.vcpu import (
 from pyaxvisor.vm.board import Board, BootState
 from pyaxvisor.vm.config import VmConfig
 from pyaxvisor.vm.devices import VmDevices
+from pyaxvisor.vm.events import VmEvents, shutdown_cause
 from pyaxvisor.vm.exit_trace import ExitTrace
 from pyaxvisor.vm.exits import ExitDispatch, UnknownHypercall
 from pyaxvisor.vm.metrics import VmMetrics
+from pyaxvisor.vm.pause import PauseGate
 from pyaxvisor.vm.power import CpuPower, CpuStart
 from pyaxvisor.vm.result import VmResult
 
@@ -68,6 +77,8 @@ __all__ = ["UnknownHypercall", "Vm"]
 
 #: How long vCPU threads may take to start together (boards with ``starts_all_cpus``).
 START_TIMEOUT = 30.0
+#: How long :meth:`Vm.pause` waits for every vCPU to stop.
+PAUSE_TIMEOUT = 10.0
 
 class Vm(ExitDispatch):
     def __init__(self, config: VmConfig, board: Board, *,
@@ -98,6 +109,8 @@ class Vm(ExitDispatch):
         self._done = threading.Event()
         self._result: VmResult | None = None
         self._closed = False
+        self.events = VmEvents()
+        self.pause_gate = PauseGate()
         try:
             self.hal = HostHal(board.host_memory())
             self.space = AddrSpace(self.hal, nested_page_table(self.hal, board.page_table,
@@ -150,6 +163,12 @@ class Vm(ExitDispatch):
         """vCPU ``cpu`` once its thread created it (any thread)."""
         return self._vcpus.get(cpu)
 
+    def vcpu_threads(self) -> dict[int, int]:
+        """The host thread id (``native_id``) of each vCPU that has a thread."""
+        with self._lock:
+            return {cpu: t.native_id for cpu, t in sorted(self._threads.items())
+                    if t.native_id is not None}
+
     @property
     def smp(self) -> int:
         return self.config.cpu_num
@@ -158,19 +177,63 @@ class Vm(ExitDispatch):
     def ram_size(self) -> int:
         return self.config.ram_size
 
-    def finish(self, result: VmResult) -> None:
-        """End the VM with ``result`` (the first end counts; any thread)."""
+    def finish(self, result: VmResult, cause: str | None = None) -> None:
+        """End the VM with ``result`` (the first end counts; any thread); ``cause``: the
+        ``SHUTDOWN`` event's reason when not the one ``result`` implies."""
         with self._lock:
-            if self._result is None:
+            first = self._result is None
+            if first:
                 self._result = result
             self._done.set()
+            self.pause_gate.wake_all()
             for v in self._vcpus.values():
                 v.arch.kick()
                 v.wake()
+        if first:
+            self.events.emit("SHUTDOWN", shutdown_cause(result, cause))
 
-    def quit(self) -> None:
-        """Stop the VM from the host (the console's Ctrl-A X)."""
-        self.finish(VmResult("quit"))
+    def quit(self, cause: str = "host-ui") -> None:
+        """Stop the VM from the host (the console's Ctrl-A X; QMP ``quit`` says
+        ``cause="host-qmp-quit"``)."""
+        self.finish(VmResult("quit"), cause)
+
+    # -- pausing ----------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self.pause_gate.requested
+
+    def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
+        """Stop every vCPU (any host thread, not a vCPU's) and return once none runs
+        guest code; nothing happens when already paused. Emits ``STOP``. Raises
+        :class:`BadState` when the VM has ended, or when a vCPU did not stop within
+        ``timeout`` seconds (the VM stays paused: :meth:`resume` undoes it)."""
+        if self._done.is_set():
+            raise BadState("the VM has ended: there is nothing to pause")
+        if threading.current_thread() in self._threads.values():
+            raise BadState("a vCPU thread cannot pause its own VM (it would wait for itself)")
+        if not self.pause_gate.request():
+            return
+        with self._lock:
+            for v in self._vcpus.values():
+                v.arch.kick()
+        busy = self.pause_gate.wait_quiet(self._vcpu_blocked, timeout)
+        self.events.emit("STOP")
+        if busy and not self._done.is_set():
+            raise BadState(f"vCPU {', '.join(map(str, busy))} did not stop within "
+                           f"{timeout:g} s (the VM stays paused)")
+
+    def resume(self) -> None:
+        """Let paused vCPUs run again (any thread); nothing happens when not paused.
+        Emits ``RESUME``."""
+        if self._done.is_set():
+            raise BadState("the VM has ended: there is nothing to resume")
+        if self.pause_gate.release():
+            self.events.emit("RESUME")
+
+    def _vcpu_blocked(self) -> list[tuple[int, bool]]:
+        with self._lock:
+            return [(cpu, v.state is VCpuState.Blocked or not self._threads[cpu].is_alive())
+                    for cpu, v in self._vcpus.items()]
 
     @property
     def done(self) -> bool:
@@ -284,6 +347,7 @@ class Vm(ExitDispatch):
 
     def _stop_all(self) -> None:
         self._done.set()
+        self.pause_gate.wake_all()
         me = threading.current_thread()
         for _ in range(50):
             with self._lock:

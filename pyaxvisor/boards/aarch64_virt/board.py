@@ -27,6 +27,9 @@ nothing here implements:
 virtio: 32 virtio-mmio transports at ``0x0a00_0000`` (SPIs 16..47), the configured
 devices in QEMU's slots (see :mod:`pyaxvisor.boards.virtio_slots`); each access exits.
 
+Power key: a PL061 GPIO at ``0x0903_0000`` (SPI 7) whose pin 3 is the ``gpio-keys``
+power key, as in QEMU; :meth:`press_power_button` (QMP ``system_powerdown``) presses it.
+
 Devices: the GIC and the UART are served inside the CPU (their windows are
 mapped by the stage-2 table onto the engine's in-CPU MMIO window, as KVM serves
 its in-kernel devices) unless the configuration asks every access to exit
@@ -39,6 +42,7 @@ code at the same time, each on its thread (see
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu
@@ -59,10 +63,12 @@ from pyaxvisor.devices.irq import IrqLine
 from pyaxvisor.devices.pflash import CfiFlash
 from pyaxvisor.devices.pl011 import MMIO_SIZE as UART_SIZE
 from pyaxvisor.devices.pl011 import Pl011
+from pyaxvisor.devices.pl061 import MMIO_SIZE as GPIO_SIZE
+from pyaxvisor.devices.pl061 import Pl061
 from pyaxvisor.engine.tcg.aarch64 import BOOT_NS, IN_CPU_MMIO_BASE
 from pyaxvisor.engine.tcg.native import TIMER_VIRT
 from pyaxvisor.errors import InvalidInput
-from pyaxvisor.hal.timer import monotonic_ns
+from pyaxvisor.hal.timer import TimerEvent, monotonic_ns
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.flags import MappingFlags
 from pyaxvisor.vcpu import VCpu
@@ -106,12 +112,16 @@ class VirtBoard(SoftVirtBoard):
     #: Device windows a configuration may name (passthrough devices stand for these).
     device_windows: ClassVar[dict[str, tuple[int, int]]] = {
         "intc": (L.GIC_DIST_BASE, 0x2_0000), "pl011": (L.UART_BASE, UART_SIZE),
+        "pl061": (L.GPIO_BASE, GPIO_SIZE),
         "flash": (L.FLASH_BASE, 2 * L.FLASH_SIZE)}
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.gic: GicV2 | None = None
         self.uart: Pl011 | None = None
+        self.gpio: Pl061 | None = None
+        self._power_key_lock = threading.Lock()
+        self._power_key_release: TimerEvent | None = None
         self.flash1: CfiFlash | None = None
         self.cntvoff = 0
         self._timers: GenericTimers | None = None
@@ -148,6 +158,8 @@ class VirtBoard(SoftVirtBoard):
         bus = vm.devices.mmio
         self.gic = GicV2(num_cpus=self.config.cpu_num, on_cpu_irq=self._cpu_irq)
         self.uart = Pl011(tx=vm.console_write, irq=IrqLine(self.gic, L.UART_INTID))
+        self.gpio = Pl061(irq=IrqLine(self.gic, L.GPIO_INTID))
+        bus.attach(L.GPIO_BASE, GPIO_SIZE, self.gpio)
         fast = ((L.GIC_DIST_BASE, DIST_SIZE, self.gic.distributor),
                 (L.GIC_CPU_BASE, CPU_IF_SIZE, self.gic.cpu_interface),
                 (L.UART_BASE, UART_SIZE, self.uart))
@@ -265,6 +277,21 @@ class VirtBoard(SoftVirtBoard):
                 f"{'high' if a.irq_line else 'low'} (GIC output "
                 f"{'high' if self.gic.irq_asserted(cpu) else 'low'}), virtual timer "
                 f"CTL {vctl:#x} CVAL {vcval:#x}{due}, physical timer CTL {pctl:#x}")
+
+    def press_power_button(self, vm: Vm) -> bool:
+        """QMP ``system_powerdown``: the power key (PL061 pin 3) goes high for
+        :data:`~.layout.POWER_KEY_PRESS_NS` (QEMU's ``gpio-key``); the guest's
+        ``gpio-keys`` driver reports KEY_POWER."""
+        gpio = self.gpio
+        assert gpio is not None
+        with self._power_key_lock:
+            if self._power_key_release is not None:
+                vm.timers.cancel(self._power_key_release)
+            gpio.set_input(L.POWER_KEY_PIN, True)
+            self._power_key_release = vm.timers.schedule(
+                monotonic_ns() + L.POWER_KEY_PRESS_NS,
+                lambda: gpio.set_input(L.POWER_KEY_PIN, False))
+        return True
 
     @property
     def console(self) -> Pl011:

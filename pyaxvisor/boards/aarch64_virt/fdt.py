@@ -5,7 +5,8 @@ QEMU's ``-M virt,gic-version=2 -cpu cortex-a72`` gives a Linux guest
 (``hw/arm/virt.c`` builds the board nodes, ``hw/arm/boot.c`` adds ``/memory``,
 ``/chosen`` and ``/psci``), limited to the devices that exist here: RAM, the
 CPUs, PSCI, a GICv2, the generic timer, the PMU (PMUv3, overflow interrupt on PPI
-7 = INTID 23, as QEMU's ``fdt_add_pmu_nodes``), one PL011 with its APB clock, and
+7 = INTID 23, as QEMU's ``fdt_add_pmu_nodes``), one PL011 with its APB clock, the
+PL061 GPIO with the power key on its pin 3 (``gpio-keys``, as QEMU's ``create_gpio_keys``), and
 the 32 virtio-mmio transports (``virtio_mmio@a000000`` ... ``@a003e00``, lowest
 address first as in QEMU's tree; each ``compatible = "virtio,mmio"``, 0x200 bytes
 of ``reg``, SPI 16 + slot with QEMU's edge-rising flags, ``dma-coherent``): all of
@@ -62,6 +63,7 @@ from pyaxvisor.boards.fdt_common import (
 )
 from pyaxvisor.devices.gicv2 import CPU_IF_SIZE, DIST_SIZE, MAX_CPUS
 from pyaxvisor.devices.pl011 import MMIO_SIZE as PL011_SIZE
+from pyaxvisor.devices.pl061 import MMIO_SIZE as PL061_SIZE
 from pyaxvisor.errors import InvalidInput
 
 __all__ = [
@@ -70,9 +72,10 @@ __all__ = [
     "build_aarch64_dtb", "update_chosen", "virtio_node",
 ]
 
-#: phandles of the two nodes others refer to.
+#: phandles of the nodes others refer to.
 CLOCK_PHANDLE = 1
 GIC_PHANDLE = 2
+GPIO_PHANDLE = 3
 
 #: Frequency of the fixed ``/apb-pclk`` clock feeding the PL011 (as QEMU).
 APB_PCLK_HZ = 24_000_000
@@ -136,6 +139,7 @@ def _validate(memory: Sequence[tuple[int, int]], cpus: Sequence[int],
         "GIC distributor": (gic_dist, DIST_SIZE),
         "GIC CPU interface": (gic_cpu, CPU_IF_SIZE),
         "PL011 UART": (uart_base, PL011_SIZE),
+        "PL061 GPIO": (L.GPIO_BASE, PL061_SIZE),
         "virtio-mmio transports": (L.VIRTIO_BASE, L.VIRTIO_COUNT * L.VIRTIO_STRIDE),
     }
     check_windows(devices)
@@ -205,6 +209,27 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
         words("interrupts", GIC_SPI, uart_spi, IRQ_TYPE_LEVEL_HIGH),
         words("clocks", CLOCK_PHANDLE, CLOCK_PHANDLE),
         strings("clock-names", "uartclk", "apb_pclk"),
+    ))
+
+    gpio_node = f"pl061@{L.GPIO_BASE:x}"
+    root.append(node(
+        gpio_node,
+        strings("compatible", "arm,pl061", "arm,primecell"),
+        words("reg", *cells64(L.GPIO_BASE, PL061_SIZE)),
+        words("interrupts", GIC_SPI, L.GPIO_SPI, IRQ_TYPE_LEVEL_HIGH),
+        fdt.Property("gpio-controller"),
+        words("#gpio-cells", 2),
+        words("clocks", CLOCK_PHANDLE),
+        strings("clock-names", "apb_pclk"),
+        words("phandle", GPIO_PHANDLE),
+    ))
+    root.append(node(
+        "gpio-keys",
+        strings("compatible", "gpio-keys"),
+        node("poweroff",
+             strings("label", "GPIO Key Poweroff"),
+             words("linux,code", L.KEY_POWER),
+             words("gpios", GPIO_PHANDLE, L.POWER_KEY_PIN, 0)),
     ))
 
     for slot in range(L.VIRTIO_COUNT):

@@ -9,6 +9,8 @@ these constants: the board, its device tree and its loaders read them from here.
 ``0x0800_0000``         GICv2 distributor (4 KiB emulated)
 ``0x0801_0000``         GICv2 CPU interface (8 KiB)
 ``0x0900_0000``         PL011 UART, SPI 1 = INTID 33
+``0x0903_0000``         PL061 GPIO, SPI 7 = INTID 39; pin 3 is the power key
+                        (``gpio-keys``, KEY_POWER), as QEMU's
 ``0x0a00_0000``         32 virtio-mmio transports, 0x200 bytes apart, SPIs 16..47 =
                         INTIDs 48..79 (all always present; unused ones DeviceID 0)
 ``0x4000_0000``         RAM (the default base; a config file may put RAM at any
@@ -31,6 +33,15 @@ GIC_CPU_BASE = 0x0801_0000
 UART_BASE = 0x0900_0000
 UART_SPI = 1
 UART_INTID = 32 + UART_SPI
+GPIO_BASE = 0x0903_0000
+GPIO_SPI = 7
+GPIO_INTID = 32 + GPIO_SPI
+#: The PL061 pin the power key drives (QEMU's ``gpio-key`` on pin 3), and for how long
+#: a press holds it high (QEMU's 100 ms).
+POWER_KEY_PIN = 3
+POWER_KEY_PRESS_NS = 100_000_000
+#: Linux's KEY_POWER (input-event-codes.h).
+KEY_POWER = 116
 VIRTIO_BASE = 0x0A00_0000
 VIRTIO_STRIDE = 0x200
 VIRTIO_COUNT = 32

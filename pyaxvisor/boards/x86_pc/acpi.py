@@ -24,7 +24,8 @@ aligned, the FACS 64-byte aligned as the spec requires):
   century fields; IAPC_BOOT_ARCH = LEGACY_DEVICES | VGA Not Present | MSI Not
   Supported | CMOS RTC Not Present (0x2D; the 8042 bit is clear: the i8042 has no
   keyboard and no IRQ, so an OS should not wait for one); flags WBINVD | PROC_C1 |
-  PWR_BUTTON | SLP_BUTTON (no fixed-feature buttons) | FIX_RTC | TMR_VAL_EXT (the
+  SLP_BUTTON (no sleep button; PWR_BUTTON clear: the power button is the fixed-feature
+  one, PM1_STS.PWRBTN_STS, as QEMU's) | FIX_RTC | TMR_VAL_EXT (the
   PM timer counts 32 bits) | RESET_REG_SUP; RESET_REG = port 0x64 (8 bits, byte
   access) with RESET_VALUE 0xFE, the i8042's pulse of the reset line; the X_ blocks
   as Generic Address Structures in system I/O space (PM1a event 32 bits, word
@@ -135,7 +136,7 @@ IAPC_BOOT_ARCH = LEGACY_DEVICES | VGA_NOT_PRESENT | MSI_NOT_SUPPORTED | CMOS_RTC
 # FADT flags (ACPI 6.5 Table 5.10)
 WBINVD, PROC_C1, PWR_BUTTON, SLP_BUTTON, FIX_RTC, TMR_VAL_EXT, RESET_REG_SUP = (
     1 << 0, 1 << 2, 1 << 4, 1 << 5, 1 << 6, 1 << 8, 1 << 10)
-FADT_FLAGS = (WBINVD | PROC_C1 | PWR_BUTTON | SLP_BUTTON | FIX_RTC | TMR_VAL_EXT
+FADT_FLAGS = (WBINVD | PROC_C1 | SLP_BUTTON | FIX_RTC | TMR_VAL_EXT
               | RESET_REG_SUP)
 #: The PM timer's width, as TMR_VAL_EXT says.
 PM_TIMER_BITS = 32

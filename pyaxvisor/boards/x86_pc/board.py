@@ -41,6 +41,9 @@ an INIT/SIPI sent to a vCPU that does not exist yet is lost. vCPU 0 starts at th
 boot image's entry; the others wait in KVM's wait-for-SIPI state, inside their
 own ``KVM_RUN``, until the guest starts them.
 
+Power button: the ACPI fixed-feature one (PM1_STS.PWRBTN_STS and the SCI), pressed by
+:meth:`press_power_button` (QMP ``system_powerdown``).
+
 Ending: a guest power-off (ACPI S5 through PM1a_CNT at port 0x604: SLP_EN with
 the ``\\_S5`` sleep type 0, ``KVM_SYSTEM_EVENT_SHUTDOWN``), a reset (the i8042's
 reset line or the FADT's reset register, which is the same, a triple fault,
@@ -358,6 +361,13 @@ class PcBoard(VirtioBoard):
 
     def describe_vcpu(self, vm: Vm, cpu: int, vcpu: VCpu[Any], state: str) -> str:
         return f"vCPU {cpu}: {state}, {self._where(vcpu.arch, full=True)}"
+
+    def press_power_button(self, vm: Vm) -> bool:
+        """QMP ``system_powerdown``: the ACPI fixed-feature power button (PWRBTN_STS,
+        the SCI), as QEMU's PC; the guest's OSPM decides what to do."""
+        assert self.acpi_pm is not None
+        self.acpi_pm.press_power_button()
+        return True
 
     @property
     def console(self) -> Uart16550:
