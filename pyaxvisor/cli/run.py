@@ -60,6 +60,7 @@ from pyaxvisor.vm.config import (
 from pyaxvisor.vm.result import STATUS
 
 if TYPE_CHECKING:
+    from pyaxvisor.gdb.server import GdbAddress, GdbServer
     from pyaxvisor.vm.board import Board
     from pyaxvisor.vm.result import VmResult
     from pyaxvisor.vm.vm import Vm
@@ -322,6 +323,13 @@ def _interrupted() -> NoReturn:
               help=f"Stop the guest after SECONDS (a positive number, at most {MAX_TIMEOUT}: "
                    "30 days); status 124.")
 @click.option("--stats", is_flag=True, help="Print exits by reason at the end.")
+@click.option("--gdb", "-gdb", "gdb", default=None,
+              help="Wait for gdb's remote protocol at tcp::PORT (127.0.0.1 only) or "
+                   "unix:PATH[,server] (a Unix socket, created). A client that connects "
+                   "stops the guest; one that leaves lets it run on.")
+@click.option("-s", "gdb_default", is_flag=True, help="Shorthand for -gdb tcp::1234.")
+@click.option("-S", "gdb_wait", is_flag=True,
+              help="Do not start the CPUs until gdb connects and continues (with -s/-gdb).")
 @click.option("--trap-mmio", is_flag=True,
               help="aarch64, riscv64: route every device access through MMIO exits instead of "
                    "serving the UART and interrupt controller inside the CPU (slower; for "
@@ -337,7 +345,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         name: str | None,
         nographic: bool, display: str | None, vnc: str | None, monitor: str | None,
         nodefaults: bool, enable_kvm: bool, no_reboot: bool, no_shutdown: bool, serial: str,
-        timeout: str | None, stats: bool, trap_mmio: bool) -> None:
+        timeout: str | None, stats: bool, gdb: str | None, gdb_default: bool,
+        gdb_wait: bool, trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
     CONFIG_FILE is an AxVisor VM config (TOML); the options given with it override
@@ -370,6 +379,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         if len(set(chardev_ids)) != len(chardev_ids):
             raise InvalidInput(f"-chardev: an id is used twice ({', '.join(chardev_ids)})")
         netdev_specs = tuple(parse_netdev(n) for n in netdevs)
+        gdb_address = _gdb_address(gdb, gdb_default, gdb_wait)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -429,7 +439,22 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
-    _boot(config, stats)
+    _boot(config, stats, gdb_address, gdb_wait)
+
+
+def _gdb_address(gdb: str | None, default: bool, wait: bool) -> GdbAddress | None:
+    """Where the gdb stub listens (``-gdb``, ``-s``), if it does."""
+    from pyaxvisor.gdb.server import DEFAULT_PORT, GdbAddress, parse_address
+
+    if gdb is not None and default:
+        raise InvalidInput("-s is -gdb tcp::1234: give one of them")
+    if gdb is not None:
+        return parse_address(gdb)
+    if default:
+        return GdbAddress(port=DEFAULT_PORT)
+    if wait:
+        raise InvalidInput("-S waits for gdb: it needs -s or -gdb")
+    return None
 
 
 def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) -> None:
@@ -446,14 +471,19 @@ def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) 
     check_guest_memory(config.ram_size)
 
 
-def _boot(config: VmConfig, stats: bool) -> NoReturn:
+def _boot(config: VmConfig, stats: bool, gdb: GdbAddress | None = None,
+          gdb_wait: bool = False) -> NoReturn:
     """Run ``config`` with the console on this terminal; exit with its status."""
     from pyaxvisor.boards.quick import boot
     from pyaxvisor.cli.console import Console
+    from pyaxvisor.cli.gdb import start_gdb
 
     console = Console()
+    servers: list[GdbServer] = []
 
     def attach(vm: Vm) -> None:
+        if gdb is not None:
+            servers.append(start_gdb(vm, gdb, gdb_wait))
         console.start_input(vm.board.console_input(), vm.quit)
 
     try:
@@ -469,6 +499,8 @@ def _boot(config: VmConfig, stats: bool) -> NoReturn:
         _fail(f"internal error: {type(exc).__name__}: {exc}")
     finally:
         console.restore()
+        for server in servers:
+            server.close()
     if result.reason == "timeout":
         click.echo(f"\npyaxvisor: timeout: the guest was still running after "
                    f"{config.timeout:g} s and was stopped", err=True)

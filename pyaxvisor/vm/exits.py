@@ -24,6 +24,7 @@ from pyaxvisor.errors import AxError, Unsupported
 from pyaxvisor.vcpu import (
     CpuDown,
     CpuUp,
+    DebugStop,
     ExitReason,
     ExternalInterrupt,
     FailEntry,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from pyaxvisor.hal.vcpu_hal import HostHal
     from pyaxvisor.vm.board import Board, BootState
     from pyaxvisor.vm.config import VmConfig
+    from pyaxvisor.vm.debug import VmDebugger
     from pyaxvisor.vm.devices import VmDevices
     from pyaxvisor.vm.power import CpuStart
 
@@ -74,6 +76,7 @@ class ExitDispatch:
     _done: threading.Event
     _power: dict[int, CpuPower]
     _restart: dict[int, BootState]
+    debugger: VmDebugger | None
 
     def finish(self, result: VmResult) -> None: ...
     def start_cpu(self, hw_id: int, entry: int, arg: int) -> CpuStart: ...
@@ -86,6 +89,7 @@ class ExitDispatch:
             CpuUp: self._cpu_up, CpuDown: self._cpu_down, SystemDown: self._system_down,
             ExternalInterrupt: self._external_interrupt, Hypercall: self._hypercall,
             FailEntry: self._fail_entry, NestedPageFault: self._page_fault,
+            DebugStop: self._debug_stop,
         }
 
     def _loop(self, cpu: int, vcpu: VCpu[Any]) -> None:
@@ -112,7 +116,12 @@ class ExitDispatch:
         other = self._other
         perf = time.perf_counter if self.config.stats else None
         t0 = 0.0
+        debug = self.debugger
         while not done.is_set():
+            if debug is not None:
+                debug.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
+                if done.is_set():
+                    break
             e = vcpu.run()
             if perf is not None:
                 t0 = perf()
@@ -219,6 +228,12 @@ class ExitDispatch:
                  if hit is not None else "no RAM and no device there")
         raise Unsupported(f"vCPU {cpu}: nested page fault at {addr:#x} "
                           f"({e.access_flags!r}): {where}")
+
+    def _debug_stop(self, cpu: int, vcpu: VCpu[Any], e: DebugStop) -> None:
+        if self.debugger is None:
+            raise Unsupported(f"vCPU {cpu}: a debug stop ({e.kind} at {e.addr:#x}) with no "
+                              "debugger attached")
+        self.debugger.stopped(cpu, vcpu, e)
 
     def _other(self, cpu: int, vcpu: VCpu[Any], e: ExitReason) -> None:
         if not self.board.on_exit(self, cpu, vcpu, e):

@@ -89,6 +89,8 @@ class Vm(ExitDispatch):
         self._done = threading.Event()
         self._result: VmResult | None = None
         self._closed = False
+        #: The gdb stub's view of the VM (pyaxvisor.vm.debug), attached before run().
+        self.debugger: Any = None
         try:
             self.hal = HostHal(board.host_memory())
             self.space = AddrSpace(self.hal, nested_page_table(self.hal, board.page_table,

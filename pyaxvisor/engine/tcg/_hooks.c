@@ -810,6 +810,63 @@ static uint32_t a64_sys_hook(void *uc, int reg, const struct cp_reg *cp, void *u
     return 0;
 }
 
+/* -- the debugger's hardware breakpoints and watchpoints (pyaxvisor.vcpu.debug)
+ *
+ * Not the guest's debug registers: a gdb stub's own, reported to EL2 (Python's
+ * on_trap) as the architecture's debug exceptions would be with MDCR_EL2.TDE set.
+ * a64_debug_code_hook is a UC_HOOK_CODE Python installs over exactly one address per
+ * breakpoint (Unicorn instruments only the instructions in a hook's range; it puts
+ * the PC on the instruction before calling the hook): a breakpoint exception (EC
+ * 0x30) before the instruction runs. a64_debug_watch_hook (UC_HOOK_MEM_READ and
+ * UC_HOOK_MEM_WRITE, installed while a watchpoint is set) matches the physical
+ * address of each access against the watched ranges (Python translated their virtual
+ * addresses when it set them) and takes a watchpoint exception (EC 0x34, WnR, FAR =
+ * the watched virtual address accessed) before the access is done. */
+
+#define A64_DEBUG_WATCH 4
+#define EXCP_PREFETCH_ABORT 3
+
+struct a64_debug {
+    uint8_t *env;                       /* CPUARMState */
+    uint64_t vaddress_off;              /* env->exception.vaddress */
+    void (*raise)(void *env, uint32_t excp, uint32_t syndrome, uint32_t target_el);
+    uint64_t watches;                   /* watchpoints in use (the first `watches`) */
+    uint64_t pa[A64_DEBUG_WATCH], va[A64_DEBUG_WATCH], len[A64_DEBUG_WATCH];
+    uint64_t access[A64_DEBUG_WATCH];   /* bit 0: reads, bit 1: writes */
+    uint64_t hits;
+};
+
+static void a64_debug_code_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct a64_debug *d = user_data;
+    (void)uc;
+    (void)size;
+    d->hits++;
+    *(uint64_t *)(d->env + d->vaddress_off) = address;
+    d->raise(d->env, EXCP_PREFETCH_ABORT, (0x30u << 26) | (1u << 25) | 0x22u, 2);
+}
+
+static void a64_debug_watch_hook(void *uc, int type, uint64_t addr, int size, int64_t value,
+                                 void *user_data)
+{
+    struct a64_debug *d = user_data;
+    unsigned write = type == UC_MEM_WRITE_;
+    (void)uc;
+    (void)value;
+    if (type != UC_MEM_READ_ && type != UC_MEM_WRITE_)
+        return;
+    for (uint64_t n = 0; n < d->watches && n < A64_DEBUG_WATCH; n++) {
+        if (!(d->access[n] >> write & 1) || addr >= d->pa[n] + d->len[n]
+                || addr + (uint64_t)size <= d->pa[n])
+            continue;
+        d->hits++;
+        *(uint64_t *)(d->env + d->vaddress_off) =
+            d->va[n] + (addr > d->pa[n] ? addr - d->pa[n] : 0);
+        d->raise(d->env, EXCP_DATA_ABORT, (0x34u << 26) | (1u << 25) | (write << 6) | 0x22u, 2);
+        return;
+    }
+}
+
 /* -- hooks */
 
 static void a64_el_changed(struct a64_state *st, unsigned el)
@@ -1218,6 +1275,16 @@ static PyObject *a64_hook_addresses(PyObject *self, PyObject *args)
                          PyLong_FromVoidPtr((void *)a64_intr_hook));
 }
 
+/* (code hook, memory hook, sizeof struct a64_debug) of the debugger's hooks. */
+static PyObject *a64_debug_hooks(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(NNn)", PyLong_FromVoidPtr((void *)a64_debug_code_hook),
+                         PyLong_FromVoidPtr((void *)a64_debug_watch_hook),
+                         (Py_ssize_t)sizeof(struct a64_debug));
+}
+
 /* The PMU brought up to now (fold), or its sources taken as they are now without counting
  * (resnap: after Python set the counters); then re-evaluated. CPU stopped. */
 static PyObject *a64_pmu_sync(PyObject *self, PyObject *args)
@@ -1336,6 +1403,8 @@ static PyObject *py_xsync_dma_written(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
+    {"a64_debug_hooks", a64_debug_hooks, METH_NOARGS,
+     "(code hook, memory hook, sizeof) of the debugger's breakpoints and watchpoints."},
     {"a64_hook_addresses", a64_hook_addresses, METH_NOARGS,
      "(block, MRS, MSR, SYS, memory hooks, kick callback, intr hook) of the AArch64 CPU; user_data: "
      "struct a64_state*."},
