@@ -96,7 +96,9 @@ class VmDebugger:
             self._park(cpu, vcpu)
         applied = self._applied.get(cpu)
         step = self._step_cpu == cpu
-        if applied is None or applied[0] != self._generation or applied[1].step != step:
+        # a step is armed anew each time (the CPU disarms it when it has stepped)
+        if step or applied is None or applied[0] != self._generation \
+                or applied[1].step != step:
             config = self._config(step)
             if applied is not None or config.active:
                 vcpu.arch.set_guest_debug(config)
@@ -164,7 +166,8 @@ class VmDebugger:
         """Wait (lock held) until every vCPU that is on is parked."""
         deadline = time.monotonic() + HALT_TIMEOUT
         while not self.vm.done:
-            if all(c in self._parked for c in self._live()):
+            # at least one: before the VM starts no CPU is on yet (-S)
+            if self._parked and all(c in self._parked for c in self._live()):
                 return
             left = deadline - time.monotonic()
             if left <= 0:
