@@ -24,7 +24,7 @@ import pytest
 from tools import tool
 
 from pyaxvisor import images
-from pyaxvisor.gdb.packets import PacketReader, Packet, frame
+from pyaxvisor.gdb.packets import Packet, PacketReader, frame
 from pyaxvisor.images import USERSPACE_MARKER
 
 pytestmark = pytest.mark.slow

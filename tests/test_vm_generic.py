@@ -53,10 +53,12 @@ ALLOWED = {
     "devices": {"errors", "hal", "vcpu"},
     "arch": {"errors", "hal", "mm", "vcpu", "engine"},
     "loaders": {"errors", "mm", "boards.x86_pc.layout"},
-    "vm": {"errors", "hal", "mm", "vcpu", "devices"},
+    "gdb": {"errors"},
+    "vm": {"errors", "hal", "mm", "vcpu", "devices", "gdb"},
     "images": {"errors", "image_apt", "image_kmod", "loaders"},
     "image_kmod": {"errors"},
     "image_apt": {"errors"},
+    "image_symbols": {"errors", "images"},
 }
 
 
