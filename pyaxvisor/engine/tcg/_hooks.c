@@ -1018,6 +1018,7 @@ struct rv_state {
     uint64_t traps, delivered, breakpoints, mem_faults, line_updates;
     struct xsync_peer *peer;        /* this hart's, while it runs a hart of an SMP VM */
     uint64_t fences_i;              /* FENCE.I instructions seen (riscv_fence_i_hook) */
+    uint64_t ebreak_to_m;           /* a debugger is on: EBREAK goes to on_trap (cause 3) */
 };
 
 /* Write the changed interrupt lines to mip (the CPU's thread). ``leave``: make a running
@@ -1113,8 +1114,13 @@ static bool riscv_insn_invalid_hook(void *uc, void *user_data)
      * never hit (the engine runs until -1). The PC is at the EBREAK, the exception
      * number still set: QEMU's trap entry delivers it to the guest. */
     struct rv_state *st = user_data;
-    (void)uc;
     st->breakpoints++;
+    if (st->ebreak_to_m) {
+        /* as any trap to M (the intr hook takes Unicorn's PC skew off again) */
+        *(uint64_t *)(st->env + st->pc_off) += st->pc_skew;
+        riscv_intr_hook(uc, 3, st);
+        return true;
+    }
     rv_deliver(st, 3);
     return true;
 }
@@ -1181,6 +1187,58 @@ static PyObject *riscv_run(PyObject *self, PyObject *args)
     err = st->emu_start(st->uc, pc, UINT64_MAX, 0, 0);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(err);
+}
+
+/* The debugger's step and hardware breakpoints on RISC-V (pyaxvisor.vcpu.debug): UC_HOOK_CODE
+ * hooks (Unicorn puts the PC on the instruction before calling them) that raise a
+ * trap to M (cause 24, custom) before an instruction runs and note it in `fired`. rv_step_hook is installed over
+ * every address for one step: it lets `skip` instructions (1) run, then raises;
+ * rv_bp_hook is installed over exactly one address per breakpoint. */
+struct rv_debug {
+    uint8_t *env;
+    void (*raise)(void *env, uint32_t cause, uintptr_t retaddr);
+    uint64_t skip;                      /* instructions the step hook lets run */
+    uint64_t fired;                     /* 1: a step ended, 2: a breakpoint was hit */
+    uint64_t hits;
+};
+
+/* A cause of the custom range, which no instruction raises: it reaches the intr hook
+ * (Unicorn turns cause 3 into an invalid-instruction event) and on_trap. */
+#define RV_EXCP_DEBUGGER 24
+
+static void rv_step_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct rv_debug *d = user_data;
+    (void)uc;
+    (void)address;
+    (void)size;
+    if (d->skip) {
+        d->skip--;
+        return;
+    }
+    d->fired = 1;
+    d->hits++;
+    d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+}
+
+static void rv_bp_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct rv_debug *d = user_data;
+    (void)uc;
+    (void)address;
+    (void)size;
+    d->fired = 2;
+    d->hits++;
+    d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+}
+
+static PyObject *rv_debug_hooks(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(NNn)", PyLong_FromVoidPtr((void *)rv_step_hook),
+                         PyLong_FromVoidPtr((void *)rv_bp_hook),
+                         (Py_ssize_t)sizeof(struct rv_debug));
 }
 
 static PyObject *riscv_hook_addresses(PyObject *self, PyObject *args)
@@ -1417,6 +1475,8 @@ static PyMethodDef methods[] = {
      "a64_set_virq(state, level): HCR_EL2.VI = level, on the CPU's thread only."},
     {"a64_set_work", a64_set_work, METH_VARARGS,
      "a64_set_work(state, on, off): set and clear the block hook's work bits; CPU stopped."},
+    {"rv_debug_hooks", rv_debug_hooks, METH_NOARGS,
+     "(step hook, breakpoint hook, sizeof) of the debugger's RISC-V hooks."},
     {"riscv_hook_addresses", riscv_hook_addresses, METH_NOARGS,
      "(block, intr, insn_invalid, mem_invalid hooks; rdtime callback; FENCE.I hook; kick "
      "callback); user_data: "

@@ -64,6 +64,7 @@ from typing import Any, NamedTuple
 from unicorn import (
     UC_ARCH_RISCV,
     UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -136,6 +137,22 @@ _set_rdtime_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(
     uc_function("riscv_cpu_set_rdtime_fn_riscv64"))
 (_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I,
  _KICK) = _hooks.riscv_hook_addresses()
+_HOOK_STEP, _HOOK_BP, _debug_size = _hooks.rv_debug_hooks()
+#: The cause of the debugger's traps (a custom one no instruction raises).
+DEBUGGER_CAUSE = 24
+
+
+class _RvDebug(ctypes.Structure):
+    """``struct rv_debug`` of ``_hooks.c``: the debugger's step and breakpoints."""
+
+    _fields_ = (("env", ctypes.c_void_p), ("raise_exception", ctypes.c_void_p),
+                ("skip", ctypes.c_uint64), ("fired", ctypes.c_uint64), ("hits", ctypes.c_uint64))
+
+
+if ctypes.sizeof(_RvDebug) != _debug_size:
+    raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
+                      "rebuild the extension (python setup.py build_ext --inplace)")
+
 #: UC_RISCV_INS_FENCE_I (the riscv-fence-i-hook patch; not in the binding's constants).
 UC_RISCV_INS_FENCE_I = 1
 _FENCE_I_HOOKABLE = "riscv-fence-i-hook" in unicorn_build().patches
@@ -197,7 +214,7 @@ class _RvState(ctypes.Structure):
         ("traps", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
         ("breakpoints", ctypes.c_uint64), ("mem_faults", ctypes.c_uint64),
         ("line_updates", ctypes.c_uint64), ("peer", ctypes.c_void_p),
-        ("fences_i", ctypes.c_uint64),
+        ("fences_i", ctypes.c_uint64), ("ebreak_to_m", ctypes.c_uint64),
     )
 
 
@@ -296,6 +313,52 @@ class Riscv64Tcg:
         self._ram: dict[int, RamMapping] = {}
         self._mmio: dict[int, tuple[int, MappedMmio]] = {}
         self.pmp_exact = True  # PMP admits exactly RAM and in-CPU windows
+        self._debug = dbg = _RvDebug()
+        dbg.env, dbg.raise_exception = env, st.raise_exception
+        self._debug_ptr = ctypes.pointer(dbg)
+        self._step_hook: Any = None
+        self._bp_hooks: dict[int, Any] = {}
+
+    # -- the debugger ----------------------------------------------------------------------
+    def set_debugger_points(self, step: bool, breakpoints: Sequence[int]) -> None:
+        """Stop after one instruction (``step``) and before the instructions at the
+        virtual addresses ``breakpoints``, with a trap to M of :data:`DEBUGGER_CAUSE`
+        (:meth:`take_debug_fired` says which; see ``_hooks.c``). CPU stopped; translated
+        code is dropped when the hooks change."""
+        uc, changed = self._uc, False
+        for addr in [a for a in self._bp_hooks if a not in breakpoints]:
+            del_hook(uc, self._bp_hooks.pop(addr))
+            changed = True
+        for addr in breakpoints:
+            if addr not in self._bp_hooks:
+                self._bp_hooks[addr] = _add_hook(uc, UC_HOOK_CODE, _HOOK_BP, self._debug_ptr,
+                                                 begin=addr, end=addr)
+                changed = True
+        self._debug.skip = 1
+        if step and self._step_hook is None:
+            self._step_hook = _add_hook(uc, UC_HOOK_CODE, _HOOK_STEP, self._debug_ptr)
+            changed = True
+        elif not step and self._step_hook is not None:
+            del_hook(uc, self._step_hook)
+            self._step_hook = None
+            changed = True
+        if changed:
+            uc.ctl_flush_tb()
+
+    @property
+    def ebreak_to_m(self) -> bool:
+        """Whether EBREAK traps to M (``on_trap``, cause 3) rather than to the guest."""
+        return bool(self._st.ebreak_to_m)
+
+    @ebreak_to_m.setter
+    def ebreak_to_m(self, on: bool) -> None:
+        self._st.ebreak_to_m = int(on)
+
+    def take_debug_fired(self) -> int:
+        """What raised the last breakpoint exception: 1 the step, 2 a debugger
+        breakpoint, 0 the guest's own EBREAK (then cleared)."""
+        fired, self._debug.fired = self._debug.fired, 0
+        return int(fired)
 
     # -- running --------------------------------------------------------------------
     @property
