@@ -1,30 +1,23 @@
 """gdb-multiarch itself against the stub: Debian's arm64 kernel on the software CPU.
 
 The kernel runs with ``nokaslr`` so that its symbols' addresses are the ones it shows
-in ``/proc/kallsyms`` (Debian's package ships a placeholder ``System.map`` that says
-the real one is in the 800 MB ``-dbg`` package; see :mod:`pyaxvisor.image_symbols`),
-which a first boot prints. Then sessions of ``gdb-multiarch -batch`` (Debian's, from
-tests/tools.py) drive ``pyaxvisor run -S -gdb unix:...`` and the test asserts what
-gdb printed and what the guest did; a raw socket session checks the protocol's error
-replies, Ctrl-C and detach.
+in ``/proc/kallsyms``, which a first boot prints (Debian's package ships a placeholder
+``System.map``; see ``tests/gdb_guest.py``). Then sessions of ``gdb-multiarch
+-batch`` (Debian's, from tests/tools.py) drive ``pyaxvisor run -S -gdb unix:...`` and
+the test asserts what gdb printed and what the guest did; a raw socket session checks
+the protocol's error replies, Ctrl-C and detach.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
-from tools import tool
+from gdb_guest import GuestUnderGdb, RawClient, kernel_symbols
 
 from pyaxvisor import images
-from pyaxvisor.gdb.packets import Packet, PacketReader, frame
+from pyaxvisor.gdb.packets import frame
 from pyaxvisor.images import USERSPACE_MARKER
 
 pytestmark = pytest.mark.slow
@@ -38,80 +31,10 @@ IMAGE_PA = 0x4000_0000
 STACK_END_MAGIC = 0x57AC6E9D
 
 
-def _run_args(append: str, *extra: str) -> list[str]:
-    kernel = images.fetch("linux-arm64")
-    initrd = images.fetch("initramfs-arm64")
-    return [sys.executable, "-m", "pyaxvisor.cli", "run", "-kernel", str(kernel), "-initrd",
-            str(initrd), "-append", f"console=ttyAMA0 nokaslr {append}".strip(), "-m", "512M",
-            "--timeout", "300", *extra]
-
-
 @pytest.fixture(scope="module")
 def symbols() -> dict[str, int]:
-    """Addresses of the kernel's functions, from its own /proc/kallsyms (nokaslr)."""
-    cmd = ('pyaxvisor.cmd="grep -w -e start_kernel -e rest_init /proc/kallsyms; '
-           'dmesg | grep -i kaslr"')
-    proc = subprocess.run(_run_args(cmd), capture_output=True, text=True, timeout=400,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = {m[2]: int(m[0], 16)
-             for m in re.findall(r"^([0-9a-f]{16}) ([tT]) (\w+)\s*$", proc.stdout, re.M)}
-    assert {"start_kernel", "rest_init"} <= table.keys(), proc.stdout[-3000:]
-    assert "KASLR disabled on command line" in proc.stdout
-    return table
-
-
-class _Vm:
-    """``pyaxvisor run -S -gdb unix:SOCK,server`` in the background."""
-
-    def __init__(self, sock: Path, append: str = "", *extra: str) -> None:
-        self.sock = sock
-        self.stderr = sock.with_suffix(".stderr")
-        with open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(
-                _run_args(append, "-S", "-gdb", f"unix:{sock},server", *extra),
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
-        self.output: list[str] = []
-        assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
-                                        daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 120
-        while not sock.exists():
-            assert self.proc.poll() is None, self.stderr.read_text()
-            assert time.monotonic() < deadline, "the gdb socket never appeared"
-            time.sleep(0.1)
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.output.append(line)
-
-    def wait_output(self, text: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.output):
-            assert self.proc.poll() is None, "".join(self.output)[-2000:]
-            assert time.monotonic() < deadline, f"no {text!r} in the guest's output"
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(10)
-        return self.proc.returncode, "".join(self.output), self.stderr.read_text()
-
-
-def _gdb(sock: Path, *commands: str, timeout: float = 300) -> str:
-    argv = [tool("gdb-multiarch"), "-batch", "-nx", "-ex", "set architecture aarch64",
-            "-ex", "set pagination off", "-ex", f"target remote {sock}"]
-    for c in commands:
-        argv += ["-ex", c]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-    return proc.stdout + proc.stderr
+    return kernel_symbols("aarch64", ("start_kernel", "rest_init"),
+                          kaslr_said="KASLR disabled on command line")
 
 
 def test_gdb_breaks_at_start_kernel_steps_watches_and_continues_to_userspace(
@@ -119,8 +42,8 @@ def test_gdb_breaks_at_start_kernel_steps_watches_and_continues_to_userspace(
     start, rest_init = symbols["start_kernel"], symbols["rest_init"]
     image = images.fetch("linux-arm64").read_bytes()
     off = start - KIMAGE_VADDR
-    vm = _Vm(tmp_path / "gdb.sock")
-    out = _gdb(vm.sock,
+    vm = GuestUnderGdb("aarch64", tmp_path / "gdb.sock")
+    out = vm.gdb(
                "info registers pc",
                # MMU off at entry: the kernel's addresses are not mapped yet, so a
                # hardware breakpoint (as with QEMU)
@@ -176,41 +99,10 @@ def test_gdb_breaks_at_start_kernel_steps_watches_and_continues_to_userspace(
     assert USERSPACE_MARKER in stdout
 
 
-# -- the protocol, by hand ----------------------------------------------------------------------
-
-class _Client:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
-        self.sock.settimeout(60)
-        self.reader = PacketReader()
-        self.pending: list = []
-
-    def raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def event(self):
-        while not self.pending:
-            chunk = self.sock.recv(65536)
-            assert chunk, "the stub closed the connection"
-            self.pending += self.reader.feed(chunk)
-        return self.pending.pop(0)
-
-    def reply(self) -> bytes:
-        while True:
-            ev = self.event()
-            if isinstance(ev, Packet):
-                assert ev.ok
-                return ev.data
-
-    def ask(self, data: bytes) -> bytes:
-        self.raw(frame(data))
-        return self.reply()
-
-
 def test_protocol_errors_ctrl_c_all_stop_and_detach(tmp_path):
-    vm = _Vm(tmp_path / "gdb.sock", 'pyaxvisor.cmd="sleep 3"', "-smp", "2")
-    c = _Client(vm.sock)
+    vm = GuestUnderGdb("aarch64", tmp_path / "gdb.sock", 'pyaxvisor.cmd="sleep 3"', "-smp",
+                       "2")
+    c = RawClient(vm.sock)
     try:
         c.raw(b"$g#00")                       # a bad checksum: a '-', nothing done
         assert c.event().good is False

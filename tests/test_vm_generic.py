@@ -58,7 +58,6 @@ ALLOWED = {
     "images": {"errors", "image_apt", "image_kmod", "loaders"},
     "image_kmod": {"errors"},
     "image_apt": {"errors"},
-    "image_symbols": {"errors", "images"},
 }
 
 
