@@ -105,7 +105,12 @@ class GdbSession:
     # -- the session -------------------------------------------------------------------------
     def serve(self) -> None:
         """Serve until the client goes; the target then runs on."""
-        self.last_stop = self._attach_stop = self.target.halt()
+        try:
+            self.last_stop = self._attach_stop = self.target.halt()
+        except AxError as exc:
+            self.log(f"gdb: cannot stop the machine for the debugger: {exc}")
+            self._detach_quietly()
+            return
         self.g_cpu = self.last_stop.cpu
         try:
             while not self.closed:
@@ -116,7 +121,10 @@ class GdbSession:
                         continue
                     for ev in self._recv(0):
                         if isinstance(ev, Interrupt):
-                            self._stopped(self.target.halt())
+                            try:
+                                self._stopped(self.target.halt())
+                            except AxError as exc:
+                                self.log(f"gdb: Ctrl-C: {exc}")
                             break
                     continue
                 for ev in self._recv(None):
@@ -151,6 +159,9 @@ class GdbSession:
             except _Malformed as exc:
                 self.log(f"gdb: bad packet {ev.data[:40]!r}: {exc}")
                 reply = E_INVAL
+            except AxError as exc:  # the machine could not do it (it is not stopped...)
+                self.log(f"gdb: {ev.data[:40]!r}: {exc}")
+                reply = b"E01"
             if reply is not None:
                 self.send(reply)
         elif isinstance(ev, Oversized):
