@@ -5,8 +5,8 @@ from its own ``/proc/kallsyms`` (``nokaslr``), then one ``gdb-multiarch -batch``
 session breaks at ``start_kernel`` with a hardware breakpoint (the MMU is off at
 entry), steps (gdb steps RISC-V with breakpoints of its own: C.EBREAK at the next
 instruction), reads and writes registers, reads memory by virtual and physical
-address, stops at a software breakpoint in ``rest_init`` and lets the guest run to
-userspace.
+address, watches the init task's stack-end magic, stops at a software breakpoint in
+``rest_init`` and lets the guest run to userspace.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ pytestmark = pytest.mark.slow
 #: Where the kernel image is linked (_start; no KASLR) and where the board loads it.
 KERNEL_VA = 0xFFFF_FFFF_8000_0000
 KERNEL_PA = 0x8020_0000
+#: What start_kernel first writes at the end of init's stack (set_task_stack_end_magic).
+STACK_END_MAGIC = 0x57AC6E9D
 
 
 def test_gdb_breaks_at_start_kernel_steps_and_continues_to_userspace(tmp_path):
@@ -58,6 +60,10 @@ def test_gdb_breaks_at_start_kernel_steps_and_continues_to_userspace(tmp_path):
                  "set $t6 = 0x5a5a1234",
                  "p/x $t6",
                  "p/x $satp",
+                 # the init task's stack-end magic, written first thing by start_kernel
+                 "watch -l *(unsigned long *)((unsigned long)$sp & ~0x3fff)",
+                 "continue",
+                 "delete",
                  f"break *{rest:#x}",
                  "continue",
                  "info registers pc",
@@ -75,7 +81,9 @@ def test_gdb_breaks_at_start_kernel_steps_and_continues_to_userspace(tmp_path):
     assert "$1 = 0x5a5a1234" in out, out
     satp = int(re.search(r"^\$2 = (0x[0-9a-f]+)$", out, re.M)[1], 16)
     assert satp >> 60 in (8, 9, 10), out  # Sv39/48/57: paging is on in start_kernel
-    assert f"Breakpoint 2, {rest:#018x} in ?? ()" in out, out
+    assert "Hardware watchpoint 2: -location" in out, out
+    assert f"Old value = 0\nNew value = {STACK_END_MAGIC}" in out, out
+    assert f"Breakpoint 3, {rest:#018x} in ?? ()" in out, out
     assert re.search(rf"^pc\s+{rest:#x}\s", out, re.M), out
     assert "[Inferior 1 (Remote target) exited normally]" in out, out
     assert status == 0, stderr[-2000:]

@@ -43,4 +43,5 @@ def _xml() -> bytes:
 
 
 LAYOUT = GdbLayout(xml=_xml(), sizes=(64,) * (PC + 1 + len(CSRS)), pc=PC,
-                   sw_breakpoints=BREAKPOINTS, hw_breakpoints=16)
+                   sw_breakpoints=BREAKPOINTS, hw_breakpoints=16,
+                   watchpoints=4)

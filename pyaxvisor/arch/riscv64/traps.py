@@ -169,10 +169,16 @@ class TrapHandler:
     def _debug_trap(self, trap: Trap) -> int:
         """The debugger's step or breakpoint (its hooks, or an EBREAK it put at one of
         its breakpoints): a DebugStop exit; any other EBREAK is the guest's."""
-        fired = self._engine.take_debug_fired()
+        fired, addr = self._engine.take_debug_fired()
         pc = trap[1]
-        if fired:
+        if fired in (1, 2):
             self._exit = DebugStop("step" if fired == 1 else "breakpoint", pc)
+            return _STOP
+        if fired in (3, 4):
+            kind = next((w.kind for w in self.vcpu.debug.watchpoints
+                         if w.addr <= addr < w.addr + w.length), "read")
+            self._exit = DebugStop("access" if kind == "access" else
+                                   "write" if fired == 4 else "read", addr)
             return _STOP
         if trap[0] == Cause.BREAKPOINT and pc in self.vcpu.debug.sw_breakpoints:
             self._exit = DebugStop("breakpoint", pc)

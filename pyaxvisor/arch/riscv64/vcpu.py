@@ -80,7 +80,7 @@ from pyaxvisor.engine.tcg.riscv64_isa import (
     Csr,
 )
 from pyaxvisor.engine.tcg.xsync import SyncGroup
-from pyaxvisor.errors import BadState, InvalidInput, NotFound, Unsupported
+from pyaxvisor.errors import BadState, InvalidInput, NotFound
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
@@ -494,14 +494,19 @@ class RISCVVCpu(SoftVCpu):
         return gpa
 
     def set_guest_debug(self, config: GuestDebug) -> None:
-        """Steps and hardware breakpoints are the engine's code hooks; the VM's EBREAKs
+        """Steps, hardware breakpoints and watchpoints are the engine's native hooks
+        (a watchpoint watches the guest-physical bytes its address has now); the VM's EBREAKs
         reach the trap handler while a debugger is on (the guest's own are given back
         to it there)."""
-        if config.watchpoints:
-            raise Unsupported("watchpoints are not implemented on RISC-V")
         engine = self._require_engine()
+        watches = []
+        for w in config.watchpoints:
+            gpa = engine.translate(w.addr, UC_PROT_READ)
+            if gpa is None:
+                raise NotFound(f"watchpoint at {w.addr:#x}: the address has no translation")
+            watches.append((w.addr, gpa, w.length, {"read": 1, "write": 2, "access": 3}[w.kind]))
         self.debug = config
-        engine.set_debugger_points(config.step, config.hw_breakpoints)
+        engine.set_debugger_points(config.step, config.hw_breakpoints, watches)
         # an EBREAK reaches M-mode as an invalid instruction or, on the patched build,
         # as an exception: neither may be delivered to the guest while the VM has some
         ebreak = bool(config.sw_breakpoints)

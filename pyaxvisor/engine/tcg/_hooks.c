@@ -1194,12 +1194,19 @@ static PyObject *riscv_run(PyObject *self, PyObject *args)
  * trap to M (cause 24, custom) before an instruction runs and note it in `fired`. rv_step_hook is installed over
  * every address for one step: it lets `skip` instructions (1) run, then raises;
  * rv_bp_hook is installed over exactly one address per breakpoint. */
+#define RV_DEBUG_WATCH 4
+
 struct rv_debug {
     uint8_t *env;
     void (*raise)(void *env, uint32_t cause, uintptr_t retaddr);
     uint64_t skip;                      /* instructions the step hook lets run */
-    uint64_t fired;                     /* 1: a step ended, 2: a breakpoint was hit */
+    uint64_t fired;                     /* 1: a step ended, 2: a breakpoint was hit,
+                                         * 3: a watched read, 4: a watched write */
     uint64_t hits;
+    uint64_t addr;                      /* the watched virtual address accessed */
+    uint64_t watches;                   /* watchpoints in use (the first `watches`) */
+    uint64_t pa[RV_DEBUG_WATCH], va[RV_DEBUG_WATCH], len[RV_DEBUG_WATCH];
+    uint64_t access[RV_DEBUG_WATCH];    /* bit 0: reads, bit 1: writes */
 };
 
 /* A cause of the custom range, which no instruction raises: it reaches the intr hook
@@ -1232,12 +1239,37 @@ static void rv_bp_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     d->raise(d->env, RV_EXCP_DEBUGGER, 0);
 }
 
+/* UC_HOOK_MEM_READ and UC_HOOK_MEM_WRITE while a watchpoint is set: the physical address
+ * of each access against the watched ranges (translated by Python when it set them); a
+ * match traps to M before the access is done. */
+static void rv_watch_hook(void *uc, int type, uint64_t addr, int size, int64_t value,
+                          void *user_data)
+{
+    struct rv_debug *d = user_data;
+    unsigned write = type == UC_MEM_WRITE_;
+    (void)uc;
+    (void)value;
+    if (type != UC_MEM_READ_ && type != UC_MEM_WRITE_)
+        return;
+    for (uint64_t n = 0; n < d->watches && n < RV_DEBUG_WATCH; n++) {
+        if (!(d->access[n] >> write & 1) || addr >= d->pa[n] + d->len[n]
+                || addr + (uint64_t)size <= d->pa[n])
+            continue;
+        d->fired = write ? 4 : 3;
+        d->addr = d->va[n] + (addr > d->pa[n] ? addr - d->pa[n] : 0);
+        d->hits++;
+        d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+        return;
+    }
+}
+
 static PyObject *rv_debug_hooks(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("(NNn)", PyLong_FromVoidPtr((void *)rv_step_hook),
+    return Py_BuildValue("(NNNn)", PyLong_FromVoidPtr((void *)rv_step_hook),
                          PyLong_FromVoidPtr((void *)rv_bp_hook),
+                         PyLong_FromVoidPtr((void *)rv_watch_hook),
                          (Py_ssize_t)sizeof(struct rv_debug));
 }
 
