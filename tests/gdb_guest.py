@@ -30,7 +30,14 @@ GUESTS = {
 }
 
 
+#: gdb's name of each architecture.
+GDB_ARCH = {"aarch64": "aarch64", "riscv64": "riscv:rv64", "x86_64": "i386:x86-64"}
+
+
 def run_args(arch: str, append: str, *extra: str) -> list[str]:
+    if arch not in GUESTS:  # a guest of its own: the command line is all in ``extra``
+        return [sys.executable, "-m", "pyaxvisor.cli", "run", "--arch", arch,
+                "--timeout", "300", *extra]
     kernel, initrd, console, board, _gdb = GUESTS[arch]
     return [sys.executable, "-m", "pyaxvisor.cli", "run", *board, "-kernel",
             str(images.fetch(kernel)), "-initrd", str(images.fetch(initrd)), "-append",
@@ -92,7 +99,7 @@ class GuestUnderGdb:
     def gdb(self, *commands: str, timeout: float = 300) -> str:
         """What ``gdb-multiarch -batch`` printed running ``commands`` against the stub."""
         argv = [tool("gdb-multiarch"), "-batch", "-nx", "-ex",
-                f"set architecture {GUESTS[self.arch][4]}", "-ex", "set pagination off",
+                f"set architecture {GDB_ARCH[self.arch]}", "-ex", "set pagination off",
                 "-ex", f"target remote {self.sock}"]
         for c in commands:
             argv += ["-ex", c]

@@ -309,6 +309,9 @@ class VmDebugger:
         with self._cond:
             self._generation += 1
         if kind is BreakKind.SOFTWARE:
+            if not self.layout.sw_breakpoints:
+                raise Unsupported("this architecture offers no software breakpoints here: "
+                                  "use hardware ones (hbreak)")
             insn = self.layout.sw_breakpoints.get(length)
             if insn is None:
                 raise InvalidInput(f"no breakpoint instruction of {length} bytes here")
