@@ -130,8 +130,20 @@ def test_protocol_errors_ctrl_c_all_stop_and_detach(tmp_path):
         assert c.ask(b"vWhatever") == b""
         c.raw(frame(b"M40000000,2000:" + b"00" * 0x2000))  # longer than PacketSize
         assert c.reply() == b"E16"
-        assert c.ask(b"m40000000,4") == images.fetch("linux-arm64").read_bytes()[:4].hex() \
-            .encode()                                    # nothing written
+        image = images.fetch("linux-arm64").read_bytes()
+        assert c.ask(b"m40000000,4") == image[:4].hex().encode()  # nothing written
+        # a software breakpoint (the MMU is off: virtual = physical) is BRK #0 in
+        # guest memory, shown to reads as the bytes it replaced, gone once removed
+        assert c.ask(b"Z0,40000008,4") == b"OK"
+        assert c.ask(b"m40000000,10") == image[:16].hex().encode()
+        assert c.ask(b"Qqemu.PhyMemMode:1") == b"OK"
+        assert c.ask(b"m40000008,4") == image[8:12].hex().encode()
+        assert c.ask(b"Qqemu.PhyMemMode:0") == b"OK"
+        # two steps from the entry (b to the kernel's code after one)
+        c.raw(frame(b"vCont;s:1"))
+        assert c.reply() == b"T05thread:1;"
+        assert c.ask(b"p20") == (0x4000_0004).to_bytes(8, "little").hex().encode()
+        assert c.ask(b"z0,40000008,4") == b"OK"
         # run until the second CPU is up, then Ctrl-C stops both
         c.raw(frame(b"vCont;c"))
         vm.wait_output("smp: Brought up 1 node, 2 CPUs")
@@ -153,3 +165,25 @@ def test_protocol_errors_ctrl_c_all_stop_and_detach(tmp_path):
     assert "PYAXVISOR-CPUS: 2" in stdout
     assert "Traceback" not in stderr
     assert not os.path.exists(vm.sock)
+
+
+def test_a_client_that_disconnects_or_kills(tmp_path):
+    # a client that just goes lets the guest run on (as QEMU does)
+    vm = GuestUnderGdb("aarch64", tmp_path / "a.sock")
+    c = RawClient(vm.sock)
+    assert c.ask(b"?") == b"T05thread:1;"
+    assert c.ask(b"Z1,ffff800008000000,4") == b"OK"  # removed when the client goes
+    c.sock.close()
+    status, stdout, stderr = vm.finish()
+    assert status == 0, stderr[-2000:]
+    assert USERSPACE_MARKER in stdout
+    assert "gdb: client gone; the guest runs on" in stderr
+    # k ends the VM at once
+    vm = GuestUnderGdb("aarch64", tmp_path / "b.sock")
+    c = RawClient(vm.sock)
+    assert c.ask(b"?") == b"T05thread:1;"
+    c.raw(frame(b"k"))
+    status, stdout, stderr = vm.finish(timeout=60)
+    c.sock.close()
+    assert status == 0, stderr[-2000:]
+    assert "Booting Linux" not in stdout  # it never ran
