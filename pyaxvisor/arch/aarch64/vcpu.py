@@ -567,7 +567,9 @@ class Aarch64VCpu(SoftVCpu):
         the guest's own debug exceptions then reach EL2 too and are given back to it."""
         engine = self._require_engine()
         self._debug = config
-        engine.write_cp(*_MDCR_EL2, _MDCR_TDE if config.sw_breakpoints or config.step else 0)
+        mdcr = engine.read_cp(*_MDCR_EL2) & ~_MDCR_TDE  # keep HPMN and the trap bits
+        engine.write_cp(*_MDCR_EL2, mdcr | (_MDCR_TDE if config.sw_breakpoints or config.step
+                                            else 0))
         pstate = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
         mdscr = engine.read_cp(*_MDSCR_EL1)
         if config.step:
