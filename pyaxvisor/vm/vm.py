@@ -24,6 +24,8 @@ each vCPU dispatches exits by their type through a table:
 * ``SystemDown`` → the VM ends (power-off or reset); ``ExternalInterrupt`` → the
   HAL's IRQ handler; ``Nothing`` → run again; ``FailEntry`` → an error;
 * ``Hypercall`` → the board, else :class:`UnknownHypercall`;
+* ``DebugStop`` → the attached debugger (``Vm.debugger``, :mod:`pyaxvisor.vm.debug`),
+  which halts every vCPU (all-stop) until gdb resumes them;
 * anything else → the board, else ``Unsupported``.
 
 Ending: a guest power-off or reset, a device (``finish``), the host
