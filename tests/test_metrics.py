@@ -125,8 +125,8 @@ def test_trace_logs_each_exit_of_the_kinds_asked(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--trace", "MmioWrite,Bogus"), "--trace: unknown exit kind 'Bogus'; valid kinds: "
-     "CpuDown, CpuUp, ExternalInterrupt, FailEntry, Halt, Hypercall, IoRead, IoWrite, "
-     "MmioRead, MmioWrite"),
+     "CpuDown, CpuUp, DebugStop, ExternalInterrupt, FailEntry, Halt, Hypercall, IoRead, "
+     "IoWrite, MmioRead, MmioWrite"),
     (("--trace", ","), "--trace: name at least one exit kind"),
     (("--trace-file", "t.txt"), "--trace-file needs --trace KINDS"),
     (("--stats-json", "/nonexistent/dir/m.json"),

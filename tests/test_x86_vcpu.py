@@ -21,6 +21,7 @@ from pyaxvisor.arch.x86_64.vcpu import (
 )
 from pyaxvisor.engine.kvm.exits import (
     KVM_EXIT_DEBUG,
+    KVM_EXIT_EXCEPTION,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_INTR,
@@ -37,7 +38,9 @@ from pyaxvisor.hal.vcpu_hal import HostHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.mm.nested import nested_page_table
+from pyaxvisor.vcpu.debug import GuestDebug
 from pyaxvisor.vcpu.exit import (
+    DebugStop,
     FailEntry,
     Halt,
     Hypercall,
@@ -412,8 +415,15 @@ def test_decode_other_exits():
     assert X86VCpu._decode(_fake(fail_entry=KvmFailEntry(0x80000021, 0)),
                            KVM_EXIT_FAIL_ENTRY) == FailEntry(0x80000021)
     assert X86VCpu._decode(_fake(), KVM_EXIT_INTR) == Nothing()
-    with pytest.raises(Unsupported, match="KVM_EXIT_DEBUG"):
-        X86VCpu._decode(_fake(), KVM_EXIT_DEBUG)
+    with pytest.raises(Unsupported, match="KVM_EXIT_EXCEPTION"):
+        X86VCpu._decode(_fake(), KVM_EXIT_EXCEPTION)
+    # a debug exit: B0 of DR6 is the first hardware breakpoint, else the step ended
+    fake = _fake(debug_exit=SimpleNamespace(pc=0x1234, dr6=0xFFFF0FF1))
+    fake._debug = GuestDebug(hw_breakpoints=(0x1234,))
+    assert X86VCpu._decode(fake, KVM_EXIT_DEBUG) == DebugStop("breakpoint", 0x1234)
+    fake = _fake(debug_exit=SimpleNamespace(pc=0x1236, dr6=0xFFFF4FF0))
+    fake._debug = GuestDebug(step=True)
+    assert X86VCpu._decode(fake, KVM_EXIT_DEBUG) == DebugStop("step", 0x1236)
 
 
 def test_cpuid_carries_each_vcpus_apic_id_and_can_hide_pv_hypercalls():

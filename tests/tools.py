@@ -110,6 +110,7 @@ TOOLS: dict[str, ToolSpec] = {
     "ip": ToolSpec("iproute2", "*bin/ip"),
     "e2fsck": ToolSpec("e2fsprogs", "*sbin/e2fsck"),
     "iasl": ToolSpec("acpica-tools", "usr/bin/iasl"),
+    "gdb-multiarch": ToolSpec("gdb-multiarch", "usr/bin/gdb-multiarch"),
 }
 
 #: Packages of which only these files are kept (globs).

@@ -62,6 +62,7 @@ from pyaxvisor.vm.config import (
 from pyaxvisor.vm.result import STATUS
 
 if TYPE_CHECKING:
+    from pyaxvisor.gdb.server import GdbAddress, GdbServer
     from pyaxvisor.vm.board import Board
     from pyaxvisor.vm.vm import Vm
 
@@ -326,6 +327,13 @@ def _interrupted() -> NoReturn:
                    "line each, to --trace-file.")
 @click.option("--trace-file", "trace_file", type=click.Path(path_type=Path), default=None,
               help="Where --trace writes (default ./pyaxvisor-trace.txt).")
+@click.option("--gdb", "-gdb", "gdb", default=None,
+              help="Wait for gdb's remote protocol at tcp::PORT (127.0.0.1 only) or "
+                   "unix:PATH[,server] (a Unix socket, created). A client that connects "
+                   "stops the guest; one that leaves lets it run on.")
+@click.option("-s", "gdb_default", is_flag=True, help="Shorthand for -gdb tcp::1234.")
+@click.option("-S", "gdb_wait", is_flag=True,
+              help="Do not start the CPUs until gdb connects and continues (with -s/-gdb).")
 @click.option("--trap-mmio", is_flag=True,
               help="aarch64, riscv64: route every device access through MMIO exits instead of "
                    "serving the UART and interrupt controller inside the CPU (slower; for "
@@ -343,7 +351,8 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         qmps: tuple[str, ...], nodefaults: bool, enable_kvm: bool, no_reboot: bool,
         no_shutdown: bool, serial: str,
         timeout: str | None, stats: bool, stats_json: Path | None, trace: str | None,
-        trace_file: Path | None, trap_mmio: bool) -> None:
+        trace_file: Path | None, gdb: str | None, gdb_default: bool, gdb_wait: bool,
+        trap_mmio: bool) -> None:
     """Boot a guest with its serial console on this terminal (Ctrl-A X quits).
 
     CONFIG_FILE is an AxVisor VM config (TOML); the options given with it override
@@ -380,6 +389,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
                                            trace_file=trace_file,
                                            profile_png=ctx.meta.get(PROFILE_PNG))
         qmp_addresses = tuple(parse_qmp_address(q) for q in qmps)
+        gdb_address = _gdb_address(gdb, gdb_default, gdb_wait)
     except AxError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -440,7 +450,22 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
-    _boot(config, observe, qmp_addresses)
+    _boot(config, observe, qmp_addresses, gdb_address, gdb_wait)
+
+
+def _gdb_address(gdb: str | None, default: bool, wait: bool) -> GdbAddress | None:
+    """Where the gdb stub listens (``-gdb``, ``-s``), if it does."""
+    from pyaxvisor.gdb.server import DEFAULT_PORT, GdbAddress, parse_address
+
+    if gdb is not None and default:
+        raise InvalidInput("-s is -gdb tcp::1234: give one of them")
+    if gdb is not None:
+        return parse_address(gdb)
+    if default:
+        return GdbAddress(port=DEFAULT_PORT)
+    if wait:
+        raise InvalidInput("-S waits for gdb: it needs -s or -gdb")
+    return None
 
 
 def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) -> None:
@@ -457,19 +482,23 @@ def _check_before_building(cls: type[Board], config: VmConfig, smp: str | None) 
     check_guest_memory(config.ram_size)
 
 
-def _boot(config: VmConfig, observe: Observation, qmp: tuple[QmpAddress, ...] = ()
-          ) -> NoReturn:
+def _boot(config: VmConfig, observe: Observation, qmp: tuple[QmpAddress, ...] = (),
+          gdb: GdbAddress | None = None, gdb_wait: bool = False) -> NoReturn:
     """Run ``config`` with the console on this terminal (and a QMP server on the
-    ``qmp`` addresses); exit with its status."""
+    ``qmp`` addresses, a gdb stub at ``gdb``); exit with its status."""
     from pyaxvisor.boards.quick import boot
     from pyaxvisor.cli.console import Console
+    from pyaxvisor.cli.gdb import start_gdb
     from pyaxvisor.control.qmp import QmpServer
 
     console = Console()
     servers: list[QmpServer] = []
+    gdb_servers: list[GdbServer] = []
 
     def attach(vm: Vm) -> None:
         observe.attach(vm)
+        if gdb is not None:
+            gdb_servers.append(start_gdb(vm, gdb, gdb_wait))
         if qmp:
             servers.append(QmpServer(vm, qmp))
             servers[0].start()
@@ -485,6 +514,8 @@ def _boot(config: VmConfig, observe: Observation, qmp: tuple[QmpAddress, ...] = 
         observe.stop()
         for server in servers:
             server.close()
+        for gdb_server in gdb_servers:
+            gdb_server.close()
 
     try:
         write = observe.start(console.write)

@@ -6,6 +6,7 @@ from pyaxvisor.vcpu.exit import (
     READ_EXITS,
     CpuDown,
     CpuUp,
+    DebugStop,
     ExitReason,
     ExternalInterrupt,
     FailEntry,
@@ -38,7 +39,8 @@ from pyaxvisor.vcpu.width import AccessWidth, Port, SysRegAddr
 
 __all__ = [
     "READ_EXITS", "AccessWidth", "ArchOperationFailed", "ArchPerCpu", "ArchVCpu", "CpuDown",
-    "CpuUp", "ExitReason", "ExternalInterrupt", "FailEntry", "Halt", "Hypercall", "IoRead",
+    "CpuUp", "DebugStop", "ExitReason", "ExternalInterrupt", "FailEntry", "Halt", "Hypercall",
+    "IoRead",
     "InCpuWindow", "IoWrite", "MmioRead", "MmioWrite", "NestedPageFault",
     "NestedVCpuOperation", "Nothing", "PendingRead", "PerCpu", "Port", "ReadExit",
     "SendIPI", "Served", "SysRegAddr", "SysRegRead", "SysRegWrite", "SystemDown", "VCpu",

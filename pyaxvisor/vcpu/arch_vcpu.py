@@ -28,7 +28,9 @@ architecture that has nothing to do there:
   exits itself; ``served_counts()`` reports what was served that way;
 * ``interrupt_pending()``: whether an interrupt is waiting for this vCPU (a Halt
   exit blocks the vCPU only while it is False);
-* ``close()``: release what the vCPU holds outside Python (file descriptors).
+* ``close()``: release what the vCPU holds outside Python (file descriptors);
+* for the gdb stub, ``gdb`` (the registers' layout) and the ``debug_*`` calls and
+  ``set_guest_debug`` of :mod:`pyaxvisor.vcpu.debug` (the defaults: Unsupported).
 
 Each subclass names its configuration types in ``CreateConfig`` and
 ``SetupConfig``; the wrapper checks the configs passed against them.
@@ -43,6 +45,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Self
 
 from pyaxvisor.errors import Unsupported
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
+from pyaxvisor.vcpu.debug import GdbLayout, GuestDebug
 from pyaxvisor.vcpu.exit import (
     ExitReason,
     IoRead,
@@ -88,6 +91,8 @@ class Served(NamedTuple):
 class ArchVCpu(abc.ABC):
     CreateConfig: ClassVar[type]
     SetupConfig: ClassVar[type]
+    #: The registers as gdb sees them; None: no gdb stub for this architecture.
+    gdb: ClassVar[GdbLayout | None] = None
 
     @classmethod
     @abc.abstractmethod
@@ -179,3 +184,16 @@ class ArchVCpu(abc.ABC):
     def close(self) -> None:
         """Release what the vCPU holds outside Python. The default has nothing."""
         return
+
+    # -- the debugger's calls (pyaxvisor.vcpu.debug; on the vCPU's thread, between runs) --
+    def debug_registers(self) -> list[int]:
+        raise Unsupported(f"{type(self).__name__} has no debugger interface")
+
+    def debug_set_register(self, number: int, value: int) -> None:
+        raise Unsupported(f"{type(self).__name__} has no debugger interface")
+
+    def debug_translate(self, va: int, read_u64: Callable[[int], int]) -> int:
+        raise Unsupported(f"{type(self).__name__} has no debugger interface")
+
+    def set_guest_debug(self, config: GuestDebug) -> None:
+        raise Unsupported(f"{type(self).__name__} has no debugger interface")

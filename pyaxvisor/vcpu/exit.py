@@ -218,6 +218,21 @@ class SendIPI(ExitReason):
     vector: int
 
 
+@dataclass(frozen=True, slots=True)
+class DebugStop(ExitReason):
+    """The vCPU stopped for its debugger (see :mod:`pyaxvisor.vcpu.debug`): ``kind`` is
+    "step", "breakpoint" or, for a watchpoint, "write", "read" or "access"; ``addr`` is
+    the PC, or the data address a watchpoint saw."""
+
+    kind: str
+    addr: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("step", "breakpoint", "write", "read", "access"):
+            raise InvalidInput(f"unknown debug stop {self.kind!r}")
+        _check_u64("debug stop address", self.addr)
+
+
 READ_EXITS = (MmioRead, IoRead, SysRegRead)
 ReadExit = MmioRead | IoRead | SysRegRead
 

@@ -26,6 +26,7 @@ from pyaxvisor.errors import AxError, Unsupported
 from pyaxvisor.vcpu import (
     CpuDown,
     CpuUp,
+    DebugStop,
     ExitReason,
     ExternalInterrupt,
     FailEntry,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from pyaxvisor.hal.vcpu_hal import HostHal
     from pyaxvisor.vm.board import Board, BootState
     from pyaxvisor.vm.config import VmConfig
+    from pyaxvisor.vm.debug import VmDebugger
     from pyaxvisor.vm.devices import VmDevices
     from pyaxvisor.vm.exit_trace import ExitTrace
     from pyaxvisor.vm.metrics import VcpuMetrics, VmMetrics
@@ -86,6 +88,7 @@ class ExitDispatch:
     _power: dict[int, CpuPower]
     _restart: dict[int, BootState]
     pause_gate: PauseGate
+    debugger: VmDebugger | None
 
     def finish(self, result: VmResult, cause: str | None = None) -> None: ...
     def start_cpu(self, hw_id: int, entry: int, arg: int) -> CpuStart: ...
@@ -98,6 +101,7 @@ class ExitDispatch:
             CpuUp: self._cpu_up, CpuDown: self._cpu_down, SystemDown: self._system_down,
             ExternalInterrupt: self._external_interrupt, Hypercall: self._hypercall,
             FailEntry: self._fail_entry, NestedPageFault: self._page_fault,
+            DebugStop: self._debug_stop,
         }
 
     def _loop(self, cpu: int, vcpu: VCpu[Any]) -> None:
@@ -128,10 +132,15 @@ class ExitDispatch:
         handlers = self._exit_table()
         other = self._other
         gate = self.pause_gate
+        debug = self.debugger
         while not done.is_set():
             if gate.requested:
                 gate.park(cpu)
                 continue
+            if debug is not None:
+                debug.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
+                if done.is_set():
+                    break
             e = vcpu.run()
             cls = type(e)
             handlers.get(cls, other)(cpu, vcpu, e)
@@ -151,10 +160,15 @@ class ExitDispatch:
         traced = trace.kinds if trace is not None else frozenset()
         arch = vcpu.arch
         gate = self.pause_gate
+        debug = self.debugger
         while not done.is_set():
             if gate.requested:
                 gate.park(cpu)
                 continue
+            if debug is not None:
+                debug.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
+                if done.is_set():
+                    break
             entered = perf()
             e = vcpu.run()
             left = perf()
@@ -271,6 +285,12 @@ class ExitDispatch:
                  if hit is not None else "no RAM and no device there")
         raise Unsupported(f"vCPU {cpu}: nested page fault at {addr:#x} "
                           f"({e.access_flags!r}): {where}")
+
+    def _debug_stop(self, cpu: int, vcpu: VCpu[Any], e: DebugStop) -> None:
+        if self.debugger is None:
+            raise Unsupported(f"vCPU {cpu}: a debug stop ({e.kind} at {e.addr:#x}) with no "
+                              "debugger attached")
+        self.debugger.stopped(cpu, vcpu, e)
 
     def _other(self, cpu: int, vcpu: VCpu[Any], e: ExitReason) -> None:
         if not self.board.on_exit(self, cpu, vcpu, e):

@@ -27,6 +27,8 @@ each vCPU dispatches exits by their type through a table:
 * ``SystemDown`` → the VM ends (power-off or reset); ``ExternalInterrupt`` → the
   HAL's IRQ handler; ``Nothing`` → run again; ``FailEntry`` → an error;
 * ``Hypercall`` → the board, else :class:`UnknownHypercall`;
+* ``DebugStop`` → the attached debugger (``Vm.debugger``, :mod:`pyaxvisor.vm.debug`),
+  which halts every vCPU (all-stop) until gdb resumes them;
 * anything else → the board, else ``Unsupported``.
 
 Pausing (:meth:`Vm.pause`, :meth:`Vm.resume`; :mod:`pyaxvisor.vm.pause`): every vCPU
@@ -111,6 +113,8 @@ class Vm(ExitDispatch):
         self._closed = False
         self.events = VmEvents()
         self.pause_gate = PauseGate()
+        #: The gdb stub's view of the VM (pyaxvisor.vm.debug), attached before run().
+        self.debugger: Any = None
         try:
             self.hal = HostHal(board.host_memory())
             self.space = AddrSpace(self.hal, nested_page_table(self.hal, board.page_table,

@@ -78,6 +78,7 @@ from typing import Protocol, Self
 
 from unicorn import arm64_const as a64
 
+from pyaxvisor.arch.aarch64 import gdb as a64gdb
 from pyaxvisor.arch.aarch64.context_frame import Aarch64ContextFrame
 from pyaxvisor.arch.aarch64.esr import SYSREGS, Esr, sysreg_fields
 from pyaxvisor.arch.aarch64.exception import (
@@ -103,6 +104,7 @@ from pyaxvisor.arch.aarch64.psci import (
     encode_return,
     is_pyaxvisor_hypercall,
 )
+from pyaxvisor.arch.aarch64.stage1 import translate as stage1_translate
 from pyaxvisor.arch.in_cpu import InCpuMmio
 from pyaxvisor.arch.soft_cpu import SoftVCpu
 from pyaxvisor.engine.tcg.aarch64 import (
@@ -117,14 +119,15 @@ from pyaxvisor.engine.tcg.aarch64 import (
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.native import TIMER_PHYS, TIMER_VIRT
 from pyaxvisor.engine.tcg.xsync import SyncGroup
-from pyaxvisor.errors import InvalidInput
+from pyaxvisor.errors import InvalidInput, NotFound
 from pyaxvisor.hal.memory import HostMemory
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import WrittenRanges
 from pyaxvisor.mm.page_table.stage2 import Stage2Format
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
-from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Hypercall, Nothing
+from pyaxvisor.vcpu.debug import GuestDebug
+from pyaxvisor.vcpu.exit import DebugStop, ExitReason, ExternalInterrupt, Hypercall, Nothing
 
 SPSR_EL1H_DAIF = 0x3C5  # M = EL1h (0b0101), D A I F masked (bits 9:6)
 STAGE2_PA_BITS = 40
@@ -149,6 +152,11 @@ _PMU_RESET = PmuState(0, 0, 0, 0, 0, (0,) * (PMU_COUNTERS + 1), (0,) * (PMU_COUN
 #: X0 of a call that is not supported (SMCCC's -1, sign-extended).
 _NOT_SUPPORTED = encode_return(PsciRet.NOT_SUPPORTED)
 _EL2_REGS = ("HCR_EL2", "VTCR_EL2", "VTTBR_EL2", "VMPIDR_EL2")
+_MDCR_EL2 = (3, 4, 1, 1, 1)
+_MDCR_TDE = 1 << 8          # debug exceptions of EL1/EL0 go to EL2
+_MDSCR_EL1 = (2, 0, 0, 2, 2)
+#: Exception classes of the debug exceptions (the lower-EL forms; +1 is the same-EL one).
+_EC_BREAKPOINT, _EC_STEP, _EC_WATCH, _EC_BRK = 0x30, 0x32, 0x34, 0x3C
 
 
 class InterruptController(Protocol):
@@ -229,6 +237,7 @@ class _SavedState:
 class Aarch64VCpu(SoftVCpu):
     CreateConfig = Aarch64VCpuCreateConfig
     SetupConfig = Aarch64VCpuSetupConfig
+    gdb = a64gdb.LAYOUT
 
     def __init__(self, vm_id: int, vcpu_id: int, config: Aarch64VCpuCreateConfig) -> None:
         self.vm_id = vm_id
@@ -260,6 +269,8 @@ class Aarch64VCpu(SoftVCpu):
         self._served: Counter[str] = Counter()
         self._in_guest = False
         self._run_thread: int | None = None  # the host thread the vCPU is bound on
+        self._debug = GuestDebug()
+        self._guest_mdscr_ss: int | None = None  # MDSCR_EL1.SS while the debugger steps
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -389,6 +400,12 @@ class Aarch64VCpu(SoftVCpu):
                 ctx.elr = engine.deliver_to_el1(trap)
                 self._guest_exceptions += 1
                 continue
+            if self._debug.active and (trap.syndrome >> 26) in (
+                    _EC_BREAKPOINT, _EC_STEP, _EC_WATCH, _EC_BRK):
+                stop = self._debug_trap(engine, trap)
+                if stop is not None:
+                    return stop
+                continue
             ctx.x = engine.gprs_at_trap()
             self._synced = list(ctx.x)
             ctx.elr = trap.pc
@@ -412,6 +429,36 @@ class Aarch64VCpu(SoftVCpu):
                 engine.complete_step()
             if not isinstance(exit_reason, Nothing):
                 return exit_reason
+
+    def _debug_trap(self, engine: Aarch64Tcg, trap: Trap) -> DebugStop | None:
+        """A debug exception taken to EL2 while the debugger is on (MDCR_EL2.TDE): the
+        debugger's stop, or (None) one of the guest's own, delivered to its EL1."""
+        ec = trap.syndrome >> 26
+        stop: DebugStop | None = None
+        if ec == _EC_BRK and trap.pc in self._debug.sw_breakpoints:
+            stop = DebugStop("breakpoint", trap.pc)
+        elif ec == _EC_STEP and self._debug.step:
+            stop = DebugStop("step", trap.pc)
+        elif ec == _EC_BREAKPOINT and trap.pc in self._debug.hw_breakpoints:
+            stop = DebugStop("breakpoint", trap.pc)
+        elif ec == _EC_WATCH and self._debug.watchpoints:
+            write = bool(trap.syndrome & (1 << 6))
+            kind = next((w.kind for w in self._debug.watchpoints
+                         if w.addr <= trap.far < w.addr + w.length), "write" if write else "read")
+            stop = DebugStop("access" if kind == "access" else "write" if write else "read",
+                             trap.far)
+        if stop is not None:
+            self.ctx.x = engine.gprs_at_trap()
+            self._synced = list(self.ctx.x)
+            self.ctx.elr = trap.pc
+            return stop
+        syndrome = trap.syndrome
+        if ec != _EC_BRK and (trap.pstate >> 2) & 3 == 1:
+            syndrome |= 1 << 26  # taken from EL1 to EL1: the same-EL class
+        self.ctx.elr = engine.deliver_to_el1(Trap(trap.kind, syndrome, trap.far, 1, 0,
+                                                  trap.pc))
+        self._guest_exceptions += 1
+        return None
 
     def _external_abort(self, engine: Aarch64Tcg, trap: Trap) -> int:
         """Make the guest take the synchronous external abort of the access ``trap``
@@ -478,6 +525,83 @@ class Aarch64VCpu(SoftVCpu):
 
     def get_gpr(self, index: int) -> int:
         return self.ctx.gpr(index)
+
+    # -- the debugger (pyaxvisor.vcpu.debug; on the bound thread, between runs) -------------
+    def debug_registers(self) -> list[int]:
+        engine = self._require_engine()
+        self._sync_from_engine(engine, self.ctx.elr)
+        pstate = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
+        values = [*self.ctx.x, engine.reg_read(a64.UC_ARM64_REG_SP), self.ctx.elr,
+                  pstate & 0xFFFF_FFFF]
+        for name, enc in a64gdb.SYSREGS:
+            if enc is not None:
+                values.append(engine.read_cp(*enc))
+            elif (name == "sp_el1") == bool(pstate & 1):  # the live SP is this one
+                values.append(engine.reg_read(a64.UC_ARM64_REG_SP))
+            else:
+                values.append(engine.reg_read(a64.UC_ARM64_REG_SP_EL1 if name == "sp_el1"
+                                              else a64.UC_ARM64_REG_SP_EL0))
+        return values
+
+    def debug_set_register(self, number: int, value: int) -> None:
+        engine = self._require_engine()
+        if not 0 <= number < len(a64gdb.LAYOUT.sizes):
+            raise InvalidInput(f"AArch64 has no gdb register {number}")
+        if number < 31:
+            self.ctx.set_gpr(number, value)
+        elif number == a64gdb.SP:
+            engine.reg_write(a64.UC_ARM64_REG_SP, value)
+        elif number == a64gdb.PC:
+            self.ctx.elr = value
+        elif number == a64gdb.CPSR:
+            engine.reg_write(a64.UC_ARM64_REG_PSTATE, value)
+            self.ctx.spsr = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
+            engine.write_sysreg("SCTLR_EL1", engine.read_sysreg("SCTLR_EL1"))
+        else:
+            name, enc = a64gdb.SYSREGS[number - len(a64gdb.CORE)]
+            if enc is not None:
+                engine.write_cp(*enc, value)
+                return
+            live = (name == "sp_el1") == bool(engine.reg_read(a64.UC_ARM64_REG_PSTATE) & 1)
+            engine.reg_write(a64.UC_ARM64_REG_SP if live else
+                             a64.UC_ARM64_REG_SP_EL1 if name == "sp_el1"
+                             else a64.UC_ARM64_REG_SP_EL0, value)
+
+    def debug_translate(self, va: int, read_u64: Callable[[int], int]) -> int:
+        engine = self._require_engine()
+        return stage1_translate(va, engine.read_sysreg("SCTLR_EL1"),
+                                engine.read_cp(3, 0, 2, 0, 2), engine.read_cp(3, 0, 2, 0, 0),
+                                engine.read_cp(3, 0, 2, 0, 1), read_u64)
+
+    def set_guest_debug(self, config: GuestDebug) -> None:
+        """Software breakpoints and steps are the architecture's debug exceptions (BRK,
+        software step with MDSCR_EL1.SS and PSTATE.SS) routed to EL2 by MDCR_EL2.TDE;
+        the guest's own debug exceptions then reach EL2 too and are given back to it."""
+        engine = self._require_engine()
+        self._debug = config
+        mdcr = engine.read_cp(*_MDCR_EL2) & ~_MDCR_TDE  # keep HPMN and the trap bits
+        engine.write_cp(*_MDCR_EL2, mdcr | (_MDCR_TDE if config.sw_breakpoints or config.step
+                                            else 0))
+        pstate = engine.reg_read(a64.UC_ARM64_REG_PSTATE)
+        mdscr = engine.read_cp(*_MDSCR_EL1)
+        if config.step:
+            if self._guest_mdscr_ss is None:
+                self._guest_mdscr_ss = mdscr & 1
+            engine.reg_write(a64.UC_ARM64_REG_PSTATE, pstate | PSTATE_SS)
+            engine.write_cp(*_MDSCR_EL1, mdscr | 1)
+        elif self._guest_mdscr_ss is not None:
+            engine.reg_write(a64.UC_ARM64_REG_PSTATE, pstate & ~PSTATE_SS)
+            engine.write_cp(*_MDSCR_EL1, (mdscr & ~1) | self._guest_mdscr_ss)
+            self._guest_mdscr_ss = None
+        # QEMU derives its translation flags (the step state among them) from these
+        engine.write_sysreg("SCTLR_EL1", engine.read_sysreg("SCTLR_EL1"))
+        watches = []
+        for w in config.watchpoints:
+            pa = engine.translate(w.addr)
+            if pa is None:
+                raise NotFound(f"watchpoint at {w.addr:#x}: the address has no translation")
+            watches.append((w.addr, pa, w.length, {"read": 1, "write": 2, "access": 3}[w.kind]))
+        engine.set_debugger_points(config.hw_breakpoints, watches)
 
     # -- interrupts -----------------------------------------------------------------------------
     def attach_interrupt_controller(self, controller: InterruptController) -> None:

@@ -48,7 +48,7 @@ from pyaxvisor.arch.riscv64.decode import (
 )
 from pyaxvisor.arch.riscv64.memory import find_mapping
 from pyaxvisor.arch.riscv64.sbi import GuestAccessError, Sbi
-from pyaxvisor.engine.tcg.riscv64 import Riscv64Tcg, Trap, TrapAction
+from pyaxvisor.engine.tcg.riscv64 import DEBUGGER_CAUSE, Riscv64Tcg, Trap, TrapAction
 from pyaxvisor.engine.tcg.riscv64_isa import (
     INSN_WFI,
     MIP_SSIP,
@@ -62,7 +62,14 @@ from pyaxvisor.errors import BadState, InvalidInput, NotFound, Unsupported
 from pyaxvisor.mm.addr import GuestPhysAddr
 from pyaxvisor.mm.flags import AccessFlags, MappingFlags
 from pyaxvisor.mm.page_table.table import NotMapped
-from pyaxvisor.vcpu.exit import ExitReason, Halt, MmioRead, MmioWrite, NestedPageFault
+from pyaxvisor.vcpu.exit import (
+    DebugStop,
+    ExitReason,
+    Halt,
+    MmioRead,
+    MmioWrite,
+    NestedPageFault,
+)
 
 if TYPE_CHECKING:
     from pyaxvisor.arch.riscv64.vcpu import RISCVVCpu
@@ -154,7 +161,31 @@ class TrapHandler:
         if cause in (Cause.LOAD_ACCESS_FAULT, Cause.STORE_ACCESS_FAULT,
                      Cause.INST_ACCESS_FAULT):
             return self._access_fault(trap)
+        if cause in (DEBUGGER_CAUSE, Cause.BREAKPOINT):
+            return self._debug_trap(trap)
         raise UnhandledTrap(f"no handler for exception cause {cause}", trap,
+                            self._engine.gprs())
+
+    def _debug_trap(self, trap: Trap) -> int:
+        """The debugger's step or breakpoint (its hooks, or an EBREAK it put at one of
+        its breakpoints): a DebugStop exit; any other EBREAK is the guest's."""
+        fired, addr = self._engine.take_debug_fired()
+        pc = trap[1]
+        if fired in (1, 2):
+            self._exit = DebugStop("step" if fired == 1 else "breakpoint", pc)
+            return _STOP
+        if fired in (3, 4):
+            kind = next((w.kind for w in self.vcpu.debug.watchpoints
+                         if w.addr <= addr < w.addr + w.length), "read")
+            self._exit = DebugStop("access" if kind == "access" else
+                                   "write" if fired == 4 else "read", addr)
+            return _STOP
+        if trap[0] == Cause.BREAKPOINT and pc in self.vcpu.debug.sw_breakpoints:
+            self._exit = DebugStop("breakpoint", pc)
+            return _STOP
+        if trap[0] == Cause.BREAKPOINT:
+            return _DELIVER
+        raise UnhandledTrap("a debugger trap with no debugger step or breakpoint", trap,
                             self._engine.gprs())
 
     def _ecall(self, trap: Trap) -> int:

@@ -56,7 +56,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Self
 
+from unicorn import UC_PROT_READ
+
 from pyaxvisor.arch.in_cpu import InCpuMmio
+from pyaxvisor.arch.riscv64 import gdb as rvgdb
 from pyaxvisor.arch.riscv64.context import HartContext
 from pyaxvisor.arch.riscv64.memory import ram_mappings
 from pyaxvisor.arch.riscv64.pcpu import current_percpu
@@ -67,20 +70,23 @@ from pyaxvisor.engine.tcg.common import BOOT_NS
 from pyaxvisor.engine.tcg.exec_lock import ExecLock
 from pyaxvisor.engine.tcg.riscv64 import PREEMPTED, Riscv64Tcg
 from pyaxvisor.engine.tcg.riscv64_isa import (
+    GUEST_CAUSES,
     MIP_SEIP,
     MIP_SSIP,
     MIP_STIP,
     S_INTERRUPTS,
     XLEN_MASK,
+    Cause,
     Csr,
 )
 from pyaxvisor.engine.tcg.xsync import SyncGroup
-from pyaxvisor.errors import BadState, InvalidInput
+from pyaxvisor.errors import BadState, InvalidInput, NotFound
 from pyaxvisor.hal.vcpu_hal import VCpuHal
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace, WrittenRanges
 from pyaxvisor.mm.page_table.gstage import GSTAGE_MODES, GStagePageTable
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow, Served
+from pyaxvisor.vcpu.debug import GuestDebug
 from pyaxvisor.vcpu.exit import ExitReason, ExternalInterrupt, Halt, Nothing
 
 _NS = 1_000_000_000
@@ -122,6 +128,7 @@ class RISCVVCpuSetupConfig:
 class RISCVVCpu(SoftVCpu):
     CreateConfig = RISCVVCpuCreateConfig
     SetupConfig = RISCVVCpuSetupConfig
+    gdb = rvgdb.LAYOUT
 
     def __init__(self, vm_id: int, vcpu_id: int, config: RISCVVCpuCreateConfig) -> None:
         self.vm_id = vm_id
@@ -154,6 +161,8 @@ class RISCVVCpu(SoftVCpu):
         self.on_access_fault: Callable[[AccessFault], None] | None = None
         self.traps = TrapHandler(self)
         self.sbi = self.traps.sbi
+        #: What the debugger stops for (pyaxvisor.vcpu.debug).
+        self.debug = GuestDebug()
 
     # -- ArchVCpu: lifecycle -----------------------------------------------------------
     @classmethod
@@ -471,6 +480,50 @@ class RISCVVCpu(SoftVCpu):
         if engine is not None:
             self.ctx.load(engine)
             engine.flush_tlb()
+
+    # -- the debugger (pyaxvisor.vcpu.debug; on the bound thread, between runs) -----------
+    def debug_registers(self) -> list[int]:
+        engine = self._require_engine()
+        return [*engine.gprs(), engine.pc, *(engine.csr(c) for _n, c in rvgdb.CSRS)]
+
+    def debug_set_register(self, number: int, value: int) -> None:
+        engine = self._require_engine()
+        if not 0 <= number < len(rvgdb.LAYOUT.sizes):
+            raise InvalidInput(f"RISC-V has no gdb register {number}")
+        if number < 32:
+            engine.set_gpr(number, value)
+        elif number == rvgdb.PC:
+            engine.pc = value
+        else:
+            engine.set_csr(rvgdb.CSRS[number - rvgdb.PC - 1][1], value)
+
+    def debug_translate(self, va: int, read_u64: Callable[[int], int]) -> int:
+        gpa = self._require_engine().translate(va, UC_PROT_READ)
+        if gpa is None:
+            raise NotFound(f"virtual address {va:#x} has no translation")
+        return gpa
+
+    def set_guest_debug(self, config: GuestDebug) -> None:
+        """Steps, hardware breakpoints and watchpoints are the engine's native hooks
+        (a watchpoint watches the guest-physical bytes its address has now); the VM's EBREAKs
+        reach the trap handler while a debugger is on (the guest's own are given back
+        to it there)."""
+        engine = self._require_engine()
+        watches = []
+        for w in config.watchpoints:
+            gpa = engine.translate(w.addr, UC_PROT_READ)
+            if gpa is None:
+                raise NotFound(f"watchpoint at {w.addr:#x}: the address has no translation")
+            watches.append((w.addr, gpa, w.length, {"read": 1, "write": 2, "access": 3}[w.kind]))
+        self.debug = config
+        engine.set_debugger_points(config.step, config.hw_breakpoints, watches)
+        # an EBREAK reaches M-mode as an invalid instruction or, on the patched build,
+        # as an exception: neither may be delivered to the guest while the VM has some
+        ebreak = bool(config.sw_breakpoints)
+        engine.ebreak_to_m = ebreak
+        causes = engine.guest_causes
+        engine.guest_causes = causes - {Cause.BREAKPOINT} if ebreak \
+            else causes | ({Cause.BREAKPOINT} if Cause.BREAKPOINT in GUEST_CAUSES else set())
 
     @property
     def engine(self) -> Riscv64Tcg:

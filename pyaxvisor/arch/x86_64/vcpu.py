@@ -73,9 +73,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self
 
+from pyaxvisor.arch.x86_64 import gdb as x86gdb
 from pyaxvisor.arch.x86_64.pcpu import virtualization_extension
 from pyaxvisor.engine.kvm import structs as st
 from pyaxvisor.engine.kvm.exits import (
+    KVM_EXIT_DEBUG,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HLT,
     KVM_EXIT_INTERNAL_ERROR,
@@ -94,10 +96,18 @@ from pyaxvisor.engine.kvm.ioctls import KVM_INTERRUPT
 from pyaxvisor.engine.kvm.kick import install as install_kick
 from pyaxvisor.engine.kvm.kick import kick_thread
 from pyaxvisor.engine.kvm.system import KvmVCpu, KvmVm, io_exit_key, kvm_ioctl
-from pyaxvisor.errors import AlreadyExists, AxError, BadState, InvalidInput, Unsupported
+from pyaxvisor.errors import (
+    AlreadyExists,
+    AxError,
+    BadState,
+    InvalidInput,
+    NotFound,
+    Unsupported,
+)
 from pyaxvisor.mm.addr import GuestPhysAddr, HostPhysAddr
 from pyaxvisor.mm.addrspace import AddrSpace
 from pyaxvisor.vcpu.arch_vcpu import ArchVCpu, InCpuWindow, Served
+from pyaxvisor.vcpu.debug import GuestDebug
 from pyaxvisor.vcpu.exit import (
     U64,
     ExitReason,
@@ -321,6 +331,7 @@ class _StringIo:
 class X86VCpu(ArchVCpu):
     CreateConfig = X86VCpuCreateConfig
     SetupConfig = X86VCpuSetupConfig
+    gdb = x86gdb.LAYOUT
 
     def __init__(self, vm_id: int, vcpu_id: int, config: X86VCpuCreateConfig,
                  kvm_vcpu: KvmVCpu) -> None:
@@ -341,6 +352,7 @@ class X86VCpu(ArchVCpu):
         self._string: _StringIo | None = None
         self._served = array("Q", bytes(8 * 6))
         self._on_triple_fault = config.on_triple_fault
+        self._debug = GuestDebug()
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -643,6 +655,9 @@ class X86VCpu(ArchVCpu):
             raise KvmInternalError(self.vcpu_id, err.suberror, err.data)
         if reason in (KVM_EXIT_INTR, KVM_EXIT_IRQ_WINDOW_OPEN):
             return Nothing()
+        if reason == KVM_EXIT_DEBUG:
+            d = kvm.debug_exit
+            return x86gdb.debug_stop(d.pc, d.dr6, self._debug)
         raise Unsupported(f"vCPU {self.vcpu_id}: KVM exit {exit_reason_name(reason)} "
                           f"({reason}) is not supported")
 
@@ -718,6 +733,25 @@ class X86VCpu(ArchVCpu):
             self.kvm.request_interrupt_window = bool(self._pending)
 
     # -- teardown --------------------------------------------------------------------------
+    # -- the debugger (pyaxvisor.vcpu.debug; on the bound thread, between runs) -----------
+    def debug_registers(self) -> list[int]:
+        return x86gdb.read_registers(self.kvm)
+
+    def debug_set_register(self, number: int, value: int) -> None:
+        x86gdb.write_register(self.kvm, number, value)
+
+    def debug_translate(self, va: int, read_u64: Callable[[int], int]) -> int:
+        gpa = self.kvm.translate(va)
+        if gpa is None:
+            raise NotFound(f"virtual address {va:#x} has no translation")
+        return gpa
+
+    def set_guest_debug(self, config: GuestDebug) -> None:
+        """KVM_SET_GUEST_DEBUG (see :mod:`pyaxvisor.arch.x86_64.gdb`)."""
+        control, dr = x86gdb.debug_control(config)
+        self.kvm.set_guest_debug(control, dr)
+        self._debug = config
+
     def close(self) -> None:
         """Close the KVM vCPU (the :class:`KvmVm` also closes it when it is closed)."""
         if self.kvm in self.kvm_vm.vcpus:

@@ -84,6 +84,8 @@ KVM_GET_FPU = _IOR(KVMIO, 0x8C, s.KvmFpu)
 KVM_SET_FPU = _IOW(KVMIO, 0x8D, s.KvmFpu)
 KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, s.KvmCpuid2)
 KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, s.KvmCpuid2)
+KVM_TRANSLATE = _IOWR(KVMIO, 0x85, s.KvmTranslation)
+KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9B, s.KvmGuestDebug)
 
 IOCTL_NAMES: dict[int, str] = {
     value: name for name, value in dict(globals()).items()

@@ -94,6 +94,27 @@ class KvmFpu(ctypes.Structure):
     ]
 
 
+class KvmGuestDebug(ctypes.Structure):
+    """``struct kvm_guest_debug`` (x86: ``kvm_guest_debug_arch`` is DR0-DR7)."""
+
+    _fields_ = [
+        ("control", u32),
+        ("pad", u32),
+        ("debugreg", u64 * 8),
+    ]
+
+
+class KvmTranslation(ctypes.Structure):
+    _fields_ = [
+        ("linear_address", u64),
+        ("physical_address", u64),
+        ("valid", u8),
+        ("writeable", u8),
+        ("usermode", u8),
+        ("pad", u8 * 5),
+    ]
+
+
 class KvmPitConfig(ctypes.Structure):
     _fields_ = [
         ("flags", u32),

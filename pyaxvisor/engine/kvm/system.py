@@ -37,6 +37,7 @@ from pyaxvisor.engine.kvm import _native  # type: ignore[attr-defined]
 from pyaxvisor.engine.kvm import ioctls as io
 from pyaxvisor.engine.kvm import structs as st
 from pyaxvisor.engine.kvm.exits import (
+    KVM_EXIT_DEBUG,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HYPERCALL,
     KVM_EXIT_INTERNAL_ERROR,
@@ -603,6 +604,29 @@ class KvmVCpu(_Fd):
 
     def set_fpu(self, fpu: st.KvmFpu) -> None:
         self._ioctl(io.KVM_SET_FPU, fpu)
+
+    # -- debugging ------------------------------------------------------------------------
+    def set_guest_debug(self, control: int, debugreg: tuple[int, ...] = ()) -> None:
+        """``KVM_SET_GUEST_DEBUG``: ``control`` (KVM_GUESTDBG_* bits) and DR0-DR7 (the
+        first of ``debugreg``; the others 0)."""
+        dbg = st.KvmGuestDebug()
+        dbg.control = control
+        for i, value in enumerate(debugreg[:8]):
+            dbg.debugreg[i] = value
+        self._ioctl(io.KVM_SET_GUEST_DEBUG, dbg)
+
+    def translate(self, va: int) -> int | None:
+        """``KVM_TRANSLATE``: the guest-physical address of linear address ``va`` in the
+        vCPU's current paging mode, or None when it has none."""
+        tr = st.KvmTranslation()
+        tr.linear_address = va
+        self._ioctl(io.KVM_TRANSLATE, tr)
+        return int(tr.physical_address) if tr.valid else None
+
+    @property
+    def debug_exit(self) -> st.KvmDebugExitArch:
+        """The live ``kvm_run.debug.arch`` of a KVM_EXIT_DEBUG."""
+        return self._expect(KVM_EXIT_DEBUG).exit.debug
 
     def set_cpuid2(self, cpuid: ctypes.Structure) -> None:
         """``KVM_SET_CPUID2`` with a ``kvm_cpuid2`` (e.g. from

@@ -810,6 +810,63 @@ static uint32_t a64_sys_hook(void *uc, int reg, const struct cp_reg *cp, void *u
     return 0;
 }
 
+/* -- the debugger's hardware breakpoints and watchpoints (pyaxvisor.vcpu.debug)
+ *
+ * Not the guest's debug registers: a gdb stub's own, reported to EL2 (Python's
+ * on_trap) as the architecture's debug exceptions would be with MDCR_EL2.TDE set.
+ * a64_debug_code_hook is a UC_HOOK_CODE Python installs over exactly one address per
+ * breakpoint (Unicorn instruments only the instructions in a hook's range; it puts
+ * the PC on the instruction before calling the hook): a breakpoint exception (EC
+ * 0x30) before the instruction runs. a64_debug_watch_hook (UC_HOOK_MEM_READ and
+ * UC_HOOK_MEM_WRITE, installed while a watchpoint is set) matches the physical
+ * address of each access against the watched ranges (Python translated their virtual
+ * addresses when it set them) and takes a watchpoint exception (EC 0x34, WnR, FAR =
+ * the watched virtual address accessed) before the access is done. */
+
+#define A64_DEBUG_WATCH 4
+#define EXCP_PREFETCH_ABORT 3
+
+struct a64_debug {
+    uint8_t *env;                       /* CPUARMState */
+    uint64_t vaddress_off;              /* env->exception.vaddress */
+    void (*raise)(void *env, uint32_t excp, uint32_t syndrome, uint32_t target_el);
+    uint64_t watches;                   /* watchpoints in use (the first `watches`) */
+    uint64_t pa[A64_DEBUG_WATCH], va[A64_DEBUG_WATCH], len[A64_DEBUG_WATCH];
+    uint64_t access[A64_DEBUG_WATCH];   /* bit 0: reads, bit 1: writes */
+    uint64_t hits;
+};
+
+static void a64_debug_code_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct a64_debug *d = user_data;
+    (void)uc;
+    (void)size;
+    d->hits++;
+    *(uint64_t *)(d->env + d->vaddress_off) = address;
+    d->raise(d->env, EXCP_PREFETCH_ABORT, (0x30u << 26) | (1u << 25) | 0x22u, 2);
+}
+
+static void a64_debug_watch_hook(void *uc, int type, uint64_t addr, int size, int64_t value,
+                                 void *user_data)
+{
+    struct a64_debug *d = user_data;
+    unsigned write = type == UC_MEM_WRITE_;
+    (void)uc;
+    (void)value;
+    if (type != UC_MEM_READ_ && type != UC_MEM_WRITE_)
+        return;
+    for (uint64_t n = 0; n < d->watches && n < A64_DEBUG_WATCH; n++) {
+        if (!(d->access[n] >> write & 1) || addr >= d->pa[n] + d->len[n]
+                || addr + (uint64_t)size <= d->pa[n])
+            continue;
+        d->hits++;
+        *(uint64_t *)(d->env + d->vaddress_off) =
+            d->va[n] + (addr > d->pa[n] ? addr - d->pa[n] : 0);
+        d->raise(d->env, EXCP_DATA_ABORT, (0x34u << 26) | (1u << 25) | (write << 6) | 0x22u, 2);
+        return;
+    }
+}
+
 /* -- hooks */
 
 static void a64_el_changed(struct a64_state *st, unsigned el)
@@ -961,6 +1018,7 @@ struct rv_state {
     uint64_t traps, delivered, breakpoints, mem_faults, line_updates;
     struct xsync_peer *peer;        /* this hart's, while it runs a hart of an SMP VM */
     uint64_t fences_i;              /* FENCE.I instructions seen (riscv_fence_i_hook) */
+    uint64_t ebreak_to_m;           /* a debugger is on: EBREAK goes to on_trap (cause 3) */
 };
 
 /* Write the changed interrupt lines to mip (the CPU's thread). ``leave``: make a running
@@ -1056,8 +1114,13 @@ static bool riscv_insn_invalid_hook(void *uc, void *user_data)
      * never hit (the engine runs until -1). The PC is at the EBREAK, the exception
      * number still set: QEMU's trap entry delivers it to the guest. */
     struct rv_state *st = user_data;
-    (void)uc;
     st->breakpoints++;
+    if (st->ebreak_to_m) {
+        /* as any trap to M (the intr hook takes Unicorn's PC skew off again) */
+        *(uint64_t *)(st->env + st->pc_off) += st->pc_skew;
+        riscv_intr_hook(uc, 3, st);
+        return true;
+    }
     rv_deliver(st, 3);
     return true;
 }
@@ -1124,6 +1187,90 @@ static PyObject *riscv_run(PyObject *self, PyObject *args)
     err = st->emu_start(st->uc, pc, UINT64_MAX, 0, 0);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(err);
+}
+
+/* The debugger's step and hardware breakpoints on RISC-V (pyaxvisor.vcpu.debug): UC_HOOK_CODE
+ * hooks (Unicorn puts the PC on the instruction before calling them) that raise a
+ * trap to M (cause 24, custom) before an instruction runs and note it in `fired`. rv_step_hook is installed over
+ * every address for one step: it lets `skip` instructions (1) run, then raises;
+ * rv_bp_hook is installed over exactly one address per breakpoint. */
+#define RV_DEBUG_WATCH 4
+
+struct rv_debug {
+    uint8_t *env;
+    void (*raise)(void *env, uint32_t cause, uintptr_t retaddr);
+    uint64_t skip;                      /* instructions the step hook lets run */
+    uint64_t fired;                     /* 1: a step ended, 2: a breakpoint was hit,
+                                         * 3: a watched read, 4: a watched write */
+    uint64_t hits;
+    uint64_t addr;                      /* the watched virtual address accessed */
+    uint64_t watches;                   /* watchpoints in use (the first `watches`) */
+    uint64_t pa[RV_DEBUG_WATCH], va[RV_DEBUG_WATCH], len[RV_DEBUG_WATCH];
+    uint64_t access[RV_DEBUG_WATCH];    /* bit 0: reads, bit 1: writes */
+};
+
+/* A cause of the custom range, which no instruction raises: it reaches the intr hook
+ * (Unicorn turns cause 3 into an invalid-instruction event) and on_trap. */
+#define RV_EXCP_DEBUGGER 24
+
+static void rv_step_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct rv_debug *d = user_data;
+    (void)uc;
+    (void)address;
+    (void)size;
+    if (d->skip) {
+        d->skip--;
+        return;
+    }
+    d->fired = 1;
+    d->hits++;
+    d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+}
+
+static void rv_bp_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    struct rv_debug *d = user_data;
+    (void)uc;
+    (void)address;
+    (void)size;
+    d->fired = 2;
+    d->hits++;
+    d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+}
+
+/* UC_HOOK_MEM_READ and UC_HOOK_MEM_WRITE while a watchpoint is set: the physical address
+ * of each access against the watched ranges (translated by Python when it set them); a
+ * match traps to M before the access is done. */
+static void rv_watch_hook(void *uc, int type, uint64_t addr, int size, int64_t value,
+                          void *user_data)
+{
+    struct rv_debug *d = user_data;
+    unsigned write = type == UC_MEM_WRITE_;
+    (void)uc;
+    (void)value;
+    if (type != UC_MEM_READ_ && type != UC_MEM_WRITE_)
+        return;
+    for (uint64_t n = 0; n < d->watches && n < RV_DEBUG_WATCH; n++) {
+        if (!(d->access[n] >> write & 1) || addr >= d->pa[n] + d->len[n]
+                || addr + (uint64_t)size <= d->pa[n])
+            continue;
+        d->fired = write ? 4 : 3;
+        d->addr = d->va[n] + (addr > d->pa[n] ? addr - d->pa[n] : 0);
+        d->hits++;
+        d->raise(d->env, RV_EXCP_DEBUGGER, 0);
+        return;
+    }
+}
+
+static PyObject *rv_debug_hooks(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(NNNn)", PyLong_FromVoidPtr((void *)rv_step_hook),
+                         PyLong_FromVoidPtr((void *)rv_bp_hook),
+                         PyLong_FromVoidPtr((void *)rv_watch_hook),
+                         (Py_ssize_t)sizeof(struct rv_debug));
 }
 
 static PyObject *riscv_hook_addresses(PyObject *self, PyObject *args)
@@ -1216,6 +1363,16 @@ static PyObject *a64_hook_addresses(PyObject *self, PyObject *args)
                          PyLong_FromVoidPtr((void *)a64_watch_hook),
                          PyLong_FromVoidPtr((void *)a64_kick),
                          PyLong_FromVoidPtr((void *)a64_intr_hook));
+}
+
+/* (code hook, memory hook, sizeof struct a64_debug) of the debugger's hooks. */
+static PyObject *a64_debug_hooks(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(NNn)", PyLong_FromVoidPtr((void *)a64_debug_code_hook),
+                         PyLong_FromVoidPtr((void *)a64_debug_watch_hook),
+                         (Py_ssize_t)sizeof(struct a64_debug));
 }
 
 /* The PMU brought up to now (fold), or its sources taken as they are now without counting
@@ -1373,6 +1530,8 @@ out:
 static PyMethodDef methods[] = {
     {"preempt_hook_address", preempt_hook_address, METH_NOARGS,
      "UC_HOOK_BLOCK callback; user_data: struct preempt_state*."},
+    {"a64_debug_hooks", a64_debug_hooks, METH_NOARGS,
+     "(code hook, memory hook, sizeof) of the debugger's breakpoints and watchpoints."},
     {"a64_hook_addresses", a64_hook_addresses, METH_NOARGS,
      "(block, MRS, MSR, SYS, memory hooks, kick callback, intr hook) of the AArch64 CPU; user_data: "
      "struct a64_state*."},
@@ -1385,6 +1544,8 @@ static PyMethodDef methods[] = {
      "a64_set_virq(state, level): HCR_EL2.VI = level, on the CPU's thread only."},
     {"a64_set_work", a64_set_work, METH_VARARGS,
      "a64_set_work(state, on, off): set and clear the block hook's work bits; CPU stopped."},
+    {"rv_debug_hooks", rv_debug_hooks, METH_NOARGS,
+     "(step hook, breakpoint hook, sizeof) of the debugger's RISC-V hooks."},
     {"riscv_hook_addresses", riscv_hook_addresses, METH_NOARGS,
      "(block, intr, insn_invalid, mem_invalid hooks; rdtime callback; FENCE.I hook; kick "
      "callback); user_data: "

@@ -63,13 +63,14 @@ import ctypes
 import enum
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from unicorn import (
     UC_ARCH_ARM64,
     UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
@@ -99,6 +100,7 @@ from pyaxvisor.engine.tcg.native import (
     Preemptor,
     _PreemptState,
     _TimerState,
+    _uclib,
     add_hook,
     del_hook,
     exit_at_blocks_only,
@@ -391,10 +393,27 @@ class _A64State(ctypes.Structure):
                 ("delivered", _U64))
 
 
+#: The debugger's watchpoints (struct a64_debug of _hooks.c).
+DEBUG_WATCHPOINTS = 4
+
+
+class _A64Debug(ctypes.Structure):
+    _fields_ = (("env", ctypes.c_void_p), ("vaddress_off", _U64),
+                ("raise_exception", ctypes.c_void_p), ("watches", _U64),
+                ("pa", _U64 * DEBUG_WATCHPOINTS), ("va", _U64 * DEBUG_WATCHPOINTS),
+                ("len", _U64 * DEBUG_WATCHPOINTS), ("access", _U64 * DEBUG_WATCHPOINTS),
+                ("hits", _U64))
+
+
 (_HOOK_BLOCK, _HOOK_MRS, _HOOK_MSR, _HOOK_SYS, _HOOK_WATCH, _KICK,
  _HOOK_INTR) = _hooks.a64_hook_addresses()
+_HOOK_DEBUG_CODE, _HOOK_DEBUG_WATCH, _debug_size = _hooks.a64_debug_hooks()
+_vmem_translate = _uclib.uc_vmem_translate
+_vmem_translate.argtypes = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                            ctypes.POINTER(ctypes.c_uint64))
+_vmem_translate.restype = ctypes.c_int
 if (ctypes.sizeof(_A64State), _A64State.pmu.offset, _A64State.watch.offset,
-        _A64State.virq.offset) != _hooks.a64_layout():
+        _A64State.virq.offset) != _hooks.a64_layout() or ctypes.sizeof(_A64Debug) != _debug_size:
     raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
                       "rebuild the extension (python setup.py build_ext --inplace)")
 
@@ -521,6 +540,12 @@ class Aarch64Tcg:
         self._kicker = Kicker(uc, _KICK, ptr) if Kicker.available else None
         self._watch_hook: Any = None
         self._sys_hook: Any = None
+        self._debug = dbg = _A64Debug()
+        dbg.env, dbg.vaddress_off = st.env, st.vaddress_off
+        dbg.raise_exception = st.raise_exception
+        self._debug_ptr = ctypes.pointer(dbg)
+        self._debug_code_hooks: dict[int, Any] = {}
+        self._debug_watch_hook: Any = None
         #: This CPU's place in the sync group of the VM whose vCPU is bound here.
         self.xsync = SyncPeer(uc._uch.value, self._cpu, st.preempt, st.preempt.emu_stop,
                               "aarch64")
@@ -758,6 +783,51 @@ class Aarch64Tcg:
             _hooks.a64_set_work(addr, _WORK_WATCH | _WORK_XLATE, 0)
         else:
             _hooks.a64_set_work(addr, 0, _WORK_WATCH | _WORK_XLATE)
+
+    def set_debugger_points(self, breakpoints: Sequence[int],
+                            watches: Sequence[tuple[int, int, int, int]]) -> None:
+        """The debugger's own hardware breakpoints (virtual addresses) and watchpoints
+        (``(va, pa, length, access)``, ``pa`` the engine-physical address of ``va`` now,
+        ``access`` bit 0 reads, bit 1 writes; at most :data:`DEBUG_WATCHPOINTS`): each
+        stops the CPU with the architecture's debug exception to EL2 (see ``_hooks.c``).
+        CPU stopped; translated code is dropped when the hooks change."""
+        if len(watches) > DEBUG_WATCHPOINTS:
+            raise EngineError(f"at most {DEBUG_WATCHPOINTS} debugger watchpoints")
+        uc, changed = self._uc, False
+        for addr in [a for a in self._debug_code_hooks if a not in breakpoints]:
+            del_hook(uc, self._debug_code_hooks.pop(addr))
+            changed = True
+        for addr in breakpoints:
+            if addr not in self._debug_code_hooks:
+                self._debug_code_hooks[addr] = add_hook(uc, UC_HOOK_CODE, _HOOK_DEBUG_CODE,
+                                                        self._debug_ptr, begin=addr, end=addr)
+                changed = True
+        dbg = self._debug
+        for n, (va, pa, length, access) in enumerate(watches):
+            dbg.va[n], dbg.pa[n], dbg.len[n], dbg.access[n] = va, pa, length, access
+        dbg.watches = len(watches)
+        if watches and self._debug_watch_hook is None:
+            self._debug_watch_hook = add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                                              _HOOK_DEBUG_WATCH, self._debug_ptr)
+            changed = True
+        elif not watches and self._debug_watch_hook is not None:
+            del_hook(uc, self._debug_watch_hook)
+            self._debug_watch_hook = None
+            changed = True
+        if changed:
+            uc.ctl_flush_tb()
+
+    def translate(self, va: int, write: bool = False) -> int | None:
+        """The engine-physical address of virtual ``va`` through the CPU's current
+        translation (both stages), or None (CPU stopped)."""
+        pa = ctypes.c_uint64()
+        err = _vmem_translate(self._uc._uch.value, va, 2 if write else 1, ctypes.byref(pa))
+        return None if err else pa.value
+
+    @property
+    def debug_hits(self) -> int:
+        """Debugger breakpoints and watchpoints hit."""
+        return self._debug.hits
 
     @property
     def watch_hits(self) -> int:

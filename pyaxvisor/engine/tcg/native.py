@@ -273,13 +273,16 @@ def map_mmio(uc: Uc, paddr: int, size: int, read: Callable[[int, int], int],
     return MappedMmio(rd, wr, table)
 
 
-def add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int) -> Any:
+def add_hook(uc: Uc, kind: int, callback: int, user_data: Any, *extra: int,
+             begin: int = 1, end: int = 0) -> Any:
     """Install the native ``callback`` (an address) for hook ``kind`` over every address
-    with ``user_data`` (a ctypes pointer); ``extra`` are the instruction ids of
-    ``UC_HOOK_INSN``. Returns the handle for :func:`del_hook`."""
+    (or ``[begin, end]`` when ``begin <= end``) with ``user_data`` (a ctypes pointer);
+    ``extra`` are the instruction ids of ``UC_HOOK_INSN``. Returns the handle for
+    :func:`del_hook`."""
     handle = _ucm.uc_hook_h()
     err = _uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(callback),
-                             ctypes.cast(user_data, ctypes.c_void_p), 1, 0,
+                             ctypes.cast(user_data, ctypes.c_void_p), ctypes.c_uint64(begin),
+                             ctypes.c_uint64(end),
                              *(ctypes.c_int(e) for e in extra))
     if err != 0:
         raise RuntimeError(f"uc_hook_add({kind}) failed with unicorn error {err}")

@@ -64,10 +64,13 @@ from typing import Any, NamedTuple
 from unicorn import (
     UC_ARCH_RISCV,
     UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
     UC_MODE_RISCV64,
     UC_PROT_EXEC,
     Uc,
@@ -136,6 +139,29 @@ _set_rdtime_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(
     uc_function("riscv_cpu_set_rdtime_fn_riscv64"))
 (_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I,
  _KICK) = _hooks.riscv_hook_addresses()
+_HOOK_STEP, _HOOK_BP, _HOOK_WATCH, _debug_size = _hooks.rv_debug_hooks()
+#: The debugger's watchpoints (``struct rv_debug``).
+DEBUG_WATCHPOINTS = 4
+#: The cause of the debugger's traps (a custom one no instruction raises).
+DEBUGGER_CAUSE = 24
+
+
+class _RvDebug(ctypes.Structure):
+    """``struct rv_debug`` of ``_hooks.c``: the debugger's step and breakpoints."""
+
+    _fields_ = (("env", ctypes.c_void_p), ("raise_exception", ctypes.c_void_p),
+                ("skip", ctypes.c_uint64), ("fired", ctypes.c_uint64), ("hits", ctypes.c_uint64),
+                ("addr", ctypes.c_uint64), ("watches", ctypes.c_uint64),
+                ("pa", ctypes.c_uint64 * DEBUG_WATCHPOINTS),
+                ("va", ctypes.c_uint64 * DEBUG_WATCHPOINTS),
+                ("len", ctypes.c_uint64 * DEBUG_WATCHPOINTS),
+                ("access", ctypes.c_uint64 * DEBUG_WATCHPOINTS))
+
+
+if ctypes.sizeof(_RvDebug) != _debug_size:
+    raise EngineError("pyaxvisor's native hooks and their Python structure disagree: "
+                      "rebuild the extension (python setup.py build_ext --inplace)")
+
 #: UC_RISCV_INS_FENCE_I (the riscv-fence-i-hook patch; not in the binding's constants).
 UC_RISCV_INS_FENCE_I = 1
 _FENCE_I_HOOKABLE = "riscv-fence-i-hook" in unicorn_build().patches
@@ -197,7 +223,7 @@ class _RvState(ctypes.Structure):
         ("traps", ctypes.c_uint64), ("delivered", ctypes.c_uint64),
         ("breakpoints", ctypes.c_uint64), ("mem_faults", ctypes.c_uint64),
         ("line_updates", ctypes.c_uint64), ("peer", ctypes.c_void_p),
-        ("fences_i", ctypes.c_uint64),
+        ("fences_i", ctypes.c_uint64), ("ebreak_to_m", ctypes.c_uint64),
     )
 
 
@@ -296,6 +322,72 @@ class Riscv64Tcg:
         self._ram: dict[int, RamMapping] = {}
         self._mmio: dict[int, tuple[int, MappedMmio]] = {}
         self.pmp_exact = True  # PMP admits exactly RAM and in-CPU windows
+        self._debug = dbg = _RvDebug()
+        dbg.env, dbg.raise_exception = env, st.raise_exception
+        self._debug_ptr = ctypes.pointer(dbg)
+        self._step_hook: Any = None
+        self._bp_hooks: dict[int, Any] = {}
+        self._watch_hook: Any = None
+
+    # -- the debugger ----------------------------------------------------------------------
+    def set_debugger_points(self, step: bool, breakpoints: Sequence[int],
+                            watches: Sequence[tuple[int, int, int, int]] = ()) -> None:
+        """Stop after one instruction (``step``) and before the instructions at the
+        virtual addresses ``breakpoints``, and before the accesses ``watches``
+        describe (``(va, pa, length, access)``: ``pa`` the guest-physical address of
+        ``va`` now, ``access`` bit 0 reads, bit 1 writes; at most
+        :data:`DEBUG_WATCHPOINTS`), with a trap to M of :data:`DEBUGGER_CAUSE`
+        (:meth:`take_debug_fired` says which; see ``_hooks.c``). CPU stopped; translated
+        code is dropped when the hooks change."""
+        if len(watches) > DEBUG_WATCHPOINTS:
+            raise EngineError(f"at most {DEBUG_WATCHPOINTS} debugger watchpoints")
+        uc, changed = self._uc, False
+        for addr in [a for a in self._bp_hooks if a not in breakpoints]:
+            del_hook(uc, self._bp_hooks.pop(addr))
+            changed = True
+        for addr in breakpoints:
+            if addr not in self._bp_hooks:
+                self._bp_hooks[addr] = _add_hook(uc, UC_HOOK_CODE, _HOOK_BP, self._debug_ptr,
+                                                 begin=addr, end=addr)
+                changed = True
+        self._debug.skip = 1
+        if step and self._step_hook is None:
+            self._step_hook = _add_hook(uc, UC_HOOK_CODE, _HOOK_STEP, self._debug_ptr)
+            changed = True
+        elif not step and self._step_hook is not None:
+            del_hook(uc, self._step_hook)
+            self._step_hook = None
+            changed = True
+        dbg = self._debug
+        for n, (va, pa, length, access) in enumerate(watches):
+            dbg.va[n], dbg.pa[n], dbg.len[n], dbg.access[n] = va, pa, length, access
+        dbg.watches = len(watches)
+        if watches and self._watch_hook is None:
+            self._watch_hook = _add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, _HOOK_WATCH,
+                                         self._debug_ptr)
+            changed = True
+        elif not watches and self._watch_hook is not None:
+            del_hook(uc, self._watch_hook)
+            self._watch_hook = None
+            changed = True
+        if changed:
+            uc.ctl_flush_tb()
+
+    @property
+    def ebreak_to_m(self) -> bool:
+        """Whether EBREAK traps to M (``on_trap``, cause 3) rather than to the guest."""
+        return bool(self._st.ebreak_to_m)
+
+    @ebreak_to_m.setter
+    def ebreak_to_m(self, on: bool) -> None:
+        self._st.ebreak_to_m = int(on)
+
+    def take_debug_fired(self) -> tuple[int, int]:
+        """What made the last debugger trap (then cleared): 1 the step, 2 a breakpoint,
+        3 a watched read, 4 a watched write, 0 none (a guest's EBREAK); and for a
+        watchpoint the virtual address accessed."""
+        fired, self._debug.fired = self._debug.fired, 0
+        return int(fired), int(self._debug.addr)
 
     # -- running --------------------------------------------------------------------
     @property
