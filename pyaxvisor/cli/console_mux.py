@@ -1,12 +1,17 @@
 """Several VMs' serial consoles on one terminal (``pyaxvisor run`` with several VMs).
 
 Output: each VM's bytes go to standard output with ``[NAME] `` at the start of each
-of its lines. A line is the VM's bytes up to ``\\n``; when another VM writes while a
-line is open, the open line is ended first (a line break, ``\\r\\n`` on a terminal)
-and the other VM's text starts a new prefixed line, so two VMs' text never share a
-line; the interrupted VM's next bytes get a new prefix. The host's own messages
-(:meth:`ConsoleMux.notice`: the key help, focus changes, a VM's end) go to standard
-error, after the open console line is ended the same way.
+of its lines (a line is the bytes up to ``\\n``). Two VMs' text never shares a line:
+while one VM's line is open on the terminal (its bytes so far shown, no newline yet)
+it goes on at once, and the others' output is held until that line ends, or until
+that VM has been quiet for :data:`HOLD` seconds (or the others have waited
+:data:`MAX_HOLD`) — then its line is ended for it (a line break, ``\\r\\n`` on a
+terminal), the others' lines are shown, and its next bytes start a new prefixed
+line. With no line open, any VM's bytes are shown at once (an echo is not delayed).
+The host's own messages (:meth:`ConsoleMux.notice`: the key help, focus changes, a
+VM's end) go to standard error, after ending the open console line the same way when
+standard output and error are one terminal or file.
+:meth:`flush` shows everything held (at the end).
 
 Input goes to one VM at a time, the *focused* one: the first VM at the start. When
 standard input is a TTY it is put in raw mode (restored by :meth:`restore`) and
@@ -20,8 +25,9 @@ When standard input is not a TTY (a pipe, CI) every byte goes to the first VM an
 end of file just stops forwarding.
 
 Threads: each VM writes from its own threads (:meth:`writer`'s functions serialize
-on one lock); input is read on one daemon thread (:meth:`start_input`); a VM's
-deliver function is called on that thread, outside the lock.
+on one lock); held output is shown by a daemon thread once its wait is over; input
+is read on one daemon thread (:meth:`start_input`); a VM's deliver function is
+called on that thread, outside the lock.
 """
 
 from __future__ import annotations
@@ -31,13 +37,19 @@ import os
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-__all__ = ["CTRL_A", "KEYS", "ConsoleMux"]
+__all__ = ["CTRL_A", "HOLD", "KEYS", "MAX_HOLD", "ConsoleMux"]
 
 CTRL_A = 0x01
+#: How long (seconds) the VM whose line is open on the terminal keeps it while it is
+#: quiet and others have lines to show.
+HOLD = 0.25
+#: The longest (seconds) the others' output waits for a line that does not end.
+MAX_HOLD = 1.0
 #: The escape keys, as Ctrl-A H lists them.
 KEYS = (("Ctrl-A N", "input to the next VM"),
         ("Ctrl-A 0..9", "input to the VM of that index"),
@@ -58,8 +70,13 @@ class ConsoleMux:
         self._in_fd = input_fd
         self._out_break = b"\r\n" if _isatty(self._out) else b"\n"
         self._err_break = b"\r\n" if _isatty(self._err) else b"\n"
+        self._shared = _same_file(self._out, self._err)  # notices cut console lines
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._open: int | None = None  # the VM whose output line is not ended yet
+        self._held = [bytearray() for _ in names]  # output not on the terminal yet
+        self._last = [0.0] * len(names)  # when each VM last wrote (time.monotonic)
+        self._since = [0.0] * len(names)  # since when its held output waits
         self._deliver: list[Callable[[bytes], None] | None] = [None] * len(names)
         self._pending = [bytearray() for _ in names]
         self._states = ["starting"] * len(names)
@@ -67,6 +84,7 @@ class ConsoleMux:
         self._focus = 0
         self._told_dropped = False
         self._saved_tty: list | None = None
+        threading.Thread(target=self._flusher, name="console-mux-output", daemon=True).start()
 
     # -- output ------------------------------------------------------------------------
     def writer(self, index: int) -> Callable[[bytes], None]:
@@ -76,22 +94,76 @@ class ConsoleMux:
     def _write(self, index: int, data: bytes) -> None:
         if not data:
             return
-        prefix = self._prefixes[index]
-        with self._lock:
-            out = bytearray()
-            if self._open is not None and self._open != index:
-                out += self._out_break
+        with self._changed:
+            now = time.monotonic()
+            if not self._held[index]:
+                self._since[index] = now
+            self._held[index] += data
+            self._last[index] = now
+            self._flush(now)
+            if any(self._held):
+                self._changed.notify()
+
+    def _flush(self, now: float, everything: bool = False) -> None:
+        """Emit what may be emitted now (the lock held): the open line's VM goes on; the
+        others' complete lines wait until it ends its line or is quiet for
+        :data:`HOLD` seconds (then its line is ended for it); a partial line starts
+        only when no line is open. ``everything``: emit all, partial lines too."""
+        out = bytearray()
+        owner = self._open
+        if owner is not None:
+            self._emit_held(owner, out, partial=True)
+            waiting = [self._since[i] for i, held in enumerate(self._held) if held]
+            if self._open == owner and not everything and waiting and \
+                    now - self._last[owner] < HOLD and now - min(waiting) < MAX_HOLD:
+                self._emit(self._out, bytes(out))
+                return  # the others wait for its newline (the flusher comes back)
+            if self._open is not None and waiting:
+                out += self._out_break  # its wait is over: its line is ended for it
                 self._open = None
-            start = 0
-            while start < len(data):
-                end = data.find(b"\n", start)
-                end = len(data) if end < 0 else end + 1
-                if self._open is None:
-                    out += prefix
-                out += data[start:end]
-                self._open = None if data[end - 1] == 0x0A else index
-                start = end
+        for index in range(len(self._names)):
+            self._emit_held(index, out, partial=everything)
+        for index in range(len(self._names)):
+            if self._open is None and self._held[index]:
+                self._emit_held(index, out, partial=True)
+        if out:
             self._emit(self._out, bytes(out))
+
+    def _emit_held(self, index: int, out: bytearray, partial: bool) -> None:
+        """Move VM ``index``'s held bytes to ``out``: its complete lines (and the partial
+        last one if ``partial``), prefixed, after ending another VM's open line."""
+        held = self._held[index]
+        cut = len(held) if partial else held.rfind(b"\n") + 1
+        if cut <= 0:
+            return
+        if self._open is not None and self._open != index:
+            out += self._out_break
+            self._open = None
+        data, self._held[index] = bytes(held[:cut]), held[cut:]
+        start = 0
+        while start < len(data):
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end + 1
+            if self._open is None:
+                out += self._prefixes[index]
+            out += data[start:end]
+            self._open = None if data[end - 1] == 0x0A else index
+            start = end
+
+    def _flusher(self) -> None:
+        """Emit held output once its wait is over (a daemon thread)."""
+        with self._changed:
+            while True:
+                if any(self._held):
+                    self._changed.wait(HOLD / 2)
+                    self._flush(time.monotonic())
+                else:
+                    self._changed.wait()
+
+    def flush(self) -> None:
+        """Emit everything held (at the end, or when a VM ends)."""
+        with self._changed:
+            self._flush(time.monotonic(), everything=True)
 
     def notice(self, text: str) -> None:
         """A host message (one or more lines) on standard error, on lines of its own."""
@@ -99,7 +171,7 @@ class ConsoleMux:
             self._notice(text)
 
     def _notice(self, text: str) -> None:
-        if self._open is not None:
+        if self._open is not None and self._shared:
             self._emit(self._out, self._out_break)
             self._open = None
         lines = text.split("\n")
@@ -124,9 +196,12 @@ class ConsoleMux:
             deliver(kept)
 
     def ended(self, index: int, how: str) -> None:
-        """VM ``index`` has ended (``how``: a phrase for Ctrl-A H); input for it is
-        dropped from now on."""
+        """VM ``index`` has ended (``how``: a phrase for Ctrl-A H); its output held so
+        far is shown; input for it is dropped from now on."""
         with self._lock:
+            out = bytearray()
+            self._emit_held(index, out, partial=True)
+            self._emit(self._out, bytes(out))
             self._ended[index] = True
             self._deliver[index] = None
             self._pending[index] = bytearray()
@@ -243,3 +318,12 @@ def _isatty(stream: BinaryIO) -> bool:
         return os.isatty(stream.fileno())
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _same_file(one: BinaryIO, other: BinaryIO) -> bool:
+    """Whether the two streams write to one file or terminal (or cannot tell)."""
+    try:
+        a, b = os.fstat(one.fileno()), os.fstat(other.fileno())
+    except (OSError, ValueError, AttributeError):
+        return True
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

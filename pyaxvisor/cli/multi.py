@@ -31,6 +31,7 @@ end of ``run`` and :func:`fail_in_group` in its ``_fail``; all on the main threa
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +253,7 @@ class _Runner:
         threads = [threading.Thread(target=self._run_one, args=(index,),
                                     name=f"vm-{guest.name}", daemon=True)
                    for index, guest in enumerate(self.guests)]
-        interrupted = False
+        previous = signal.signal(signal.SIGINT, self._sigint)
         try:
             self.mux.start_input(lambda: self.stop("Ctrl-A X"))
             for thread in threads:
@@ -260,19 +261,22 @@ class _Runner:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(POLL)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.stop("SIGINT")
-            for thread in threads:
-                thread.join()
         finally:
+            signal.signal(signal.SIGINT, previous)
+            self.mux.flush()
             self.mux.restore()
         self._report()
-        if interrupted:
+        if self._stopped_by == "SIGINT":
             click.echo("pyaxvisor: interrupted (SIGINT); every VM was stopped", err=True)
             return INTERRUPTED_STATUS
         statuses = [guest.result.status if guest.result else 4 for guest in self.guests]
         return next((status for status in statuses if status != 0), 0)
+
+    def _sigint(self, _signum: int, _frame: object) -> None:
+        """SIGINT (main thread, between two waits): stop every VM; a second SIGINT is
+        Python's KeyboardInterrupt again (``run`` then exits at once)."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.stop("SIGINT")
 
     def stop(self, why: str) -> None:
         """Tell every VM to stop (any thread); a VM still being built stops when ready."""
