@@ -126,7 +126,7 @@ def test_a_config_file_that_cannot_be_read_stops_everything_before_a_vm_runs(tmp
     bad.write_text("this is [not toml\n")
     p = pyaxvisor("run", str(good), str(bad), "--timeout", "60")
     assert p.returncode == 4, p.stderr
-    assert p.stderr.startswith(f"pyaxvisor: {bad}: "), p.stderr
+    assert p.stderr.startswith(f"pyaxvisor: {bad}: TOML syntax error"), p.stderr
     assert len(p.stderr.splitlines()) == 1, p.stderr
     assert p.stdout == ""
 

@@ -49,13 +49,14 @@ if TYPE_CHECKING:
     from pyaxvisor.vm.config import VmConfig
     from pyaxvisor.vm.vm import Vm
 
-__all__ = ["COLLECT", "MANY", "Guest", "collect", "end_phrase", "fail_in_group",
+__all__ = ["MANY", "Guest", "collect", "end_phrase", "fail_in_group",
            "run_many", "takes_over", "unique_names"]
 
 #: ``ctx.meta`` key: the VMs' command lines, while ``run`` hands over to :func:`run_many`.
 MANY = "pyaxvisor.multi.vms"
-#: ``ctx.meta`` key: where :func:`collect` puts the VM ``run`` built from one group.
-COLLECT = "pyaxvisor.multi.collect"
+#: Where :func:`collect` puts the VM ``run`` built from one group, while one is built
+#: (None otherwise; the main thread's).
+_building: list[tuple[VmConfig, Observation, bool]] | None = None
 #: How often the main thread wakes while VMs run (for SIGINT).
 POLL = 0.2
 
@@ -79,7 +80,7 @@ class Guest:
 
 def takes_over(command: click.Command, ctx: click.Context, args: list[str]) -> bool:
     """Whether ``args`` ask for several VMs (then kept for :func:`run_many`)."""
-    if COLLECT in ctx.meta or command.name != "run":
+    if _building is not None or command.name != "run":
         return False  # one group of several being parsed; pyaxvisor profile runs one VM
     try:
         vms = split(args, value_options(command))
@@ -93,17 +94,15 @@ def takes_over(command: click.Command, ctx: click.Context, args: list[str]) -> b
 
 def collect(ctx: click.Context, config: VmConfig, observe: Observation) -> bool:
     """Take the VM ``run`` built when it builds one of several (True), else False."""
-    built = ctx.meta.get(COLLECT)
-    if built is None:
+    if _building is None:
         return False
-    built.append((config, observe, ctx.params.get("name") is not None))
+    _building.append((config, observe, ctx.params.get("name") is not None))
     return True
 
 
 def fail_in_group(message: str) -> None:
     """Raise the error ``run`` would exit with when it is building one VM of several."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and COLLECT in ctx.meta:
+    if _building is not None:
         raise _GroupFailed(message)
 
 
@@ -142,22 +141,29 @@ def run_many(command: click.Command, ctx: click.Context) -> NoReturn:
 
 def _build(command: click.Command, ctx: click.Context, vm: VmArgs) -> Guest:
     """``run``'s VM for ``vm``'s command line; its errors name ``vm``."""
+    global _building
     built: list[tuple[VmConfig, Observation, bool]] = []
-    ctx.meta[COLLECT] = built
+    _building = built
     try:
-        with command.make_context(ctx.info_name, list(vm.args), parent=ctx) as sub:
+        with command.make_context(ctx.info_name, list(vm.args), parent=ctx.parent,
+                                  obj=ctx.obj) as sub:
             command.invoke(sub)
     except click.UsageError as exc:
-        raise click.UsageError(f"{vm.label}: {exc.format_message()}", ctx=ctx) from None
+        raise click.UsageError(_named(vm, exc.format_message()), ctx=ctx) from None
     except _GroupFailed as exc:
-        _fail(f"{vm.label}: {exc}")
+        _fail(_named(vm, str(exc)))
     finally:
-        del ctx.meta[COLLECT]
+        _building = None
     if not built:  # run printed something (a help probe) without a VM: nothing to boot
         _fail(f"{vm.label}: no VM to boot")
     config, observe, named = built[0]
     observe.status = False  # no boot status line: it would cut into the other consoles
     return Guest(vm.label, config, observe, named)
+
+
+def _named(vm: VmArgs, message: str) -> str:
+    """``message`` about ``vm``, naming it (once: a file's errors may name it already)."""
+    return message if message.startswith(f"{vm.label}:") else f"{vm.label}: {message}"
 
 
 def _check_together(guests: list[Guest]) -> None:
@@ -248,7 +254,7 @@ class _Runner:
 
     def run(self) -> int:
         """Run every VM to its end; the process's exit status."""
-        from pyaxvisor.cli.run import INTERRUPTED_STATUS
+        from pyaxvisor.cli.run import ERROR_STATUS, INTERRUPTED_STATUS
 
         threads = [threading.Thread(target=self._run_one, args=(index,),
                                     name=f"vm-{guest.name}", daemon=True)
@@ -269,7 +275,8 @@ class _Runner:
         if self._stopped_by == "SIGINT":
             click.echo("pyaxvisor: interrupted (SIGINT); every VM was stopped", err=True)
             return INTERRUPTED_STATUS
-        statuses = [guest.result.status if guest.result else 4 for guest in self.guests]
+        statuses = [guest.result.status if guest.result else ERROR_STATUS
+                    for guest in self.guests]
         return next((status for status in statuses if status != 0), 0)
 
     def _sigint(self, _signum: int, _frame: object) -> None:
