@@ -279,6 +279,13 @@ def test_one_output_file_for_two_vms_is_refused(tmp_path):
                    f"{tmp_path / 's.json'}")
 
 
+def test_one_tap_interface_for_two_vms_is_refused():
+    # checked before anything is opened: no TAP interface needs to exist
+    p = pyaxvisor("run", "-netdev", "tap,id=n0,ifname=pyax-mv0", "-device",
+                  "virtio-net-device,netdev=n0", "--vm", "-name", "a", "--vm", "-name", "b")
+    usage_error(p, "[a] and [b] both use the TAP interface pyax-mv0")
+
+
 def test_the_vms_memory_together_is_checked_against_the_host():
     host = host_memory()
     assert host is not None

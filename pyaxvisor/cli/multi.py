@@ -5,8 +5,9 @@ Each VM's flags are parsed and checked by ``run`` itself, one VM at a time, in a
 context of its own (:func:`collect` takes the VM ``run`` would have booted); an error
 in one is the whole command's, naming the VM (its config file or ``--vm group N``).
 Then, before anything is built, what the VMs cannot share is refused: one disk image
-used by two VMs when either may write it, one ``--stats-json``/``--trace-file`` path,
-and more RAM together than the host can ever back.
+used by two VMs when either may write it, one TAP interface, one
+``--stats-json``/``--trace-file`` path, and more RAM together than the host can ever
+back.
 
 Names: a VM's ``-name``, else its config file's ``[base] name``, else ``vmN`` with
 ``N`` its index on the command line (from 0); a name already taken gets ``-2``,
@@ -168,7 +169,7 @@ def _named(vm: VmArgs, message: str) -> str:
 
 def _check_together(guests: list[Guest]) -> None:
     """:class:`InvalidInput` for what two VMs cannot share: a disk image either may
-    write, an output file."""
+    write, a TAP interface, an output file."""
     disks: dict[object, tuple[Guest, Path, bool]] = {}
     for guest in guests:
         for spec in guest.config.virtio:
@@ -184,6 +185,16 @@ def _check_together(guests: list[Guest]) -> None:
                     "write it: an image has one writer or any number of readers (readonly=on "
                     "on every VM shares it)")
             disks[key] = (guest, spec.image, spec.read_only)
+    taps: dict[str, Guest] = {}
+    for guest in guests:
+        for spec in guest.config.virtio:
+            if spec.kind != "net":
+                continue
+            first = taps.setdefault(spec.ifname, guest)
+            if first is not guest:
+                raise InvalidInput(f"[{first.name}] and [{guest.name}] both use the TAP "
+                                   f"interface {spec.ifname}: a TAP interface is one VM's "
+                                   "network card (give each VM its own ifname=)")
     outputs: dict[object, tuple[Guest, str]] = {}
     for guest in guests:
         observe = guest.observe
