@@ -20,10 +20,12 @@ from aarch64_machine import RAM
 from guest_build import build
 from test_boot_status import PtyRun
 
-from pyaxvisor.cli.console_mux import ConsoleMux
+from pyaxvisor.cli.console_mux import HOLD, ConsoleMux
 from pyaxvisor.cli.host import check_guests_memory, host_memory
+from pyaxvisor.cli.multi import end_phrase
 from pyaxvisor.cli.vm_groups import VmArgs, split
-from pyaxvisor.errors import InvalidInput
+from pyaxvisor.errors import AxError, InvalidInput
+from pyaxvisor.vm.result import VmResult
 
 HELLO = str(Path(str(resources.files("pyaxvisor.guests"))) / "aarch64" / "hello.bin")
 HELLO_LINES = ["Hello from the pyaxvisor AArch64 guest on CPU 0",
@@ -227,6 +229,19 @@ def test_three_vms_each_with_its_end_and_the_first_failure_is_the_status(tmp_pat
     assert done[2].startswith(f"pyaxvisor: [vm2] {FAIL_MESSAGE}"), p.stderr
 
 
+def test_each_end_has_its_phrase():
+    assert end_phrase(VmResult("poweroff"), 5, "") == "powered off"
+    assert end_phrase(VmResult("reset"), None, "") == "reset"
+    assert end_phrase(VmResult("reset", detail="triple fault on vCPU 0"), None, "") == \
+        "reset (triple fault on vCPU 0)"
+    assert end_phrase(VmResult("debug-exit", exit_status=(3 << 1) | 1), None, "") == \
+        "debug-exit value 3"
+    assert end_phrase(VmResult("timeout"), 2.5, "") == "timeout after 2.5 s"
+    assert end_phrase(VmResult("quit"), None, "Ctrl-A X") == "stopped by Ctrl-A X"
+    assert end_phrase(VmResult("error", error=AxError("vCPU 0: boom")), None, "") == \
+        "error: vCPU 0: boom"
+
+
 def test_sigint_stops_every_vm(tmp_path):
     echo = aarch64_guest(tmp_path, "uart_echo")
     proc = subprocess.Popen([sys.executable, "-m", "pyaxvisor.cli", "run", "--timeout", "120",
@@ -323,13 +338,13 @@ def test_each_line_gets_its_vms_prefix_and_no_line_mixes_two_vms():
     a(b"three")
     a(b"\nfour")
     b(b"y\n")
+    held_at = time.monotonic()
     assert out.getvalue() == b"[a] one\r\n[a] two\r\n[bb] x\n[a] three\n[a] four"
     # a stays quiet: after HOLD its line is ended for it and b's line is shown
-    deadline = time.monotonic() + 10
     while b"[bb] y" not in out.getvalue():
-        assert time.monotonic() < deadline, out.getvalue()
-        time.sleep(0.05)
-    assert time.monotonic() - deadline + 10 >= 0.1
+        assert time.monotonic() - held_at < 10, out.getvalue()
+        time.sleep(0.02)
+    assert time.monotonic() - held_at >= HOLD * 0.9
     a(b"!\n")
     mux.flush()
     assert out.getvalue() == (b"[a] one\r\n[a] two\r\n[bb] x\n[a] three\n[a] four\n"

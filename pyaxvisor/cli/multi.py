@@ -327,8 +327,6 @@ class _Runner:
         except Exception as exc:  # a bug: this VM's error, the others run on
             result = VmResult("error", error=AxError(f"internal error: "
                                                      f"{type(exc).__name__}: {exc}"))
-        finally:
-            guest.observe.stop()
         guest.result = result
         how = end_phrase(result, guest.config.timeout, self._stopped_by)
         self.mux.ended(index, how)
@@ -338,11 +336,17 @@ class _Runner:
                             f"{running} VM{'s' if running > 1 else ''} still running")
 
     def _report(self) -> None:
-        """Each VM's figures (``--stats``...), then the one-line-per-VM summary."""
+        """Each VM's figures (``--stats``, the trace's summary...), then the
+        one-line-per-VM summary (main thread, once every VM has ended)."""
         for guest in self.guests:
-            if guest.result is not None and guest.result.metrics is not None:
+            observe, result = guest.observe, guest.result
+            has_metrics = result is not None and result.metrics is not None
+            if has_metrics or observe.trace_kinds is not None:
                 click.echo(f"pyaxvisor: [{guest.name}] figures:", err=True)
-                guest.observe.finish(guest.result)
+            if result is not None and result.metrics is not None:
+                observe.finish(result)
+            else:
+                observe.stop()
         for guest in self.guests:
             result = guest.result or VmResult("error", error=AxError("it did not end"))
             how = end_phrase(result, guest.config.timeout, self._stopped_by)
