@@ -200,12 +200,19 @@ def test_duplicate_names_get_a_suffix(tmp_path):
         assert "".join(lines_of(p.stdout, each)) == "".join(HELLO_LINES), p.stdout
     assert summary(p.stderr)[-2:] == [f"pyaxvisor: [{name}] powered off (status 0)",
                                       f"pyaxvisor: [{name}-2] powered off (status 0)"]
-    # -name beats the file's name; vm1 is the default name, so -name vm1 makes it vm1-2
+    # -name beats the file's name (flags override the file)
+    p = pyaxvisor("run", "--timeout", "60", "--vm", str(config), "-name", "web",
+                  "--vm", str(tmp_path / "b.toml"))
+    assert p.returncode == 0, p.stderr
+    assert [line.split("]")[0] for line in summary(p.stderr)[-2:]] == \
+        ["pyaxvisor: [web", f"pyaxvisor: [{name}"]
+    # without a name a VM is vmN, N its index; a name given twice gets a suffix
     p = pyaxvisor("run", "--timeout", "60", "-kernel", HELLO, "-smp", "2", "--vm", "-name",
                   "web", "--vm", "-name", "web", "--vm", "-name", "vm1", "--vm")
     assert p.returncode == 0, p.stderr
     assert [line.split("]")[0] for line in summary(p.stderr)[-4:]] == \
         ["pyaxvisor: [web", "pyaxvisor: [web-2", "pyaxvisor: [vm1", "pyaxvisor: [vm3"]
+    assert "".join(lines_of(p.stdout, "web-2")) == "".join(HELLO_LINES), p.stdout
 
 
 def test_three_vms_each_with_its_end_and_the_first_failure_is_the_status(tmp_path):
