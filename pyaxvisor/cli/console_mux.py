@@ -106,9 +106,10 @@ class ConsoleMux:
 
     def _flush(self, now: float, everything: bool = False) -> None:
         """Emit what may be emitted now (the lock held): the open line's VM goes on; the
-        others' complete lines wait until it ends its line or is quiet for
-        :data:`HOLD` seconds (then its line is ended for it); a partial line starts
-        only when no line is open. ``everything``: emit all, partial lines too."""
+        others' output waits until it ends its line, is quiet for :data:`HOLD`
+        seconds or the others have waited :data:`MAX_HOLD` (then its line is ended for
+        it); a partial line starts only when no line is open. ``everything``: emit all,
+        partial lines too."""
         out = bytearray()
         owner = self._open
         if owner is not None:
