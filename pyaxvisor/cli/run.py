@@ -14,6 +14,9 @@ power-off or reset, ``(v << 1) | 1`` after it wrote ``v`` to an isa-debug-exit p
 — else 124 on ``--timeout``, 4 when the VM could not be built or was stopped by an
 error, 2 for a usage error, 130 when interrupted (SIGINT). A guest cannot make the
 process exit with 2, 4 or 124: every debug-exit status is odd.
+
+Several VMs in one process (``pyaxvisor run a.toml b.toml``, ``--vm`` groups) are
+:mod:`.multi`'s: each VM's flags are still parsed and checked here.
 """
 
 from __future__ import annotations
@@ -213,6 +216,10 @@ class _RunCommand(click.Command):
     a guest's pass for a runner)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from pyaxvisor.cli.multi import takes_over
+
+        if takes_over(self, ctx, args):  # several VMs: each parsed on its own (.multi)
+            return []
         try:
             return super().parse_args(ctx, list(args))
         except click.NoSuchOption as exc:
@@ -226,7 +233,11 @@ class _RunCommand(click.Command):
             raise click.NoSuchOption(word, ctx=ctx) from None
 
     def invoke(self, ctx: click.Context) -> object:
+        from pyaxvisor.cli.multi import MANY, run_many
+
         try:
+            if MANY in ctx.meta:
+                run_many(self, ctx)
             return super().invoke(ctx)
         except KeyboardInterrupt:
             _interrupted()
@@ -360,6 +371,11 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
     exit status is the guest's: 0 after a power-off or reset, (v << 1) | 1 after it
     wrote v to an isa-debug-exit port; else 124 on --timeout, 4 when the VM could not
     be built or was stopped by an error, 2 for a usage error, 130 after SIGINT.
+
+    Several VMs: several CONFIG_FILEs (the options are each one's), or `--vm` before
+    each VM's options (the options before the first `--vm` are every VM's); their
+    consoles share the terminal, Ctrl-A N / Ctrl-A 0..9 move the input, Ctrl-A H
+    lists the keys.
     """
     from pyaxvisor.boards.quick import accelerator, config_for
 
@@ -450,6 +466,13 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         _check_before_building(cls, config, smp)
     except AxError as exc:
         _fail(str(exc))
+    from pyaxvisor.cli.multi import collect
+
+    if collect(ctx, config, observe):  # one VM of several: .multi boots them all
+        if qmp_addresses or gdb_address is not None:
+            raise click.UsageError("-qmp, -gdb and -s serve one VM: give them to a run of "
+                                   "one VM")
+        return
     _boot(config, observe, qmp_addresses, gdb_address, gdb_wait)
 
 
@@ -554,7 +577,11 @@ def _refuse_options(refused: dict[str, str], **given: bool) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    """``pyaxvisor: MESSAGE`` on standard error; exit with the error status."""
+    """``pyaxvisor: MESSAGE`` on standard error; exit with the error status (while
+    several VMs are being built, :mod:`.multi` names the VM and does it)."""
+    from pyaxvisor.cli.multi import fail_in_group
+
+    fail_in_group(message)
     click.echo(f"pyaxvisor: {message}", err=True)
     _exit(ERROR_STATUS)
 
