@@ -66,10 +66,27 @@ class BufferList:
                                f"{self.total} bytes of buffers")
         if chunk is not None and chunk <= 0:
             raise InvalidInput(f"virtio: chunk size {chunk} must be positive")
-        if chunk is None and (whole := self._whole(offset, length)) is not None:
-            first, last = whole
-            return zip(self.addrs[first:last], self.lengths[first:last], strict=True)
+        if chunk is None:
+            if (whole := self._whole(offset, length)) is not None:
+                first, last = whole
+                return zip(self.addrs[first:last], self.lengths[first:last], strict=True)
+            if (inside := self._in_one(offset, length)) is not None:
+                return iter((inside,))
         return self._pieces(offset, length, chunk)
+
+    def _in_one(self, offset: int, length: int) -> tuple[int, int] | None:
+        """The one piece of stream bytes ``[offset, offset + length)`` when they lie in
+        the first or the last buffer (a request's header, its status byte), else
+        ``None``: found without walking the buffers between."""
+        lengths = self.lengths
+        if not lengths or length == 0:
+            return None
+        if offset + length <= lengths[0]:
+            return self.addrs[0] + offset, length
+        start = self.total - lengths[-1]
+        if offset >= start:
+            return self.addrs[-1] + offset - start, length
+        return None
 
     def columns(self, offset: int, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """:meth:`segments` of stream bytes ``[offset, offset + length)`` as two tuples,
