@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -174,8 +175,17 @@ def test_metrics_are_off_unless_asked_and_snapshots_work_while_running(tmp_path)
                  lambda _b: None)
     assert plain.reason == "poweroff" and plain.metrics is None
 
-    # 4000 UART writes and 4000 flag reads as exits; snapshots from another thread meanwhile
-    vm = aarch64_vm(smp=1, exit_times=True, in_cpu_mmio=False)
+    # 4000 UART writes and 4000 flag reads as exits; snapshots from another thread
+    # meanwhile, and from the vCPU's own thread at its 1000th and 3000th byte (certainly
+    # mid-run, however fast the host)
+    printed, inside = [0], []
+
+    def console(data: bytes) -> None:
+        printed[0] += len(data)
+        if printed[0] in (1000, 3000):
+            inside.append(vm.metrics.snapshot())
+
+    vm = aarch64_vm(smp=1, exit_times=True, in_cpu_mmio=False, console_write=console)
     try:
         assert vm.metrics is not None
         vm.write_guest(LOAD, build("aarch64", "hostile_mmio_storm", LOAD))
@@ -185,12 +195,14 @@ def test_metrics_are_off_unless_asked_and_snapshots_work_while_running(tmp_path)
         seen = []
         while runner.is_alive():
             seen.append(vm.metrics.snapshot())
+            time.sleep(0.005)  # leave the GIL to the vCPU between looks
         runner.join(30)
         assert results and results[0].reason == "poweroff", results
-        running = [s for s in seen if s["running"]]
-        assert running, "no snapshot was taken while the guest ran"
-        totals = [s["exits"]["total"] for s in running]
-        assert totals == sorted(totals)
+        assert [s["running"] for s in inside] == [True, True]
+        first, second = (s["exits"]["total"] for s in inside)
+        assert 1000 <= first < second < 8001
+        totals = [s["exits"]["total"] for s in seen if s["running"]]
+        assert totals == sorted(totals)  # never backwards, from any thread
         final = results[0].metrics
         assert final["running"] is False
         assert final["exits"]["by_reason"]["MmioWrite"]["count"] == 4001

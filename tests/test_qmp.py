@@ -74,7 +74,7 @@ def test_each_command_through_qemu_qmp(tmp_path, sock_dir):
     assert not path.exists()  # the server removed its socket
     assert [line.split(" ->")[0] for line in transcript] == [
         "query-status", "query-cpus-fast", "stop", "query-status", "query-exits",
-        "query-vms", "cont", "query-status", "system_reset", "system_powerdown",
+        "query-vms", "cont", "query-status", "system_powerdown",
         "query-status", "query-version", "query-commands", "no-such-command", "quit"]
 
 
@@ -130,13 +130,6 @@ async def _each_command(m, path: Path) -> list[str]:
             assert time.monotonic() < deadline, "the guest did not run again after cont"
             await asyncio.sleep(0.01)
 
-        with pytest.raises(ExecuteError) as err:
-            await client.execute("system_reset")
-        assert err.value.error_class == "GenericError"
-        assert err.value.error.error.desc == (
-            "the aarch64 virt board cannot reboot its guest (a reset ends the run, as "
-            "QEMU's -no-reboot); the VM runs on (quit stops it)")
-        transcript.append(f"system_reset -> {err.value.error_class}")
         # the power key is pressed (test_system_powerdown_presses_the_power_key has a
         # guest that looks); this one spins on
         assert await run("system_powerdown") == {}
@@ -159,6 +152,35 @@ async def _each_command(m, path: Path) -> list[str]:
         assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
     await client.disconnect()
     return transcript
+
+
+def test_system_reset_ends_the_vm_as_qemus_no_reboot(tmp_path, sock_dir):
+    """No board reboots a guest (its own reset ends the run too): system_reset does what
+    QEMU does under -no-reboot, a SHUTDOWN the host asked for, and the run ends as after
+    a reset (status 0)."""
+    path = sock_dir / "r.sock"
+    with pyaxvisor.Machine(arch="aarch64", kernel=spin_image(tmp_path), timeout=120,
+                           qmp=f"unix:{path}") as m:
+        shutdown = asyncio.run(_reset(m, path))
+        m.wait(30)
+    assert shutdown == {"guest": False, "reason": "host-qmp-system-reset"}
+    assert m.result.reason == "reset"
+    assert m.result.detail == "the QMP client asked for it (system_reset)"
+    assert m.exit_status == 0
+
+
+async def _reset(m, path: Path) -> dict:
+    client = await _client(path)
+    try:
+        with client.listener() as listener:
+            deadline = time.monotonic() + 10
+            while count(m) < 1000:  # the guest runs
+                assert time.monotonic() < deadline, "the guest did not start counting"
+                await asyncio.sleep(0.01)
+            assert await client.execute("system_reset") == {}
+            return (await _next_event(listener, "SHUTDOWN"))["data"]
+    finally:
+        await client.disconnect()
 
 
 async def _execute(path: Path, command: str):

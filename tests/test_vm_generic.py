@@ -55,6 +55,8 @@ ALLOWED = {
     "loaders": {"errors", "mm", "boards.x86_pc.layout"},
     "gdb": {"errors"},
     "vm": {"errors", "hal", "mm", "vcpu", "devices", "gdb"},
+    "control": {"errors", "vm", "__version__"},
+    "harness": {"errors", "vm", "boards", "cli", "control"},
     "images": {"errors", "image_apt", "image_kmod", "loaders"},
     "image_kmod": {"errors"},
     "image_apt": {"errors"},

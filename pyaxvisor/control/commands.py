@@ -9,8 +9,9 @@ QEMU's subset that existing tools use, with QEMU's results (its QAPI schema):
 * ``system_powerdown``: the board's power button (:meth:`Board.press_power_button`: the
   AArch64 virt board's GPIO power key, the x86 PC's ACPI power button); a board
   without one (RISC-V virt) answers a ``GenericError`` saying so;
-* ``system_reset``: no board reboots a guest (a guest's own reset ends the run, as
-  QEMU's ``-no-reboot``), so it is a ``GenericError`` saying so and the VM runs on;
+* ``system_reset``: what QEMU does under ``-no-reboot``, pyaxvisor's behaviour for a
+  guest's own reset too (no board reboots a guest): the VM ends as after a reset
+  (exit status 0), event ``SHUTDOWN`` ``host-qmp-system-reset``;
 * ``quit``: the VM ends (``SHUTDOWN`` ``host-qmp-quit``);
 * ``query-version``, ``query-commands``: what ``qmp-shell`` and friends ask first;
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pyaxvisor import __version__
 from pyaxvisor.errors import AxError
 from pyaxvisor.vm.counters import exit_counters
+from pyaxvisor.vm.result import VmResult
 
 if TYPE_CHECKING:
     from pyaxvisor.vm.vm import Vm
@@ -111,9 +113,11 @@ class QmpCommands:
         return {}
 
     def system_reset(self) -> dict[str, Any]:
-        raise QmpError("GenericError", f"the {self._board()} cannot reboot its guest (a "
-                       "reset ends the run, as QEMU's -no-reboot); the VM runs on (quit "
-                       "stops it)")
+        if self.vm.done:
+            raise QmpError("GenericError", "the VM has ended")
+        self.vm.finish(VmResult("reset", detail="the QMP client asked for it (system_reset)"),
+                       "host-qmp-system-reset")
+        return {}
 
     def quit(self) -> dict[str, Any]:
         self.vm.quit("host-qmp-quit")
