@@ -70,7 +70,6 @@ from typing import Any, NamedTuple
 from unicorn import (
     UC_ARCH_ARM64,
     UC_HOOK_BLOCK,
-    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
@@ -92,6 +91,7 @@ from pyaxvisor.engine.tcg.common import (
     check_build,
     self_test_failure,
 )
+from pyaxvisor.engine.tcg.debug_hooks import DEBUG_WATCHPOINTS, DebugHooks
 from pyaxvisor.engine.tcg.native import (
     ContextView,
     Kicker,
@@ -393,8 +393,6 @@ class _A64State(ctypes.Structure):
                 ("delivered", _U64))
 
 
-#: The debugger's watchpoints (struct a64_debug of _hooks.c).
-DEBUG_WATCHPOINTS = 4
 
 
 class _A64Debug(ctypes.Structure):
@@ -543,9 +541,8 @@ class Aarch64Tcg:
         self._debug = dbg = _A64Debug()
         dbg.env, dbg.vaddress_off = st.env, st.vaddress_off
         dbg.raise_exception = st.raise_exception
-        self._debug_ptr = ctypes.pointer(dbg)
-        self._debug_code_hooks: dict[int, Any] = {}
-        self._debug_watch_hook: Any = None
+        self._debug_hooks = DebugHooks(uc, dbg, breakpoint=_HOOK_DEBUG_CODE,
+                                       watch=_HOOK_DEBUG_WATCH)
         #: This CPU's place in the sync group of the VM whose vCPU is bound here.
         self.xsync = SyncPeer(uc._uch.value, self._cpu, st.preempt, st.preempt.emu_stop,
                               "aarch64")
@@ -791,31 +788,7 @@ class Aarch64Tcg:
         ``access`` bit 0 reads, bit 1 writes; at most :data:`DEBUG_WATCHPOINTS`): each
         stops the CPU with the architecture's debug exception to EL2 (see ``_hooks.c``).
         CPU stopped; translated code is dropped when the hooks change."""
-        if len(watches) > DEBUG_WATCHPOINTS:
-            raise EngineError(f"at most {DEBUG_WATCHPOINTS} debugger watchpoints")
-        uc, changed = self._uc, False
-        for addr in [a for a in self._debug_code_hooks if a not in breakpoints]:
-            del_hook(uc, self._debug_code_hooks.pop(addr))
-            changed = True
-        for addr in breakpoints:
-            if addr not in self._debug_code_hooks:
-                self._debug_code_hooks[addr] = add_hook(uc, UC_HOOK_CODE, _HOOK_DEBUG_CODE,
-                                                        self._debug_ptr, begin=addr, end=addr)
-                changed = True
-        dbg = self._debug
-        for n, (va, pa, length, access) in enumerate(watches):
-            dbg.va[n], dbg.pa[n], dbg.len[n], dbg.access[n] = va, pa, length, access
-        dbg.watches = len(watches)
-        if watches and self._debug_watch_hook is None:
-            self._debug_watch_hook = add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
-                                              _HOOK_DEBUG_WATCH, self._debug_ptr)
-            changed = True
-        elif not watches and self._debug_watch_hook is not None:
-            del_hook(uc, self._debug_watch_hook)
-            self._debug_watch_hook = None
-            changed = True
-        if changed:
-            uc.ctl_flush_tb()
+        self._debug_hooks.set(breakpoints, watches)
 
     def translate(self, va: int, write: bool = False) -> int | None:
         """The engine-physical address of virtual ``va`` through the CPU's current

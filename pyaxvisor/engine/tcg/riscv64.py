@@ -64,13 +64,10 @@ from typing import Any, NamedTuple
 from unicorn import (
     UC_ARCH_RISCV,
     UC_HOOK_BLOCK,
-    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_INVALID,
-    UC_HOOK_MEM_READ,
-    UC_HOOK_MEM_WRITE,
     UC_MODE_RISCV64,
     UC_PROT_EXEC,
     Uc,
@@ -81,6 +78,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCE
 
 from pyaxvisor.engine.tcg import _hooks  # type: ignore[attr-defined]
 from pyaxvisor.engine.tcg.common import BOOT_NS, EngineError, unicorn_build
+from pyaxvisor.engine.tcg.debug_hooks import DEBUG_WATCHPOINTS, DebugHooks
 from pyaxvisor.engine.tcg.native import (
     Kicker,
     MappedMmio,
@@ -140,8 +138,6 @@ _set_rdtime_fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(
 (_HOOK_BLOCK, _HOOK_INTR, _HOOK_INSN_INVALID, _HOOK_MEM_INVALID, _RDTIME, _HOOK_FENCE_I,
  _KICK) = _hooks.riscv_hook_addresses()
 _HOOK_STEP, _HOOK_BP, _HOOK_WATCH, _debug_size = _hooks.rv_debug_hooks()
-#: The debugger's watchpoints (``struct rv_debug``).
-DEBUG_WATCHPOINTS = 4
 #: The cause of the debugger's traps (a custom one no instruction raises).
 DEBUGGER_CAUSE = 24
 
@@ -324,10 +320,8 @@ class Riscv64Tcg:
         self.pmp_exact = True  # PMP admits exactly RAM and in-CPU windows
         self._debug = dbg = _RvDebug()
         dbg.env, dbg.raise_exception = env, st.raise_exception
-        self._debug_ptr = ctypes.pointer(dbg)
-        self._step_hook: Any = None
-        self._bp_hooks: dict[int, Any] = {}
-        self._watch_hook: Any = None
+        self._debug_hooks = DebugHooks(uc, dbg, breakpoint=_HOOK_BP, watch=_HOOK_WATCH,
+                                       step=_HOOK_STEP)
 
     # -- the debugger ----------------------------------------------------------------------
     def set_debugger_points(self, step: bool, breakpoints: Sequence[int],
@@ -339,39 +333,8 @@ class Riscv64Tcg:
         :data:`DEBUG_WATCHPOINTS`), with a trap to M of :data:`DEBUGGER_CAUSE`
         (:meth:`take_debug_fired` says which; see ``_hooks.c``). CPU stopped; translated
         code is dropped when the hooks change."""
-        if len(watches) > DEBUG_WATCHPOINTS:
-            raise EngineError(f"at most {DEBUG_WATCHPOINTS} debugger watchpoints")
-        uc, changed = self._uc, False
-        for addr in [a for a in self._bp_hooks if a not in breakpoints]:
-            del_hook(uc, self._bp_hooks.pop(addr))
-            changed = True
-        for addr in breakpoints:
-            if addr not in self._bp_hooks:
-                self._bp_hooks[addr] = _add_hook(uc, UC_HOOK_CODE, _HOOK_BP, self._debug_ptr,
-                                                 begin=addr, end=addr)
-                changed = True
         self._debug.skip = 1
-        if step and self._step_hook is None:
-            self._step_hook = _add_hook(uc, UC_HOOK_CODE, _HOOK_STEP, self._debug_ptr)
-            changed = True
-        elif not step and self._step_hook is not None:
-            del_hook(uc, self._step_hook)
-            self._step_hook = None
-            changed = True
-        dbg = self._debug
-        for n, (va, pa, length, access) in enumerate(watches):
-            dbg.va[n], dbg.pa[n], dbg.len[n], dbg.access[n] = va, pa, length, access
-        dbg.watches = len(watches)
-        if watches and self._watch_hook is None:
-            self._watch_hook = _add_hook(uc, UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, _HOOK_WATCH,
-                                         self._debug_ptr)
-            changed = True
-        elif not watches and self._watch_hook is not None:
-            del_hook(uc, self._watch_hook)
-            self._watch_hook = None
-            changed = True
-        if changed:
-            uc.ctl_flush_tb()
+        self._debug_hooks.set(breakpoints, watches, step)
 
     @property
     def ebreak_to_m(self) -> bool:
