@@ -134,17 +134,23 @@ class ExitDispatch:
         gate = self.pause_gate
         debug = self.debugger
         while not done.is_set():
-            if gate.requested:
-                gate.park(cpu)
+            if (gate.requested or debug is not None) and self._held(cpu, vcpu):
                 continue
-            if debug is not None:
-                debug.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
-                if done.is_set():
-                    break
             e = vcpu.run()
             cls = type(e)
             handlers.get(cls, other)(cpu, vcpu, e)
             exits[cls.__name__] += 1
+
+    def _held(self, cpu: int, vcpu: VCpu[Any]) -> bool:
+        """Before a run: park while the VM is paused or its debugger holds it. True when
+        it parked (the run loop then looks at whether the VM ended before it runs)."""
+        if self.pause_gate.requested:
+            self.pause_gate.park(cpu)
+            return True
+        if self.debugger is not None:
+            self.debugger.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
+            return self._done.is_set()
+        return False
 
     def _dispatch_observed(self, cpu: int, vcpu: VCpu[Any], mine: VcpuMetrics | None,
                            trace: ExitTrace | None) -> None:
@@ -162,13 +168,8 @@ class ExitDispatch:
         gate = self.pause_gate
         debug = self.debugger
         while not done.is_set():
-            if gate.requested:
-                gate.park(cpu)
+            if (gate.requested or debug is not None) and self._held(cpu, vcpu):
                 continue
-            if debug is not None:
-                debug.checkpoint(cpu, vcpu)  # parks while the debugger holds the VM
-                if done.is_set():
-                    break
             entered = perf()
             e = vcpu.run()
             left = perf()
