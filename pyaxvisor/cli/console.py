@@ -21,6 +21,33 @@ from typing import BinaryIO
 CTRL_A = 0x01
 
 
+def split_escapes(chunk: bytes, escape: bool) -> tuple[list[bytes | str], bool]:
+    """Terminal input cut at QEMU's Ctrl-A escapes: the runs of bytes to hand on (Ctrl-A
+    Ctrl-A is one literal Ctrl-A) and, as lower-case one-character strings, the keys
+    typed after a Ctrl-A, in order. ``escape``: a Ctrl-A ended the previous chunk; the
+    second value says whether one ends this chunk."""
+    parts: list[bytes | str] = []
+    out = bytearray()
+    for b in chunk:
+        if not escape:
+            if b == CTRL_A:
+                escape = True
+            else:
+                out.append(b)
+            continue
+        escape = False
+        if b == CTRL_A:
+            out.append(CTRL_A)
+            continue
+        if out:
+            parts.append(bytes(out))
+            out.clear()
+        parts.append(chr(b).lower())
+    if out:
+        parts.append(bytes(out))
+    return parts, escape
+
+
 class Console:
     def __init__(self, output: BinaryIO | None = None, input_fd: int | None = None) -> None:
         self._out = output if output is not None else sys.stdout.buffer
@@ -59,24 +86,14 @@ class Console:
                 if not is_tty:
                     deliver(chunk)
                     continue
-                out = bytearray()
-                for b in chunk:
-                    if escape:
-                        escape = False
-                        if b in (ord("x"), ord("X")):
-                            if out:
-                                deliver(bytes(out))
-                            on_quit()
-                            return
-                        if b == CTRL_A:
-                            out.append(CTRL_A)
-                        continue
-                    if b == CTRL_A:
-                        escape = True
-                        continue
-                    out.append(b)
-                if out:
-                    deliver(bytes(out))
+                parts, escape = split_escapes(chunk, escape)
+                for part in parts:
+                    if isinstance(part, bytes):
+                        deliver(part)
+                    elif part == "x":
+                        on_quit()
+                        return
+                    # Ctrl-A C and the other keys mean nothing here
 
         self._thread = threading.Thread(target=pump, name="console-input", daemon=True)
         self._thread.start()

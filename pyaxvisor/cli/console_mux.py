@@ -42,9 +42,10 @@ import tty
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
+from pyaxvisor.cli.console import CTRL_A, split_escapes
+
 __all__ = ["CTRL_A", "HOLD", "KEYS", "MAX_HOLD", "ConsoleMux"]
 
-CTRL_A = 0x01
 #: How long (seconds) the VM whose line is open on the terminal keeps it while it is
 #: quiet and others have lines to show.
 HOLD = 0.25
@@ -246,35 +247,20 @@ class ConsoleMux:
             if not is_tty:
                 self._send(0, chunk)
                 continue
-            out = bytearray()
-            for b in chunk:
-                if not escape:
-                    if b == CTRL_A:
-                        escape = True
-                    else:
-                        out.append(b)
-                    continue
-                escape = False
-                if b == CTRL_A:
-                    out.append(CTRL_A)
-                    continue
-                key = chr(b).lower()
-                if key not in "xnh0123456789":
-                    continue  # Ctrl-A C and the keys without a meaning
-                if out:
-                    self._send(self._focus, bytes(out))
-                    out.clear()
-                if key == "x":
+            parts, escape = split_escapes(chunk, escape)
+            for part in parts:
+                if isinstance(part, bytes):
+                    self._send(self._focus, part)
+                elif part == "x":
                     on_quit()
                     return
-                if key == "n":
+                elif part == "n":
                     self._focus_on((self._focus + 1) % len(self._names))
-                elif key == "h":
+                elif part == "h":
                     self.notice(self.help_text())
-                else:
-                    self._focus_on(int(key))
-            if out:
-                self._send(self._focus, bytes(out))
+                elif part in "0123456789":
+                    self._focus_on(int(part))
+                # Ctrl-A C and the keys without a meaning: nothing
 
     def _send(self, index: int, data: bytes) -> None:
         with self._lock:
