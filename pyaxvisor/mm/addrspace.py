@@ -65,6 +65,14 @@ class WrittenRanges(Sequence[tuple[int, int, int]]):
     def __len__(self) -> int:
         return len(self.gpas)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to any sequence of the same ``(gpa, hpa, length)`` ranges."""
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     @overload
     def __getitem__(self, index: int) -> tuple[int, int, int]: ...
 
@@ -317,20 +325,51 @@ class AddrSpace:
         listeners = self._write_listeners
         if not listeners:
             return
-        starts, runs = self._runs or self._mapped_runs()
-        pieces = list(pieces)
-        if len(runs) == 1:  # one RAM region (the usual guest): the pieces inside it at once
-            start, stop, _view, hpa = runs[0]
-            if all(start <= int(g) and int(g) + n <= stop for g, n in pieces):
-                shift = hpa - start
-                ranges = [(int(g), int(g) + shift, n) for g, n in pieces if n > 0]
-                if ranges:
-                    for listener in listeners:
-                        listener(ranges)
+        pieces = [(int(g), n) for g, n in pieces if n > 0]
+        if not pieces:
+            return
+        gpas, lengths = (tuple(column) for column in zip(*pieces, strict=True))
+        ranges: Sequence[tuple[int, int, int]] | None = self._in_one_region(gpas, lengths)
+        if ranges is None:
+            ranges = self._cut_at_regions(pieces)
+            if not ranges:
                 return
+        for listener in listeners:
+            listener(ranges)
+
+    def written_columns(self, gpas: Sequence[int], lengths: Sequence[int]) -> None:
+        """:meth:`written` of the pieces ``gpas[i], lengths[i]`` (ints) given as two
+        sequences, without a tuple per piece when they all lie in one mapped RAM region
+        (a device's request does)."""
+        listeners = self._write_listeners
+        if not listeners or not gpas:
+            return
+        ranges = self._in_one_region(tuple(gpas), tuple(lengths))
+        if ranges is None:
+            self.written(zip(gpas, lengths, strict=True))
+            return
+        for listener in listeners:
+            listener(ranges)
+
+    def _in_one_region(self, gpas: tuple[int, ...], lengths: tuple[int, ...]
+                       ) -> WrittenRanges | None:
+        """The pieces as one :class:`WrittenRanges` when they all lie in one mapped RAM
+        region (checked without a loop in Python), else None."""
+        starts, runs = self._runs or self._mapped_runs()
+        i = bisect.bisect_right(starts, min(gpas)) - 1
+        if i < 0 or min(lengths) < 0:
+            return None
+        start, stop, _view, hpa = runs[i]
+        if max(map(operator.add, gpas, lengths)) > stop:
+            return None
+        return WrittenRanges(gpas, lengths, hpa - start)
+
+    def _cut_at_regions(self, pieces: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """The ``(gpa, hpa, length)`` ranges of the pieces' RAM parts, cut at region ends."""
+        starts, runs = self._runs or self._mapped_runs()
         ranges = []
         for gpa, length in pieces:
-            pos, end = int(gpa), int(gpa) + length
+            pos, end = gpa, gpa + length
             while pos < end:
                 i = bisect.bisect_right(starts, pos) - 1
                 if i < 0 or pos >= runs[i][1]:  # not RAM here: on to the next region
@@ -342,29 +381,7 @@ class AddrSpace:
                 n = min(end, stop) - pos
                 ranges.append((pos, hpa + pos - start, n))
                 pos += n
-        if ranges:
-            for listener in listeners:
-                listener(ranges)
-
-    def written_columns(self, gpas: Sequence[int], lengths: Sequence[int]) -> None:
-        """:meth:`written` of the pieces ``gpas[i], lengths[i]`` (ints) given as two
-        sequences: when they all lie in one mapped RAM region (a device's request
-        does), the listeners get them as one :class:`WrittenRanges`, checked without
-        a loop in Python."""
-        listeners = self._write_listeners
-        if not listeners or not gpas:
-            return
-        starts, runs = self._runs or self._mapped_runs()
-        low = min(gpas)
-        i = bisect.bisect_right(starts, low) - 1
-        if i >= 0 and min(lengths) >= 0:
-            start, stop, _view, hpa = runs[i]
-            if max(map(operator.add, gpas, lengths)) <= stop:
-                ranges = WrittenRanges(tuple(gpas), tuple(lengths), hpa - start)
-                for listener in listeners:
-                    listener(ranges)
-                return
-        self.written(zip(gpas, lengths, strict=True))
+        return ranges
 
     def view(self, gpa: GuestPhysAddr, length: int) -> memoryview:
         """A zero-copy writable view of guest ``[gpa, gpa + length)``, which must lie
