@@ -15,7 +15,7 @@ import sys
 import termios
 import threading
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 CTRL_A = 0x01
@@ -48,6 +48,24 @@ def split_escapes(chunk: bytes, escape: bool) -> tuple[list[bytes | str], bool]:
     return parts, escape
 
 
+def terminal_input(fd: int, is_tty: bool) -> Iterator[bytes | str]:
+    """What is read from ``fd`` until its end or an error: from a TTY, the bytes and
+    Ctrl-A keys of :func:`split_escapes`; from anything else, the bytes as they come."""
+    escape = False
+    while True:
+        try:
+            chunk = os.read(fd, 256)
+        except OSError:
+            return
+        if not chunk:
+            return
+        if not is_tty:
+            yield chunk
+            continue
+        parts, escape = split_escapes(chunk, escape)
+        yield from parts
+
+
 class Console:
     def __init__(self, output: BinaryIO | None = None, input_fd: int | None = None) -> None:
         self._out = output if output is not None else sys.stdout.buffer
@@ -75,25 +93,13 @@ class Console:
             tty.setraw(fd)
 
         def pump() -> None:
-            escape = False
-            while True:
-                try:
-                    chunk = os.read(fd, 256)
-                except OSError:
+            for part in terminal_input(fd, is_tty):
+                if isinstance(part, bytes):
+                    deliver(part)
+                elif part == "x":
+                    on_quit()
                     return
-                if not chunk:
-                    return
-                if not is_tty:
-                    deliver(chunk)
-                    continue
-                parts, escape = split_escapes(chunk, escape)
-                for part in parts:
-                    if isinstance(part, bytes):
-                        deliver(part)
-                    elif part == "x":
-                        on_quit()
-                        return
-                    # Ctrl-A C and the other keys mean nothing here
+                # Ctrl-A C and the other keys mean nothing here
 
         self._thread = threading.Thread(target=pump, name="console-input", daemon=True)
         self._thread.start()

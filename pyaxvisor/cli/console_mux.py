@@ -42,7 +42,7 @@ import tty
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from pyaxvisor.cli.console import CTRL_A, split_escapes
+from pyaxvisor.cli.console import CTRL_A, terminal_input
 
 __all__ = ["CTRL_A", "HOLD", "KEYS", "MAX_HOLD", "ConsoleMux"]
 
@@ -236,31 +236,19 @@ class ConsoleMux:
             self._saved_tty = None
 
     def _pump(self, fd: int, is_tty: bool, on_quit: Callable[[], None]) -> None:
-        escape = False
-        while True:
-            try:
-                chunk = os.read(fd, 256)
-            except OSError:
+        for part in terminal_input(fd, is_tty):  # without a TTY the focus stays on VM 0
+            if isinstance(part, bytes):
+                self._send(self._focus, part)
+            elif part == "x":
+                on_quit()
                 return
-            if not chunk:
-                return
-            if not is_tty:
-                self._send(0, chunk)
-                continue
-            parts, escape = split_escapes(chunk, escape)
-            for part in parts:
-                if isinstance(part, bytes):
-                    self._send(self._focus, part)
-                elif part == "x":
-                    on_quit()
-                    return
-                elif part == "n":
-                    self._focus_on((self._focus + 1) % len(self._names))
-                elif part == "h":
-                    self.notice(self.help_text())
-                elif part in "0123456789":
-                    self._focus_on(int(part))
-                # Ctrl-A C and the keys without a meaning: nothing
+            elif part == "n":
+                self._focus_on((self._focus + 1) % len(self._names))
+            elif part == "h":
+                self.notice(self.help_text())
+            elif part in "0123456789":
+                self._focus_on(int(part))
+            # Ctrl-A C and the keys without a meaning: nothing
 
     def _send(self, index: int, data: bytes) -> None:
         with self._lock:
