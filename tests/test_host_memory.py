@@ -1,6 +1,7 @@
 """The mmap-backed host memory arena and its address conversions."""
 
 import ctypes
+import os
 
 import pytest
 
@@ -67,3 +68,27 @@ def test_bad_sizes():
         HostMemory(0)
     with pytest.raises(InvalidInput, match="1 GiB aligned"):
         HostMemory(1 << 20, phys_base=0x1000)
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``addr`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def test_the_arena_asks_for_transparent_huge_pages(mem):
+    # As QEMU does for guest RAM: with THP in "madvise" mode (Debian's default) only
+    # advised memory gets 2 MiB pages, and software CPUs reach guest RAM through host
+    # addresses, so 4 KiB pages cost a host TLB miss per guest page.
+    thp = os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
+    assert mem.huge_pages is thp
+    flags = _vm_flags(int(mem.virt_base) + (1 << 20))
+    assert ("hg" in flags) is thp

@@ -511,6 +511,41 @@ def test_requests_after_one_that_would_block_keep_their_order(image, monkeypatch
         rig.close()
 
 
+@pytest.mark.parametrize("kind", [vb.T_IN, vb.T_OUT])
+def test_completions_of_small_requests_done_together_are_published_together(image, kind):
+    # Interrupt coalescing: requests carried out back to back complete with one update
+    # of the used index (and at most one interrupt), but a completion never waits for
+    # a request with more than COALESCE_BYTES of buffers behind it.
+    rig = Rig(image, ram=CopyingRam())  # every write goes through ram.write
+    try:
+        used_idx, original = rig.q.used + 2, rig.ram.write
+        idx_writes: list[int] = []
+
+        def write(gpa: int, data: bytes) -> None:
+            if gpa == used_idx:
+                idx_writes.append(int.from_bytes(data, "little"))
+            original(gpa, data)
+
+        rig.ram.write = write
+
+        def small(sector: int):
+            header = struct.pack("<IIQ", kind, 0, sector)
+            if kind == vb.T_OUT:
+                return rig.q.add([header, pattern(512, sector)], [1])
+            return rig.q.add([header], [512, 1])
+
+        a, b = small(0), small(1)
+        big = rig.q.add([struct.pack("<IIQ", vb.T_IN, 0, 0)], [vb.COALESCE_BYTES, 1])
+        c = small(2)
+        rig.notify()
+        assert idx_writes == [2, 4]  # {a, b}, then {big, c}: big did not hold a and b
+        small_used = 513 if kind == vb.T_IN else 1
+        assert rig.q.collect() == [(a.head, small_used), (b.head, small_used),
+                                   (big.head, vb.COALESCE_BYTES + 1), (c.head, small_used)]
+    finally:
+        rig.close()
+
+
 def test_without_an_io_thread_requests_complete_before_the_notify_returns(image):
     rig = Rig(image, iothread=False)
     try:

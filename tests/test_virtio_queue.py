@@ -411,6 +411,34 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed():
     assert dq.collect() == [(c.head, 1) for c in chains]
 
 
+@pytest.mark.parametrize(("used_event", "wanted"), [(0, True), (2, True), (3, False), (5, False)])
+def test_push_many_publishes_a_batch_with_one_used_idx_write(used_event, wanted):
+    ram, dq, q = make(event_idx=True, ram=CopyingRam())  # every write through write()
+    for _ in range(5):
+        dq.add([], [4])
+    chains = [q.pop() for _ in range(5)]
+    dq.set_used_event(used_event)  # "interrupt me when entry N is used"
+    writes = []
+    original = ram.write
+    ram.write = lambda gpa, data: (writes.append(gpa), original(gpa, data))[1]
+    # the batch holds entries 0..2: an interrupt exactly when used_event is among them
+    assert q.push_many([(chains[0], 1), (chains[1], 4), (chains[2], 0)]) is wanted
+    assert writes.count(dq.used + 2) == 1 and dq.used_idx == 3
+    assert dq.collect() == [(chains[0].head, 1), (chains[1].head, 4), (chains[2].head, 0)]
+    assert q.in_flight == 2
+    assert q.push_many([]) is False and dq.used_idx == 3
+
+
+def test_push_many_checks_every_completion_before_writing_any():
+    _ram, dq, q = make()
+    dq.add([], [4])
+    dq.add([], [4])
+    a, b = q.pop(), q.pop()
+    with pytest.raises(InvalidInput, match="5 bytes written to a chain with 4 writable"):
+        q.push_many([(a, 4), (b, 5)])
+    assert dq.used_idx == 0 and q.in_flight == 2
+
+
 def test_event_idx_publishes_avail_event():
     _ram, dq, q = make(event_idx=True, start=0xFFFE)
     assert q.pop() is None

@@ -28,6 +28,7 @@ serialise their own state.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Protocol
 
 from pyaxvisor.devices.virtio.chain import DescriptorChain
@@ -55,6 +56,12 @@ class QueueHandle(Protocol):
     def push(self, chain: DescriptorChain, written: int) -> None:
         """Complete ``chain`` with ``written`` bytes written to its writable buffers
         and interrupt the driver if it wants. Thread-safe."""
+        ...
+
+    def push_many(self, completions: Sequence[tuple[DescriptorChain, int]]) -> None:
+        """Complete several chains, in order, with one used-index update and at most
+        one interrupt (interrupt coalescing, as a device that finished them together).
+        Thread-safe."""
         ...
 
     def fail(self, error: VirtioGuestError) -> None:

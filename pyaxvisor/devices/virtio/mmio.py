@@ -68,7 +68,7 @@ register lock, then a queue's lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -189,7 +189,10 @@ class TransportQueue:
         return self._transport.pop(self.index)
 
     def push(self, chain: DescriptorChain, written: int) -> None:
-        self._transport.push(self.index, chain, written)
+        self._transport.push_many(self.index, ((chain, written),))
+
+    def push_many(self, completions: Sequence[tuple[DescriptorChain, int]]) -> None:
+        self._transport.push_many(self.index, completions)
 
     def fail(self, error: VirtioGuestError) -> None:
         self._transport.guest_error(error)
@@ -457,14 +460,23 @@ class VirtioMmio(Device):
         """Complete ``chain`` on queue ``index`` and raise the used-buffer interrupt if
         the driver wants it. Thread-safe. A chain from a queue that was stopped, reset
         or re-created since it was popped is dropped."""
+        self.push_many(index, ((chain, written),))
+
+    def push_many(self, index: int,
+                  completions: Sequence[tuple[DescriptorChain, int]]) -> None:
+        """Complete several chains of queue ``index`` in order with one used-index
+        update, and raise the used-buffer interrupt once if the driver wants it for any
+        of them. Thread-safe. Chains from a queue that was stopped, reset or re-created
+        since they were popped are dropped."""
         with self._lock:
             if not 0 <= index < len(self._queues):
                 return
             live = self._queues[index].live
-            if live is None or chain.owner is not live:
+            if live is None:
                 return
+            current = [c for c in completions if c[0].owner is live]
             try:
-                wants = live.push(chain, written)
+                wants = live.push_many(current)
             except VirtioGuestError as exc:
                 self._fail_locked(str(exc))
                 return

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import struct
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from pyaxvisor.devices.virtio.chain import Buffer, BufferList, DescriptorChain
@@ -337,21 +338,33 @@ class SplitQueue:
         device-writable buffers. Returns whether the driver wants an interrupt for it.
         ``chain`` must come from this queue's :meth:`pop` and ``written`` must not
         exceed its writable bytes (device bugs: :class:`InvalidInput`)."""
-        if chain.owner is not self:
-            raise InvalidInput(f"{self.name}: chain {chain.head} was not popped from this "
-                               "queue")
-        if not 0 <= written <= chain.writable.total:
-            raise InvalidInput(f"{self.name}: {written} bytes written to a chain with "
-                               f"{chain.writable.total} writable bytes")
+        return self.push_many(((chain, written),))
+
+    def push_many(self, completions: Sequence[tuple[DescriptorChain, int]]) -> bool:
+        """Return several chains at once, in order: their used elements, then one
+        write of the used ring's idx. Returns whether the driver wants an interrupt for
+        any of them (with VIRTIO_F_EVENT_IDX: whether the used index passed used_event
+        anywhere in the batch, §2.7.10.2). Each pair is checked as :meth:`push`'s
+        arguments before anything is written."""
+        for chain, written in completions:
+            if chain.owner is not self:
+                raise InvalidInput(f"{self.name}: chain {chain.head} was not popped from "
+                                   "this queue")
+            if not 0 <= written <= chain.writable.total:
+                raise InvalidInput(f"{self.name}: {written} bytes written to a chain with "
+                                   f"{chain.writable.total} writable bytes")
+        if not completions:
+            return False
         with self._lock:
-            old = self.next_used
-            new = (old + 1) & 0xFFFF
-            used = self.layout.used
-            self.ram.write(used + 4 + 8 * (old % self.size), _USED_ELEM.pack(chain.head, written),
-                           f"{self.name}: used ring element", report=False)
-            self.ram.write_u16(used + 2, new, f"{self.name}: used ring idx", report=False)
+            old = new = self.next_used
+            used, size, ram = self.layout.used, self.size, self.ram
+            for chain, written in completions:
+                ram.write(used + 4 + 8 * (new % size), _USED_ELEM.pack(chain.head, written),
+                          f"{self.name}: used ring element", report=False)
+                new = (new + 1) & 0xFFFF
+            ram.write_u16(used + 2, new, f"{self.name}: used ring idx", report=False)
             self.next_used = new
-            self.in_flight = max(0, self.in_flight - 1)
+            self.in_flight = max(0, self.in_flight - len(completions))
             return self._wants_interrupt(old, new)
 
     def _wants_interrupt(self, old: int, new: int) -> bool:
