@@ -34,6 +34,7 @@ from typing import Protocol
 from pyaxvisor.devices.virtio.chain import DescriptorChain
 from pyaxvisor.devices.virtio.errors import VirtioGuestError
 from pyaxvisor.devices.virtio.memory import GuestRam
+from pyaxvisor.devices.virtio.queue import NativeOutcome, NativeServe
 
 #: Feature bits a device type may use (virtio 1.2 §6: 0..23 and 50..127); the rest
 #: belong to the transport and the queue, which offer their own.
@@ -62,6 +63,12 @@ class QueueHandle(Protocol):
         """Complete several chains, in order, with one used-index update and at most
         one interrupt (interrupt coalescing, as a device that finished them together).
         Thread-safe."""
+        ...
+
+    def serve_native(self, serve: NativeServe) -> NativeOutcome | None:
+        """Let native code serve chains in the ring itself
+        (:meth:`~pyaxvisor.devices.virtio.queue.SplitQueue.serve_native`), raising the
+        interrupt if it says so; ``None`` when the queue may not be processed now."""
         ...
 
     def fail(self, error: VirtioGuestError) -> None:

@@ -279,6 +279,10 @@ class RawImage:
             offset += n
             pending = _advance(pending, n)
 
+    def fileno(self) -> int:
+        """The image's file descriptor (for native code; valid until :meth:`close`)."""
+        return self._fd
+
     def transfer(self, offset: int, ram: memoryview, ram_base: int, addrs: Sequence[int],
                  lengths: Sequence[int], *, write: bool, nowait: bool = False) -> None:
         """Move the guest pieces ``addrs[i], lengths[i]`` (in order, inside the view

@@ -77,7 +77,7 @@ from pyaxvisor.devices.virtio.backend import DEVICE_TYPE_FEATURES, VirtioBackend
 from pyaxvisor.devices.virtio.chain import DescriptorChain
 from pyaxvisor.devices.virtio.errors import QueueConfigError, VirtioGuestError
 from pyaxvisor.devices.virtio.memory import GuestMemory, GuestRam
-from pyaxvisor.devices.virtio.queue import QueueLayout, SplitQueue
+from pyaxvisor.devices.virtio.queue import NativeOutcome, NativeServe, QueueLayout, SplitQueue
 from pyaxvisor.devices.virtio.spec import (
     F_EVENT_IDX,
     F_INDIRECT_DESC,
@@ -193,6 +193,9 @@ class TransportQueue:
 
     def push_many(self, completions: Sequence[tuple[DescriptorChain, int]]) -> None:
         self._transport.push_many(self.index, completions)
+
+    def serve_native(self, serve: NativeServe) -> NativeOutcome | None:
+        return self._transport.serve_native(self.index, serve)
 
     def fail(self, error: VirtioGuestError) -> None:
         self._transport.guest_error(error)
@@ -483,6 +486,24 @@ class VirtioMmio(Device):
             if wants:
                 self._interrupt_status |= INT_USED_BUFFER
                 self._update_irq()
+
+    def serve_native(self, index: int, serve: NativeServe) -> NativeOutcome | None:
+        """Let a back-end's native code serve chains of queue ``index`` in the ring
+        (:meth:`SplitQueue.serve_native`), then raise the used-buffer interrupt if it
+        says the driver wants one and the queue is still the live one. ``None`` when the
+        queue may not be processed now. Thread-safe; the transport's lock is not held
+        while ``serve`` runs (it may do I/O)."""
+        with self._lock:
+            live = self._live(index)
+        if live is None:
+            return None
+        outcome = live.serve_native(serve)
+        if outcome[3]:
+            with self._lock:
+                if self._queues[index].live is live:
+                    self._interrupt_status |= INT_USED_BUFFER
+                    self._update_irq()
+        return outcome
 
     # -- errors and configuration changes ---------------------------------------------------
     def guest_error(self, error: VirtioGuestError) -> None:

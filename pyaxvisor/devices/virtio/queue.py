@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from pyaxvisor.devices.virtio.chain import Buffer, BufferList, DescriptorChain
@@ -104,6 +104,14 @@ def avail_ring_bytes(size: int) -> int:
 
 def used_ring_bytes(size: int) -> int:
     return 6 + 8 * size
+
+
+#: What a native fast path returns: the new next_avail and next_used first, then
+#: what the device makes of the rest (``_sgio.serve``: served, interrupt wanted, why it
+#: stopped, the pieces written, an error to raise). See :meth:`SplitQueue.serve_native`.
+NativeOutcome = tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...],
+                      BaseException | None]
+NativeServe = Callable[["QueueLayout", int, int, bool], NativeOutcome]
 
 
 class QueueLayout(NamedTuple):
@@ -331,6 +339,19 @@ class SplitQueue:
                                        f"{length // DESC_SIZE} entries, more than "
                                        f"{MAX_INDIRECT}")
         return length // DESC_SIZE
+
+    # -- native serving --------------------------------------------------------------------
+    def serve_native(self, serve: NativeServe) -> NativeOutcome:
+        """Let native code pop, carry out and complete chains in the ring itself, from
+        :attr:`next_avail` and :attr:`next_used` on (under the queue's lock, so nothing
+        else pops or pushes meanwhile): ``serve(layout, next_avail, next_used,
+        event_idx)`` returns the new indices first; chains it completes were never in
+        flight here. A device's fast path for the chains of one common shape
+        (virtio-blk's ``_sgio.serve``); it leaves any other chain for :meth:`pop`."""
+        with self._lock:
+            outcome = serve(self.layout, self.next_avail, self.next_used, self.event_idx)
+            self.next_avail, self.next_used = outcome[0], outcome[1]
+            return outcome
 
     # -- pushing ---------------------------------------------------------------------------
     def push(self, chain: DescriptorChain, written: int) -> bool:
