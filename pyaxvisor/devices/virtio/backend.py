@@ -11,7 +11,10 @@ When the driver notifies a queue, the transport calls
 takes chains with ``pop()`` and completes each with ``push(chain, written)``:
 right away, or later from another thread (``push`` is thread-safe, and a chain
 completed after the device was reset or the queue re-created is dropped, never
-written to guest memory). A back-end that finds a request malformed raises a
+written to guest memory); ``push_many`` completes several with one used-index update
+and at most one interrupt, and ``serve_native(serve)`` lets the back-end's native code
+pop, carry out and complete chains in the ring itself (virtio-blk's fast path). A
+back-end that finds a request malformed raises a
 :class:`~pyaxvisor.devices.virtio.errors.VirtioGuestError` from ``queue_notify``
 (or, on another thread, passes it to ``handle.fail``); the transport then marks
 the device DEVICE_NEEDS_RESET. Any other exception is a bug of the back-end and is
