@@ -150,8 +150,16 @@ async def _each_command(m, path: Path) -> list[str]:
         assert await run("quit") == {}
         shutdown = await _next_event(listener, "SHUTDOWN")
         assert shutdown["data"] == {"guest": False, "reason": "host-qmp-quit"}
-    await client.disconnect()
+    await _disconnect_after_shutdown(client)
     return transcript
+
+
+async def _disconnect_after_shutdown(client: QMPClient) -> None:
+    """Disconnect once the VM announced SHUTDOWN: the VM ends and its monitor closes the
+    connection (as QEMU's does when it exits), so the client's reader may already have
+    seen the end of the stream, which ``disconnect`` re-raises as EOFError."""
+    with contextlib.suppress(EOFError, ConnectionResetError):
+        await client.disconnect()
 
 
 def test_system_reset_ends_the_vm_as_qemus_no_reboot(tmp_path, sock_dir):
@@ -180,7 +188,7 @@ async def _reset(m, path: Path) -> dict:
             assert await client.execute("system_reset") == {}
             return (await _next_event(listener, "SHUTDOWN"))["data"]
     finally:
-        await client.disconnect()
+        await _disconnect_after_shutdown(client)
 
 
 async def _execute(path: Path, command: str):

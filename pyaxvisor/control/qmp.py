@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import selectors
+import signal
 import socket
 import stat
 import threading
@@ -140,7 +141,14 @@ class QmpServer:
         """Serve on a thread of its own and forward the VM's events."""
         self.vm.events.subscribe(self._event)
         self._thread = threading.Thread(target=self._serve, name="qmp", daemon=True)
-        self._thread.start()
+        # A Ctrl-C inside Thread.start() would leave a thread that may or may not run
+        # (start() raises while it waits for the thread to begin): SIGINT is held for
+        # the moment and taken, as KeyboardInterrupt, once the thread has started.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def wait_for_client(self, timeout: float | None = None) -> bool:
         """Wait until a first client connected (QEMU's ``server,wait``); ``False`` on
@@ -154,7 +162,8 @@ class QmpServer:
             self._stopping = True
         self._wake()
         if self._thread is not None:
-            self._thread.join(CLOSE_FLUSH_SECONDS + 5)
+            if self._thread.ident is not None:  # not if start() never got that far
+                self._thread.join(CLOSE_FLUSH_SECONDS + 5)
             self._thread = None
         self._close_sockets()
 
