@@ -5,10 +5,14 @@ request, leave every other shape to Python, and never reach outside guest RAM.""
 
 from __future__ import annotations
 
+import itertools
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_virtio_blk import SECTORS, Rig, pattern
 from virtio_driver import RAM_BASE, RAM_SIZE, FakeRam
 
@@ -33,9 +37,11 @@ SCENARIO = [
 ]
 
 
-def run(image: Path, native: bool, *, read_only: bool = False, batch: bool = False):
-    """Run SCENARIO (one notify per request, or all behind one notify with ``batch``);
-    what the driver and the disk can see afterwards."""
+def run(image: Path, native: bool, *, read_only: bool = False, batch: bool = False,
+        scenario=SCENARIO):
+    """Run ``scenario`` (one notify per request, or all behind one notify with
+    ``batch``); what the driver and the disk can see afterwards. A scenario's OUT data
+    and IN sizes may be lists: the data in that many pieces."""
     calls: list[int] = []
     real = _sgio.serve
 
@@ -48,12 +54,12 @@ def run(image: Path, native: bool, *, read_only: bool = False, batch: bool = Fal
     try:
         vb._sgio.serve, saved = counting, vb._sgio.serve
         reqs = []
-        for kind, sector, out, n_in, indirect, split in SCENARIO:
+        for kind, sector, out, n_in, indirect, split in scenario:
             header = struct.pack("<IIQ", kind, 0, sector)
             readable = [header[:6], header[6:]] if split else [header]
-            if out:
-                readable.append(out)
-            reqs.append(rig.q.add(readable, ([n_in] if n_in else []) + [1], indirect=indirect))
+            readable += out if isinstance(out, list) else [out] if out else []
+            sizes = n_in if isinstance(n_in, list) else [n_in] if n_in else []
+            reqs.append(rig.q.add(readable, [*sizes, 1], indirect=indirect))
             if not batch:
                 rig.notify()
         rig.notify()
@@ -193,3 +199,45 @@ def test_an_error_in_the_report_keeps_the_queue_consistent(image):
         assert rig.q.collect() == [(again.head, 513)] and len(ram.reports) == 2
     finally:
         rig.close()
+
+
+def _pieces(total: int, cuts: list[int]) -> list[int]:
+    """``total`` bytes cut at ``cut / 8`` of the way for each of ``cuts`` (1..7)."""
+    edges = [0, *sorted({total * c // 8 for c in cuts} - {0, total}), total]
+    return [b - a for a, b in itertools.pairwise(edges)]
+
+
+_REQUEST = st.tuples(
+    st.sampled_from([vb.T_IN, vb.T_OUT, vb.T_OUT, vb.T_IN, vb.T_FLUSH, vb.T_GET_ID, 7]),
+    st.integers(0, SECTORS + 1),
+    st.sampled_from([0, 100, 512, 1024, 1536, 4096]),
+    st.lists(st.integers(1, 7), max_size=3),
+    st.booleans(),
+    st.sampled_from([False, False, False, True]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(requests=st.lists(_REQUEST, min_size=1, max_size=6), batch=st.booleans(),
+       read_only=st.sampled_from([False, False, True]))
+def test_random_requests_give_the_same_outcome_both_ways(requests, batch, read_only):
+    scenario = []
+    for kind, sector, nbytes, cuts, indirect, split in requests:
+        sizes = _pieces(nbytes, cuts) if nbytes else []
+        if kind == vb.T_OUT:
+            data = pattern(nbytes, sector)
+            out, at = [], 0
+            for n in sizes:
+                out.append(data[at:at + n])
+                at += n
+            scenario.append((kind, sector, out, 0, indirect, split))
+        else:
+            scenario.append((kind, sector, b"", sizes, indirect, split))
+    with tempfile.TemporaryDirectory() as tmp:
+        seen = []
+        for name, native in (("python", False), ("native", True)):
+            (Path(tmp) / name).mkdir()
+            path = Path(tmp) / name / "disk.img"
+            path.write_bytes(pattern(SECTORS * 512, 5))
+            seen.append(run(path, native, read_only=read_only, batch=batch, scenario=scenario))
+    slow, fast = seen
+    assert fast[0] == slow[0] and fast[1] == slow[1] and fast[3] == slow[3]
