@@ -602,19 +602,27 @@ def test_a_tcp_port_0_gets_a_free_port_and_serves_qemu_qmp(tmp_path):
         assert asyncio.run(status())["status"] == "running"
 
 
+def _run_waiting_for_a_client(path: Path, *extra: str) -> subprocess.Popen:
+    """``pyaxvisor run -qmp unix:PATH,server`` (the bundled guest), once its socket is
+    there: the run then waits for a client before the guest starts."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "-qmp", f"unix:{path},server", *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"no QMP socket at {path}: {proc.communicate()[1]!r}")
+        time.sleep(0.05)
+    return proc
+
+
 def test_pyaxvisor_run_with_server_wait_starts_the_guest_once_a_client_connects(sock_dir):
     """The bundled guest prints and powers off within a second of starting; with QEMU's
     default ``server`` (wait) it does neither until a QMP client connected."""
     path = sock_dir / "w.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "-qmp", f"unix:{path},server",
-         "--timeout", "60"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _run_waiting_for_a_client(path, "--timeout", "60")
     try:
-        deadline = time.monotonic() + 60
-        while not path.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
         time.sleep(2)
         assert proc.poll() is None  # held back: no client yet
 
@@ -635,14 +643,8 @@ def test_pyaxvisor_run_with_server_wait_starts_the_guest_once_a_client_connects(
 
 def test_ctrl_c_while_waiting_for_a_client_ends_the_run_and_removes_the_socket(sock_dir):
     path = sock_dir / "i.sock"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "-qmp", f"unix:{path},server"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _run_waiting_for_a_client(path)
     try:
-        deadline = time.monotonic() + 60
-        while not path.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 130
     finally:

@@ -44,6 +44,7 @@ def _advise_huge_pages(mapping: mmap.mmap, start: int, length: int) -> bool:
         return False
     return True
 
+
 _U64 = struct.Struct("<Q")
 
 

@@ -212,6 +212,7 @@ enum { STOP_EMPTY = 0, STOP_OTHER = 1, STOP_WAIT = 2, STOP_LIMIT = 3 };
 #define S_OK 0
 #define S_IOERR 1
 #define SECTOR 512ull
+#define FRAMING 17ull           /* a request's bytes besides its data: header, status */
 
 struct ring {
     uint8_t *ram;
@@ -353,7 +354,7 @@ static int one(const struct ring *r, const struct serve_args *a, uint16_t next_a
     sector = le64toh(sector);
     if (!((type == T_IN && write_data == 1) || (type == T_OUT && write_data == 0)))
         return STOP_OTHER;
-    if (served && (served >= a->max_requests || data + 17 > a->coalesce))
+    if (served && (served >= a->max_requests || data + FRAMING > a->coalesce))
         return STOP_LIMIT;
     if (a->nowait && type == T_OUT)
         return STOP_WAIT;       /* writes may wait for the disk: never with nowait */

@@ -396,19 +396,19 @@ class VirtioBlk(VirtioBackend):
 
         def serve(layout: QueueLayout, next_avail: int, next_used: int,
                   event_idx: bool) -> NativeOutcome:
-            return _sgio.serve(fd, view, base, layout.desc, layout.avail, layout.used,
-                               layout.size, next_avail, next_used, event_idx, capacity,
-                               MAX_REQUEST_BYTES, read_only, COALESCE_BYTES, nowait,
-                               COALESCE_MAX, written)
+            return NativeOutcome._make(_sgio.serve(
+                fd, view, base, layout.desc, layout.avail, layout.used, layout.size,
+                next_avail, next_used, event_idx, capacity, MAX_REQUEST_BYTES, read_only,
+                COALESCE_BYTES, nowait, COALESCE_MAX, written))
 
         while True:
             outcome = queue.serve_native(serve)
             if outcome is None:
                 return _STOP_OTHER
-            if outcome[7] is not None:
-                raise outcome[7]  # from written(): the requests themselves are done
-            if outcome[4] != _STOP_LIMIT:
-                return outcome[4]
+            if outcome.error is not None:
+                raise outcome.error  # from written(): the requests themselves are done
+            if outcome.stop != _STOP_LIMIT:
+                return outcome.stop
 
     def handle(self, chain: DescriptorChain, ram: GuestRam, *, nowait: bool = False) -> int:
         """Carry out one request; the bytes written to its writable buffers.

@@ -61,7 +61,7 @@ Interrupt: one level-triggered line, high while InterruptStatus != 0.
 Threads: one lock guards the registers; each queue has its own lock
 (:class:`~pyaxvisor.devices.virtio.queue.SplitQueue`). The back-end runs without the
 register lock held, so a slow request does not stall register accesses by other
-vCPUs. Completions (:meth:`VirtioMmio.push`) may come from any thread. Lock order:
+vCPUs. Completions (:meth:`VirtioMmio.push_many`) may come from any thread. Lock order:
 register lock, then a queue's lock.
 """
 
@@ -459,12 +459,6 @@ class VirtioMmio(Device):
             self.guest_error(exc)
             return None
 
-    def push(self, index: int, chain: DescriptorChain, written: int) -> None:
-        """Complete ``chain`` on queue ``index`` and raise the used-buffer interrupt if
-        the driver wants it. Thread-safe. A chain from a queue that was stopped, reset
-        or re-created since it was popped is dropped."""
-        self.push_many(index, ((chain, written),))
-
     def push_many(self, index: int,
                   completions: Sequence[tuple[DescriptorChain, int]]) -> None:
         """Complete several chains of queue ``index`` in order with one used-index
@@ -498,7 +492,7 @@ class VirtioMmio(Device):
         if live is None:
             return None
         outcome = live.serve_native(serve)
-        if outcome[3]:
+        if outcome.interrupt:
             with self._lock:
                 if self._queues[index].live is live:
                     self._interrupt_status |= INT_USED_BUFFER

@@ -106,11 +106,20 @@ def used_ring_bytes(size: int) -> int:
     return 6 + 8 * size
 
 
-#: What a native fast path returns: the new next_avail and next_used first, then
-#: what the device makes of the rest (``_sgio.serve``: served, interrupt wanted, why it
-#: stopped, the pieces written, an error to raise). See :meth:`SplitQueue.serve_native`.
-NativeOutcome = tuple[int, int, int, int, int, tuple[int, ...], tuple[int, ...],
-                      BaseException | None]
+class NativeOutcome(NamedTuple):
+    """What a native fast path did (virtio-blk's ``_sgio.serve`` returns its fields in
+    this order); see :meth:`SplitQueue.serve_native`."""
+
+    next_avail: int          #: the queue's indices after it
+    next_used: int
+    served: int              #: chains taken and completed
+    interrupt: int           #: the driver wants the used-buffer interrupt
+    stop: int                #: why it stopped (the device's own codes)
+    addrs: tuple[int, ...]   #: the guest pieces it wrote (reported already)
+    lengths: tuple[int, ...]
+    error: BaseException | None  #: raised by the report, for the caller to raise
+
+
 NativeServe = Callable[["QueueLayout", int, int, bool], NativeOutcome]
 
 
@@ -350,7 +359,7 @@ class SplitQueue:
         (virtio-blk's ``_sgio.serve``); it leaves any other chain for :meth:`pop`."""
         with self._lock:
             outcome = serve(self.layout, self.next_avail, self.next_used, self.event_idx)
-            self.next_avail, self.next_used = outcome[0], outcome[1]
+            self.next_avail, self.next_used = outcome.next_avail, outcome.next_used
             return outcome
 
     # -- pushing ---------------------------------------------------------------------------
