@@ -1,11 +1,13 @@
 """Deadline-ordered, cancellable timer events."""
 
 import threading
+import time
 
 import pytest
 
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.hal import TimerList
+from pyaxvisor.hal.timer import TimerThread
 
 
 class FakeClock:
@@ -82,3 +84,68 @@ def test_bad_deadlines():
         timers.schedule(-1, lambda now: None)
     with pytest.raises(InvalidInput):
         timers.schedule_in(-5, lambda now: None)
+
+
+def _fired_at(thread, delay_ns: int) -> tuple[threading.Event, list[int]]:
+    done, when = threading.Event(), []
+    thread.schedule(thread.timers.now() + delay_ns,
+                    lambda now: (when.append(thread.timers.now()), done.set()))
+    return done, when
+
+
+def test_timer_thread_is_woken_only_for_an_earlier_deadline():
+    thread = TimerThread(name="test-timers")
+    try:
+        far, _ = _fired_at(thread, 60 * 10**9)  # the thread now sleeps for a minute
+        deadline = time.monotonic() + 5
+        while thread._looks_at in (None, 0) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        wakes, saved = thread.wakes, thread.wakes_saved
+        later, _ = _fired_at(thread, 120 * 10**9)
+        assert (thread.wakes, thread.wakes_saved) == (wakes, saved + 1)
+        t0 = thread.timers.now()
+        soon, when = _fired_at(thread, 20_000_000)
+        assert thread.wakes == wakes + 1
+        assert soon.wait(5), "an earlier event did not wake the sleeping thread"
+        assert when[0] - t0 >= 20_000_000
+        assert not far.is_set() and not later.is_set()
+    finally:
+        thread.stop()
+
+
+def test_timer_thread_fires_a_later_event_after_the_earlier_one_is_cancelled():
+    thread = TimerThread(name="test-timers")
+    try:
+        t0 = thread.timers.now()
+        first = thread.schedule(t0 + 30_000_000, lambda now: None)
+        deadline = time.monotonic() + 5
+        while thread._looks_at in (None, 0) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        thread.cancel(first)
+        later, when = _fired_at(thread, 60_000_000)  # not woken: it wakes at 30 ms anyway
+        assert later.wait(5), "the later event never fired"
+        assert when[0] - t0 >= 60_000_000
+    finally:
+        thread.stop()
+
+
+def test_rearm_keeps_an_event_armed_for_the_same_deadline_and_moves_or_drops_others():
+    thread = TimerThread(name="test-timers")
+    try:
+        fired: list[str] = []
+        far = thread.timers.now() + 60 * 10**9
+        first = thread.rearm(None, far, lambda now: fired.append("first"))
+        assert first is not None and first.pending
+        assert thread.rearm(first, far, lambda now: fired.append("again")) is first
+        soon = thread.timers.now() + 10_000_000
+        done = threading.Event()
+        moved = thread.rearm(first, soon, lambda now: (fired.append("moved"), done.set()))
+        assert moved is not first and first.cancelled and moved is not None
+        assert done.wait(5)
+        assert fired == ["moved"]
+        assert thread.rearm(moved, None, lambda now: None) is None  # fired: nothing to keep
+        last = thread.rearm(None, far, lambda now: None)
+        assert thread.rearm(last, None, lambda now: None) is None and last.cancelled
+        assert len(thread.timers) == 0
+    finally:
+        thread.stop()

@@ -22,6 +22,7 @@ from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
 from pyaxvisor.vcpu.width import AccessWidth
 
 _WIDTHS = {w.size: w for w in AccessWidth}
+_MASKS = {w.size: w.mask for w in AccessWidth}
 
 EngineRead = Callable[[int, int], int]
 EngineWrite = Callable[[int, int, int], None]
@@ -65,8 +66,7 @@ class InCpuMmio:
         def read(offset: int, size: int) -> int:
             try:
                 counts[0] += 1
-                width = _WIDTHS[size]
-                return window.read(offset, width, vcpu_id()) & width.mask
+                return window.read(offset, _WIDTHS[size], vcpu_id()) & _MASKS[size]
             except Exception as exc:  # re-raised by the vCPU's run()
                 self._fail(exc)
                 return 0
@@ -74,8 +74,7 @@ class InCpuMmio:
         def write(offset: int, size: int, value: int) -> None:
             try:
                 counts[1] += 1
-                width = _WIDTHS[size]
-                window.write(offset, width, value & width.mask, vcpu_id())
+                window.write(offset, _WIDTHS[size], value & _MASKS[size], vcpu_id())
             except Exception as exc:  # re-raised by the vCPU's run()
                 self._fail(exc)
 

@@ -331,8 +331,11 @@ class GicV2:
         return self._prio_priv[cpu][intid] if intid < 32 else self._prio_spi[intid]
 
     def _sgi_pending_bits(self, cpu: int) -> int:
+        sgis = self._sgi_src[cpu]
+        if not any(sgis):  # the common case, checked without a Python loop
+            return 0
         bits = 0
-        for sgi, sources in enumerate(self._sgi_src[cpu]):
+        for sgi, sources in enumerate(sgis):
             if sources:
                 bits |= 1 << sgi
         return bits
@@ -505,17 +508,20 @@ class GicV2:
 
     def _check_access(self, window: str, size: int, offset: int, width: AccessWidth,
                       vcpu_id: int, byte_ok: bool, write: bool) -> None:
-        what = "write" if write else "read"
-        where = f"GICv2 {window} {width.size}-byte {what} at {offset:#x}"
+        # every guest access comes through here: the message is only built for a refusal
+        problem = None
         if not 0 <= vcpu_id < self.num_cpus:
-            raise BadAccess(f"{where}: CPU {vcpu_id} has no CPU interface")
-        if offset < 0 or offset + width.size > size:
-            raise BadAccess(f"{where}: outside the {size:#x}-byte window")
-        if width == AccessWidth.Dword:
+            problem = f"CPU {vcpu_id} has no CPU interface"
+        elif offset < 0 or offset + width > size:
+            problem = f"outside the {size:#x}-byte window"
+        elif width == AccessWidth.Dword:
             if offset & 3:
-                raise BadAccess(f"{where}: not 4-byte aligned")
+                problem = "not 4-byte aligned"
         elif width != AccessWidth.Byte or not byte_ok:
-            raise BadAccess(f"{where}: this register takes 32-bit accesses only")
+            problem = "this register takes 32-bit accesses only"
+        if problem is not None:
+            what = "write" if write else "read"
+            raise BadAccess(f"GICv2 {window} {width.size}-byte {what} at {offset:#x}: {problem}")
 
     @staticmethod
     def _dist_byte_ok(offset: int) -> bool:
