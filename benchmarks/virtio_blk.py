@@ -2,7 +2,7 @@
 (TCG, ``-M virt -cpu cortex-a72``), both with the disk on virtio-mmio, side by side on the
 same kernel, initramfs, raw image and guest command, median of N runs.
 
-    python benchmarks/virtio_blk.py [--runs 3]
+    python benchmarks/virtio_blk.py [--runs 5]
 
 The guest (the ``initramfs-virtio-arm64`` image: Debian's own virtio_mmio and virtio_blk
 modules, busybox 1.35 userspace) times the transfers itself with ``/proc/uptime`` (10 ms
@@ -20,15 +20,23 @@ resolution), so boot and start-up are excluded:
   of the figure is process start-up. Treat the random-read IOPS as "dd invocations per
   second", not as the device's IOPS.
 
-The image is a sparse 300 MiB file in a temporary directory; the host's page cache holds
-it for both hypervisors (QEMU's default ``cache=writeback``). Needs ``qemu-system-arm``;
-fetches the images with ``pyaxvisor.images``. Ratios are pyaxvisor / QEMU of a rate:
-above 1.0 is faster.
+The image is a 300 MiB file in a temporary directory, written in full before the first
+run, so that no run pays for the host's file system allocating its blocks (with a sparse
+file only the first run to write, always the same hypervisor, could); the host's page cache holds
+it for both hypervisors (QEMU's default ``cache=writeback``). Each round runs both
+hypervisors back to back, the order swapped every round, and the host's dirty pages are
+written out (``sync``) before each run, so that no run has the previous one's writeback
+going on under it. The ratio column is the median of the rounds' own ratios (pyaxvisor /
+QEMU of a rate, above 1.0 is faster, the two runs of a round next to each other in time,
+which cancels the slow stretches this host has), with the lowest and highest round after
+it; the rate columns are each hypervisor's median. Needs ``qemu-system-arm``; fetches the
+images with ``pyaxvisor.images``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -96,7 +104,7 @@ def guest_rates(argv: list[str], env: dict[str, str] | None = None) -> list[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     if shutil.which(QEMU) is None:
         sys.exit(f"{QEMU} not found: apt-get install qemu-system-arm")
@@ -107,24 +115,39 @@ def main() -> None:
     initrd = images.fetch("initramfs-virtio-arm64", **quiet)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "disk.img"
-        with open(image, "wb") as f:
-            f.truncate(IMAGE_SIZE)
+        allocate(image, IMAGE_SIZE)
         common = ["-kernel", str(kernel), "-initrd", str(initrd), "-append",
                   f'console=ttyAMA0 pyaxvisor.cmd="{GUEST_CMD}"', "-m", "512M",
                   "-drive", f"file={image},format=raw,if=none,id=hd0",
                   "-device", "virtio-blk-device,drive=hd0"]
-        ours: list[list[float]] = []
-        qemu: list[list[float]] = []
-        for _ in range(args.runs):  # alternately, run by run
-            ours.append(guest_rates([*PYAXVISOR, *common, "--timeout", "800"], env=OURS))
-            qemu.append(guest_rates([*QEMU_BASE, *common]))
+        runs = {"ours": ([*PYAXVISOR, *common, "--timeout", "800"], OURS),
+                "qemu": ([*QEMU_BASE, *common], None)}
+        rates: dict[str, list[list[float]]] = {"ours": [], "qemu": []}
+        for n in range(args.runs):
+            for name in ("ours", "qemu") if n % 2 == 0 else ("qemu", "ours"):
+                os.sync()  # the previous run's writes are on the disk, not still going
+                argv, env = runs[name]
+                rates[name].append(guest_rates(argv, env=env))
     print(f"{'benchmark (median of ' + str(args.runs) + ')':<38}{'pyaxvisor':>14}"
-          f"{'QEMU TCG':>14}{'ratio':>8}")
+          f"{'QEMU TCG':>14}{'ratio':>8}  {'rounds':>11}")
     for label, unit, i in ROWS:
-        mine = statistics.median(run[i] for run in ours)
-        theirs = statistics.median(run[i] for run in qemu)
+        mine = statistics.median(run[i] for run in rates["ours"])
+        theirs = statistics.median(run[i] for run in rates["qemu"])
+        paired = [a[i] / b[i] for a, b in zip(rates["ours"], rates["qemu"], strict=True)]
         print(f"{label:<38}{mine:>9.1f} {unit:<4}{theirs:>9.1f} {unit:<4}"
-              f"{mine / theirs:>7.2f}x", flush=True)
+              f"{statistics.median(paired):>7.2f}x  {min(paired):.2f}-{max(paired):.2f}x",
+              flush=True)
+
+
+def allocate(path: Path, size: int) -> None:
+    """Write ``size`` zero bytes to ``path`` and put them on the disk: every block
+    allocated before the first run."""
+    block = bytes(MIB)
+    with open(path, "wb") as f:
+        for _ in range(size // MIB):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 if __name__ == "__main__":
