@@ -16,7 +16,7 @@ from machines import machine_fixture, on_another_host_cpu
 from pyaxvisor.arch.aarch64.exception import UnhandledTrap
 from pyaxvisor.arch.aarch64.pcpu import Aarch64PerCpu, hardware_features
 from pyaxvisor.errors import BadState
-from pyaxvisor.mm import GuestPhysAddr
+from pyaxvisor.mm import GuestPhysAddr, MappingFlags
 from pyaxvisor.vcpu import (
     AccessWidth,
     CpuUp,
@@ -264,3 +264,35 @@ def test_code_a_device_rewrote_is_run_anew_once_the_write_is_reported(machine, h
     assert m.result(0x08) == (1 if how == "unreported" else 2)
     dropped = v.arch._require_engine().xsync.stats["xsync_dma_code_pages"]
     assert dropped == (0 if how == "unreported" else 1)
+
+
+def test_a_walk_after_the_table_page_moved_and_the_tlb_was_flushed_reads_the_new_table(
+        machine):
+    """The engine keeps the stage-2 translations of stage-1 table addresses
+    (patch ptw-s2-cache); the hypervisor's TLB flush must drop them."""
+    m = machine("s2_table_swap")
+    table, mark = 0x5000_0000, RAM + 0x20000
+    rw = MappingFlags.READ | MappingFlags.WRITE
+    block = 0x701                                   # 1 GiB block: AF, inner shareable
+    first = m.hal.alloc_frames_or_raise(1, what="first table")
+    second = m.hal.alloc_frames_or_raise(1, what="second table")
+    m.space.map_linear(G(table), first, 0x1000, rw)
+    m.space.write(G(table), (0).to_bytes(8, "little") + (RAM | block).to_bytes(8, "little")
+                  + (RAM | block).to_bytes(8, "little"))  # entry 2: the alias
+    m.space.write_u64(G(mark), 0x1122_3344_5566_7788)
+    stop = m.vcpu.run()
+    assert isinstance(stop, Hypercall) and stop.nr == 0x5A5A
+    assert m.result(0x00) == 0x1122_3344_5566_7788
+    m.space.remove_region(G(table))
+    m.space.map_linear(G(table), second, 0x1000, rw)
+    m.space.write(G(table), (0).to_bytes(8, "little") + (RAM | block).to_bytes(8, "little")
+                  + (0).to_bytes(8, "little"))     # the alias is gone
+    m.vcpu.arch.request_tlb_flush()
+    assert m.vcpu.run() == SystemDown(reset=False)
+    assert m.result(0x18) == 1
+    assert m.result(0x08) == 0                      # the second read did not complete
+    esr = m.result(0x10)
+    assert esr >> 26 == 0x25                        # data abort from the current EL
+    assert esr & 0x3F == 0x05                       # translation fault, level 1
+    m.hal.dealloc_frames(first)
+    m.hal.dealloc_frames(second)
