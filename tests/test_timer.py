@@ -127,25 +127,3 @@ def test_timer_thread_fires_a_later_event_after_the_earlier_one_is_cancelled():
         assert when[0] - t0 >= 60_000_000
     finally:
         thread.stop()
-
-
-def test_rearm_keeps_an_event_armed_for_the_same_deadline_and_moves_or_drops_others():
-    thread = TimerThread(name="test-timers")
-    try:
-        fired: list[str] = []
-        far = thread.timers.now() + 60 * 10**9
-        first = thread.rearm(None, far, lambda now: fired.append("first"))
-        assert first is not None and first.pending
-        assert thread.rearm(first, far, lambda now: fired.append("again")) is first
-        soon = thread.timers.now() + 10_000_000
-        done = threading.Event()
-        moved = thread.rearm(first, soon, lambda now: (fired.append("moved"), done.set()))
-        assert moved is not first and first.cancelled and moved is not None
-        assert done.wait(5)
-        assert fired == ["moved"]
-        assert thread.rearm(moved, None, lambda now: None) is None  # fired: nothing to keep
-        last = thread.rearm(None, far, lambda now: None)
-        assert thread.rearm(last, None, lambda now: None) is None and last.cancelled
-        assert len(thread.timers) == 0
-    finally:
-        thread.stop()

@@ -150,18 +150,6 @@ class TimerThread:
     def cancel(self, event: TimerEvent) -> bool:
         return self.timers.cancel(event)
 
-    def rearm(self, event: TimerEvent | None, deadline_ns: int | None,
-              callback: TimerCallback) -> TimerEvent | None:
-        """Move a device's one event to ``deadline_ns`` (``None``: disarm): ``event``
-        itself when it is still pending for that deadline, else a new one (``event``
-        cancelled). What a guest timer write costs when it does not move the deadline,
-        as Linux's rewriting CTL or the same compare value does: nothing."""
-        if event is not None:
-            if event.pending and event.deadline_ns == deadline_ns:
-                return event
-            self.timers.cancel(event)
-        return None if deadline_ns is None else self.schedule(deadline_ns, callback)
-
     def _loop(self) -> None:
         while True:
             with self._cond:

@@ -79,8 +79,9 @@ class GenericTimers:
             level, deadline = v.arch.timer_irq_level(timer, now), v.arch.timer_deadline(timer)
         self.gic.set_ppi_level(cpu, ppi, level)
         key = (cpu, timer)
-        event = self.vm.timers.rearm(
-            self._events.pop(key, None), None if level else deadline,
-            lambda _now, c=cpu, t=timer: self.update(c, t))
-        if event is not None:
-            self._events[key] = event
+        old = self._events.pop(key, None)
+        if old is not None:
+            self.vm.timers.cancel(old)
+        if deadline is not None and not level:
+            self._events[key] = self.vm.timers.schedule(
+                deadline, lambda _now, c=cpu, t=timer: self.update(c, t))

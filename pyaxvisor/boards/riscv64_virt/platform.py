@@ -100,12 +100,14 @@ class SbiBoard:
         if v is None:
             return
         with self._lock:
-            due = v.arch.timer_due(monotonic_ns())
-            event = self.vm.timers.rearm(
-                self._events.pop(hart_id, None), None if due else v.arch.timer_deadline(),
-                lambda _now, h=hart_id: self.update_timer(h))
-            if event is not None:
-                self._events[hart_id] = event
-            if due:
+            old = self._events.pop(hart_id, None)
+            if old is not None:
+                self.vm.timers.cancel(old)
+            if v.arch.timer_due(monotonic_ns()):
                 v.arch.set_timer_line(True)
                 v.wake()
+                return
+            deadline = v.arch.timer_deadline()
+            if deadline is not None:
+                self._events[hart_id] = self.vm.timers.schedule(
+                    deadline, lambda _now, h=hart_id: self.update_timer(h))
