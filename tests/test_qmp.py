@@ -195,8 +195,8 @@ async def _execute(path: Path, command: str):
     client = await _client(path)
     try:
         return await client.execute(command)
-    finally:
-        await client.disconnect()
+    finally:  # a command that ends the VM (system_powerdown) may close the monitor first
+        await _disconnect_after_shutdown(client)
 
 
 def test_system_powerdown_presses_the_power_key(tmp_path, sock_dir):
@@ -503,7 +503,7 @@ async def _stop_cont_quit(connect: str | tuple[str, int]) -> list[str]:
             seen.append((await asyncio.wait_for(listener.get(), 10))["event"])
         await client.execute("quit")
         seen.append((await asyncio.wait_for(listener.get(), 10))["event"])
-    await client.disconnect()
+    await _disconnect_after_shutdown(client)
     return seen
 
 
