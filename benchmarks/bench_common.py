@@ -37,6 +37,12 @@ def build_guest(arch: str, name: str, load: int, out: Path) -> Path:
 #: allowed, as for an installed package (pip compiles it at install; a sandbox that sets
 #: PYTHONDONTWRITEBYTECODE would make every run compile the sources again, 0.15 s).
 OURS = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+#: What both hypervisors' Linux guests get on their command line, so they boot the same
+#: guest: QEMU's AArch64 ``virt`` gives the guest a ``kaslr-seed`` and pyaxvisor does not,
+#: and a randomised arm64 kernel forces page-table isolation on, whose table switch at
+#: every system call, exception and interrupt costs QEMU's software TLB a flush (several
+#: times the guest's system-call cost). RISC-V guests get it too: neither randomises then.
+SAME_GUEST_ARGS = "nokaslr"
 #: The same on the unicorn wheel's stock library instead of the patched build
 #: ``pip install .`` made (pyaxvisor.engine.tcg.unicorn_select).
 STOCK = {**OURS, "PYAXVISOR_STOCK_UNICORN": "1"}
@@ -129,11 +135,8 @@ def compare(runs: int, label: str, ours: list[str], qemu: list[str], args: list[
 def bench_linux_guests(runs: int, ours: list[str], qemu: list[str], arch: str,
                        firmware: list[str], console: str, cpus: str) -> None:
     """Debian's U-Boot to its prompt (started with ``firmware`` + the image) and Debian's
-    Linux with the busybox initramfs on 2 CPUs to its userspace marker, with ``nokaslr``:
-    QEMU's AArch64 ``virt`` gives the guest a ``kaslr-seed`` and pyaxvisor does not, and a
-    randomised arm64 kernel forces page-table isolation on, which costs QEMU's software TLB
-    a flush at every exception; without it the two would not boot the same guest. The
-    RISC-V guests get the same word: with it, neither randomises its base either way."""
+    Linux with the busybox initramfs on 2 CPUs to its userspace marker (with
+    :data:`SAME_GUEST_ARGS`)."""
     from pyaxvisor import images
 
     quiet = {"log": lambda *_: None}
@@ -143,5 +146,5 @@ def bench_linux_guests(runs: int, ours: list[str], qemu: list[str], arch: str,
     compare(runs, "U-Boot to prompt", ours, qemu, [*firmware, str(uboot)], b"=> ")
     compare(runs, f"Linux to userspace (2 {cpus})", ours, qemu,
             ["-kernel", str(kernel), "-initrd", str(initrd), "-append",
-             f"console={console} nokaslr", "-m", "512M", "-smp", "2"],
+             f"console={console} {SAME_GUEST_ARGS}", "-m", "512M", "-smp", "2"],
             images.USERSPACE_MARKER.encode())

@@ -4,12 +4,8 @@ same kernel, initramfs, raw image and guest command, median of N runs.
 
     python benchmarks/virtio_blk.py [--runs 5]
 
-Both guests boot with ``nokaslr``. QEMU's ``virt`` board puts a ``kaslr-seed`` in the
-device tree and pyaxvisor's does not; with the seed Debian's kernel randomises its base
-and so turns on kernel page-table isolation ("KPTI forced ON by KASLR"), whose page-table
-switch at every system call, exception and interrupt costs QEMU's software TLB a flush,
-several times the guest's system-call cost. Without ``nokaslr`` the two would run
-different kernels' configurations, not the same guest.
+Both guests boot with ``bench_common.SAME_GUEST_ARGS`` (``nokaslr``: without it QEMU's
+guest would run with page-table isolation and ours without, not the same guest).
 
 The guest (the ``initramfs-virtio-arm64`` image: Debian's own virtio_mmio and virtio_blk
 modules, busybox 1.35 userspace) times the transfers itself with ``/proc/uptime`` (10 ms
@@ -51,7 +47,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import OURS
+from bench_common import OURS, SAME_GUEST_ARGS
 
 QEMU = "qemu-system-aarch64"
 PYAXVISOR = [sys.executable, "-m", "pyaxvisor.cli", "run"]
@@ -124,7 +120,7 @@ def main() -> None:
         image = Path(tmp) / "disk.img"
         allocate(image, IMAGE_SIZE)
         common = ["-kernel", str(kernel), "-initrd", str(initrd), "-append",
-                  f'console=ttyAMA0 nokaslr pyaxvisor.cmd="{GUEST_CMD}"', "-m", "512M",
+                  f'console=ttyAMA0 {SAME_GUEST_ARGS} pyaxvisor.cmd="{GUEST_CMD}"', "-m", "512M",
                   "-drive", f"file={image},format=raw,if=none,id=hd0",
                   "-device", "virtio-blk-device,drive=hd0"]
         runs = {"ours": ([*PYAXVISOR, *common, "--timeout", "800"], OURS),
