@@ -5,7 +5,7 @@ import pytest
 from pyaxvisor.errors import AlreadyExists, BadState, InvalidInput, NoMemory, NotFound
 from pyaxvisor.hal import HostHal
 from pyaxvisor.mm import GuestPhysAddr, HostPhysAddr, MappingFlags
-from pyaxvisor.mm.addrspace import AddrSpace, GuestMemoryFault
+from pyaxvisor.mm.addrspace import AddrSpace, GuestMemoryFault, WrittenRanges
 from pyaxvisor.mm.nested import ARCHES, nested_page_table
 
 G = GuestPhysAddr
@@ -205,3 +205,22 @@ def test_writes_reach_the_write_listeners_as_host_ranges(space, regions):
     heard.clear()
     space.written([(0x4000_0000, 4)])
     assert heard == []
+
+
+def test_pieces_known_to_lie_in_a_range_are_reported_by_that_range(space):
+    first = space.map_ram(G(0x4000_0000), 2 << 20)
+    second = space.map_ram(G(0x4020_0000), 2 << 20)   # adjacent: a second region
+    heard: list[object] = []
+    space.add_write_listener(heard.append)
+    gpas, lengths = [0x4000_3000, 0x4000_1000], [0x1000, 0x10]
+    space.written_columns(gpas, lengths, within=(0x4000_0000, 0x4020_0000))
+    assert isinstance(heard[0], WrittenRanges) and heard[0].gpas is gpas  # no copy
+    assert heard == [[(0x4000_3000, int(first.hpa) + 0x3000, 0x1000),
+                      (0x4000_1000, int(first.hpa) + 0x1000, 0x10)]]
+    heard.clear()
+    # a range across the two regions: each piece is looked at, and cut at the end
+    space.written_columns([0x401F_FF00, 0x4020_0000], [0x200, 8],
+                          within=(0x4000_0000, 0x4040_0000))
+    assert heard == [[(0x401F_FF00, int(first.hpa) + 0x1F_FF00, 0x100),
+                      (0x4020_0000, int(second.hpa), 0x100),
+                      (0x4020_0000, int(second.hpa), 8)]]

@@ -601,6 +601,59 @@ def test_acknowledge_order_is_priority_then_intid(prios):
     assert got == expected
 
 
+_OPS = st.one_of(
+    st.tuples(st.just("line"), st.integers(32, 39), st.booleans()),
+    st.tuples(st.just("ppi"), st.integers(0, 1), st.integers(16, 31), st.booleans()),
+    st.tuples(st.just("prio"), st.integers(16, 39), st.integers(0, 0xFF)),
+    st.tuples(st.just("target"), st.integers(32, 39), st.integers(0, 3)),
+    st.tuples(st.just("enable"), st.integers(0, 1), st.booleans()),
+    st.tuples(st.just("pend"), st.integers(0, 1), st.booleans()),
+    st.tuples(st.just("pmr"), st.integers(0, 1), st.integers(0, 0xFF)),
+    st.tuples(st.just("cctlr"), st.integers(0, 1), st.integers(0, 1)),
+    st.tuples(st.just("dctlr"), st.integers(0, 1)),
+    st.tuples(st.just("sgi"), st.integers(0, 1), st.integers(0, 15), st.integers(0, 3)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_OPS, max_size=25))
+def test_iar_takes_what_hppir_names_whatever_changed_before(ops):
+    # With nothing active the running priority is idle, so GICC_IAR must acknowledge
+    # the interrupt GICC_HPPIR names (IHI 0048B 3.2.2, 4.4.8), whichever register or
+    # input changed last: IAR's answer is kept from the last change, HPPIR's is not.
+    gic = Gic(cpus=2)
+    gic.enable(pmr=0xF8)
+    for intid in range(32, 40):
+        gic.spi(intid, 0x80, enable=False)
+    for op, *args in ops:
+        if op == "line":
+            gic.g.set_irq_level(args[0], args[1])
+        elif op == "ppi":
+            gic.g.set_ppi_level(*args)
+        elif op == "prio":
+            gic.dw(IPRIORITYR + args[0], args[1], width=B)
+        elif op == "target":
+            gic.dw(ITARGETSR + args[0], args[1], width=B)
+        elif op == "enable":
+            gic.dw((ISENABLER if args[1] else ICENABLER) + 4, 0xFF, cpu=args[0])
+            gic.dw((ISENABLER if args[1] else ICENABLER), 0xFFFF0000, cpu=args[0])
+        elif op == "pend":
+            gic.dw((ISPENDR if args[1] else ICPENDR) + 4, 0x0F, cpu=args[0])
+        elif op == "pmr":
+            gic.cw(PMR, args[1], cpu=args[0])
+        elif op == "cctlr":
+            gic.cw(C_CTLR, args[1], cpu=args[0])
+        elif op == "dctlr":
+            gic.dw(CTLR, args[0])
+        else:
+            cpu, sgi, targets = args
+            gic.dw(SGIR, (targets << 16) | sgi, cpu=cpu)
+    for cpu in (0, 1):
+        named = gic.cr(HPPIR, cpu)
+        taken = gic.cr(IAR, cpu)
+        assert taken == named, f"CPU {cpu}: IAR {taken:#x}, HPPIR named {named:#x}"
+
+
 def test_concurrent_edge_inputs_are_all_delivered():
     gic = Gic(cpus=1)
     gic.enable()

@@ -157,8 +157,9 @@ class ReportingRam(FakeRam):
         self.used_idx_at: int | None = None
         self.fail = False
 
-    def written_columns(self, addrs, lengths) -> None:
+    def written_columns(self, addrs, lengths, within=None) -> None:
         self.reports.append((tuple(addrs), tuple(lengths), self.u16(self.used_idx_at)))
+        self.within = within
         if self.fail:
             raise RuntimeError("listener bug")
 
@@ -176,6 +177,8 @@ def test_what_a_read_wrote_is_reported_before_the_driver_can_see_it(image):
         pieces = (*first.writable[:2], second.writable[0])
         # one report for the batch, of the data pieces only, while the used idx was 0
         assert ram.reports == [(tuple(a for a, _ in pieces), (512, 1024, 512), 0)]
+        # with the range native code checked them against, so that it is looked up once
+        assert ram.within == (RAM_BASE, RAM_BASE + RAM_SIZE)
         assert rig.q.written(first)[:1536] == pattern(SECTORS * 512)[512:2048]
     finally:
         rig.close()

@@ -314,6 +314,9 @@ class GicV2:
         self._abpr = [_MIN_ABPR] * n
         self._apr = [0] * n
         self._nsapr = [0] * n
+        # Per CPU: what _signalled gave at the last _update. Every change of the state
+        # above ends with _update (under the lock), so it is what GICC_IAR acknowledges.
+        self._best: list[tuple[int, int, int] | None] = [None] * n
 
     def _check_cpu(self, cpu: int) -> None:
         if not 0 <= cpu < self.num_cpus:
@@ -366,6 +369,11 @@ class GicV2:
                  & ~self._active.priv[cpu] & gmask_priv)
         cands |= (self._pending_spi() & self._enabled.spi & ~self._active.spi
                   & self._target_map[cpu] & gmask_spi)
+        if not cands:
+            return None
+        if not cands & (cands - 1):  # one candidate, the common case: no search
+            intid = cands.bit_length() - 1
+            return intid, self._priority(cpu, intid), int(self._group.test(cpu, intid))
         best: tuple[int, int] | None = None
         while cands:
             low = cands & -cands
@@ -405,7 +413,7 @@ class GicV2:
     def _update(self) -> None:
         """Recompute each CPU's IRQ/FIQ request and report changes."""
         for cpu in range(self.num_cpus):
-            best = self._signalled(cpu)
+            best = self._best[cpu] = self._signalled(cpu)
             irq = fiq = False
             if best is not None:
                 if best[2] == 0 and self._cctlr[cpu] & CTLR_FIQEN:
@@ -429,7 +437,7 @@ class GicV2:
     # ------------------------------------------------------------------ CPU interface ops
 
     def _acknowledge(self, cpu: int, alias: bool) -> int:
-        best = self._signalled(cpu)
+        best = self._best[cpu]
         if best is None:
             return SPURIOUS
         intid, prio, group = best
@@ -649,17 +657,24 @@ class GicV2:
 
     # ------------------------------------------------------------------ CPU interface
 
+    def _cpu_access_plain(self, offset: int, width: AccessWidth, cpu: int) -> bool:
+        """Whether a CPU interface access is an aligned word inside the window from an
+        existing CPU (the guest's every access): then it needs no further check."""
+        return (width is AccessWidth.Dword and not offset & 3 and 0 <= offset < CPU_IF_SIZE
+                and 0 <= cpu < self.num_cpus)
+
     def _cpu_read(self, offset: int, width: AccessWidth, cpu: int) -> int:
-        self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, False)
+        if not self._cpu_access_plain(offset, width, cpu):
+            self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, False)
         with self._lock:
+            if offset == GICC_IAR:  # first: read once or twice per interrupt
+                return self._acknowledge(cpu, alias=False)
             if offset == GICC_CTLR:
                 return self._cctlr[cpu]
             if offset == GICC_PMR:
                 return self._pmr[cpu]
             if offset == GICC_BPR:
                 return self._bpr[cpu]
-            if offset == GICC_IAR:
-                return self._acknowledge(cpu, alias=False)
             if offset == GICC_RPR:
                 return self._running_priority(cpu)
             if offset == GICC_HPPIR:
@@ -679,17 +694,19 @@ class GicV2:
             return 0  # EOIR, AEOIR and DIR are write-only; the rest is reserved
 
     def _cpu_write(self, offset: int, width: AccessWidth, value: int, cpu: int) -> None:
-        self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, True)
+        if not self._cpu_access_plain(offset, width, cpu):
+            self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, True)
         value &= width.mask
         with self._lock:
+            if offset == GICC_EOIR:  # first: once per interrupt; it updates the outputs
+                self._end_of_interrupt(cpu, value, alias=False)
+                return
             if offset == GICC_CTLR:
                 self._cctlr[cpu] = value & _CCTLR_MASK
             elif offset == GICC_PMR:
                 self._pmr[cpu] = value & PRIORITY_MASK
             elif offset == GICC_BPR:
                 self._bpr[cpu] = max(value & 7, _MIN_BPR)
-            elif offset == GICC_EOIR:
-                self._end_of_interrupt(cpu, value, alias=False)
             elif offset == GICC_ABPR:
                 self._abpr[cpu] = max(value & 7, _MIN_ABPR)
             elif offset == GICC_AEOIR:

@@ -52,14 +52,15 @@ from pyaxvisor.mm.page_table.table import NestedPageTable, NotMapped
 
 
 class WrittenRanges(Sequence[tuple[int, int, int]]):
-    """Guest RAM written at pieces inside one RAM region, kept as two tuples (guest
-    addresses, lengths) and the region's host-minus-guest ``shift``; as a sequence,
-    the ``(gpa, hpa, length)`` ranges every write listener understands. Listeners
-    with native code take the columns as they are (no tuple per piece)."""
+    """Guest RAM written at pieces inside one RAM region, kept as two sequences (guest
+    addresses, lengths; tuples, or lists nobody changes) and the region's
+    host-minus-guest ``shift``; as a sequence, the ``(gpa, hpa, length)`` ranges every
+    write listener understands. Listeners with native code take the columns as they
+    are (no tuple per piece)."""
 
     __slots__ = ("gpas", "lengths", "shift")
 
-    def __init__(self, gpas: tuple[int, ...], lengths: tuple[int, ...], shift: int) -> None:
+    def __init__(self, gpas: Sequence[int], lengths: Sequence[int], shift: int) -> None:
         self.gpas, self.lengths, self.shift = gpas, lengths, shift
 
     def __len__(self) -> int:
@@ -337,14 +338,20 @@ class AddrSpace:
         for listener in listeners:
             listener(ranges)
 
-    def written_columns(self, gpas: Sequence[int], lengths: Sequence[int]) -> None:
+    def written_columns(self, gpas: Sequence[int], lengths: Sequence[int],
+                        within: tuple[int, int] | None = None) -> None:
         """:meth:`written` of the pieces ``gpas[i], lengths[i]`` (ints) given as two
         sequences, without a tuple per piece when they all lie in one mapped RAM region
-        (a device's request does)."""
+        (a device's request does). ``within``: a guest range ``[lo, hi)`` the caller
+        has checked every piece lies in (a native device path does); then only that
+        range is looked up, not each piece. The sequences must not change afterwards
+        (listeners may keep them)."""
         listeners = self._write_listeners
         if not listeners or not gpas:
             return
-        ranges = self._in_one_region(tuple(gpas), tuple(lengths))
+        ranges = None if within is None else self._span_in_one_region(gpas, lengths, *within)
+        if ranges is None:
+            ranges = self._in_one_region(tuple(gpas), tuple(lengths))
         if ranges is None:
             self.written(zip(gpas, lengths, strict=True))
             return
@@ -361,6 +368,19 @@ class AddrSpace:
             return None
         start, stop, _view, hpa = runs[i]
         if max(map(operator.add, gpas, lengths)) > stop:
+            return None
+        return WrittenRanges(gpas, lengths, hpa - start)
+
+    def _span_in_one_region(self, gpas: Sequence[int], lengths: Sequence[int], lo: int,
+                            hi: int) -> WrittenRanges | None:
+        """The pieces as one :class:`WrittenRanges` when ``[lo, hi)``, which holds them
+        all, lies in one mapped RAM region (else None: look at each piece)."""
+        starts, runs = self._runs or self._mapped_runs()
+        i = bisect.bisect_right(starts, lo) - 1
+        if i < 0 or lo > hi:
+            return None
+        start, stop, _view, hpa = runs[i]
+        if hi > stop:
             return None
         return WrittenRanges(gpas, lengths, hpa - start)
 

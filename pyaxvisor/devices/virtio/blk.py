@@ -392,7 +392,8 @@ class VirtioBlk(VirtioBackend):
         base, view = whole
         fd, capacity, read_only = self.image.fileno(), self.image.sectors * SECTOR_SIZE, \
             self.read_only
-        written = queue.ram.written_columns  # CPUs drop stale code of what reads wrote
+        # CPUs drop stale code of what reads wrote (serve checked each piece is in `view`)
+        written = queue.ram.written_in_whole_range
 
         def serve(layout: QueueLayout, next_avail: int, next_used: int,
                   event_idx: bool) -> NativeOutcome:

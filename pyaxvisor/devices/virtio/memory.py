@@ -76,9 +76,9 @@ class AddressedMemory:
         return self._inner.written  # type: ignore[attr-defined,no-any-return]
 
     @property
-    def written_columns(self) -> Callable[[Sequence[int], Sequence[int]], None]:
-        """The wrapped memory's ``written_columns(addrs, lengths)`` (``AttributeError``
-        if it has none)."""
+    def written_columns(self) -> Callable[..., None]:
+        """The wrapped memory's ``written_columns(addrs, lengths, within=None)``
+        (``AttributeError`` if it has none)."""
         return self._inner.written_columns  # type: ignore[attr-defined,no-any-return]
 
     @property
@@ -127,8 +127,9 @@ class GuestRam:
         #: a device wrote), if it has one.
         self._written: Callable[[Iterable[tuple[int, int]]], None] | None = getattr(
             memory, "written", None)
-        #: Its ``written_columns(addrs, lengths)`` (the same news as two tuples), if any.
-        self._written_columns: Callable[[Sequence[int], Sequence[int]], None] | None = \
+        #: Its ``written_columns(addrs, lengths, within=None)`` (the same news as two
+        #: sequences; ``within``: a range ``[lo, hi)`` known to hold every piece), if any.
+        self._written_columns: Callable[..., None] | None = \
             getattr(memory, "written_columns", None)
         #: The memory's ``map_generation()``, if it has one: then the view of a guest
         #: with one RAM range is taken once per generation of the map (``_whole``).
@@ -219,6 +220,16 @@ class GuestRam:
         sequences (no tuple per piece on the way when the memory takes them so)."""
         if self._written_columns is not None:
             self._written_columns(addrs, lengths)
+        elif self._written is not None:
+            self._written(zip(addrs, lengths, strict=True))
+
+    def written_in_whole_range(self, addrs: Sequence[int], lengths: Sequence[int]) -> None:
+        """:meth:`written_columns` of pieces the caller has checked lie inside the
+        range :meth:`whole_range` gave it (native code does, before any I/O): the
+        memory then looks up that one range rather than each piece. The sequences
+        must not change afterwards."""
+        if self._written_columns is not None:
+            self._written_columns(addrs, lengths, (self._bases[0], self._ends[0]))
         elif self._written is not None:
             self._written(zip(addrs, lengths, strict=True))
 

@@ -278,6 +278,8 @@ class VirtioMmio(Device):
 
     # -- MMIO -------------------------------------------------------------------------------
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
+        if width is AccessWidth.Dword and not offset & 3 and 0 <= offset < CONFIG_OFFSET:
+            return  # a register access, as drivers make them: nothing to refuse
         check_access(self.name, offset, width, what)
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
@@ -290,6 +292,8 @@ class VirtioMmio(Device):
             return self._read_reg(offset) & _MASK32
 
     def _read_reg(self, offset: int) -> int:
+        if offset == INTERRUPT_STATUS:  # first: read once per interrupt
+            return self._interrupt_status
         regs = self._selected()
         if offset in _QUEUE_ADDR_REGS:
             field, high = _QUEUE_ADDR_REGS[offset]
@@ -352,6 +356,10 @@ class VirtioMmio(Device):
 
     def _write_reg(self, offset: int, value: int) -> bool:
         """One register write under the lock; whether it set DRIVER_OK."""
+        if offset == INTERRUPT_ACK:  # first: written once per interrupt
+            self._interrupt_status &= ~value
+            self._update_irq()
+            return False
         regs = self._selected()
         if offset in _QUEUE_ADDR_REGS:
             if regs is not None and regs.live is None:
@@ -376,9 +384,6 @@ class VirtioMmio(Device):
         elif offset == QUEUE_READY:
             if regs is not None:
                 self._set_queue_ready(regs, bool(value & 1))
-        elif offset == INTERRUPT_ACK:
-            self._interrupt_status &= ~value
-            self._update_irq()
         elif offset == STATUS:
             return self._write_status(value)
         elif offset == SHM_SEL:
