@@ -26,7 +26,7 @@ from pyaxvisor.boards.aarch64_virt.layout import PPI_PMU, PPI_PTIMER, PPI_VTIMER
 from pyaxvisor.devices.gicv2 import GicV2
 from pyaxvisor.engine.tcg.native import TIMER_VIRT
 from pyaxvisor.errors import AxError
-from pyaxvisor.hal.timer import TimerEvent, monotonic_ns
+from pyaxvisor.hal.timer import TimerEvent, TimerThread, monotonic_ns
 from pyaxvisor.vm.result import VmResult
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ class GenericTimers:
         self.gic = gic
         self._events: dict[tuple[int, int], TimerEvent] = {}
         self._lock = threading.Lock()
+        self._timers: TimerThread | None = None  # the VM's, once a timer was armed
+
+    def _start_timers(self) -> TimerThread:
+        self._timers = self.vm.timers  # started on first use, then kept by the VM
+        return self._timers
 
     def written(self, cpu: int, timer: int) -> None:
         """The guest wrote timer ``timer`` of vCPU ``cpu`` (or the PMU, :data:`PMU`,
@@ -71,17 +76,18 @@ class GenericTimers:
         v = self.vm.vcpu(cpu)
         if v is None:
             return
-        now = monotonic_ns()
+        arch, now = v.arch, monotonic_ns()
         if timer == PMU:
-            ppi, level, deadline = PPI_PMU, v.arch.pmu_irq_level(now), v.arch.pmu_deadline()
+            ppi, level, deadline = PPI_PMU, arch.pmu_irq_level(now), arch.pmu_deadline()
         else:
             ppi = PPI_VTIMER if timer == TIMER_VIRT else PPI_PTIMER
-            level, deadline = v.arch.timer_irq_level(timer, now), v.arch.timer_deadline(timer)
+            level, deadline = arch.timer_irq_level(timer, now), arch.timer_deadline(timer)
         self.gic.set_ppi_level(cpu, ppi, level)
         key = (cpu, timer)
         old = self._events.pop(key, None)
+        timers = self._timers or self._start_timers()
         if old is not None:
-            self.vm.timers.cancel(old)
+            timers.cancel(old)
         if deadline is not None and not level:
-            self._events[key] = self.vm.timers.schedule(
+            self._events[key] = timers.schedule(
                 deadline, lambda _now, c=cpu, t=timer: self.update(c, t))
