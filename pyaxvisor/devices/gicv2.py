@@ -365,15 +365,21 @@ class GicV2:
         grp_priv, grp_spi = self._group.priv[cpu], self._group.spi
         gmask_priv = (grp_priv if g1 else 0) | (~grp_priv & _M32 if g0 else 0)
         gmask_spi = (grp_spi if g1 else 0) | (~grp_spi & self._spi_all if g0 else 0)
-        cands = (self._pending_priv(cpu) & self._enabled.priv[cpu]
-                 & ~self._active.priv[cpu] & gmask_priv)
-        cands |= (self._pending_spi() & self._enabled.spi & ~self._active.spi
+        # _pending_priv and _pending_spi, written out: this runs at every change
+        line, edge, latch = self._line, self._edge, self._latch
+        pending_priv = (latch.priv[cpu] | line.priv[cpu] & ~edge.priv[cpu]) & ~_SGI_BITS
+        if any(self._sgi_src[cpu]):
+            pending_priv |= self._sgi_pending_bits(cpu)
+        cands = pending_priv & self._enabled.priv[cpu] & ~self._active.priv[cpu] & gmask_priv
+        cands |= ((latch.spi | line.spi & ~edge.spi) & self._enabled.spi & ~self._active.spi
                   & self._target_map[cpu] & gmask_spi)
         if not cands:
             return None
         if not cands & (cands - 1):  # one candidate, the common case: no search
             intid = cands.bit_length() - 1
-            return intid, self._priority(cpu, intid), int(self._group.test(cpu, intid))
+            if intid < 32:
+                return intid, self._prio_priv[cpu][intid], grp_priv >> intid & 1
+            return intid, self._prio_spi[intid], grp_spi >> intid & 1
         best: tuple[int, int] | None = None
         while cands:
             low = cands & -cands
