@@ -7,12 +7,15 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 from aarch64_machine import RAM
 from guest_build import build
 
 from pyaxvisor.boards.aarch64_virt.boot import bundled_guest
+from pyaxvisor.boards.aarch64_virt.timer import GenericTimers
 from pyaxvisor.boards.quick import aarch64_vm as Aarch64Vm
+from pyaxvisor.vcpu.width import AccessWidth
 from pyaxvisor.vm.exits import UnknownHypercall
 from pyaxvisor.vm.result import VmResult
 
@@ -51,6 +54,32 @@ def test_bundled_guest_runs_on_two_cpus_and_powers_off():
     served = re.search(r"served in-CPU \(no exit\): (\d+) reads, (\d+) writes", r.stderr)
     assert served is not None
     assert int(served.group(2)) >= len(BUNDLED_OUTPUT.replace("\n", "\r\n"))
+
+
+def test_bundled_guest_powers_off_when_its_timer_fires_before_it_waits(monkeypatch):
+    # A host under load can hold a vCPU up between the guest's timer write and its WFI
+    # for longer than the timer's 10 ms: held up here for 50 ms after every timer write,
+    # the interrupt is pending before the guest waits. It must still be taken once, the
+    # handler's EOIR must reach the GIC, and the guest must power off.
+    written = GenericTimers.written
+
+    def held_up(self: GenericTimers, cpu: int, timer: int) -> None:
+        written(self, cpu, timer)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(GenericTimers, "written", held_up)
+    output = bytearray()
+    vm = Aarch64Vm(ram_size=64 << 20, smp=2, console_write=output.extend)
+    try:
+        vm.write_guest(LOAD, bundled_guest())
+        result = vm.run(LOAD, dtb_addr=0, timeout=20)
+        gicd = vm.board.gic.distributor
+        active = [gicd.mmio_read(0x300, AccessWidth.Dword, cpu) for cpu in (0, 1)]
+    finally:
+        vm.close()
+    assert result.reason == "poweroff", result
+    assert bytes(output).decode().replace("\r\n", "\n") == BUNDLED_OUTPUT
+    assert active == [0, 0]  # GICD_ISACTIVER0: the timer's interrupt was ended
 
 
 def test_bundled_guest_with_every_device_access_as_an_exit():

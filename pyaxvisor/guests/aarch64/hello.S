@@ -48,12 +48,20 @@ timer:
 	msr	cntv_tval_el0, x1
 	mov	x1, #1
 	msr	cntv_ctl_el0, x1
-	msr	daifclr, #2			// unmask IRQs
+	// Wait for the interrupt. IRQs stay masked while the flag is looked at, so the
+	// interrupt cannot be taken between the look and the WFI (a WFI after it would
+	// sleep for good: the timer is off by then). WFI wakes on a pending interrupt
+	// even while it is masked; it is taken between the DAIFClr and the DAIFSet.
+	msr	daifset, #2
 	adr	x9, irq_seen
-3:	wfi
-	ldr	w10, [x9]
-	cbz	w10, 3b
-	adr	x0, msg_bye
+3:	ldr	w10, [x9]
+	cbnz	w10, 5f
+	wfi
+	msr	daifclr, #2
+	isb
+	msr	daifset, #2
+	b	3b
+5:	adr	x0, msg_bye
 	bl	puts
 	ldr	x0, =PSCI_SYSTEM_OFF
 	hvc	#0
@@ -81,21 +89,24 @@ puts:
 	b	1b
 3:	ret
 
+// The IRQ handler: taken only inside the wait loop above, so it may use x0-x3 and
+// x11, x20, x21 (nothing there needs them).
 irq:
-	ldr	x1, =GICC
-	ldr	w2, [x1, #0xc]			// GICC_IAR
-	and	w3, w2, #0x3ff
+	ldr	x11, =GICC
+	ldr	w21, [x11, #0xc]		// GICC_IAR (kept in w21: puts uses x0-x3)
+	and	w3, w21, #0x3ff
 	cmp	w3, #27
 	b.ne	4f
 	msr	cntv_ctl_el0, xzr		// timer off: the level drops
-	adr	x9, irq_seen
-	mov	w10, #1
-	str	w10, [x9]
+	adr	x11, irq_seen
+	mov	w3, #1
+	str	w3, [x11]
 	mov	x20, x30
 	adr	x0, msg_irq
 	bl	puts
 	mov	x30, x20
-4:	str	w2, [x1, #0x10]			// GICC_EOIR
+	ldr	x11, =GICC
+4:	str	w21, [x11, #0x10]		// GICC_EOIR
 	eret
 
 	.balign 0x800
