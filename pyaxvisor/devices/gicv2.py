@@ -365,21 +365,15 @@ class GicV2:
         grp_priv, grp_spi = self._group.priv[cpu], self._group.spi
         gmask_priv = (grp_priv if g1 else 0) | (~grp_priv & _M32 if g0 else 0)
         gmask_spi = (grp_spi if g1 else 0) | (~grp_spi & self._spi_all if g0 else 0)
-        # _pending_priv and _pending_spi, written out: this runs at every change
-        line, edge, latch = self._line, self._edge, self._latch
-        pending_priv = (latch.priv[cpu] | line.priv[cpu] & ~edge.priv[cpu]) & ~_SGI_BITS
-        if any(self._sgi_src[cpu]):
-            pending_priv |= self._sgi_pending_bits(cpu)
-        cands = pending_priv & self._enabled.priv[cpu] & ~self._active.priv[cpu] & gmask_priv
-        cands |= ((latch.spi | line.spi & ~edge.spi) & self._enabled.spi & ~self._active.spi
+        cands = (self._pending_priv(cpu) & self._enabled.priv[cpu]
+                 & ~self._active.priv[cpu] & gmask_priv)
+        cands |= (self._pending_spi() & self._enabled.spi & ~self._active.spi
                   & self._target_map[cpu] & gmask_spi)
         if not cands:
             return None
         if not cands & (cands - 1):  # one candidate, the common case: no search
             intid = cands.bit_length() - 1
-            if intid < 32:
-                return intid, self._prio_priv[cpu][intid], grp_priv >> intid & 1
-            return intid, self._prio_spi[intid], grp_spi >> intid & 1
+            return intid, self._priority(cpu, intid), int(self._group.test(cpu, intid))
         best: tuple[int, int] | None = None
         while cands:
             low = cands & -cands
@@ -663,15 +657,8 @@ class GicV2:
 
     # ------------------------------------------------------------------ CPU interface
 
-    def _cpu_access_plain(self, offset: int, width: AccessWidth, cpu: int) -> bool:
-        """Whether a CPU interface access is an aligned word inside the window from an
-        existing CPU (the guest's every access): then it needs no further check."""
-        return (width is AccessWidth.Dword and not offset & 3 and 0 <= offset < CPU_IF_SIZE
-                and 0 <= cpu < self.num_cpus)
-
     def _cpu_read(self, offset: int, width: AccessWidth, cpu: int) -> int:
-        if not self._cpu_access_plain(offset, width, cpu):
-            self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, False)
+        self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, False)
         with self._lock:
             if offset == GICC_IAR:  # first: read once or twice per interrupt
                 return self._acknowledge(cpu, alias=False)
@@ -700,8 +687,7 @@ class GicV2:
             return 0  # EOIR, AEOIR and DIR are write-only; the rest is reserved
 
     def _cpu_write(self, offset: int, width: AccessWidth, value: int, cpu: int) -> None:
-        if not self._cpu_access_plain(offset, width, cpu):
-            self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, True)
+        self._check_access("CPU interface", CPU_IF_SIZE, offset, width, cpu, False, True)
         value &= width.mask
         with self._lock:
             if offset == GICC_EOIR:  # first: once per interrupt; it updates the outputs

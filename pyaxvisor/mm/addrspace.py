@@ -362,14 +362,10 @@ class AddrSpace:
                        ) -> WrittenRanges | None:
         """The pieces as one :class:`WrittenRanges` when they all lie in one mapped RAM
         region (checked without a loop in Python), else None."""
-        starts, runs = self._runs or self._mapped_runs()
-        i = bisect.bisect_right(starts, min(gpas)) - 1
-        if i < 0 or min(lengths) < 0:
+        if min(lengths) < 0:
             return None
-        start, stop, _view, hpa = runs[i]
-        if max(map(operator.add, gpas, lengths)) > stop:
-            return None
-        return WrittenRanges(gpas, lengths, hpa - start)
+        return self._span_in_one_region(gpas, lengths, min(gpas),
+                                        max(map(operator.add, gpas, lengths)))
 
     def _span_in_one_region(self, gpas: Sequence[int], lengths: Sequence[int], lo: int,
                             hi: int) -> WrittenRanges | None:

@@ -26,7 +26,7 @@ from pyaxvisor.boards.aarch64_virt.layout import PPI_PMU, PPI_PTIMER, PPI_VTIMER
 from pyaxvisor.devices.gicv2 import GicV2
 from pyaxvisor.engine.tcg.native import TIMER_VIRT
 from pyaxvisor.errors import AxError
-from pyaxvisor.hal.timer import TimerEvent, TimerThread, monotonic_ns
+from pyaxvisor.hal.timer import TimerEvent, monotonic_ns
 from pyaxvisor.vm.result import VmResult
 
 if TYPE_CHECKING:
@@ -45,11 +45,6 @@ class GenericTimers:
         self.gic = gic
         self._events: dict[tuple[int, int], TimerEvent] = {}
         self._lock = threading.Lock()
-        self._timers: TimerThread | None = None  # the VM's, once a timer was armed
-
-    def _start_timers(self) -> TimerThread:
-        self._timers = self.vm.timers  # started on first use, then kept by the VM
-        return self._timers
 
     def written(self, cpu: int, timer: int) -> None:
         """The guest wrote timer ``timer`` of vCPU ``cpu`` (or the PMU, :data:`PMU`,
@@ -85,7 +80,7 @@ class GenericTimers:
         self.gic.set_ppi_level(cpu, ppi, level)
         key = (cpu, timer)
         old = self._events.pop(key, None)
-        timers = self._timers or self._start_timers()
+        timers = self.vm.timers
         if old is not None:
             timers.cancel(old)
         if deadline is not None and not level:

@@ -215,23 +215,24 @@ class GuestRam:
         if self._written is not None:
             self._written(pieces)
 
-    def written_columns(self, addrs: Sequence[int], lengths: Sequence[int]) -> None:
+    def written_columns(self, addrs: Sequence[int], lengths: Sequence[int],
+                        within: tuple[int, int] | None = None) -> None:
         """:meth:`written` of the pieces ``addrs[i], lengths[i]`` given as two
-        sequences (no tuple per piece on the way when the memory takes them so)."""
+        sequences (no tuple per piece on the way when the memory takes them so).
+        ``within``: a range the caller has checked holds every piece (the memory then
+        looks up that range, not each piece); the sequences must not change after."""
         if self._written_columns is not None:
-            self._written_columns(addrs, lengths)
+            if within is None:
+                self._written_columns(addrs, lengths)
+            else:
+                self._written_columns(addrs, lengths, within)
         elif self._written is not None:
             self._written(zip(addrs, lengths, strict=True))
 
     def written_in_whole_range(self, addrs: Sequence[int], lengths: Sequence[int]) -> None:
         """:meth:`written_columns` of pieces the caller has checked lie inside the
-        range :meth:`whole_range` gave it (native code does, before any I/O): the
-        memory then looks up that one range rather than each piece. The sequences
-        must not change afterwards."""
-        if self._written_columns is not None:
-            self._written_columns(addrs, lengths, (self._bases[0], self._ends[0]))
-        elif self._written is not None:
-            self._written(zip(addrs, lengths, strict=True))
+        range :meth:`whole_range` gave it (native code does, before any I/O)."""
+        self.written_columns(addrs, lengths, (self._bases[0], self._ends[0]))
 
     def whole_range(self) -> tuple[int, memoryview] | None:
         """``(base, view)`` of a guest with one RAM range that its memory maps as one

@@ -278,8 +278,6 @@ class VirtioMmio(Device):
 
     # -- MMIO -------------------------------------------------------------------------------
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
-        if width is AccessWidth.Dword and not offset & 3 and 0 <= offset < CONFIG_OFFSET:
-            return  # a register access, as drivers make them: nothing to refuse
         check_access(self.name, offset, width, what)
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
@@ -307,7 +305,6 @@ class VirtioMmio(Device):
             DEVICE_FEATURES_SEL: self._device_features_sel,
             DRIVER_FEATURES_SEL: self._driver_features_sel,
             QUEUE_SEL: self._queue_sel,
-            INTERRUPT_STATUS: self._interrupt_status,
             STATUS: self._status,
             SHM_SEL: self._shm_sel,
             SHM_LEN_LOW: _MASK32, SHM_LEN_HIGH: _MASK32,
