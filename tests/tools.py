@@ -40,9 +40,10 @@ Bounds and checks: a package above :data:`MAX_DEB` bytes is refused; the downloa
 must exit 0 after its whole data archive was read; the kept files may not add up to
 more than the package's ``Installed-Size``; archive members must be relative paths
 without ``..`` and symlinks may not leave the package; and the program must then run
-``--version``. Packages come from the host's apt; one it does not know (no package
-lists yet, as on a new container) comes from a private apt configuration for the
-host's own Debian release (:class:`pyaxvisor.image_apt.PrivateApt`, no root needed).
+its version option (``--version``; ``-v`` for iasl, which refuses ``--version``).
+Packages come from the host's apt; one it does not know (no package lists yet, as on a
+new container) comes from a private apt configuration for the host's own Debian release
+(:class:`pyaxvisor.image_apt.PrivateApt`, no root needed).
 
 Run as ``python tests/tools.py TOOL [ARGS...]`` it fetches TOOL if needed and runs it
 (what the shims do).
@@ -88,10 +89,12 @@ _NO_NETWORK = ("Temporary failure resolving", "Could not resolve", "Could not co
 @dataclass(frozen=True)
 class ToolSpec:
     """Where Debian keeps a program: the package and its path inside (no leading ``/``;
-    a glob, since some packages moved their programs to ``/usr``)."""
+    a glob, since some packages moved their programs to ``/usr``), and the arguments
+    that make it print its version and exit 0 (the check that the fetched copy runs)."""
 
     package: str
     path: str
+    version: tuple[str, ...] = ("--version",)
 
 
 def _binutils(target: str, package: str) -> dict[str, ToolSpec]:
@@ -109,7 +112,7 @@ TOOLS: dict[str, ToolSpec] = {
     "debugfs": ToolSpec("e2fsprogs", "*sbin/debugfs"),
     "ip": ToolSpec("iproute2", "*bin/ip"),
     "e2fsck": ToolSpec("e2fsprogs", "*sbin/e2fsck"),
-    "iasl": ToolSpec("acpica-tools", "usr/bin/iasl"),
+    "iasl": ToolSpec("acpica-tools", "usr/bin/iasl", ("-v",)),
     "gdb-multiarch": ToolSpec("gdb-multiarch", "usr/bin/gdb-multiarch"),
 }
 
@@ -454,7 +457,7 @@ def _extract(package: str, deb: Path, dest: Path, fields: dict[str, str]) -> int
 
 def _write_wrapper(name: str, spec: ToolSpec, roots: list[Path], fields: dict[str, str],
                    wrapper: Path) -> None:
-    """Write ``bin/<name>`` once the fetched program runs ``--version``."""
+    """Write ``bin/<name>`` once the fetched program runs its version option."""
     main = roots[0]
     programs = sorted(p for p in main.rglob("*")
                       if fnmatch.fnmatchcase(p.relative_to(main).as_posix(), spec.path))
@@ -472,12 +475,13 @@ def _write_wrapper(name: str, spec: ToolSpec, roots: list[Path], fields: dict[st
     tmp.write_text(text)
     tmp.chmod(0o755)
     try:
-        proc = subprocess.run([str(tmp), "--version"], capture_output=True, text=True,
+        proc = subprocess.run([str(tmp), *spec.version], capture_output=True, text=True,
                               timeout=60, check=False, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise _PackageError(f"the fetched {name} does not run: {exc}") from exc
     if proc.returncode != 0:
-        raise _PackageError(f"the fetched {name} does not run (`{name} --version` exited "
+        asked = " ".join((name, *spec.version))
+        raise _PackageError(f"the fetched {name} does not run (`{asked}` exited "
                             f"{proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     os.replace(tmp, wrapper)
 
