@@ -19,7 +19,7 @@ from pyaxvisor.devices.pl011 import MMIO_SIZE, UARTDR, Pl011
 from pyaxvisor.devices.uart16550 import Uart16550
 from pyaxvisor.vcpu import Hypercall
 from pyaxvisor.vcpu.arch_vcpu import InCpuWindow
-from pyaxvisor.vcpu.register_mirror import RegisterMirror
+from pyaxvisor.vcpu.register_mirror import WHOLE_WORD, RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth as W
 
 machine = machine_fixture(Machine)
@@ -54,6 +54,25 @@ def test_bad_registers_are_refused(call, message):
 def test_a_window_that_is_not_whole_words_is_refused():
     with pytest.raises(ValueError, match="multiple of 4 bytes, not 6"):
         RegisterMirror(6)
+
+
+def test_a_part_shares_the_words_of_its_table():
+    row = RegisterMirror(0x400)
+    first, second = row.part(0, 0x200), row.part(0x200, 0x200)
+    second.publish_words({0x60: 0xABCD}, whole=True)
+    first.publish(4, 2, 0x77)
+    assert (row.data[(0x200 + 0x60) >> 2], row.valid[(0x200 + 0x60) >> 2]) == (0xABCD,
+                                                                              0xF | WHOLE_WORD)
+    assert (row.data[1], row.valid[1]) == (0x77, 0x3)
+    assert row.published(0x260) and not row.published(0x60)
+    second.hide(0x60, 4)
+    assert not row.published(0x260)
+
+
+@pytest.mark.parametrize("offset, size", [(2, 4), (0, 6), (0x3FC, 8), (-4, 4), (0, 0)])
+def test_a_part_outside_its_table_or_not_whole_words_is_refused(offset, size):
+    with pytest.raises(ValueError, match=f"not {size} bytes at"):
+        RegisterMirror(0x400).part(offset, size)
 
 
 # -- through a CPU ---------------------------------------------------------------------------
@@ -94,6 +113,14 @@ def test_a_cpu_reads_published_registers_from_the_table_and_asks_the_device_othe
     assert [m.result(8 * i) for i in range(7)] == [0x5566_7788, 0x88, 0x7788, 0x0BAD_F00D,
                                                    0x0D, 1, 0x5566_7788]
     assert dev.log == [(0, W.Dword), (1, W.Byte), (2, W.Word), (8, W.Dword)]
+    # A register taken in 32-bit accesses only: the word read is the table's, the
+    # narrower reads of it go to the device (which would refuse them).
+    mirror.publish_words({0: 0x1234_ABCD}, whole=True)
+    dev.log.clear()
+    m.arch.engine.pc = RAM
+    assert isinstance(m.run(), Hypercall)
+    assert [m.result(8 * i) for i in range(3)] == [0x1234_ABCD, 0x88, 0x7788]
+    assert dev.log == [(1, W.Byte), (2, W.Word), (8, W.Dword)]
 
 
 # -- the PL011 keeps its table current -------------------------------------------------------

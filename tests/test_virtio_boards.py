@@ -90,7 +90,12 @@ def test_aarch64_slots_follow_qemu_and_every_slot_exists(tmp_path):
             expected = {31: 2, 30: 4}.get(slot, 0)  # first device: the last slot
             assert device.read(8, W.Dword, 0) == expected, slot
             assert isinstance(device, VirtioMmio if expected else EmptyTransport)
+            # the row's one register table, which the CPU reads, has every slot's part
+            row = vm.board.virtio.mirror
+            assert row.data[(0x200 * slot + 8) >> 2] == expected and row.published(0x200 * slot)
         assert bus.find(0x0A00_4000) is None
+        window, = (w for w in vm.board.in_cpu_windows(vm) if w.base == 0x0A00_0000)
+        assert window.size == 0x4000 and window.mirror is vm.board.virtio.mirror
         # slot 31's line is SPI 47 = INTID 79
         transport = vm.board.virtio.devices[31]
         assert transport.irq.irq == 79 and vm.board.virtio.devices[30].irq.irq == 78

@@ -7,6 +7,8 @@ import re
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from virtio_driver import RAM_BASE, RAM_SIZE, VERSION_1, Driver, FakeRam
 
 from pyaxvisor.devices.bus import BadAccess, mmio_bus
@@ -30,6 +32,7 @@ from pyaxvisor.devices.virtio.spec import (
     STATUS_FEATURES_OK,
 )
 from pyaxvisor.errors import InvalidInput
+from pyaxvisor.vcpu.register_mirror import WHOLE_WORD, RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 B, W, D, Q = AccessWidth.Byte, AccessWidth.Word, AccessWidth.Dword, AccessWidth.Qword
@@ -619,3 +622,63 @@ def test_bad_back_end_declarations_are_refused(monkeypatch, attr, value, match):
     ram = FakeRam()
     with pytest.raises(InvalidInput, match=match):
         VirtioMmio(Bad(), ram, ram.ranges)
+
+
+# -- the register table a software CPU reads ----------------------------------------------------
+_TABLE_EVENTS = st.lists(st.one_of(
+    st.tuples(st.just("request"), st.sampled_from([0, 1]), st.booleans()),  # bad: 0xBB first
+    st.tuples(st.just("ack"), st.integers(0, 3)),
+    st.tuples(st.just("config"),),
+    st.tuples(st.just("reset"),),
+    st.tuples(st.just("start"),),
+), max_size=25)
+
+
+@settings(max_examples=120, deadline=None)
+@given(_TABLE_EVENTS)
+def test_the_register_table_agrees_with_the_transport_after_any_events(events):
+    """The identity registers and InterruptStatus are published for 32-bit reads only,
+    and what is published is what a read of the register answers, whatever happened."""
+    rig = Rig()
+    table = rig.dev.mirror
+    published = {r.MAGIC_VALUE, r.VERSION, r.DEVICE_ID, r.VENDOR_ID, r.INTERRUPT_STATUS}
+    queues = {}
+    for event in events:
+        if event[0] == "start" and not queues:
+            queues = rig.drv.start()
+        elif event[0] == "request" and event[1] in queues and not rig.needs_reset():
+            queues[event[1]].add([b"\xbb" if event[2] else b"ok"], [2])
+            rig.drv.notify(event[1])
+            queues[event[1]].collect()
+        elif event[0] == "ack":
+            rig.drv.wr(r.INTERRUPT_ACK, event[1])
+        elif event[0] == "config":
+            rig.dev.config_changed()
+        elif event[0] == "reset":
+            rig.drv.wr(r.STATUS, 0)
+            queues = {}
+        for offset in range(0, MMIO_SIZE, 4):
+            if offset in published:
+                assert table.valid[offset >> 2] == 0xF | WHOLE_WORD, hex(offset)
+                assert table.data[offset >> 2] == rig.drv.rd(offset), hex(offset)
+            else:
+                assert table.valid[offset >> 2] == 0, hex(offset)
+    assert table.data[r.INTERRUPT_STATUS >> 2] == int(rig.line) * rig.drv.rd(r.INTERRUPT_STATUS)
+
+
+def test_a_transport_publishes_in_the_part_of_a_row_table_it_is_given():
+    row = RegisterMirror(4 * MMIO_SIZE)
+    ram = FakeRam()
+    sink = NullIrqSink()
+    dev = VirtioMmio(Echo(), ram, ram.ranges, IrqLine(sink, IRQ), mirror=row.part(0x400, MMIO_SIZE))
+    Driver(dev, ram).start()
+    dev.config_changed()
+    assert row.data[(0x400 + r.DEVICE_ID) >> 2] == 0x2A
+    assert row.data[(0x400 + r.INTERRUPT_STATUS) >> 2] == 2
+    assert not any(row.valid[i] for i in range(0x400 >> 2))
+
+
+def test_a_table_of_another_size_is_refused():
+    ram = FakeRam()
+    with pytest.raises(InvalidInput, match="a register table of 256 bytes, not the window's 512"):
+        VirtioMmio(Echo(), ram, ram.ranges, mirror=RegisterMirror(0x100))

@@ -59,6 +59,7 @@ from pyaxvisor.devices.virtio.empty import EmptyTransport
 from pyaxvisor.devices.virtio.tap import TapBackend
 from pyaxvisor.errors import InvalidInput
 from pyaxvisor.mm.addr import GuestPhysAddr
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 from pyaxvisor.vm.board import Board
 from pyaxvisor.vm.config import VirtioDeviceSpec, VmConfig, parse_mac
@@ -192,6 +193,10 @@ class VirtioTransports:
         #: The device in each slot (an EmptyTransport where nothing is plugged in).
         self.devices: list[Device] = []
         self._backends: list[VirtioBackend] = []
+        #: The row's register table, each transport's part at its slot (rows without
+        #: gaps only: see :meth:`row`).
+        self.mirror = (RegisterMirror(slots.count * MMIO_SIZE) if slots.stride == MMIO_SIZE
+                       else None)
 
     def create(self, vm: Vm, sink_line: Callable[[int], IrqLine]) -> None:
         """Open the configured devices (their images: a missing or locked one raises
@@ -206,14 +211,16 @@ class VirtioTransports:
         devices: list[Device] = []
         for slot in range(self.slots.count):
             spec = plugged.get(slot)
+            table = None if self.mirror is None else self.mirror.part(slot * MMIO_SIZE,
+                                                                      MMIO_SIZE)
             if spec is None:
-                devices.append(EmptyTransport())
+                devices.append(EmptyTransport(mirror=table))
                 continue
             backend = _backend(spec, vm)
             self._backends.append(backend)
             devices.append(VirtioMmio(backend, memory, ram, sink_line(self.slots.slot_irq(slot)),
                                       name=f"virtio-mmio@{self.slots.slot_base(slot):#x} "
-                                           f"({spec.describe()})"))
+                                           f"({spec.describe()})", mirror=table))
         for slot, device in enumerate(devices):
             vm.devices.mmio.attach(self.slots.slot_base(slot), MMIO_SIZE, device)
         self.devices = devices
@@ -236,7 +243,7 @@ class VirtioTransports:
         if self.slots.stride != MMIO_SIZE:
             raise InvalidInput(f"virtio row: slots {self.slots.stride:#x} apart leave gaps "
                                f"between {MMIO_SIZE:#x}-byte transports")
-        return _Row(self.devices)
+        return _Row(self.devices, self.mirror)
 
     def close(self) -> None:
         """Release the devices' images and TAP interfaces (idempotent)."""
@@ -250,10 +257,12 @@ class VirtioTransports:
 class _Row(Device):
     """Slot ``offset // MMIO_SIZE`` answers an access at ``offset`` of the row (the
     transport checks the access itself: one that crosses into the next slot is a bad
-    access of the first)."""
+    access of the first). ``mirror`` is the row's register table, in which each
+    transport publishes its part."""
 
-    def __init__(self, devices: list[Device]) -> None:
+    def __init__(self, devices: list[Device], mirror: RegisterMirror | None) -> None:
         self.devices = devices
+        self.mirror = mirror
 
     def read(self, offset: int, width: AccessWidth, vcpu_id: int) -> int:
         slot, at = divmod(offset, MMIO_SIZE)

@@ -10,7 +10,8 @@ ignores writes, and so does the configuration space.
 Accesses follow :class:`~pyaxvisor.devices.virtio.mmio.VirtioMmio`'s rules: aligned
 32-bit accesses below 0x100, 1/2/4/8-byte ones in the configuration space, nothing
 outside the 0x200-byte window (:class:`~pyaxvisor.devices.bus.BadAccess`).
-Stateless, so thread-safe.
+The four identity registers are published for 32-bit reads in :attr:`mirror` (its own
+table, or its part of a row's: ``mirror=``). Stateless, so thread-safe.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pyaxvisor.devices.bus import Device
 from pyaxvisor.devices.virtio.mmio import (
     DEVICE_ID,
     MAGIC_VALUE,
+    MMIO_SIZE,
     VENDOR_ID,
     VERSION,
     check_access,
 )
 from pyaxvisor.devices.virtio.spec import MMIO_MAGIC, MMIO_VERSION, VENDOR_ID_QEMU
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 __all__ = ["EmptyTransport"]
@@ -35,8 +38,11 @@ _IDENTITY = {MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION, DEVICE_ID: 0,
 class EmptyTransport(Device):
     """An unused virtio-mmio slot: DeviceID 0, nothing else."""
 
-    def __init__(self, name: str = "virtio-mmio (empty)") -> None:
+    def __init__(self, name: str = "virtio-mmio (empty)", *,
+                 mirror: RegisterMirror | None = None) -> None:
         self.name = name
+        self.mirror = mirror if mirror is not None else RegisterMirror(MMIO_SIZE)
+        self.mirror.publish_words(_IDENTITY, whole=True)
 
     def _check(self, offset: int, width: AccessWidth, what: str) -> None:
         check_access(self.name, offset, width, what)

@@ -58,6 +58,13 @@ nothing outside guest RAM is touched and nothing is raised into the vCPU.
 
 Interrupt: one level-triggered line, high while InterruptStatus != 0.
 
+Register mirror (:attr:`VirtioMmio.mirror`): MagicValue, Version, DeviceID, VendorID
+and InterruptStatus are published for 32-bit reads (a software CPU answers the
+driver's interrupt handler's InterruptStatus read without calling the device);
+InterruptStatus is published under the lock whenever it changes, before the line
+follows it. A transport in a row of transports served as one window gets its part
+of the row's table (``mirror=``).
+
 Threads: one lock guards the registers; each queue has its own lock
 (:class:`~pyaxvisor.devices.virtio.queue.SplitQueue`). The back-end runs without the
 register lock held, so a slow request does not stall register accesses by other
@@ -93,6 +100,7 @@ from pyaxvisor.devices.virtio.spec import (
     VENDOR_ID_QEMU,
 )
 from pyaxvisor.errors import InvalidInput
+from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 #: Size of the register window.
@@ -205,13 +213,18 @@ class VirtioMmio(Device):
     """A virtio-mmio (version 2) device: ``backend`` behind the register window.
 
     ``memory`` and ``ram_ranges`` give guest RAM (every guest address is checked
-    against the ranges); ``irq`` is the interrupt line (``None``: not wired).
+    against the ranges); ``irq`` is the interrupt line (``None``: not wired);
+    ``mirror``: the :data:`MMIO_SIZE`-byte table to publish registers in (default: a
+    table of its own).
     """
 
     def __init__(self, backend: VirtioBackend, memory: GuestMemory,
                  ram_ranges: Iterable[tuple[int, int]], irq: InterruptLine | None = None, *,
-                 name: str | None = None) -> None:
+                 name: str | None = None, mirror: RegisterMirror | None = None) -> None:
         self.name = name or f"virtio-mmio ({backend.name})"
+        if mirror is not None and mirror.size != MMIO_SIZE:
+            raise InvalidInput(f"{self.name}: a register table of {mirror.size} bytes, "
+                               f"not the window's {MMIO_SIZE}")
         extra = backend.device_features() & ~DEVICE_TYPE_FEATURES
         if extra:
             raise InvalidInput(f"{self.name}: the back-end offers feature bits {extra:#x} "
@@ -233,6 +246,10 @@ class VirtioMmio(Device):
         self._handles = [TransportQueue(self, i) for i in range(len(sizes))]
         self._lock = threading.Lock()
         self._config_generation = 0
+        self.mirror = mirror if mirror is not None else RegisterMirror(MMIO_SIZE)
+        self.mirror.publish_words({MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION,
+                                   DEVICE_ID: backend.device_id, VENDOR_ID: VENDOR_ID_QEMU},
+                                  whole=True)
         self._reset_state()
 
     # -- state ------------------------------------------------------------------------------
@@ -269,6 +286,8 @@ class VirtioMmio(Device):
             return self._config_generation
 
     def _update_irq(self) -> None:
+        """InterruptStatus changed (under the lock): publish it, then drive the line."""
+        self.mirror.publish_words({INTERRUPT_STATUS: self._interrupt_status}, whole=True)
         if self.irq is not None:
             self.irq.set_level(self._interrupt_status != 0)
 
