@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from machines import machine_fixture
 from riscv64_machine import DEV, RAM, Machine
@@ -136,6 +136,9 @@ _EVENTS = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_EVENTS, max_size=30))
+# loopback on, a second character overruns the one-deep holding register, UARTECR clears
+# the error flags: UARTRSR's published value must follow
+@example([("receive", b"\x00"), ("write", 0x30, 0x80), ("write", 0x00, 0), ("write", 0x04, 0)])
 def test_the_pl011_table_agrees_with_the_device_after_any_events(events):
     uart = Pl011(tx=lambda _b: None)
     for event in events:

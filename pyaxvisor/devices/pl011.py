@@ -191,6 +191,7 @@ class Pl011(HostInput, Device):
                 self._update_irq()
             elif reg == UARTRSR:
                 self._rsr = 0  # UARTECR: any write clears the error flags
+                self._publish_all()
             else:
                 lane = width.mask << shift
                 old = self._peek_reg(reg)
