@@ -51,8 +51,10 @@ from bench_common import OURS, SAME_GUEST_ARGS
 
 QEMU = "qemu-system-aarch64"
 PYAXVISOR = [sys.executable, "-m", "pyaxvisor.cli", "run"]
+#: ``-nic none``: pyaxvisor's VM has no network device, and QEMU's default one (a PCI
+#: virtio-net) needs the ipxe ROMs, which a ``--no-install-recommends`` QEMU lacks.
 QEMU_BASE = [QEMU, "-M", "virt", "-cpu", "cortex-a72", "-nographic", "-serial", "stdio",
-             "-monitor", "none"]
+             "-monitor", "none", "-nic", "none"]
 MIB = 1 << 20
 SEQ_MIB = 256
 SEQ4K_COUNT = 4096
