@@ -38,10 +38,11 @@ def build_guest(arch: str, name: str, load: int, out: Path) -> Path:
 #: PYTHONDONTWRITEBYTECODE would make every run compile the sources again, 0.15 s).
 OURS = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 #: What both hypervisors' Linux guests get on their command line, so they boot the same
-#: guest: QEMU's AArch64 ``virt`` gives the guest a ``kaslr-seed`` and pyaxvisor does not,
-#: and a randomised arm64 kernel forces page-table isolation on, whose table switch at
-#: every system call, exception and interrupt costs QEMU's software TLB a flush (several
-#: times the guest's system-call cost). RISC-V guests get it too: neither randomises then.
+#: guest at the same cost from run to run: both AArch64 ``virt`` boards give the guest a
+#: ``kaslr-seed``, and a randomised arm64 kernel forces page-table isolation on, whose
+#: table switch at every system call, exception and interrupt costs a software TLB a flush
+#: (several times the guest's system-call cost); the figures recorded before pyaxvisor had
+#: the seed were made this way. RISC-V guests get it too: neither randomises then.
 SAME_GUEST_ARGS = "nokaslr"
 #: The same on the unicorn wheel's stock library instead of the patched build
 #: ``pip install .`` made (pyaxvisor.engine.tcg.unicorn_select).

@@ -4,8 +4,9 @@ same kernel, initramfs, raw image and guest command, median of N runs.
 
     python benchmarks/virtio_blk.py [--runs 5]
 
-Both guests boot with ``bench_common.SAME_GUEST_ARGS`` (``nokaslr``: without it QEMU's
-guest would run with page-table isolation and ours without, not the same guest).
+Both guests boot with ``bench_common.SAME_GUEST_ARGS`` (``nokaslr``: without it both
+guests would run with page-table isolation; the figures recorded before pyaxvisor gave a
+``kaslr-seed`` were made without it).
 
 The guest (the ``initramfs-virtio-arm64`` image: Debian's own virtio_mmio and virtio_blk
 modules, busybox 1.35 userspace) times the transfers itself with ``/proc/uptime`` (10 ms

@@ -129,6 +129,35 @@ def test_a_device_tree_file_is_used_with_the_command_line_set_in_chosen(tmp_path
         load(virt(tmp_path, kernel=ImageSpec(kernel), dtb=ImageSpec(bad)))
 
 
+def _chosen(config: VmConfig, dtb_reg: int = 0) -> fdt.Node:
+    """``/chosen`` of the device tree whose address the boot state puts in register
+    ``dtb_reg`` (AArch64 x0, RISC-V a1 = x11)."""
+    vm, start = load(config)
+    try:
+        return fdt.parse_dtb(vm.read_guest(start.gprs[dtb_reg], 0x2000)).get_node("/chosen")
+    finally:
+        vm.close()
+
+
+def test_the_generated_device_tree_carries_fresh_random_seeds_as_qemus_virt(tmp_path):
+    """AArch64: kaslr-seed and rng-seed, new for each VM, none with dtb-randomness off;
+    RISC-V: rng-seed (QEMU's riscv virt has no kaslr-seed)."""
+    kernel = write(tmp_path, "k.bin", b"\x1f\x20\x03\xd5" * 64)
+    config = virt(tmp_path, kernel=ImageSpec(kernel, RAM + 0x20_0000), dtb_addr=RAM)
+    first, second = _chosen(config), _chosen(config)
+    for chosen in (first, second):  # a parser sees 32 bytes as eight 32-bit cells
+        assert len(chosen.get_property("rng-seed").data) == 8
+        assert len(chosen.get_property("kaslr-seed").data) == 2  # one 64-bit value
+    assert first.get_property("rng-seed").data != second.get_property("rng-seed").data
+    assert first.get_property("kaslr-seed").data != second.get_property("kaslr-seed").data
+    off = _chosen(config.with_(dtb_randomness=False))
+    assert not off.exist_property("rng-seed") and not off.exist_property("kaslr-seed")
+    rv = config_for("riscv64", kernel=write(tmp_path, "rv.bin", b"\x13\x00\x00\x00" * 64))
+    chosen = _chosen(rv, dtb_reg=11)
+    assert len(chosen.get_property("rng-seed").data) == 8
+    assert not chosen.exist_property("kaslr-seed")
+
+
 def test_images_that_overlap_or_leave_ram_are_refused_before_writing(tmp_path):
     kernel = write(tmp_path, "k.bin", bytes(0x2000))
     initrd = write(tmp_path, "rd", bytes(0x2000))

@@ -164,6 +164,10 @@ def test_tcg_boards_take_tcg_however_it_is_asked_for(args):
      "-machine kernel-irqchip=off: the x86_64 board is kernel-irqchip=on"),
     (("--arch", "riscv64", "-M", "virt,gic-version=2"),
      "the riscv64 board has no property 'gic-version'"),
+    (("-M", "virt,dtb-randomness=maybe"),
+     "-machine dtb-randomness=maybe: the aarch64 board is dtb-randomness=on|off"),
+    (("--arch", "riscv64", "-M", "virt,dtb-randomness=off"),
+     "the riscv64 board has no property 'dtb-randomness'"),
     # runner options with values pyaxvisor cannot give
     (("-display", "gtk"), "-display 'gtk' is not supported: only -display none"),
     (("-vnc", ":0"), "-vnc ':0' is not supported: only -vnc none (there is no display)"),

@@ -336,6 +336,17 @@ def test_chosen_without_bootargs_or_initrd(tmp_path):
     assert set(chosen) == {"stdout-path"}
 
 
+def test_chosen_carries_the_seeds_it_is_given_as_qemu_writes_them(tmp_path):
+    """QEMU's virt: ``rng-seed`` as 32 bytes, ``kaslr-seed`` as a 64-bit value."""
+    tree = parse(build(rng_seed=bytes(range(32)), kaslr_seed=0x0123_4567_89AB_CDEF))
+    assert u64(words(tree, "/chosen", "kaslr-seed")) == 0x0123_4567_89AB_CDEF
+    # a parser sees 32 bytes as eight 32-bit cells: the bytes in order, big-endian
+    rng = tree.get_property("rng-seed", "/chosen").data
+    assert b"".join(w.to_bytes(4, "big") for w in rng) == bytes(range(32))
+    chosen = dts_props(dtc_decode(build(rng_seed=b"\x5a" * 32, kaslr_seed=7), tmp_path))["/chosen"]
+    assert set(chosen) == {"stdout-path", "rng-seed", "kaslr-seed"}
+
+
 def test_both_decoders_agree_on_every_property(tmp_path):
     blob = build(cpus=[0, 1, 2], bootargs="console=ttyAMA0", initrd=(0x4800_0000, 0x4810_0000),
                  timer_freq_hz=1_000_000_000)
@@ -401,6 +412,7 @@ def test_a_parsed_dtb_with_memreserve_does_not_leak_into_new_trees(tmp_path):
     ({"memory": [(0x4000_0000, 1 << 30), (0x6000_0000, 1 << 20)]}, "overlaps bank 0"),
     ({"memory": [(0x0, 0x1000_0000)]}, "overlaps the GIC distributor"),
     ({"gic_cpu": 0x0800_0800}, "overlaps"),
+    ({"kaslr_seed": 1 << 64}, "kaslr-seed 0x10000000000000000 is not a 64-bit value"),
 ])
 def test_bad_configurations_are_rejected(kw, message):
     with pytest.raises(InvalidInput, match=re.escape(message)):

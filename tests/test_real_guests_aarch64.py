@@ -46,13 +46,14 @@ def test_u_boot_reaches_its_prompt_answers_version_and_resets():
     assert b"pl011@9000000" in screen.data
 
 
-def _boot_linux(smp: int, extra: str = "") -> subprocess.CompletedProcess[str]:
+def _boot_linux(smp: int, extra: str = "",
+                machine: str = "virt") -> subprocess.CompletedProcess[str]:
     kernel = images.fetch("linux-arm64")
     initrd = images.fetch("initramfs-arm64")
     return subprocess.run(
-        [sys.executable, "-m", "pyaxvisor.cli", "run", "-kernel", str(kernel), "-initrd",
-         str(initrd), "-append", f"console=ttyAMA0 {extra}".strip(), "-m", "512M", "-smp",
-         str(smp), "--timeout", "300"],
+        [sys.executable, "-m", "pyaxvisor.cli", "run", "-M", machine, "-kernel", str(kernel),
+         "-initrd", str(initrd), "-append", f"console=ttyAMA0 {extra}".strip(), "-m", "512M",
+         "-smp", str(smp), "--timeout", "300"],
         capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
 
 
@@ -87,3 +88,13 @@ def test_debian_arm64_linux_brings_up_two_cpus():
     assert "CPU1: Booted secondary processor 0x0000000001" in r.stdout
     assert "SMP: Total of 2 processors activated." in r.stdout
     assert "PYAXVISOR-CPUS: 2" in r.stdout
+    # the device tree's kaslr-seed, as QEMU's virt gives: the kernel randomises itself
+    assert "kernel page table isolation forced ON by KASLR" in r.stdout
+    assert "KASLR disabled" not in r.stdout
+
+
+def test_debian_arm64_linux_gets_no_kaslr_seed_with_dtb_randomness_off():
+    r = _boot_linux(1, machine="virt,dtb-randomness=off")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "KASLR disabled due to lack of seed" in r.stdout
+    assert "forced ON by KASLR" not in r.stdout

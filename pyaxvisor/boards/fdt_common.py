@@ -19,9 +19,9 @@ import fdt
 from pyaxvisor.errors import InvalidInput
 
 __all__ = [
-    "DTB_VERSION", "U32", "U64", "build_dtb", "cells64", "check_initrd", "check_memory",
-    "check_printable", "check_range", "check_windows", "chosen_node", "memory_nodes", "node",
-    "overlaps", "remove_node", "strings", "update_chosen", "words",
+    "DTB_VERSION", "RNG_SEED_BYTES", "U32", "U64", "build_dtb", "cells64", "check_initrd",
+    "check_memory", "check_printable", "check_range", "check_windows", "chosen_node",
+    "memory_nodes", "node", "overlaps", "remove_node", "strings", "update_chosen", "words",
 ]
 
 #: DTB format version written (the current one; last compatible version 16).
@@ -29,6 +29,8 @@ DTB_VERSION = 17
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
+#: The size of the ``rng-seed`` QEMU's boards put in ``/chosen``.
+RNG_SEED_BYTES = 32
 
 
 # -- properties and nodes ----------------------------------------------------------------------
@@ -62,14 +64,23 @@ def memory_nodes(memory: Sequence[tuple[int, int]]) -> list[fdt.Node]:
                  words("reg", *cells64(base, size))) for base, size in memory]
 
 
-def chosen_node(*, bootargs: str, stdout_path: str,
-                initrd: tuple[int, int] | None) -> fdt.Node:
-    """``/chosen`` as QEMU writes it: ``bootargs`` (left out when empty), ``stdout-path``
-    and, with an initrd, ``linux,initrd-start``/``-end`` as 64-bit values."""
+def chosen_node(*, bootargs: str, stdout_path: str, initrd: tuple[int, int] | None,
+                rng_seed: bytes | None = None, kaslr_seed: int | None = None) -> fdt.Node:
+    """``/chosen`` as QEMU writes it: ``bootargs`` (left out when empty), ``stdout-path``,
+    with an initrd ``linux,initrd-start``/``-end`` as 64-bit values, and the random seeds
+    QEMU's boards give the guest: ``rng-seed`` (bytes for the kernel's random pool before
+    it has entropy of its own) and ``kaslr-seed`` (a 64-bit value: with it, a kernel built
+    with KASLR places itself at a random address)."""
+    if kaslr_seed is not None and not 0 <= kaslr_seed <= U64:
+        raise InvalidInput(f"kaslr-seed {kaslr_seed:#x} is not a 64-bit value")
     chosen = node("chosen")
     if bootargs:
         chosen.append(strings("bootargs", bootargs))
     chosen.append(strings("stdout-path", stdout_path))
+    if rng_seed is not None:
+        chosen.append(fdt.PropBytes("rng-seed", data=rng_seed))
+    if kaslr_seed is not None:
+        chosen.append(words("kaslr-seed", *cells64(kaslr_seed)))
     if initrd is not None:
         chosen.append(words("linux,initrd-start", *cells64(initrd[0])))
         chosen.append(words("linux,initrd-end", *cells64(initrd[1])))

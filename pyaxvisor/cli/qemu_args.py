@@ -33,7 +33,7 @@ from pyaxvisor.vm.config import DeviceSpec
 __all__ = [
     "ACCELERATORS", "DEVICE_TYPES", "MAX_TIMEOUT", "DeviceType", "MachineOptions",
     "SmpTopology", "check_machine_props", "check_none", "check_serial", "choose_accel",
-    "device_help",
+    "device_help", "dtb_randomness",
     "parse_accel", "parse_device", "parse_global", "parse_machine", "parse_memory_size",
     "parse_name", "parse_smp", "parse_smp_topology", "parse_timeout",
 ]
@@ -199,6 +199,9 @@ _MACHINE_PROPS: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...] | None]]
     "kernel-irqchip": (("x86_64",), ("on",)),
     "vmport": (("x86_64",), ("off",)), "smm": (("x86_64",), ("off",)),
     "hpet": (("x86_64",), ("off",)),
+    # QEMU's AArch64 virt: random kaslr-seed and rng-seed in /chosen (VmConfig.dtb_randomness)
+    "dtb-randomness": (("aarch64",), ("on", "off")),
+    "dtb-kaslr-seed": (("aarch64",), ("on", "off")),  # QEMU's deprecated synonym
 }
 
 
@@ -241,6 +244,12 @@ def check_machine_props(props: Mapping[str, str], arch: str) -> None:
         if allowed is not None and value not in allowed:
             raise InvalidInput(f"-machine {key}={value}: the {arch} board is {key}="
                                f"{'|'.join(allowed)}")
+
+
+def dtb_randomness(props: Mapping[str, str]) -> bool:
+    """Whether the ``-machine`` properties leave the device tree's random seeds on:
+    ``dtb-randomness``, else QEMU's older name ``dtb-kaslr-seed``, else on."""
+    return props.get("dtb-randomness", props.get("dtb-kaslr-seed", "on")) == "on"
 
 
 def parse_accel(value: str) -> str:

@@ -42,6 +42,7 @@ from pyaxvisor.cli.qemu_args import (
     check_serial,
     choose_accel,
     device_help,
+    dtb_randomness,
     parse_accel,
     parse_device,
     parse_global,
@@ -462,6 +463,7 @@ def run(ctx: click.Context, config_file: Path | None, arch: str | None, kernel: 
         config = config.with_(timeout=seconds if seconds is not None else config.timeout,
                               stats=observe.metrics or bool(qmp_addresses),
                               in_cpu_devices=not trap_mmio,
+                              dtb_randomness=dtb_randomness(machine.props),
                               name=vm_name if vm_name is not None else config.name)
         _check_before_building(cls, config, smp)
     except AxError as exc:

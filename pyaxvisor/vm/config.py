@@ -205,6 +205,10 @@ class VmConfig:
     stats: bool = False
     #: Let the engine serve the board's fast devices inside the CPU (no exit).
     in_cpu_devices: bool = True
+    #: Random ``kaslr-seed`` and ``rng-seed`` in the device tree the board generates, as
+    #: QEMU's AArch64 ``virt`` (``-machine dtb-randomness=off`` turns them off). The
+    #: RISC-V board always passes ``rng-seed``, as QEMU's does.
+    dtb_randomness: bool = True
     #: The file this description came from (for messages), if any.
     source: Path | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False)

@@ -16,11 +16,12 @@ devices.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 from pyaxvisor.boards.aarch64_virt import layout as L
 from pyaxvisor.boards.aarch64_virt.fdt import build_aarch64_dtb
-from pyaxvisor.boards.fdt_common import read_dtb_file
+from pyaxvisor.boards.fdt_common import RNG_SEED_BYTES, read_dtb_file
 from pyaxvisor.boards.images import (
     ImageFormat,
     bank_for,
@@ -94,6 +95,9 @@ def _device_tree(config: VmConfig, initrd: tuple[int, int] | None) -> bytes:
     if config.dtb is not None:
         return read_dtb_file(config.dtb.path, bootargs=config.cmdline, initrd=initrd)
     exclude = [path for group in config.excluded_devices for path in group]
+    seeds = os.urandom(8 + RNG_SEED_BYTES) if config.dtb_randomness else None
     return build_aarch64_dtb(memory=[(r.gpa, r.size) for r in config.ram_regions],
                              cpus=list(config.cpu_ids), bootargs=config.cmdline,
-                             initrd=initrd, exclude=exclude)
+                             initrd=initrd, exclude=exclude,
+                             kaslr_seed=int.from_bytes(seeds[:8], "little") if seeds else None,
+                             rng_seed=seeds[8:] if seeds else None)

@@ -163,7 +163,8 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
                       initrd: tuple[int, int] | None = None, uart_base: int = L.UART_BASE,
                       uart_spi: int = L.UART_SPI, gic_dist: int = L.GIC_DIST_BASE,
                       gic_cpu: int = L.GIC_CPU_BASE, timer_freq_hz: int | None = None,
-                      psci_method: str = "hvc", exclude: Sequence[str] = ()) -> bytes:
+                      psci_method: str = "hvc", exclude: Sequence[str] = (),
+                      rng_seed: bytes | None = None, kaslr_seed: int | None = None) -> bytes:
     """Build the DTB of an AArch64 VM.
 
     ``memory`` lists RAM banks as ``(base, size)``; ``cpus`` the MPIDR affinity
@@ -172,7 +173,8 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
     addresses; ``uart_spi`` the PL011's SPI number (INTID - 32); ``exclude`` node
     paths to leave out (``"/pl011@9000000"``, ``"/timer"``, ``"/pmu"``; a path the
     board does not have is already left out: AxVisor's files exclude host devices such as
-    ``/pcie@10000000``). Raises
+    ``/pcie@10000000``); ``rng_seed`` and ``kaslr_seed`` go into ``/chosen`` (QEMU's
+    ``virt`` passes random ones unless ``dtb-randomness=off``). Raises
     :class:`~pyaxvisor.errors.InvalidInput` for a configuration that cannot be
     described.
     """
@@ -287,5 +289,6 @@ def build_aarch64_dtb(*, memory: list[tuple[int, int]], cpus: list[int], bootarg
         words("phandle", CLOCK_PHANDLE),
     ))
 
-    root.append(chosen_node(bootargs=bootargs, stdout_path=f"/{uart_node}", initrd=initrd))
+    root.append(chosen_node(bootargs=bootargs, stdout_path=f"/{uart_node}", initrd=initrd,
+                            rng_seed=rng_seed, kaslr_seed=kaslr_seed))
     return build_dtb(root, exclude=exclude, boot_cpuid_phys=cpus[0])

@@ -16,7 +16,9 @@ other boards (:mod:`pyaxvisor.boards.images`).
 
 from __future__ import annotations
 
-from pyaxvisor.boards.fdt_common import read_dtb_file
+import os
+
+from pyaxvisor.boards.fdt_common import RNG_SEED_BYTES, read_dtb_file
 from pyaxvisor.boards.images import ImageFormat, load_initrd_for, load_kernel, place_device_tree
 from pyaxvisor.boards.riscv64_virt import layout as L
 from pyaxvisor.boards.riscv64_virt.fdt import build_riscv64_dtb
@@ -55,6 +57,7 @@ def load(space: AddrSpace, config: VmConfig) -> BootState:
         dtb = build_riscv64_dtb(memory=[(r.gpa, r.size) for r in config.ram_regions],
                                 harts=list(config.cpu_ids), bootargs=config.cmdline,
                                 initrd=initrd,
-                                exclude=[p for group in config.excluded_devices for p in group])
+                                exclude=[p for group in config.excluded_devices for p in group],
+                                rng_seed=os.urandom(RNG_SEED_BYTES))
     dtb_addr = place_device_tree(space, config, dtb, addr, placed, path)
     return BootState(entry, {11: dtb_addr}, description=f"kernel {config.kernel.path}")

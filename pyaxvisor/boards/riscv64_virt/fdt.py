@@ -143,7 +143,7 @@ def virtio_node(slot: int) -> fdt.Node:
 def build_riscv64_dtb(*, memory: list[tuple[int, int]], harts: list[int], bootargs: str = "",
                       initrd: tuple[int, int] | None = None, isa: str = DEFAULT_ISA,
                       mmu_type: str = "riscv,sv48", timebase_freq: int = L.TIMEBASE_FREQ,
-                      exclude: Sequence[str] = ()) -> bytes:
+                      exclude: Sequence[str] = (), rng_seed: bytes | None = None) -> bytes:
     """Build the DTB of a RISC-V 64 VM.
 
     ``memory`` lists RAM banks as ``(base, size)``; ``harts`` the hart id of each vCPU
@@ -152,7 +152,8 @@ def build_riscv64_dtb(*, memory: list[tuple[int, int]], harts: list[int], bootar
     ``initrd`` is ``(start, end)`` in guest physical addresses; ``isa`` and
     ``mmu_type`` go into every cpu node; ``timebase_freq`` is the rate of the ``time``
     CSR; ``exclude`` node paths to leave out (``"/soc/serial@10000000"``; a path this
-    tree does not have is already left out). The PLIC and the UART are where
+    tree does not have is already left out); ``rng_seed`` goes into ``/chosen`` (QEMU's
+    ``virt`` always passes 32 random bytes). The PLIC and the UART are where
     :mod:`~pyaxvisor.boards.riscv64_virt.layout` puts them. Raises
     :class:`~pyaxvisor.errors.InvalidInput` for a configuration that cannot be
     described.
@@ -226,5 +227,6 @@ def build_riscv64_dtb(*, memory: list[tuple[int, int]], harts: list[int], bootar
         *(virtio_node(slot) for slot in reversed(range(L.VIRTIO_COUNT))),
     ))
 
-    root.append(dt.chosen_node(bootargs=bootargs, stdout_path=uart_path, initrd=initrd))
+    root.append(dt.chosen_node(bootargs=bootargs, stdout_path=uart_path, initrd=initrd,
+                               rng_seed=rng_seed))
     return dt.build_dtb(root, exclude=exclude, boot_cpuid_phys=harts[0])
