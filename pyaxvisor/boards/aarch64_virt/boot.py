@@ -95,9 +95,10 @@ def _device_tree(config: VmConfig, initrd: tuple[int, int] | None) -> bytes:
     if config.dtb is not None:
         return read_dtb_file(config.dtb.path, bootargs=config.cmdline, initrd=initrd)
     exclude = [path for group in config.excluded_devices for path in group]
-    seeds = os.urandom(8 + RNG_SEED_BYTES) if config.dtb_randomness else None
+    kaslr_seed = rng_seed = None
+    if config.dtb_randomness:
+        kaslr_seed, rng_seed = int.from_bytes(os.urandom(8), "little"), os.urandom(RNG_SEED_BYTES)
     return build_aarch64_dtb(memory=[(r.gpa, r.size) for r in config.ram_regions],
                              cpus=list(config.cpu_ids), bootargs=config.cmdline,
-                             initrd=initrd, exclude=exclude,
-                             kaslr_seed=int.from_bytes(seeds[:8], "little") if seeds else None,
-                             rng_seed=seeds[8:] if seeds else None)
+                             initrd=initrd, exclude=exclude, kaslr_seed=kaslr_seed,
+                             rng_seed=rng_seed)

@@ -17,22 +17,13 @@ table, or its part of a row's: ``mirror=``). Stateless, so thread-safe.
 from __future__ import annotations
 
 from pyaxvisor.devices.bus import Device
-from pyaxvisor.devices.virtio.mmio import (
-    DEVICE_ID,
-    MAGIC_VALUE,
-    MMIO_SIZE,
-    VENDOR_ID,
-    VERSION,
-    check_access,
-)
-from pyaxvisor.devices.virtio.spec import MMIO_MAGIC, MMIO_VERSION, VENDOR_ID_QEMU
+from pyaxvisor.devices.virtio.mmio import MMIO_SIZE, check_access, identity_registers
 from pyaxvisor.vcpu.register_mirror import RegisterMirror
 from pyaxvisor.vcpu.width import AccessWidth
 
 __all__ = ["EmptyTransport"]
 
-_IDENTITY = {MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION, DEVICE_ID: 0,
-             VENDOR_ID: VENDOR_ID_QEMU}
+_IDENTITY = identity_registers(0)
 
 
 class EmptyTransport(Device):

@@ -152,6 +152,13 @@ _QUEUE_ADDR_REGS = {
 
 
 
+def identity_registers(device_id: int) -> dict[int, int]:
+    """MagicValue, Version, DeviceID and VendorID of a transport for ``device_id``
+    (0: nothing plugged in), by offset."""
+    return {MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION, DEVICE_ID: device_id,
+            VENDOR_ID: VENDOR_ID_QEMU}
+
+
 def check_access(name: str, offset: int, width: AccessWidth, what: str) -> None:
     """The transport's access rules (any transport, empty ones too): inside the
     :data:`MMIO_SIZE` window, aligned 32-bit below :data:`CONFIG_OFFSET`; else
@@ -246,10 +253,9 @@ class VirtioMmio(Device):
         self._handles = [TransportQueue(self, i) for i in range(len(sizes))]
         self._lock = threading.Lock()
         self._config_generation = 0
+        self._identity = identity_registers(backend.device_id)
         self.mirror = mirror if mirror is not None else RegisterMirror(MMIO_SIZE)
-        self.mirror.publish_words({MAGIC_VALUE: MMIO_MAGIC, VERSION: MMIO_VERSION,
-                                   DEVICE_ID: backend.device_id, VENDOR_ID: VENDOR_ID_QEMU},
-                                  whole=True)
+        self.mirror.publish_words(self._identity, whole=True)
         self._reset_state()
 
     # -- state ------------------------------------------------------------------------------
@@ -317,10 +323,7 @@ class VirtioMmio(Device):
             value = getattr(regs, field) if regs is not None else 0
             return value >> 32 if high else value
         fixed = {
-            MAGIC_VALUE: MMIO_MAGIC,
-            VERSION: MMIO_VERSION,
-            DEVICE_ID: self.backend.device_id,
-            VENDOR_ID: VENDOR_ID_QEMU,
+            **self._identity,
             DEVICE_FEATURES_SEL: self._device_features_sel,
             DRIVER_FEATURES_SEL: self._driver_features_sel,
             QUEUE_SEL: self._queue_sel,
